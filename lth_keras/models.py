@@ -1,0 +1,274 @@
+"""Model registry: ResNet-50 (the paper's), ResNet-20, LeNet-300-100 and Conv-4.
+
+Every model is a functional `keras.Model` whose body convolutions and dense
+layers are `MaskedConv2D` / `MaskedDense` (prunable) and whose classifier is a
+plain `keras.layers.Dense` named `HEAD_NAME` (never pruned; transfer replaces
+it). Outputs are logits.
+
+Initialisation (PROTOCOL "Notation"): Glorot-uniform kernels, zero biases,
+BatchNorm gamma=1 / beta=0. Each kernel initialiser gets its own integer seed
+derived from (model seed, layer name) with crc32, so weights depend on the seed
+alone and not on what else the process built before. Layer names are explicit
+and unique because weights are snapshotted and rewound by variable path
+(e.g. "stage2_block1_conv2/kernel").
+"""
+
+import zlib
+
+import keras
+
+from lth_keras.layers import MaskedConv2D, MaskedDense
+
+HEAD_NAME = "head"
+
+# He et al. / PyTorch value. Keras's default 1e-3 would be a silent departure
+# from the reference ResNets (keras.applications uses 1.001e-5, the same up to
+# a cuDNN lower bound that this TF path does not need).
+BN_EPSILON = 1e-5
+
+
+def _layer_seed(seed, name):
+    """A stable 31-bit seed for layer `name` of a model built with `seed`.
+
+    crc32, not hash(): Python salts str hashes per process.
+    """
+    return zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
+
+
+def _glorot(seed, name):
+    return keras.initializers.GlorotUniform(seed=_layer_seed(seed, name))
+
+
+def _head(num_classes, seed):
+    """The classifier: a fresh, plain (unmasked) Dense producing logits."""
+    return keras.layers.Dense(
+        num_classes,
+        kernel_initializer=_glorot(seed, HEAD_NAME),
+        bias_initializer="zeros",
+        name=HEAD_NAME,
+    )
+
+
+class _Builder:
+    """Makes named, seeded layers for one model; shared by every architecture."""
+
+    def __init__(self, seed, bn_momentum):
+        self.seed = seed
+        self.bn_momentum = bn_momentum
+
+    def conv(self, x, filters, kernel_size, name, *, strides=1, padding="same",
+             use_bias=True, activation=None):
+        return MaskedConv2D(
+            filters, kernel_size, strides=strides, padding=padding,
+            use_bias=use_bias, activation=activation,
+            kernel_initializer=_glorot(self.seed, name),
+            bias_initializer="zeros", name=name,
+        )(x)
+
+    def dense(self, x, units, name, *, activation=None):
+        return MaskedDense(
+            units, activation=activation,
+            kernel_initializer=_glorot(self.seed, name),
+            bias_initializer="zeros", name=name,
+        )(x)
+
+    def bn(self, x, name):
+        # synchronized: under MirroredStrategy the replicas share batch
+        # statistics, so the result does not depend on the number of devices.
+        return keras.layers.BatchNormalization(
+            momentum=self.bn_momentum, epsilon=BN_EPSILON, synchronized=True,
+            gamma_initializer="ones", beta_initializer="zeros", name=name,
+        )(x)
+
+    def conv_bn(self, x, filters, kernel_size, conv_name, bn_name, *,
+                strides=1, padding="same", relu_name=None):
+        """Conv (no bias) -> BN [-> ReLU if relu_name is given]."""
+        # No conv bias: BN subtracts the batch mean right after, so a bias
+        # would be a redundant (and unprunable) parameter.
+        x = self.conv(x, filters, kernel_size, conv_name, strides=strides,
+                      padding=padding, use_bias=False)
+        x = self.bn(x, bn_name)
+        if relu_name is not None:
+            x = keras.layers.ReLU(name=relu_name)(x)
+        return x
+
+    def residual_out(self, x, shortcut, prefix):
+        x = keras.layers.Add(name=f"{prefix}_add")([shortcut, x])
+        return keras.layers.ReLU(name=f"{prefix}_out")(x)
+
+    def classifier(self, x, num_classes):
+        return _head(num_classes, self.seed)(x)
+
+
+def _finish(inputs, outputs, name):
+    """Wrap as a functional model and check that names and paths are unique."""
+    model = keras.Model(inputs, outputs, name=name)
+    layer_names = [layer.name for layer in model.layers]
+    paths = [v.path for v in model.weights]
+    for kind, items in (("layer name", layer_names), ("variable path", paths)):
+        duplicates = sorted({i for i in items if items.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"model '{name}': duplicate {kind}s {duplicates}")
+    return model
+
+
+# --------------------------------------------------------------------------- #
+# ResNet-50 (He et al. 2015, v1 as keras.applications.ResNet50)
+# --------------------------------------------------------------------------- #
+
+# (bottleneck width, blocks, stride of the first block); output = 4 x width.
+_RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+
+
+def _bottleneck_block(b, x, width, strides, projection, prefix):
+    """1x1 (width) -> 3x3 (width) -> 1x1 (4 width), plus the shortcut.
+
+    The stride sits on the first 1x1 conv, as in the original paper and in
+    keras.applications ResNet50 (v1); torchvision's "v1.5" puts it on the 3x3.
+    """
+    if projection:
+        shortcut = b.conv_bn(x, 4 * width, 1, f"{prefix}_proj",
+                             f"{prefix}_proj_bn", strides=strides, padding="valid")
+    else:
+        shortcut = x
+    x = b.conv_bn(x, width, 1, f"{prefix}_conv1", f"{prefix}_bn1",
+                  strides=strides, padding="valid", relu_name=f"{prefix}_relu1")
+    x = b.conv_bn(x, width, 3, f"{prefix}_conv2", f"{prefix}_bn2",
+                  relu_name=f"{prefix}_relu2")
+    x = b.conv_bn(x, 4 * width, 1, f"{prefix}_conv3", f"{prefix}_bn3",
+                  padding="valid")
+    return b.residual_out(x, shortcut, prefix)
+
+
+def resnet50(*, input_shape, num_classes, seed, bn_momentum=0.9):
+    """ResNet-50 v1: the paper's appendix layout, Dense head on avg-pooled features."""
+    b = _Builder(seed, bn_momentum)
+    inputs = keras.Input(shape=input_shape, name="input")
+    # Explicit symmetric zero padding + "valid", as keras.applications and
+    # PyTorch do; TF's "same" with stride 2 would pad asymmetrically.
+    x = keras.layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = b.conv_bn(x, 64, 7, "conv1", "bn1", strides=2, padding="valid",
+                  relu_name="relu1")
+    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    for s, (width, blocks, stride) in enumerate(_RESNET50_STAGES, start=1):
+        for i in range(1, blocks + 1):
+            x = _bottleneck_block(
+                b, x, width, strides=stride if i == 1 else 1,
+                projection=(i == 1), prefix=f"stage{s}_block{i}")
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return _finish(inputs, b.classifier(x, num_classes), "resnet50")
+
+
+# --------------------------------------------------------------------------- #
+# ResNet-20 (He et al. 2015, section 4.2, CIFAR-style)
+# --------------------------------------------------------------------------- #
+
+_RESNET20_STAGES = ((16, 3, 1), (32, 3, 2), (64, 3, 2))  # (channels, blocks, stride)
+
+
+def _basic_block(b, x, filters, strides, projection, prefix):
+    """3x3 -> 3x3 plus the shortcut (1x1 conv + BN projection where the shape changes)."""
+    if projection:
+        shortcut = b.conv_bn(x, filters, 1, f"{prefix}_proj",
+                             f"{prefix}_proj_bn", strides=strides, padding="valid")
+    else:
+        shortcut = x
+    x = b.conv_bn(x, filters, 3, f"{prefix}_conv1", f"{prefix}_bn1",
+                  strides=strides, relu_name=f"{prefix}_relu1")
+    x = b.conv_bn(x, filters, 3, f"{prefix}_conv2", f"{prefix}_bn2")
+    return b.residual_out(x, shortcut, prefix)
+
+
+def resnet20(*, input_shape, num_classes, seed, bn_momentum=0.9):
+    """ResNet-20: 3x3 conv 16, then 3 stages x 3 basic blocks of 16/32/64 channels."""
+    b = _Builder(seed, bn_momentum)
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = b.conv_bn(inputs, 16, 3, "conv1", "bn1", relu_name="relu1")
+    in_channels = 16
+    for s, (filters, blocks, stride) in enumerate(_RESNET20_STAGES, start=1):
+        for i in range(1, blocks + 1):
+            strides = stride if i == 1 else 1
+            x = _basic_block(
+                b, x, filters, strides=strides,
+                projection=(strides != 1 or in_channels != filters),
+                prefix=f"stage{s}_block{i}")
+            in_channels = filters
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return _finish(inputs, b.classifier(x, num_classes), "resnet20")
+
+
+# --------------------------------------------------------------------------- #
+# Small fully connected / convolutional baselines (Frankle & Carbin 2019)
+# --------------------------------------------------------------------------- #
+
+def lenet_300_100(*, input_shape, num_classes, seed, bn_momentum=0.9):
+    """LeNet-300-100: flatten -> 300 ReLU -> 100 ReLU -> head. No BN (momentum unused)."""
+    del bn_momentum  # uniform signature across the registry
+    b = _Builder(seed, None)
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    x = b.dense(x, 300, "fc1", activation="relu")
+    x = b.dense(x, 100, "fc2", activation="relu")
+    return _finish(inputs, b.classifier(x, num_classes), "lenet_300_100")
+
+
+def conv4(*, input_shape, num_classes, seed, bn_momentum=0.9):
+    """Conv-4: conv64-conv64-pool-conv128-conv128-pool-fc256-fc256-head, ReLU, no BN.
+
+    As in Frankle & Carbin (2019): 3x3 "same" convolutions with biases, 2x2
+    max-pools; no BatchNorm, so bn_momentum is unused.
+    """
+    del bn_momentum  # uniform signature across the registry
+    b = _Builder(seed, None)
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = inputs
+    conv_index = 0
+    for pool_index, filters in enumerate((64, 128), start=1):
+        for _ in range(2):
+            conv_index += 1
+            x = b.conv(x, filters, 3, f"conv{conv_index}", activation="relu")
+        x = keras.layers.MaxPooling2D(2, name=f"pool{pool_index}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = b.dense(x, 256, "fc1", activation="relu")
+    x = b.dense(x, 256, "fc2", activation="relu")
+    return _finish(inputs, b.classifier(x, num_classes), "conv4")
+
+
+# --------------------------------------------------------------------------- #
+# Registry
+# --------------------------------------------------------------------------- #
+
+MODELS = {
+    "resnet50": resnet50,
+    "resnet20": resnet20,
+    "lenet_300_100": lenet_300_100,
+    "conv4": conv4,
+}
+
+
+def build_model(name, *, input_shape, num_classes, seed, bn_momentum=0.9):
+    """Build registered model `name`; its weights are a function of `seed` alone."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes,
+                        seed=seed, bn_momentum=bn_momentum)
+
+
+def head_layer(model):
+    """The classifier head (the layer named HEAD_NAME)."""
+    return model.get_layer(HEAD_NAME)
+
+
+def replace_head(model, num_classes, seed):
+    """A new model sharing every layer of `model` but the head, which is fresh.
+
+    The body's layers (hence its variable objects, masks included) are shared,
+    not copied: training the new model changes `model`'s body too. The new
+    head is a plain Glorot-uniform Dense seeded by (seed, HEAD_NAME).
+    """
+    features = head_layer(model).input
+    outputs = _head(num_classes, seed)(features)
+    # model.input (not .inputs) keeps the input structure: a single tensor stays
+    # a single tensor, so calling the new model does not warn.
+    return keras.Model(model.input, outputs, name=model.name)

@@ -1,0 +1,82 @@
+"""Weights and masks of a model, addressed by variable path, never by position.
+
+Masks are variables too (they count in `get_weights()`), so every snapshot,
+rewind and comparison goes through `{variable.path: array}` dictionaries.
+"""
+
+import numpy as np
+
+from lth_keras.layers import masked_layers
+
+
+class WeightsMismatchError(ValueError):
+    """Stored weights do not fit the model (another architecture or input size)."""
+
+
+def snapshot(model):
+    """Every variable of the model (masks and BN statistics included)."""
+    return {v.path: np.array(v.numpy()) for v in model.variables}
+
+
+def mask_paths(model):
+    return [layer.mask.path for layer in masked_layers(model)]
+
+
+def get_masks(model):
+    """{kernel path: mask} of every prunable kernel, in layer order."""
+    return {layer.kernel.path: np.array(layer.mask.numpy()) for layer in masked_layers(model)}
+
+
+def get_kernels(model):
+    """{kernel path: stored kernel} of every prunable kernel, in layer order."""
+    return {layer.kernel.path: np.array(layer.kernel.numpy()) for layer in masked_layers(model)}
+
+
+def assign(model, weights, skip=()):
+    """Sets the model's variables from {path: array}.
+
+    Every variable not in `skip` must be present with the same shape: a ticket
+    from another architecture or input size fails here with a clear message.
+    """
+    by_path = {v.path: v for v in model.variables}
+    wanted = [p for p in by_path if p not in skip]
+    missing = [p for p in wanted if p not in weights]
+    if missing:
+        raise WeightsMismatchError(
+            f"{len(missing)} of the model's variables are not in the stored weights "
+            f"(first: {missing[0]}): they come from a different model")
+    for path in wanted:
+        value = weights[path]
+        if tuple(value.shape) != tuple(by_path[path].shape):
+            raise WeightsMismatchError(
+                f"{path} has shape {tuple(value.shape)} in the stored weights but "
+                f"{tuple(by_path[path].shape)} in the model: different model or input size")
+        by_path[path].assign(value)
+
+
+def set_masks(model, masks):
+    """Installs {kernel path: mask} and zeroes the pruned weights in the stored kernels."""
+    layers = {layer.kernel.path: layer for layer in masked_layers(model)}
+    if set(masks) != set(layers):
+        raise WeightsMismatchError("the masks do not name the model's prunable kernels")
+    for path, mask in masks.items():
+        layer = layers[path]
+        if tuple(np.shape(mask)) != tuple(layer.mask.shape):
+            raise WeightsMismatchError(
+                f"mask {path} has shape {np.shape(mask)}, the model's kernel "
+                f"{tuple(layer.mask.shape)}: different model or input size")
+        mask = np.asarray(mask, np.float32)
+        layer.mask.assign(mask)
+        layer.kernel.assign(layer.kernel.numpy() * mask)
+
+
+def load_ticket(model, start_weights, masks, skip=()):
+    """Sets the model to m ⊙ θ: θ from `start_weights` (its masks ignored), then m."""
+    assign(model, start_weights, skip=set(skip) | set(mask_paths(model)))
+    set_masks(model, masks)
+
+
+def count_parameters(model):
+    """Every parameter except the masks (which are bookkeeping, not parameters)."""
+    masks = set(mask_paths(model))
+    return int(sum(np.prod(v.shape) for v in model.variables if v.path not in masks))
