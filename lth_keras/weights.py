@@ -6,6 +6,7 @@ rewind and comparison goes through `{variable.path: array}` dictionaries.
 
 import numpy as np
 
+from lth_keras import artifacts
 from lth_keras.layers import masked_layers
 
 
@@ -80,3 +81,9 @@ def count_parameters(model):
     """Every parameter except the masks (which are bookkeeping, not parameters)."""
     masks = set(mask_paths(model))
     return int(sum(np.prod(v.shape) for v in model.variables if v.path not in masks))
+
+
+def digest(weights_by_path):
+    """sha256 of {path: array}, independent of dict order."""
+    paths = sorted(weights_by_path)
+    return artifacts.array_digest(np.array(paths), *(weights_by_path[p] for p in paths))

@@ -1,0 +1,118 @@
+"""Atomic, verifiable artifact files and run records.
+
+Every artifact is written to a temporary file in the same directory, flushed
+and fsynced, then renamed over the target, so a killed run leaves either the
+old file or the new one, never half of one. Arrays go to `.npz` (zip: CRC
+checked on read), records to JSON.
+"""
+
+import contextlib
+import datetime
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import zipfile
+
+import numpy as np
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, truncated or otherwise unreadable."""
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path; renames it to `path` only if the block succeeds."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                               dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(path, data):
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_json(path, obj):
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+                .encode())
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
+
+
+def write_arrays(path, arrays):
+    """Saves {name: array} as an .npz file, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    write_bytes(path, buffer.getvalue())
+
+
+def read_arrays(path):
+    """Loads an .npz written by write_arrays; any damage raises ArtifactError."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ArtifactError(f"{path} is unreadable or truncated ({e})") from e
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def array_digest(*arrays):
+    """sha256 of arrays' dtypes, shapes and bytes: a fingerprint of data or weights."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def environment_record():
+    """Package versions and machine facts stored with every run."""
+    import absl
+    import keras
+    import tensorflow as tf
+
+    from lth_keras import __version__
+
+    def version(module):
+        return getattr(module, "__version__", "unknown")
+
+    return {
+        "lth_keras": __version__,
+        "python": sys.version.split()[0],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "absl": version(absl),
+        "platform": platform.platform(),
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }

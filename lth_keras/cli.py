@@ -1,0 +1,118 @@
+"""Flags and process set-up shared by the binaries (find_tickets, transfer, ...).
+
+Importing this module defines the common flags once; each binary adds its own.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+# --- data and model -----------------------------------------------------------
+flags.DEFINE_string("data_dir", None,
+                    "Directory with the original dataset files (archives or image folders).")
+flags.DEFINE_string("model", "resnet20", "Architecture: resnet50, resnet20, lenet_300_100, conv4.")
+flags.DEFINE_integer("image_size", 32, "Side of the (random / centre) crop fed to the model.")
+flags.DEFINE_float("train_fraction", 1.0,
+                   "Seeded stratified fraction of the training split to use, in (0, 1].")
+flags.DEFINE_float("val_fraction", 0.1,
+                   "Fraction of the training split carved out for validation when the "
+                   "dataset has no validation split.")
+flags.DEFINE_float("bn_momentum", 0.9,
+                   "BatchNorm moving-average momentum (Keras default 0.99 breaks early stopping "
+                   "on small targets; see BUILD_NOTES.md).")
+# --- training recipe ------------------------------------------------------------
+flags.DEFINE_integer("seed", 0, "Fixes θ_0, the validation carve, the data order and the crops.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (summed over replicas).")
+flags.DEFINE_float("learning_rate", 0.1, "Initial SGD learning rate.")
+flags.DEFINE_float("momentum", 0.9, "Nesterov momentum.")
+flags.DEFINE_float("weight_decay", 1e-5, "L2 weight decay on conv and dense kernels.")
+flags.DEFINE_float("lr_decay", 0.0,
+                   "Keras-2 style inverse-time LR decay per step: lr / (1 + decay * step). Off by "
+                   "default; the paper's 'decay factor' may have meant this.")
+flags.DEFINE_list("lr_boundaries", ["50", "60", "75"],
+                  "Epochs at which the learning rate is multiplied by 0.1.")
+flags.DEFINE_integer("max_epochs", 100, "Upper bound on the epochs of one training run.")
+flags.DEFINE_integer("patience", 5, "Early-stopping patience on the validation loss.")
+# --- runtime ----------------------------------------------------------------------
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "one_device", "multi_worker"],
+                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("cpu_devices", 0,
+                     "Split the CPU into this many logical devices (tests and benchmarks).")
+flags.DEFINE_bool("deterministic", False,
+                  "Deterministic kernels: bit-identical runs on CPU (slower).")
+flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPUs).")
+flags.DEFINE_string("output_dir", None, "Run directory (default: a readable name under outputs/).")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, exit status 1."""
+
+
+def check(condition, message):
+    if not condition:
+        raise UserError(message)
+
+
+def training_config():
+    """The TrainingConfig that the flags describe."""
+    from lth_keras.training import TrainingConfig
+    try:
+        boundaries = tuple(int(b) for b in FLAGS.lr_boundaries)
+    except ValueError:
+        raise UserError(f"--lr_boundaries must be integers, got {FLAGS.lr_boundaries}")
+    check(FLAGS.learning_rate > 0, "--learning_rate must be > 0")
+    check(FLAGS.max_epochs >= 1, "--max_epochs must be >= 1")
+    check(FLAGS.patience >= 1, "--patience must be >= 1")
+    check(FLAGS.weight_decay >= 0 and FLAGS.lr_decay >= 0,
+          "--weight_decay and --lr_decay must be >= 0")
+    return TrainingConfig(learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+                          weight_decay=FLAGS.weight_decay, lr_boundaries=boundaries,
+                          lr_decay=FLAGS.lr_decay, max_epochs=FLAGS.max_epochs,
+                          patience=FLAGS.patience, mixed_precision=FLAGS.mixed_precision)
+
+
+def check_common_flags():
+    check(FLAGS.batch_size >= 1, "--batch_size must be >= 1")
+    check(FLAGS.image_size >= 8, "--image_size must be >= 8")
+    check(0.0 < FLAGS.train_fraction <= 1.0, "--train_fraction must be in (0, 1]")
+    check(0.0 < FLAGS.val_fraction < 1.0, "--val_fraction must be in (0, 1)")
+    check(0.0 <= FLAGS.bn_momentum < 1.0, "--bn_momentum must be in [0, 1)")
+
+
+def setup_runtime():
+    """Seeds, determinism, precision and the distribution strategy; once per process."""
+    import keras
+    import tensorflow as tf
+
+    from lth_keras import training
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+
+
+def run(main):
+    """app.run(main), turning expected failures into one clear line and exit status 1."""
+    from lth_keras import artifacts, weights
+    from lth_keras.datasets import DataError
+    from lth_keras.training import TrainingDivergedError
+
+    expected = (UserError, DataError, weights.WeightsMismatchError, TrainingDivergedError,
+                artifacts.ArtifactError)
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except expected as e:
+            logging.flush()
+            print(f"{program}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(guarded)

@@ -1,0 +1,188 @@
+"""Iterative magnitude pruning with late resetting (PROTOCOL.md "find_tickets").
+
+A ticket run directory holds:
+  config.json               flags, hparams (+ their hash), versions, data fingerprint
+  theta_0.npz, theta_k.npz  weights at initialisation and after epoch k of level 0
+  levels/level_LL/          mask.npz (m_L), theta_i.npz (θ_i(L)), metrics.json;
+                            checkpoint.npz only while the level is in progress
+  summary.csv, summary.md   one row per finished level
+  tensorboard/level_LL/     curves
+A level is finished when its metrics.json exists (written last, atomically).
+"""
+
+import csv
+import io
+import os
+
+import numpy as np
+from absl import logging
+
+from lth_keras import artifacts, pruning, weights
+from lth_keras.training import Trainer
+
+SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
+                   "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch",
+                   "epochs")
+
+
+class TicketRun:
+    """Paths and readers of a find_tickets run directory."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def file(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    def level_dir(self, level):
+        return self.file("levels", f"level_{level:02d}")
+
+    def level_file(self, level, name):
+        return os.path.join(self.level_dir(level), name)
+
+    @property
+    def config_path(self):
+        return self.file("config.json")
+
+    def config(self):
+        if not os.path.exists(self.config_path):
+            raise artifacts.ArtifactError(
+                f"{self.path} is not a find_tickets run directory (no config.json)")
+        return artifacts.read_json(self.config_path)
+
+    def is_finished(self, level):
+        return os.path.exists(self.level_file(level, "metrics.json"))
+
+    def finished_levels(self):
+        """Finished levels 0..n-1 (a run is always finished up to some level)."""
+        levels = []
+        while self.is_finished(len(levels)):
+            levels.append(len(levels))
+        return levels
+
+    def metrics(self, level):
+        return artifacts.read_json(self.level_file(level, "metrics.json"))
+
+    def mask(self, level):
+        return artifacts.read_arrays(self.level_file(level, "mask.npz"))
+
+    def theta_i(self, level):
+        return artifacts.read_arrays(self.level_file(level, "theta_i.npz"))
+
+    def theta(self, which):
+        """θ_0 or θ_k ("0" or "k")."""
+        return artifacts.read_arrays(self.file(f"theta_{which}.npz"))
+
+    def write_summary(self):
+        rows = []
+        for level in self.finished_levels():
+            m = self.metrics(level)
+            rows.append({
+                "level": level, "density": m["density"]["density"],
+                "fraction_pruned": m["density"]["fraction_pruned"],
+                "fraction_pruned_all_params": m["density"]["fraction_pruned_all_params"],
+                "val_accuracy": m["val"]["accuracy"], "val_loss": m["val"]["loss"],
+                "test_accuracy": m["test"]["accuracy"], "test_loss": m["test"]["loss"],
+                "best_epoch": m["best_epoch"], "epochs": m["epochs"]})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        artifacts.write_bytes(self.file("summary.csv"), text.getvalue().encode())
+        artifacts.write_bytes(self.file("summary.md"), format_summary(rows).encode())
+        return rows
+
+
+def format_summary(rows):
+    lines = ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
+                     f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
+    return "\n".join(lines) + "\n"
+
+
+def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, prune_rate,
+                 pruning_mode="global", rewind_epoch=2, verbose=True):
+    """Runs (or resumes) levels 0..rounds of IMP with late resetting into `run`.
+
+    `model` is built with θ_0 under `strategy.scope()`. Finished levels are
+    skipped; an interrupted level resumes from its last epoch checkpoint.
+    """
+    theta_0 = weights.snapshot(model)
+    _check_or_write_theta_0(run, theta_0)
+    total_params = weights.count_parameters(model)
+
+    for level in range(rounds + 1):
+        if run.is_finished(level):
+            continue
+        if level == 0:
+            masks = {k: np.ones_like(v) for k, v in weights.get_masks(model).items()}
+            start = theta_0
+        else:
+            previous = run.theta_i(level - 1)
+            kernels = {k: previous[k] for k in weights.get_masks(model)}
+            masks = pruning.prune(kernels, run.mask(level - 1), prune_rate, pruning_mode)
+            start = _theta_k(run, rewind_epoch)
+        artifacts.write_arrays(run.level_file(level, "mask.npz"), masks)
+        weights.load_ticket(model, start, masks)
+        # Recorded so that anyone can check which weights a level started from.
+        start_digest = weights.digest(weights.snapshot(model))
+        density = pruning.density_report(masks, total_params)
+        logging.info("level %d: %d of %d prunable weights alive (%.2f%% pruned)", level,
+                     density["prunable_alive"], density["prunable_size"],
+                     100 * density["fraction_pruned"])
+
+        def save_theta_k(epoch, level=level):
+            if level == 0 and epoch == rewind_epoch:
+                artifacts.write_arrays(run.file("theta_k.npz"), weights.snapshot(model))
+
+        if level == 0 and rewind_epoch == 0:
+            artifacts.write_arrays(run.file("theta_k.npz"), theta_0)
+        trainer = Trainer(model, pipeline, training_config, strategy, verbose=verbose,
+                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"))
+        checkpoint = run.level_file(level, "checkpoint.npz")
+        result = trainer.fit(checkpoint_path=checkpoint,
+                             min_epochs=rewind_epoch if level == 0 else 0,
+                             on_epoch_end=save_theta_k, metrics_tag=f"level {level}: ")
+        _check_mask_held(model, masks)
+        artifacts.write_arrays(run.level_file(level, "theta_i.npz"), weights.snapshot(model))
+        artifacts.write_json(run.level_file(level, "metrics.json"),
+                             {"level": level, "density": density, "start_digest": start_digest,
+                              **result.as_dict()})
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)
+        rows = run.write_summary()
+        logging.info("level %d done: val acc %.4f, test acc %.4f", level,
+                     rows[-1]["val_accuracy"], rows[-1]["test_accuracy"])
+    return run.write_summary()
+
+
+def _check_or_write_theta_0(run, theta_0):
+    """θ_0 is a function of the seed: a stored one must match the model just built."""
+    path = run.file("theta_0.npz")
+    if os.path.exists(path):
+        stored = run.theta("0")
+        same = stored.keys() == theta_0.keys() and all(
+            np.array_equal(stored[k], theta_0[k]) for k in theta_0)
+        if not same:
+            raise artifacts.ArtifactError(
+                f"{path} differs from the θ_0 that this model and seed give: the run "
+                "directory belongs to another configuration")
+    else:
+        artifacts.write_arrays(path, theta_0)
+
+
+def _theta_k(run, rewind_epoch):
+    if not os.path.exists(run.file("theta_k.npz")):
+        raise artifacts.ArtifactError(
+            f"{run.path}: theta_k.npz (epoch {rewind_epoch} of level 0) is missing; "
+            "delete levels/level_00 to retrain level 0")
+    return run.theta("k")
+
+
+def _check_mask_held(model, masks):
+    """Guards the central invariant: pruned weights are exactly 0 after training."""
+    for path, kernel in weights.get_kernels(model).items():
+        if np.any(kernel[masks[path] == 0] != 0):
+            raise AssertionError(f"pruned weights of {path} moved during training")

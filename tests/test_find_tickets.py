@@ -1,0 +1,170 @@
+"""End-to-end find_tickets runs on tiny data in the original Fashion-MNIST format."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_binary
+from lth_keras import artifacts, lottery, weights
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 2
+TINY = ["--model=lenet_300_100", "--image_size=16", f"--rounds={ROUNDS}", "--max_epochs=3",
+        "--patience=2", "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.01",
+        "--deterministic", "--seed=3"]
+
+
+def _find_tickets(data_dir, output_dir, *extra):
+    return run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
+                      f"--data_dir={data_dir}", f"--output_dir={output_dir}", *TINY, *extra)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_fashion_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run") / "tickets")
+    proc = _find_tickets(tiny_fashion_dir, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return lottery.TicketRun(out)
+
+
+def test_run_directory_has_the_documented_layout(tiny_run):
+    for name in ("config.json", "theta_0.npz", "theta_k.npz", "summary.csv", "summary.md"):
+        assert os.path.isfile(tiny_run.file(name)), name
+    for level in range(ROUNDS + 1):
+        for name in ("mask.npz", "theta_i.npz", "metrics.json"):
+            assert os.path.isfile(tiny_run.level_file(level, name)), (level, name)
+        assert not os.path.exists(tiny_run.level_file(level, "checkpoint.npz"))
+        assert os.listdir(tiny_run.file("tensorboard", f"level_{level:02d}"))
+    config = tiny_run.config()
+    assert config["hparams"]["model"] == "lenet_300_100"
+    assert len(config["dataset"]["fingerprint"]) == 64
+    assert config["environment"]["tensorflow"].startswith("2.")
+    leftovers = [f for _, _, files in os.walk(tiny_run.path) for f in files if f.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_summary_fraction_pruned_grows_by_the_rate(tiny_run):
+    rows = tiny_run.write_summary()
+    assert [r["level"] for r in rows] == list(range(ROUNDS + 1))
+    alive = [int(sum(m.sum() for m in tiny_run.mask(level).values()))
+             for level in range(ROUNDS + 1)]
+    for before, after in zip(alive, alive[1:]):
+        assert after == round(before * 0.8)
+    for r, n in zip(rows, alive):
+        assert r["fraction_pruned"] == pytest.approx(1 - n / alive[0])
+    assert rows[0]["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_each_level_starts_from_m_times_theta_k_bit_for_bit(tiny_run):
+    theta_k = tiny_run.theta("k")
+    theta_0 = tiny_run.theta("0")
+    for level in range(ROUNDS + 1):
+        masks = tiny_run.mask(level)
+        start = dict(theta_0 if level == 0 else theta_k)
+        for kernel_path, mask in masks.items():
+            start[kernel_path] = start[kernel_path] * mask
+            start[kernel_path.rsplit("/", 1)[0] + "/mask"] = mask
+        assert weights.digest(start) == tiny_run.metrics(level)["start_digest"], level
+
+
+def test_pruned_weights_are_exactly_zero_after_training(tiny_run):
+    for level in range(1, ROUNDS + 1):
+        theta_i, masks = tiny_run.theta_i(level), tiny_run.mask(level)
+        for path, mask in masks.items():
+            assert np.all(theta_i[path][mask == 0] == 0)
+            np.testing.assert_array_equal(theta_i[path.rsplit("/", 1)[0] + "/mask"], mask)
+
+
+def test_masks_shrink_monotonically(tiny_run):
+    for level in range(1, ROUNDS + 1):
+        before, after = tiny_run.mask(level - 1), tiny_run.mask(level)
+        assert all(np.all(after[k] <= before[k]) for k in before)
+
+
+def test_rerun_skips_finished_levels(tiny_run, tiny_fashion_dir):
+    stamps = {f: os.stat(tiny_run.level_file(0, f)).st_mtime_ns for f in ("theta_i.npz",)}
+    proc = _find_tickets(tiny_fashion_dir, tiny_run.path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.stat(tiny_run.level_file(0, "theta_i.npz")).st_mtime_ns == stamps["theta_i.npz"]
+
+
+def test_rerun_with_other_settings_is_refused(tiny_run, tiny_fashion_dir):
+    proc = _find_tickets(tiny_fashion_dir, tiny_run.path, "--prune_rate=0.5")
+    assert proc.returncode == 1
+    assert "prune_rate" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_killed_mid_level_resumes_to_the_same_masks(tiny_run, tiny_fashion_dir, tmp_path):
+    out = str(tmp_path / "killed")
+    args = [sys.executable, "-m", "lth_keras.find_tickets", "--source=fashion_mnist",
+            f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *TINY]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = os.path.join(out, "levels", "level_01", "checkpoint.npz")
+    deadline = time.time() + 240
+    while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(checkpoint), "the run finished level 1 before it could be killed"
+    assert not lottery.TicketRun(out).is_finished(1)
+
+    resumed = _find_tickets(tiny_fashion_dir, out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    killed_run = lottery.TicketRun(out)
+    for level in range(ROUNDS + 1):
+        a, b = tiny_run.mask(level), killed_run.mask(level)
+        assert all(np.array_equal(a[k], b[k]) for k in a), level
+        assert killed_run.metrics(level)["test"] == tiny_run.metrics(level)["test"]
+
+
+def test_find_tickets_on_two_mirrored_cpu_devices(tiny_fashion_dir, tmp_path):
+    # Exactness against one device is shown in float64 by test_distributed.py; here the
+    # binary runs on 2 replicas and behaves like the 1-replica run of the same command.
+    common = ["--model=resnet20", "--image_size=16", "--rounds=1", "--max_epochs=2",
+              "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.002", "--deterministic"]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["--strategy=mirrored", "--cpu_devices=2"])):
+        out = str(tmp_path / name)
+        proc = run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
+                          f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *common, *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = lottery.TicketRun(out)
+    one, two = runs["one"], runs["two"]
+    assert (one.config()["replicas"], two.config()["replicas"]) == (1, 2)
+    assert one.config()["hparams_hash"] == two.config()["hparams_hash"]
+    first = [r.metrics(0)["history"][0]["train_loss"] for r in (one, two)]
+    assert first[1] == pytest.approx(first[0], rel=0.03)
+    alive = [sum(int(m.sum()) for m in r.mask(1).values()) for r in (one, two)]
+    assert alive[0] == alive[1]
+
+
+def test_missing_dataset_fails_fast_with_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "never"
+    start = time.time()
+    proc = run_binary("lth_keras.find_tickets", "--source=cifar10", f"--data_dir={empty}",
+                      f"--output_dir={out}", timeout=120)
+    assert proc.returncode == 1
+    assert time.time() - start < 60  # of which TensorFlow's import is most
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("find_tickets: error:") and "cifar-10" in last and "--data_dir" in last
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,needle", [("--prune_rate=1.5", "--prune_rate"),
+                                         ("--rewind_epoch=7", "--rewind_epoch"),
+                                         ("--train_fraction=0", "--train_fraction")])
+def test_impossible_flags_fail_with_one_line(tmp_path, tiny_fashion_dir, flag, needle):
+    out = tmp_path / "never"
+    proc = _find_tickets(tiny_fashion_dir, out, "--max_epochs=5", flag)
+    assert proc.returncode == 1
+    assert needle in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()

@@ -1,0 +1,110 @@
+"""The training loop: masks hold under momentum and weight decay, schedules, failures."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lth_keras import models, training, weights
+from lth_keras.datasets import load_source
+from lth_keras.datasets.pipeline import InputPipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_fashion_dir):
+    dataset = load_source("fashion_mnist", data_dir=tiny_fashion_dir, seed=0)
+    return InputPipeline(dataset, image_size=16, batch_size=32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def strategy():
+    return tf.distribute.get_strategy()
+
+
+def _model(strategy, name="resnet20", seed=0):
+    with strategy.scope():
+        return models.build_model(name, input_shape=(16, 16, 3), num_classes=10, seed=seed)
+
+
+def test_masked_weights_stay_exactly_zero_with_momentum_and_weight_decay(pipeline, strategy):
+    model = _model(strategy)
+    rng = np.random.default_rng(0)
+    masks = {k: (rng.random(v.shape) < 0.3).astype(np.float32)
+             for k, v in weights.get_masks(model).items()}
+    weights.set_masks(model, masks)
+    before = weights.get_kernels(model)
+    config = training.TrainingConfig(learning_rate=0.05, momentum=0.9, weight_decay=1e-2,
+                                     max_epochs=2, patience=5)
+    trainer = training.Trainer(model, pipeline, config, strategy, verbose=False)
+    trainer.fit()
+    after = weights.get_kernels(model)
+    for path, mask in masks.items():
+        assert np.all(after[path][mask == 0] == 0), path
+        assert np.any(after[path][mask == 1] != before[path][mask == 1]), path
+        np.testing.assert_array_equal(weights.get_masks(model)[path], mask)
+
+
+def test_fit_keeps_the_best_validation_epoch(pipeline, strategy):
+    model = _model(strategy, "lenet_300_100")
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=4, patience=1)
+    result = training.Trainer(model, pipeline, config, strategy, verbose=False).fit()
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    assert result.val["loss"] == min(losses)
+    # the weights left in the model are the kept ones: evaluating them gives the same loss
+    again = training.Trainer(model, pipeline, config, strategy, verbose=False).evaluate("val")
+    assert again["loss"] == pytest.approx(result.val["loss"], rel=1e-5)
+    assert 0.0 <= result.test["accuracy"] <= 1.0
+
+
+def test_min_epochs_delays_early_stopping(pipeline, strategy):
+    model = _model(strategy, "lenet_300_100")
+    config = training.TrainingConfig(learning_rate=1e-9, max_epochs=6, patience=1)
+    result = training.Trainer(model, pipeline, config, strategy, verbose=False).fit(min_epochs=4)
+    assert result.epochs >= 4
+
+
+def test_nan_loss_stops_with_a_clear_error(pipeline, strategy):
+    model = _model(strategy, "lenet_300_100")
+    config = training.TrainingConfig(learning_rate=1e12, momentum=0.9, max_epochs=3)
+    with pytest.raises(training.TrainingDivergedError, match="loss became"):
+        training.Trainer(model, pipeline, config, strategy, verbose=False).fit()
+
+
+def test_schedule_anneals_at_epoch_boundaries_and_decays():
+    schedule = training.EpochSchedule(0.1, steps_per_epoch=10, boundaries=(2, 4), factor=0.1,
+                                      decay=0.0)
+    assert [round(schedule.lr_at_epoch(e), 8) for e in range(6)] == \
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    decayed = training.EpochSchedule(0.1, 10, (), 0.1, decay=0.5)
+    assert float(decayed(4)) == pytest.approx(0.1 / 3)
+
+
+def test_checkpoint_resume_continues_identically(pipeline, strategy, tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, patience=5)
+
+    straight = _model(strategy, "lenet_300_100", seed=5)
+    full = training.Trainer(straight, pipeline, config, strategy, verbose=False).fit()
+
+    resumed = _model(strategy, "lenet_300_100", seed=5)
+    ckpt = str(tmp_path / "ckpt.npz")
+    short = dataclasses.replace(config, max_epochs=2)
+    training.Trainer(resumed, pipeline, short, strategy, verbose=False).fit(checkpoint_path=ckpt)
+    result = training.Trainer(resumed, pipeline, config, strategy,
+                              verbose=False).fit(checkpoint_path=ckpt)
+    assert result.history == [dict(h, seconds=r["seconds"]) for h, r in
+                              zip(full.history, result.history)]
+    a, b = weights.snapshot(straight), weights.snapshot(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_is_reported_and_ignored(pipeline, strategy, tmp_path, caplog):
+    ckpt = tmp_path / "ckpt.npz"
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    model = _model(strategy, "lenet_300_100")
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=1)
+    result = training.Trainer(model, pipeline, config, strategy,
+                              verbose=False).fit(checkpoint_path=str(ckpt))
+    assert result.epochs == 1
