@@ -8,6 +8,10 @@ import sys
 
 from absl import app, flags, logging
 
+# TensorFlow's C++ info and warning lines (oneDNN, CUDA probing, grappler) drown the
+# progress of a run; errors still show. An explicit setting by the user wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 FLAGS = flags.FLAGS
 
 # --- data and model -----------------------------------------------------------

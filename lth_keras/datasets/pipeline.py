@@ -120,7 +120,9 @@ class InputPipeline:
         std = tf.constant(self.std.reshape(1, 1, 1, 3))
 
         def make_batch(indices, boxes):
-            images = tf.gather(images_t, indices)
+            # float32 before cropping: grappler's cost model has no uint8 CropAndResize
+            # and logs a warning for every epoch otherwise.
+            images = tf.cast(tf.gather(images_t, indices), tf.float32)
             crops = tf.image.crop_and_resize(
                 images, boxes, tf.range(tf.shape(indices)[0]), size, method="bilinear"
             )  # float32 on the 0..255 scale
