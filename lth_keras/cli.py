@@ -24,6 +24,11 @@ flags.DEFINE_float("train_fraction", 1.0,
 flags.DEFINE_float("val_fraction", 0.1,
                    "Fraction of the training split carved out for validation when the "
                    "dataset has no validation split.")
+flags.DEFINE_list("split", None,
+                  "For an image folder without val/ or test/: seeded stratified train,val,test "
+                  "fractions to carve, e.g. 0.7,0.1,0.2.")
+flags.DEFINE_bool("skip_bad_images", False,
+                  "Skip (and count) unreadable images in image folders instead of failing.")
 flags.DEFINE_float("bn_momentum", 0.9,
                    "BatchNorm moving-average momentum (Keras default 0.99 breaks early stopping "
                    "on small targets; see BUILD_NOTES.md).")
@@ -84,6 +89,16 @@ def check_common_flags():
     check(0.0 < FLAGS.train_fraction <= 1.0, "--train_fraction must be in (0, 1]")
     check(0.0 < FLAGS.val_fraction < 1.0, "--val_fraction must be in (0, 1)")
     check(0.0 <= FLAGS.bn_momentum < 1.0, "--bn_momentum must be in [0, 1)")
+
+
+def load_dataset(name):
+    """The dataset the data flags describe: a source, a paper target or an image folder."""
+    from lth_keras import datasets
+    return datasets.load_dataset(name, data_dir=FLAGS.data_dir, seed=FLAGS.seed,
+                                 val_fraction=FLAGS.val_fraction,
+                                 train_fraction=FLAGS.train_fraction,
+                                 image_size=FLAGS.image_size, split=FLAGS.split,
+                                 skip_bad_images=FLAGS.skip_bad_images)
 
 
 def setup_runtime():

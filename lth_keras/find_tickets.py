@@ -12,7 +12,8 @@ from lth_keras import cli
 from lth_keras.pruning import PRUNING_MODES
 
 flags.DEFINE_string("source", "fashion_mnist",
-                    "Dataset to find tickets on: fashion_mnist, cifar10 or cifar100.")
+                    "Dataset to find tickets on: fashion_mnist, cifar10, cifar100, a paper target "
+                    "under --data_dir (human_lba, ...), or an image folder path.")
 flags.DEFINE_integer("rounds", 31, "Pruning rounds R: levels 0..R are trained.")
 flags.DEFINE_float("prune_rate", 0.2, "Fraction of the remaining weights pruned per round.")
 flags.DEFINE_integer("rewind_epoch", 2, "Late-resetting epoch k (0 = rewind to θ_0).")
@@ -24,7 +25,7 @@ FLAGS = flags.FLAGS
 # Flags that define the run's result; the hash of their values names it. Options
 # that do not change the result (rounds, output_dir, verbosity) are left out, so
 # adding rounds to a finished run continues it.
-RESULT_FLAGS = ("source", "model", "image_size", "train_fraction", "val_fraction",
+RESULT_FLAGS = ("source", "model", "image_size", "train_fraction", "val_fraction", "split",
                 "bn_momentum", "seed", "batch_size", "learning_rate", "momentum",
                 "weight_decay", "lr_decay", "lr_boundaries", "max_epochs", "patience",
                 "prune_rate", "rewind_epoch", "pruning", "mixed_precision")
@@ -44,12 +45,10 @@ def main(argv):
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     training_config = _check_flags()
 
-    from lth_keras import datasets, lottery, models, runs
+    from lth_keras import lottery, models, runs
     from lth_keras.datasets.pipeline import InputPipeline
 
-    dataset = datasets.load_source(FLAGS.source, data_dir=FLAGS.data_dir, seed=FLAGS.seed,
-                                   val_fraction=FLAGS.val_fraction,
-                                   train_fraction=FLAGS.train_fraction)
+    dataset = cli.load_dataset(FLAGS.source)
     strategy = cli.setup_runtime()
     pipeline = InputPipeline(dataset, image_size=FLAGS.image_size,
                              batch_size=FLAGS.batch_size, seed=FLAGS.seed)

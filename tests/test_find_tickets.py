@@ -168,3 +168,21 @@ def test_impossible_flags_fail_with_one_line(tmp_path, tiny_fashion_dir, flag, n
     assert proc.returncode == 1
     assert needle in proc.stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+HISTOLOGY = os.path.join(os.path.dirname(REPO), "shared", "data", "histology_nuclei")
+
+
+@pytest.mark.skipif(not os.path.isdir(HISTOLOGY), reason="../shared/data is not beside the repo")
+def test_tickets_on_an_image_folder_target(tmp_path):
+    out = str(tmp_path / "histology")
+    proc = run_binary("lth_keras.find_tickets", f"--source={HISTOLOGY}", f"--output_dir={out}",
+                      "--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
+                      "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.01",
+                      "--train_fraction=0.25")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = lottery.TicketRun(out)
+    summary = run.config()["dataset"]
+    assert summary["num_classes"] == 4
+    assert run.finished_levels() == [0, 1]
+    assert run.metrics(0)["test"]["accuracy"] > 0.25

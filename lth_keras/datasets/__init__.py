@@ -4,6 +4,8 @@ The pipeline names are imported lazily: importing TensorFlow takes seconds, and
 loading or validating data (e.g. failing fast on missing files) does not need it.
 """
 
+import os
+
 from lth_keras.datasets.base import (
     SPLITS,
     DataError,
@@ -16,6 +18,15 @@ from lth_keras.datasets.base import (
     subset_fraction,
 )
 from lth_keras.datasets.sources import SOURCES, load_source, network_available
+from lth_keras.datasets.folders import (
+    IMAGE_EXTENSIONS,
+    FolderDataset,
+    FolderLayout,
+    load_image_folder,
+    parse_split,
+    scan_image_folder,
+)
+from lth_keras.datasets.targets import TARGETS, TargetSpec, load_target
 
 _PIPELINE_NAMES = ("InputPipeline", "channel_stats", "resize_size")
 
@@ -23,6 +34,8 @@ __all__ = [
     "SPLITS", "DataError", "ImageDataset", "MissingDataError", "Split",
     "carve_validation", "check_every_class", "stratified_split", "subset_fraction",
     "SOURCES", "load_source", "network_available", *_PIPELINE_NAMES,
+    "IMAGE_EXTENSIONS", "FolderDataset", "FolderLayout", "load_image_folder", "parse_split",
+    "scan_image_folder", "TARGETS", "TargetSpec", "load_target", "load_dataset",
 ]
 
 
@@ -32,3 +45,35 @@ def __getattr__(name):
 
         return getattr(pipeline, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_dataset(name_or_path, *, data_dir=None, seed=0, val_fraction=0.1, train_fraction=1.0,
+                 image_size=None, split=None, skip_bad_images=False) -> ImageDataset:
+    """Load a source, a Table-1 target or an image folder by name or path.
+
+    - a source name (fashion_mnist, cifar10, cifar100): `load_source`;
+    - a target name (human_lba, ...): `load_target` from `<data_dir>/<name>/`;
+    - an existing directory: `load_image_folder`.
+    Folder images are stored at `resize_size(image_size)` so that the pipeline's
+    crops fit; sources keep their native size (the pipeline resizes them).
+    """
+    name = os.fspath(name_or_path)
+    if name in SOURCES:
+        if split is not None:
+            raise DataError(f"{name}: --split applies to image folders; a source has a fixed test split")
+        return load_source(name, data_dir=data_dir, seed=seed, val_fraction=val_fraction,
+                           train_fraction=train_fraction)
+    storage_size = None
+    if image_size is not None:
+        from lth_keras.datasets.pipeline import resize_size  # imports TensorFlow: only when needed
+
+        storage_size = resize_size(image_size)
+    kwargs = dict(seed=seed, storage_size=storage_size, split=split, val_fraction=val_fraction,
+                  train_fraction=train_fraction, skip_bad_images=skip_bad_images)
+    if name in TARGETS:
+        return load_target(name, data_dir=data_dir, **kwargs)
+    if os.path.isdir(os.path.expanduser(name)):
+        return load_image_folder(name, **kwargs)
+    raise DataError(f"unknown dataset {name!r}: not a source ({', '.join(SOURCES)}), not a target of the paper "
+                    f"({', '.join(TARGETS)}), and not an existing directory; an image folder "
+                    f"<path>/{{train,val,test}}/<class>/* can be given by its path")
