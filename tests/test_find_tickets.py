@@ -186,3 +186,15 @@ def test_tickets_on_an_image_folder_target(tmp_path):
     assert summary["num_classes"] == 4
     assert run.finished_levels() == [0, 1]
     assert run.metrics(0)["test"]["accuracy"] > 0.25
+
+
+def test_mixed_precision_run_keeps_masks(tiny_fashion_dir, tmp_path):
+    out = str(tmp_path / "mixed")
+    proc = _find_tickets(tiny_fashion_dir, out, "--mixed_precision", "--rounds=1",
+                         "--model=resnet20")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = lottery.TicketRun(out)
+    theta_i, masks = run.theta_i(1), run.mask(1)
+    assert theta_i[next(iter(masks))].dtype == np.float32  # variables stay float32
+    for path, mask in masks.items():
+        assert np.all(theta_i[path][mask == 0] == 0)
