@@ -66,7 +66,7 @@ def main(argv):
     rows = lottery.find_tickets(run, model, pipeline, strategy, training_config,
                                 rounds=FLAGS.rounds, prune_rate=FLAGS.prune_rate,
                                 pruning_mode=FLAGS.pruning, rewind_epoch=FLAGS.rewind_epoch)
-    print(lottery.format_summary(rows), end="")
+    print(runs.format_summary(rows), end="")
     print(f"artifacts: {output_dir}")
 
 

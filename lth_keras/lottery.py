@@ -10,14 +10,12 @@ A ticket run directory holds:
 A level is finished when its metrics.json exists (written last, atomically).
 """
 
-import csv
-import io
 import os
 
 import numpy as np
 from absl import logging
 
-from lth_keras import artifacts, pruning, weights
+from lth_keras import artifacts, pruning, runs, weights
 from lth_keras.training import Trainer
 
 SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
@@ -25,43 +23,8 @@ SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_p
                    "epochs")
 
 
-class TicketRun:
-    """Paths and readers of a find_tickets run directory."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def file(self, *parts):
-        return os.path.join(self.path, *parts)
-
-    def level_dir(self, level):
-        return self.file("levels", f"level_{level:02d}")
-
-    def level_file(self, level, name):
-        return os.path.join(self.level_dir(level), name)
-
-    @property
-    def config_path(self):
-        return self.file("config.json")
-
-    def config(self):
-        if not os.path.exists(self.config_path):
-            raise artifacts.ArtifactError(
-                f"{self.path} is not a find_tickets run directory (no config.json)")
-        return artifacts.read_json(self.config_path)
-
-    def is_finished(self, level):
-        return os.path.exists(self.level_file(level, "metrics.json"))
-
-    def finished_levels(self):
-        """Finished levels 0..n-1 (a run is always finished up to some level)."""
-        levels = []
-        while self.is_finished(len(levels)):
-            levels.append(len(levels))
-        return levels
-
-    def metrics(self, level):
-        return artifacts.read_json(self.level_file(level, "metrics.json"))
+class TicketRun(runs.RunDirectory):
+    """A find_tickets run directory."""
 
     def mask(self, level):
         return artifacts.read_arrays(self.level_file(level, "mask.npz"))
@@ -74,32 +37,16 @@ class TicketRun:
         return artifacts.read_arrays(self.file(f"theta_{which}.npz"))
 
     def write_summary(self):
-        rows = []
-        for level in self.finished_levels():
-            m = self.metrics(level)
-            rows.append({
-                "level": level, "density": m["density"]["density"],
+        return super().write_summary(SUMMARY_COLUMNS, self._summary_row, runs.format_summary)
+
+    def _summary_row(self, level):
+        m = self.metrics(level)
+        return {"level": level, "density": m["density"]["density"],
                 "fraction_pruned": m["density"]["fraction_pruned"],
                 "fraction_pruned_all_params": m["density"]["fraction_pruned_all_params"],
                 "val_accuracy": m["val"]["accuracy"], "val_loss": m["val"]["loss"],
                 "test_accuracy": m["test"]["accuracy"], "test_loss": m["test"]["loss"],
-                "best_epoch": m["best_epoch"], "epochs": m["epochs"]})
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        artifacts.write_bytes(self.file("summary.csv"), text.getvalue().encode())
-        artifacts.write_bytes(self.file("summary.md"), format_summary(rows).encode())
-        return rows
-
-
-def format_summary(rows):
-    lines = ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
-             "|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
-                     f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
-    return "\n".join(lines) + "\n"
+                "best_epoch": m["best_epoch"], "epochs": m["epochs"]}
 
 
 def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, prune_rate,
@@ -145,7 +92,7 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
         result = trainer.fit(checkpoint_path=checkpoint,
                              min_epochs=rewind_epoch if level == 0 else 0,
                              on_epoch_end=save_theta_k, metrics_tag=f"level {level}: ")
-        _check_mask_held(model, masks)
+        weights.check_mask_held(model, masks)
         artifacts.write_arrays(run.level_file(level, "theta_i.npz"), weights.snapshot(model))
         artifacts.write_json(run.level_file(level, "metrics.json"),
                              {"level": level, "density": density, "start_digest": start_digest,
@@ -179,10 +126,3 @@ def _theta_k(run, rewind_epoch):
             f"{run.path}: theta_k.npz (epoch {rewind_epoch} of level 0) is missing; "
             "delete levels/level_00 to retrain level 0")
     return run.theta("k")
-
-
-def _check_mask_held(model, masks):
-    """Guards the central invariant: pruned weights are exactly 0 after training."""
-    for path, kernel in weights.get_kernels(model).items():
-        if np.any(kernel[masks[path] == 0] != 0):
-            raise AssertionError(f"pruned weights of {path} moved during training")

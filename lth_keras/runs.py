@@ -6,9 +6,12 @@ normalisation. A re-run into the same directory must have the same hash and
 the same data fingerprint, or it is refused.
 """
 
+import csv
 import hashlib
+import io
 import json
 import os
+import re
 import sys
 
 from absl import flags
@@ -17,6 +20,69 @@ from lth_keras import artifacts
 
 FLAGS = flags.FLAGS
 OUTPUT_ROOT = "outputs"
+
+
+class RunDirectory:
+    """Paths and readers shared by find_tickets and transfer run directories.
+
+    Levels live in levels/level_LL/; a level is finished when its metrics.json
+    exists (written last, atomically).
+    """
+
+    def __init__(self, path):
+        self.path = path
+
+    def file(self, *parts):
+        return os.path.join(self.path, *parts)
+
+    def level_dir(self, level):
+        return self.file("levels", f"level_{level:02d}")
+
+    def level_file(self, level, name):
+        return os.path.join(self.level_dir(level), name)
+
+    @property
+    def config_path(self):
+        return self.file("config.json")
+
+    def config(self):
+        if not os.path.exists(self.config_path):
+            raise artifacts.ArtifactError(f"{self.path} is not a run directory (no config.json)")
+        return artifacts.read_json(self.config_path)
+
+    def is_finished(self, level):
+        return os.path.exists(self.level_file(level, "metrics.json"))
+
+    def finished_levels(self):
+        """Sorted levels whose metrics.json exists."""
+        root = self.file("levels")
+        if not os.path.isdir(root):
+            return []
+        found = (re.fullmatch(r"level_(\d+)", name) for name in os.listdir(root))
+        return sorted(int(m.group(1)) for m in found if m and self.is_finished(int(m.group(1))))
+
+    def metrics(self, level):
+        return artifacts.read_json(self.level_file(level, "metrics.json"))
+
+    def write_summary(self, columns, row, format_rows):
+        """summary.csv and summary.md with one row(level) per finished level."""
+        rows = [row(level) for level in self.finished_levels()]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        artifacts.write_bytes(self.file("summary.csv"), text.getvalue().encode())
+        artifacts.write_bytes(self.file("summary.md"), format_rows(rows).encode())
+        return rows
+
+
+def format_summary(rows):
+    lines = ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
+                     f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
+    return "\n".join(lines) + "\n"
 
 
 def default_dir(kind, name):
@@ -38,11 +104,17 @@ def our_flags():
     return dict(sorted(ours.items()))
 
 
-def start(config_path, *, kind, flag_names, dataset, pipeline, strategy, extra=None):
-    """Writes config.json for a new run, or checks that a re-run matches it."""
+def start(config_path, *, kind, flag_names, dataset, pipeline, strategy, extra=None,
+          extra_hparams=None):
+    """Writes config.json for a new run, or checks that a re-run matches it.
+
+    The hparams are the values of `flag_names` plus `extra_hparams` (settings that
+    are not flags, such as the ticket run a transfer reads).
+    """
     from lth_keras.cli import UserError
 
     hparams = {name: FLAGS[name].value for name in flag_names}
+    hparams.update(extra_hparams or {})
     record = {
         "kind": kind,
         "hparams": hparams,

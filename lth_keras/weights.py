@@ -87,3 +87,10 @@ def digest(weights_by_path):
     """sha256 of {path: array}, independent of dict order."""
     paths = sorted(weights_by_path)
     return artifacts.array_digest(np.array(paths), *(weights_by_path[p] for p in paths))
+
+
+def check_mask_held(model, masks):
+    """Guards the central invariant: pruned weights are exactly 0 after training."""
+    for path, kernel in get_kernels(model).items():
+        if np.any(kernel[masks[path] == 0] != 0):
+            raise AssertionError(f"pruned weights of {path} moved during training")

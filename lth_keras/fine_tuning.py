@@ -1,0 +1,135 @@
+"""Transfer: fine-tuning tickets on a target dataset (PROTOCOL.md "Transfer").
+
+Every condition loads (m, θ) into the ticket's architecture, replaces the head
+by a fresh dense Glorot layer for the target's classes, and trains with the
+mask fixed:
+  rewind   m_L ⊙ θ_k      (the ticket)
+  final    m_L ⊙ θ_i(L)   (paper 4.3.1)
+  reinit   m_L ⊙ θ'_0     (θ'_0: a fresh draw from the initialiser, another seed)
+  scratch  θ_0, dense     (the baseline; one level, numbered 0)
+
+A transfer run directory holds:
+  config.json               flags, hparams (+ their hash), the ticket run it read,
+                            versions, target data fingerprint
+  levels/level_LL/          weights.npz (the fine-tuned model) and metrics.json;
+                            checkpoint.npz only while the level is in progress
+  summary.csv, summary.md   one row per finished level
+  tensorboard/level_LL/     curves
+"""
+
+import os
+import zlib
+
+import numpy as np
+from absl import logging
+
+from lth_keras import artifacts, models, pruning, runs, weights
+from lth_keras.training import Trainer
+
+CONDITIONS = ("rewind", "final", "reinit", "scratch")
+SUMMARY_COLUMNS = ("level", "condition", "density", "fraction_pruned", "val_accuracy",
+                   "val_loss", "test_accuracy", "test_loss", "best_epoch", "epochs")
+
+
+class TransferRun(runs.RunDirectory):
+    """A transfer run directory."""
+
+    def weights(self, level):
+        return artifacts.read_arrays(self.level_file(level, "weights.npz"))
+
+    def write_summary(self):
+        return super().write_summary(SUMMARY_COLUMNS, self._summary_row, runs.format_summary)
+
+    def _summary_row(self, level):
+        m = self.metrics(level)
+        return {"level": level, "condition": m["condition"], "density": m["density"]["density"],
+                "fraction_pruned": m["density"]["fraction_pruned"],
+                "val_accuracy": m["val"]["accuracy"], "val_loss": m["val"]["loss"],
+                "test_accuracy": m["test"]["accuracy"], "test_loss": m["test"]["loss"],
+                "best_epoch": m["best_epoch"], "epochs": m["epochs"]}
+
+
+def reinit_seed(ticket_seed, seed):
+    """The seed of θ'_0: never the ticket's own θ_0 seed, and fixed by both seeds."""
+    derived = zlib.crc32(f"reinit/{ticket_seed}/{seed}".encode()) & 0x7FFFFFFF
+    return derived if derived != ticket_seed else derived + 1
+
+
+def build_target_model(model_config, num_classes, seed):
+    """(source-shaped model, target model sharing its body with a fresh head).
+
+    Tickets are stored with the source head; they load into the first model,
+    and the second is the one trained. Call under `strategy.scope()`.
+    """
+    source = models.build_model(model_config["model"],
+                                input_shape=(model_config["image_size"],) * 2 + (3,),
+                                num_classes=model_config["source_classes"],
+                                seed=model_config["seed"],
+                                bn_momentum=model_config["bn_momentum"])
+    return source, models.replace_head(source, num_classes, seed)
+
+
+def starting_point(condition, level, ticket_run=None, theta_0=None, fresh_init=None):
+    """(θ, mask) a level starts from; mask None means dense."""
+    if condition == "scratch":
+        return theta_0, None
+    mask = ticket_run.mask(level)
+    if condition == "rewind":
+        return ticket_run.theta("k"), mask
+    if condition == "final":
+        return ticket_run.theta_i(level), mask
+    if condition == "reinit":
+        return fresh_init, mask
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+def fine_tune(run, source_model, target_model, pipeline, strategy, training_config, *,
+              condition, levels, start_for_level, verbose=True):
+    """Fine-tunes every level of `levels` not finished yet into `run`.
+
+    `start_for_level(level)` gives (θ, mask) for the level; θ fits `source_model`
+    (whose head the target head replaces). Every level starts from the same
+    fresh head. Returns the summary rows.
+    """
+    head = models.head_layer(target_model)
+    head_init = {v.path: np.array(v.numpy()) for v in head.variables}
+    total_params = weights.count_parameters(target_model)
+    for level in levels:
+        if run.is_finished(level):
+            logging.info("level %d: already fine-tuned, skipping", level)
+            continue
+        theta, mask = start_for_level(level)
+        if mask is None:
+            mask = {k: np.ones_like(v) for k, v in weights.get_masks(source_model).items()}
+        weights.load_ticket(source_model, theta, mask)
+        weights.assign(target_model, head_init,
+                       skip={v.path for v in target_model.variables} - set(head_init))
+        start_digest = weights.digest(weights.snapshot(target_model))
+        density = pruning.density_report(mask, total_params)
+        logging.info("level %d (%s): fine-tuning with %.2f%% of the prunable weights", level,
+                     condition, 100 * density["density"])
+
+        trainer = Trainer(target_model, pipeline, training_config, strategy, verbose=verbose,
+                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"))
+        checkpoint = run.level_file(level, "checkpoint.npz")
+        result = trainer.fit(checkpoint_path=checkpoint,
+                             metrics_tag=f"level {level} ({condition}): ")
+        _check_mask_unchanged(target_model, mask)
+        weights.check_mask_held(target_model, mask)
+        artifacts.write_arrays(run.level_file(level, "weights.npz"), weights.snapshot(target_model))
+        artifacts.write_json(run.level_file(level, "metrics.json"), {
+            "level": level, "condition": condition, "density": density,
+            "start_digest": start_digest, "mask_digest": weights.digest(mask),
+            **result.as_dict()})
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)
+        run.write_summary()
+        logging.info("level %d done: val acc %.4f, test acc %.4f", level,
+                     result.val["accuracy"], result.test["accuracy"])
+    return run.write_summary()
+
+
+def _check_mask_unchanged(model, mask):
+    for path, value in weights.get_masks(model).items():
+        if not np.array_equal(value, mask[path]):
+            raise AssertionError(f"the mask of {path} changed during fine-tuning")
