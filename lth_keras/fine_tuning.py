@@ -96,8 +96,13 @@ def fine_tune(run, source_model, target_model, pipeline, strategy, training_conf
     total_params = weights.count_parameters(target_model)
     for level in levels:
         if run.is_finished(level):
-            logging.info("level %d: already fine-tuned, skipping", level)
-            continue
+            try:
+                run.metrics(level)
+                logging.info("level %d: already fine-tuned, skipping", level)
+                continue
+            except artifacts.ArtifactError as e:  # damaged: recomputed, never used
+                logging.warning("%s; fine-tuning level %d again", e, level)
+                artifacts.remove_tree(run.level_dir(level))
         theta, mask = start_for_level(level)
         if mask is None:
             mask = {k: np.ones_like(v) for k, v in weights.get_masks(source_model).items()}
@@ -110,7 +115,9 @@ def fine_tune(run, source_model, target_model, pipeline, strategy, training_conf
                      condition, 100 * density["density"])
 
         trainer = Trainer(target_model, pipeline, training_config, strategy, verbose=verbose,
-                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"))
+                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"),
+                          hparams=run.tensorboard_hparams(level, density),
+                          density=density["density"])
         checkpoint = run.level_file(level, "checkpoint.npz")
         result = trainer.fit(checkpoint_path=checkpoint,
                              metrics_tag=f"level {level} ({condition}): ")

@@ -125,7 +125,7 @@ class Trainer:
     """
 
     def __init__(self, model, pipeline, config, strategy, *, tensorboard_dir=None,
-                 verbose=True):
+                 hparams=None, density=None, verbose=True):
         self.model = model
         self.pipeline = pipeline
         self.config = config
@@ -147,6 +147,8 @@ class Trainer:
                          if v.path.endswith("/kernel")]
         self._writer = (tf.summary.create_file_writer(tensorboard_dir)
                         if tensorboard_dir and self.chief else None)
+        if self._writer:
+            self._write_header(hparams, density)
         self._train_step = self._make_train_step()
         self._eval_step = self._make_eval_step()
 
@@ -294,6 +296,19 @@ class Trainer:
                 tf.summary.scalar("test/loss", result.test["loss"], step=result.best_epoch)
             self._writer.flush()
         return result
+
+    def _write_header(self, hparams, density):
+        """The run's hparams (TensorBoard's HParams tab) and its density, once."""
+        from tensorboard.plugins.hparams import api as hp
+
+        with self._writer.as_default():
+            if hparams:
+                # The plugin takes scalars and strings only.
+                hp.hparams({k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                            for k, v in hparams.items()})
+            if density is not None:
+                tf.summary.scalar("density", density, step=0)
+        self._writer.flush()
 
     def _log_epoch(self, record, tag):
         if self.verbose:

@@ -148,7 +148,8 @@ def main(argv):
                    "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
     runs.start(run.config_path, kind="transfer", flag_names=RESULT_FLAGS,
                dataset=dataset, pipeline=pipeline, strategy=strategy,
-               extra={"condition": condition, "tickets": tickets, "model": model_config},
+               extra={"condition": condition, "tickets": tickets, "model": model_config,
+                      "levels": levels},
                extra_hparams={"condition": condition,
                               "tickets_hash": tickets and tickets["hparams_hash"]})
     logging.info("run directory: %s", output_dir)

@@ -48,3 +48,30 @@ def run_binary(module, *args, timeout=300, **popen):
     """Runs `python -m module args` in a fresh process; returns CompletedProcess."""
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                           text=True, timeout=timeout, cwd=popen.pop("cwd", REPO), **popen)
+
+
+HISTOLOGY = os.path.join(os.path.dirname(REPO), "shared", "data", "histology_nuclei")
+needs_histology = pytest.mark.skipif(not os.path.isdir(HISTOLOGY),
+                                     reason="../shared/data is not beside the repo")
+
+# A tiny find_tickets run: LeNet at 16 px, levels 0..TICKET_ROUNDS, a few seconds.
+TICKET_ROUNDS = 2
+TINY_TICKETS = ["--model=lenet_300_100", "--image_size=16", f"--rounds={TICKET_ROUNDS}",
+                "--max_epochs=3", "--patience=2", "--rewind_epoch=1", "--batch_size=32",
+                "--learning_rate=0.01", "--deterministic", "--seed=3"]
+
+
+def find_tiny_tickets(data_dir, output_dir, *extra):
+    return run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
+                      f"--data_dir={data_dir}", f"--output_dir={output_dir}", *TINY_TICKETS,
+                      *extra)
+
+
+@pytest.fixture(scope="session")
+def tiny_tickets(tiny_fashion_dir, tmp_path_factory):
+    """A finished tiny find_tickets run (a TicketRun); tests must not modify it."""
+    from lth_keras import lottery
+    out = str(tmp_path_factory.mktemp("run") / "tickets")
+    proc = find_tiny_tickets(tiny_fashion_dir, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return lottery.TicketRun(out)

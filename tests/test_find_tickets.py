@@ -10,28 +10,20 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_binary
+from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
+                      needs_histology, run_binary)
 from lth_keras import artifacts, lottery, weights
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 2
-TINY = ["--model=lenet_300_100", "--image_size=16", f"--rounds={ROUNDS}", "--max_epochs=3",
-        "--patience=2", "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.01",
-        "--deterministic", "--seed=3"]
+ROUNDS = TICKET_ROUNDS
+TINY = TINY_TICKETS
+_find_tickets = find_tiny_tickets
 
 
-def _find_tickets(data_dir, output_dir, *extra):
-    return run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
-                      f"--data_dir={data_dir}", f"--output_dir={output_dir}", *TINY, *extra)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_fashion_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("run") / "tickets")
-    proc = _find_tickets(tiny_fashion_dir, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return lottery.TicketRun(out)
+@pytest.fixture
+def tiny_run(tiny_tickets):
+    return tiny_tickets
 
 
 def test_run_directory_has_the_documented_layout(tiny_run):
@@ -170,10 +162,7 @@ def test_impossible_flags_fail_with_one_line(tmp_path, tiny_fashion_dir, flag, n
     assert not out.exists()
 
 
-HISTOLOGY = os.path.join(os.path.dirname(REPO), "shared", "data", "histology_nuclei")
-
-
-@pytest.mark.skipif(not os.path.isdir(HISTOLOGY), reason="../shared/data is not beside the repo")
+@needs_histology
 def test_tickets_on_an_image_folder_target(tmp_path):
     out = str(tmp_path / "histology")
     proc = run_binary("lth_keras.find_tickets", f"--source={HISTOLOGY}", f"--output_dir={out}",

@@ -1,0 +1,234 @@
+"""Transfer of tiny Fashion-MNIST tickets to the real histology target, and its controls."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import HISTOLOGY, TICKET_ROUNDS, needs_histology, run_binary
+from lth_keras import artifacts, fine_tuning, weights
+
+pytestmark = [pytest.mark.slow, needs_histology]
+
+RECIPE = ["--max_epochs=2", "--patience=2", "--batch_size=32", "--learning_rate=0.01",
+          "--train_fraction=0.1", "--deterministic", "--seed=5"]
+
+
+def _transfer(tickets, output_dir, *extra, target=HISTOLOGY):
+    args = [f"--target={target}", f"--output_dir={output_dir}", *RECIPE, *extra]
+    if tickets is not None:
+        args.insert(0, f"--tickets={tickets}")
+    return run_binary("lth_keras.transfer", *args)
+
+
+@pytest.fixture(scope="module")
+def transfers(tiny_tickets, tmp_path_factory):
+    """{condition: TransferRun} for every condition, from the same tiny tickets."""
+    root = tmp_path_factory.mktemp("transfer")
+    runs = {}
+    for condition, flag in (("rewind", []), ("final", ["--init=final"]),
+                            ("reinit", ["--reinit"]), ("scratch", ["--scratch"])):
+        out = str(root / condition)
+        proc = _transfer(tiny_tickets.path, out, *flag)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[condition] = fine_tuning.TransferRun(out)
+    return runs
+
+
+def _expected_start(tickets, run, body, mask):
+    """Digest of m ⊙ body with the target head a fresh model of this seed gets."""
+    config = run.config()
+    source, target = fine_tuning.build_target_model(config["model"],
+                                                    config["dataset"]["num_classes"],
+                                                    seed=config["hparams"]["seed"])
+    weights.load_ticket(source, body, mask)
+    return weights.digest(weights.snapshot(target))
+
+
+def test_every_level_is_fine_tuned_with_its_mask_bit_identical(tiny_tickets, transfers):
+    run = transfers["rewind"]
+    assert run.finished_levels() == list(range(TICKET_ROUNDS + 1))
+    for level in run.finished_levels():
+        mask, tuned = tiny_tickets.mask(level), run.weights(level)
+        for path, m in mask.items():
+            np.testing.assert_array_equal(tuned[path.rsplit("/", 1)[0] + "/mask"], m)
+            assert np.all(tuned[path][m == 0] == 0)
+        assert tuned["head/kernel"].shape == (100, 4)  # LeNet's last hidden layer, 4 classes
+        assert tuned["head/bias"].shape == (4,)
+        metrics = run.metrics(level)
+        assert metrics["mask_digest"] == weights.digest(mask)
+        assert metrics["density"]["fraction_pruned"] == pytest.approx(1 - 0.8 ** level, abs=1e-3)
+    leftovers = [f for _, _, files in os.walk(run.path) for f in files
+                 if f.endswith(".tmp") or f == "checkpoint.npz"]
+    assert not leftovers
+
+
+def test_rewind_starts_from_m_times_theta_k(tiny_tickets, transfers):
+    run = transfers["rewind"]
+    for level in run.finished_levels():
+        expected = _expected_start(tiny_tickets, run, tiny_tickets.theta("k"),
+                                   tiny_tickets.mask(level))
+        assert run.metrics(level)["start_digest"] == expected, level
+
+
+def test_init_final_starts_from_theta_i(tiny_tickets, transfers):
+    run = transfers["final"]
+    for level in run.finished_levels():
+        expected = _expected_start(tiny_tickets, run, tiny_tickets.theta_i(level),
+                                   tiny_tickets.mask(level))
+        assert run.metrics(level)["start_digest"] == expected, level
+
+
+def test_reinit_changes_the_weights_but_not_the_mask(tiny_tickets, transfers):
+    run, rewind = transfers["reinit"], transfers["rewind"]
+    config = run.config()
+    fresh = fine_tuning.build_target_model(
+        dict(config["model"], seed=fine_tuning.reinit_seed(config["model"]["seed"],
+                                                           config["hparams"]["seed"])),
+        4, seed=0)[0]
+    theta_fresh = weights.snapshot(fresh)
+    theta_0, theta_k = tiny_tickets.theta("0"), tiny_tickets.theta("k")
+    kernel = next(iter(tiny_tickets.mask(0)))
+    assert not np.array_equal(theta_fresh[kernel], theta_0[kernel])
+    for level in run.finished_levels():
+        mask = tiny_tickets.mask(level)
+        metrics = run.metrics(level)
+        assert metrics["mask_digest"] == weights.digest(mask)
+        assert metrics["start_digest"] == _expected_start(tiny_tickets, run, theta_fresh, mask)
+        for body in (theta_0, theta_k):
+            assert metrics["start_digest"] != _expected_start(tiny_tickets, run, body, mask)
+        tuned = run.weights(level)
+        assert not np.array_equal(tuned[kernel], rewind.weights(level)[kernel])
+        for path, m in mask.items():
+            np.testing.assert_array_equal(tuned[path.rsplit("/", 1)[0] + "/mask"], m)
+
+
+def test_scratch_baseline_is_dense_from_theta_0(tiny_tickets, transfers):
+    run = transfers["scratch"]
+    assert run.finished_levels() == [0]
+    metrics = run.metrics(0)
+    assert metrics["condition"] == "scratch"
+    assert metrics["density"]["density"] == 1.0
+    tuned = run.weights(0)
+    ones = {path: np.ones_like(m) for path, m in tiny_tickets.mask(0).items()}
+    assert all(np.all(tuned[p.rsplit("/", 1)[0] + "/mask"] == 1) for p in ones)
+    assert metrics["start_digest"] == _expected_start(tiny_tickets, run,
+                                                      tiny_tickets.theta("0"), ones)
+
+
+def test_config_records_the_ticket_run_and_condition(tiny_tickets, transfers):
+    configs = {c: r.config() for c, r in transfers.items()}
+    assert {c: cfg["condition"] for c, cfg in configs.items()} == {c: c for c in configs}
+    assert len({cfg["hparams_hash"] for cfg in configs.values()}) == 4
+    for cfg in configs.values():
+        assert cfg["kind"] == "transfer"
+        assert cfg["tickets"]["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
+        assert cfg["tickets"]["source"] == "fashion_mnist"
+        assert cfg["dataset"]["num_classes"] == 4
+        assert cfg["hparams"]["model"] == "lenet_300_100"  # taken from the ticket
+        assert cfg["hparams"]["image_size"] == 16
+
+
+def test_rerun_skips_finished_levels(tiny_tickets, transfers):
+    run = transfers["rewind"]
+    before = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns
+              for lvl in run.finished_levels()}
+    proc = _transfer(tiny_tickets.path, run.path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already fine-tuned" in proc.stderr
+    after = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns for lvl in before}
+    assert after == before
+
+
+def test_levels_subset(tiny_tickets, tmp_path):
+    out = str(tmp_path / "subset")
+    proc = _transfer(tiny_tickets.path, out, "--levels=2", "--max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert fine_tuning.TransferRun(out).finished_levels() == [2]
+
+
+def test_a_source_dataset_is_a_target_too(tiny_tickets, tiny_fashion_dir, tmp_path):
+    out = str(tmp_path / "fm")
+    proc = _transfer(tiny_tickets.path, out, "--levels=1", "--max_epochs=1", "--train_fraction=1",
+                     f"--data_dir={tiny_fashion_dir}", target="fashion_mnist")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert fine_tuning.TransferRun(out).weights(1)["head/kernel"].shape == (100, 10)
+
+
+# ---- bad input: one line, exit status 1, nothing written ------------------------------
+
+def _refused(proc, out, *needles):
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("transfer: error:"), last
+    for needle in needles:
+        assert needle in last, last
+    assert not os.path.exists(out)
+
+
+def _copy_run(run, destination):
+    shutil.copytree(run.path, destination)
+    return str(destination)
+
+
+def test_ticket_of_another_model_is_refused(tiny_tickets, tmp_path):
+    out = str(tmp_path / "never")
+    _refused(_transfer(tiny_tickets.path, out, "--model=conv4"), out, "--model=conv4",
+             "lenet_300_100")
+    _refused(_transfer(tiny_tickets.path, out, "--image_size=24"), out, "image_size")
+
+
+def test_ticket_whose_weights_do_not_fit_is_refused(tiny_tickets, tmp_path):
+    # A run directory whose arrays were made at another input size than its config says.
+    copy = _copy_run(tiny_tickets, tmp_path / "tampered")
+    config_path = os.path.join(copy, "config.json")
+    config = json.load(open(config_path))
+    config["hparams"]["image_size"] = 24
+    artifacts.write_json(config_path, config)
+    out = str(tmp_path / "never")
+    _refused(_transfer(copy, out), out, "shape")
+
+
+def test_ticket_directory_without_levels_is_refused(tiny_tickets, tmp_path):
+    empty = tmp_path / "no_levels"
+    empty.mkdir()
+    shutil.copy(tiny_tickets.config_path, empty / "config.json")
+    out = str(tmp_path / "never")
+    _refused(_transfer(str(empty), out), out, "no finished levels")
+    _refused(_transfer(str(tmp_path / "absent"), out), out, "no such directory")
+    _refused(_transfer(str(tmp_path), out), out, "no config.json")
+
+
+@pytest.mark.parametrize("levels,needle", [("0,7", "7"), ("-1", "-1"), ("x", "integers")])
+def test_levels_outside_the_run_are_refused(tiny_tickets, tmp_path, levels, needle):
+    out = str(tmp_path / "never")
+    _refused(_transfer(tiny_tickets.path, out, f"--levels={levels}"), out, needle)
+
+
+@pytest.mark.parametrize("flags,needle", [(["--reinit", "--init=final"], "--reinit"),
+                                          (["--scratch", "--reinit"], "--scratch"),
+                                          (["--scratch", "--levels=1"], "--levels")])
+def test_contradictory_flags_are_refused(tiny_tickets, tmp_path, flags, needle):
+    out = str(tmp_path / "never")
+    _refused(_transfer(tiny_tickets.path, out, *flags), out, needle)
+
+
+def test_missing_tickets_flag_is_refused(tmp_path):
+    out = str(tmp_path / "never")
+    _refused(_transfer(None, out), out, "--tickets")
+
+
+def test_corrupt_target_image_is_refused_by_name(tiny_tickets, tmp_path):
+    target = tmp_path / "target"
+    for split in ("train", "val", "test"):
+        for cls in ("a", "b"):
+            source = os.path.join(HISTOLOGY, split, "muscle" if cls == "a" else "immune_leukocyte")
+            os.makedirs(target / split / cls)
+            for name in sorted(os.listdir(source))[:6]:
+                shutil.copy(os.path.join(source, name), target / split / cls / name)
+    (target / "train" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = str(tmp_path / "never")
+    _refused(_transfer(tiny_tickets.path, out, "--train_fraction=1", target=str(target)), out,
+             "broken.png")
