@@ -76,6 +76,26 @@ def read_arrays(path):
         raise ArtifactError(f"{path} is unreadable or truncated ({e})") from e
 
 
+def remove_stale_temp_files(directory):
+    """Removes the temp files of writers that were killed; call before writing to `directory`."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.remove(os.path.join(root, name))
+
+
+def remove_tree(path):
+    """Deletes a directory so that a crash midway leaves it whole or gone: renamed first."""
+    import shutil
+
+    if not os.path.exists(path):
+        return
+    trash = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".", suffix=".trash",
+                             dir=os.path.dirname(os.path.abspath(path)))
+    os.replace(path, os.path.join(trash, "old"))
+    shutil.rmtree(trash)
+
+
 def _jsonable(obj):
     if isinstance(obj, np.generic):
         return obj.item()

@@ -58,6 +58,7 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
     """
     theta_0 = weights.snapshot(model)
     _check_or_write_theta_0(run, theta_0)
+    _discard_damaged_levels(run)
     total_params = weights.count_parameters(model)
 
     for level in range(rounds + 1):
@@ -87,7 +88,9 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
         if level == 0 and rewind_epoch == 0:
             artifacts.write_arrays(run.file("theta_k.npz"), theta_0)
         trainer = Trainer(model, pipeline, training_config, strategy, verbose=verbose,
-                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"))
+                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"),
+                          hparams=run.tensorboard_hparams(level, density),
+                          density=density["density"])
         checkpoint = run.level_file(level, "checkpoint.npz")
         result = trainer.fit(checkpoint_path=checkpoint,
                              min_epochs=rewind_epoch if level == 0 else 0,
@@ -108,8 +111,13 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
 def _check_or_write_theta_0(run, theta_0):
     """θ_0 is a function of the seed: a stored one must match the model just built."""
     path = run.file("theta_0.npz")
+    stored = None
     if os.path.exists(path):
-        stored = run.theta("0")
+        try:
+            stored = run.theta("0")
+        except artifacts.ArtifactError as e:
+            logging.warning("%s; rewriting it from the seed", e)
+    if stored is not None:
         same = stored.keys() == theta_0.keys() and all(
             np.array_equal(stored[k], theta_0[k]) for k in theta_0)
         if not same:
@@ -118,6 +126,36 @@ def _check_or_write_theta_0(run, theta_0):
                 "directory belongs to another configuration")
     else:
         artifacts.write_arrays(path, theta_0)
+
+
+def _discard_damaged_levels(run):
+    """Removes the first finished level with an unreadable artifact, and every later one.
+
+    A truncated or corrupted file (npz members are CRC-checked, JSON must parse)
+    is reported and recomputed, never used. Later levels go too: they were
+    pruned from the damaged one. Every artifact is read once (seconds even for
+    31 ResNet-50 levels, against hours of training).
+    """
+    finished = run.finished_levels()
+    if not finished:
+        return
+    checks = [(0, lambda: run.theta("k"))]  # level 0 makes θ_k
+    for level in finished:
+        checks += [(level, lambda level=level: run.metrics(level)),
+                   (level, lambda level=level: run.mask(level)),
+                   (level, lambda level=level: run.theta_i(level))]
+    damaged = []
+    for level, read in checks:
+        try:
+            read()
+        except artifacts.ArtifactError as e:
+            logging.warning("%s", e)
+            damaged.append(level)
+    if damaged:
+        first = min(damaged)
+        logging.warning("recomputing levels %d..%d of %s", first, finished[-1], run.path)
+        for level in finished[finished.index(first):]:
+            artifacts.remove_tree(run.level_dir(level))
 
 
 def _theta_k(run, rewind_epoch):

@@ -64,6 +64,14 @@ class RunDirectory:
     def metrics(self, level):
         return artifacts.read_json(self.level_file(level, "metrics.json"))
 
+    def tensorboard_hparams(self, level, density):
+        """What TensorBoard's HParams tab shows for a level: its run, its sparsity, its hparams."""
+        config = self.config()
+        return {"run": os.path.basename(os.path.normpath(self.path)), "kind": config["kind"],
+                "condition": config.get("condition", "find_tickets"),
+                "dataset": config["dataset"]["name"], "level": level,
+                "density": density["density"], **config["hparams"]}
+
     def write_summary(self, columns, row, format_rows):
         """summary.csv and summary.md with one row(level) per finished level."""
         rows = [row(level) for level in self.finished_levels()]
@@ -127,6 +135,8 @@ def start(config_path, *, kind, flag_names, dataset, pipeline, strategy, extra=N
         **(extra or {}),
     }
     if os.path.exists(config_path):
+        # Only one process writes a run directory: leftovers are from a killed one.
+        artifacts.remove_stale_temp_files(os.path.dirname(config_path))
         stored = artifacts.read_json(config_path)
         if stored.get("hparams_hash") != record["hparams_hash"]:
             changed = sorted(k for k in hparams if stored["hparams"].get(k) != hparams[k])

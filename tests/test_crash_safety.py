@@ -1,0 +1,77 @@
+"""Crash safety: SIGKILL at random points, and damaged artifacts, never change the result."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+import chaos  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_chaos_kills_resume_to_identical_masks_and_metrics(tiny_fashion_dir, tmp_path):
+    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+            *[a for a in TINY_TICKETS if a != "--deterministic"]]
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "chaos.py"), "--kills=3",
+                           "--seed=1", f"--workdir={tmp_path}", "--", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.load(open(tmp_path / "chaos.json"))
+    assert report["identical"] and not report["differences"]
+    assert sum(k["killed"] for k in report["kills"]) >= 2
+
+
+def _copy(run, destination):
+    shutil.copytree(run.path, destination)
+    return str(destination)
+
+
+def _truncate(path):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _assert_same_result(reference_dir, other_dir):
+    assert chaos.compare(reference_dir, other_dir) == []
+    assert chaos.check_readable(other_dir) == []
+
+
+@pytest.mark.parametrize("damaged", ["levels/level_01/theta_i.npz", "levels/level_02/metrics.json",
+                                     "theta_k.npz", "theta_0.npz"])
+def test_damaged_artifact_is_reported_and_recomputed(tiny_tickets, tiny_fashion_dir, tmp_path,
+                                                     damaged):
+    copy = _copy(tiny_tickets, tmp_path / "run")
+    _truncate(os.path.join(copy, damaged))
+    proc = find_tiny_tickets(tiny_fashion_dir, copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.basename(damaged) in proc.stderr  # reported, by name
+    if damaged != "theta_0.npz":
+        first = 0 if damaged == "theta_k.npz" else int(damaged.split("_")[1][:2])
+        assert f"recomputing levels {first}..{TICKET_ROUNDS}" in proc.stderr
+    _assert_same_result(tiny_tickets.path, copy)
+
+
+def test_damaged_epoch_checkpoint_is_ignored_and_the_level_restarts(tiny_tickets,
+                                                                   tiny_fashion_dir, tmp_path):
+    copy = _copy(tiny_tickets, tmp_path / "run")
+    level_dir = os.path.join(copy, "levels", f"level_{TICKET_ROUNDS:02d}")
+    for name in os.listdir(level_dir):
+        if name != "mask.npz":
+            os.remove(os.path.join(level_dir, name))
+    with open(os.path.join(level_dir, "checkpoint.npz"), "wb") as f:
+        f.write(b"PK\x03\x04 a checkpoint cut short")
+    proc = find_tiny_tickets(tiny_fashion_dir, copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ignoring the unreadable checkpoint" in proc.stderr
+    _assert_same_result(tiny_tickets.path, copy)
+    assert np.array_equal(np.load(os.path.join(copy, "theta_0.npz"))["fc1/kernel"],
+                          tiny_tickets.theta("0")["fc1/kernel"])
