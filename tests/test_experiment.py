@@ -1,0 +1,145 @@
+"""The experiment grid: expansion, sharding, and an interrupted tiny grid that resumes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, TINY_TICKETS, run_binary
+from lth_keras import grid
+
+SMALL = dict(sources=["fashion_mnist", "cifar10"], targets=["human_lba", "/data/my_slides"],
+             seeds=[0, 1], conditions=list(grid.CONDITIONS), related=[("human_lba", "mouse_lba")],
+             train_fractions=[0.5])
+
+
+def test_grid_expands_to_the_expected_runs():
+    runs = grid.expand(**SMALL)
+    names = [run.name for run in runs]
+    assert len(names) == len(set(names))
+    expected = set()
+    for s in (0, 1):
+        expected |= {f"tickets/{d}-seed{s}" for d in
+                     ("fashion_mnist", "cifar10", "human_lba", "my_slides")}
+        expected |= {f"tickets/{d}-seed{s}-frac0.5" for d in ("human_lba", "my_slides")}
+        for target in ("human_lba", "my_slides"):
+            expected |= {f"transfer/{target}/{src}-{c}-seed{s}" for src in
+                         ("fashion_mnist", "cifar10") for c in ("rewind", "final")}
+            expected |= {f"transfer/{target}/{target}-reinit-seed{s}",
+                         f"transfer/{target}/dense-scratch-seed{s}"}
+        expected.add(f"transfer/mouse_lba/human_lba-rewind-seed{s}")
+    assert set(names) == expected
+    by_name = {run.name: run for run in runs}
+    assert by_name["transfer/my_slides/cifar10-final-seed1"].needs == ("tickets/cifar10-seed1",)
+    assert "--init=final" in by_name["transfer/my_slides/cifar10-final-seed1"].args
+    assert by_name["transfer/human_lba/human_lba-reinit-seed0"].needs == (
+        "tickets/human_lba-seed0",)
+    assert "--reinit" in by_name["transfer/human_lba/human_lba-reinit-seed0"].args
+    # One find_tickets run per (dataset, seed, fraction), shared by every transfer from it.
+    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 6  # 2 targets × (rewind, final, scratch)
+    # Targets are used whole; natural sources keep their preset's subset.
+    assert "--train_fraction=1" in by_name["tickets/my_slides-seed0"].args
+    assert not any(a.startswith("--train_fraction") for a in
+                   by_name["tickets/cifar10-seed0"].args)
+    assert "--train_fraction=0.5" in by_name["tickets/human_lba-seed1-frac0.5"].args
+    # Every run comes after the runs it needs.
+    position = {name: i for i, name in enumerate(names)}
+    assert all(position[n] < position[run.name] for run in runs for n in run.needs)
+
+
+def test_grid_refuses_impossible_conditions():
+    with pytest.raises(ValueError, match="target_tickets"):
+        grid.expand(**dict(SMALL, conditions=["reinit"]))
+    with pytest.raises(ValueError, match="unknown"):
+        grid.expand(**dict(SMALL, conditions=["rewinds"]))
+
+
+@pytest.mark.parametrize("num_tasks", [1, 2, 3, 7, 200])
+def test_sharding_partitions_the_runs(num_tasks):
+    runs = grid.expand(**SMALL)
+    shards = [grid.shard(runs, i, num_tasks) for i in range(num_tasks)]
+    flat = [run.name for s in shards for run in s]
+    assert sorted(flat) == sorted(run.name for run in runs)  # nothing lost, nothing twice
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError):
+        grid.shard(runs, num_tasks, num_tasks)
+
+
+# ---- a tiny grid, run for real ---------------------------------------------------------
+
+def _tiny_target(root):
+    """Three colour classes as PNG files in the paper's folder layout."""
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    for split, n in (("train", 16), ("val", 6), ("test", 6)):
+        for name, colour in colours.items():
+            os.makedirs(root / split / name)
+            for i in range(n):
+                pixels = np.clip(rng.normal(colour, 40, size=(20, 20, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.fixture
+def tiny_grid(tmp_path, tiny_fashion_dir):
+    (tmp_path / "tickets.cfg").write_text(
+        "\n".join(a for a in TINY_TICKETS if not a.startswith("--seed")) + "\n")
+    (tmp_path / "transfer.cfg").write_text(
+        "--max_epochs=2\n--patience=2\n--batch_size=16\n--learning_rate=0.01\n--deterministic\n")
+    target = _tiny_target(tmp_path / "colours")
+    root = tmp_path / "grid"
+    args = ["--sources=fashion_mnist", f"--targets={target}", "--seeds=0",
+            "--conditions=rewind,scratch", f"--tickets_flagfile={tmp_path / 'tickets.cfg'}",
+            f"--transfer_flagfile={tmp_path / 'transfer.cfg'}", f"--data_dir={tiny_fashion_dir}",
+            f"--output_dir={root}"]
+    return root, args
+
+
+@pytest.mark.slow
+def test_interrupted_grid_resumes_without_redoing_finished_runs(tiny_grid):
+    root, args = tiny_grid
+    # Task 1 of 2 holds a transfer whose tickets task 0 makes: it says so and skips it.
+    proc = run_binary("lth_keras.experiment", *args, "--task_index=1", "--num_tasks=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "skipped, its tickets tickets/fashion_mnist-seed0 are not finished yet" in proc.stdout
+
+    # Kill the whole grid (and its child) once the tickets are done.
+    tickets = grid.Run("tickets/fashion_mnist-seed0", "find_tickets", ())
+    proc = subprocess.Popen([sys.executable, "-m", "lth_keras.experiment", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while grid.state(tickets, root) != grid.DONE and time.time() < deadline:
+        assert proc.poll() is None, "the grid ended before the tickets were done"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    theta_0 = os.path.join(root, tickets.name, "theta_0.npz")
+    stamp = os.stat(theta_0).st_mtime_ns
+
+    listing = run_binary("lth_keras.experiment", *args, "--list")
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert "tickets/fashion_mnist-seed0" in listing.stdout and "3 runs: 1 done" in listing.stdout
+
+    resumed = run_binary("lth_keras.experiment", *args)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "tickets/fashion_mnist-seed0: done, skipped" in resumed.stdout
+    assert os.stat(theta_0).st_mtime_ns == stamp
+    runs = grid.expand(sources=["fashion_mnist"], targets=["colours"], seeds=[0],
+                       conditions=["rewind", "scratch"])
+    assert [grid.state(run, root) for run in runs] == [grid.DONE] * 3
+    again = run_binary("lth_keras.experiment", *args)
+    assert again.stdout.count("done, skipped") == 3
+
+
+def test_grid_with_bad_flags_fails_with_one_line(tmp_path):
+    proc = run_binary("lth_keras.experiment", "--targets=x", "--conditions=reinit",
+                      f"--output_dir={tmp_path / 'never'}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("experiment: error:")
+    assert not (tmp_path / "never").exists()
