@@ -1,0 +1,122 @@
+"""Cells: runs that differ only by their seed, summarised as mean ± std over seeds.
+
+The standard deviation is the sample one (numpy ddof=1) when a level has at
+least two seeds; with one seed it is NaN, and tables print "n=1" instead of a
+spread. Each level is summarised over the seeds that have finished it, and
+every statistic carries its n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from lth_keras.analysis.collect import AnalysisError
+
+
+@dataclasses.dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof=1; NaN when n < 2) of per-seed values."""
+
+    mean: float
+    std: float
+    n: int
+    values: tuple
+
+
+def summarize(values):
+    values = tuple(float(v) for v in values)
+    n = len(values)
+    mean = float(np.mean(values)) if n else float("nan")
+    std = float(np.std(values, ddof=1)) if n >= 2 else float("nan")
+    return Stat(mean, std, n, values)
+
+
+class Cell:
+    """Runs with one setting and distinct seeds (see collect.Run.setting)."""
+
+    def __init__(self, runs):
+        self.runs = sorted(runs, key=lambda r: r.seed)
+        first = self.runs[0]
+        self.kind, self.condition, self.dataset = first.kind, first.condition, first.dataset
+        self.source, self.model, self.image_size = first.source, first.model, first.image_size
+        self.train_fraction, self.setting = first.train_fraction, first.setting
+
+    def __repr__(self):
+        return (f"Cell({self.kind}, {self.condition}, {self.dataset}, source={self.source}, "
+                f"seeds={self.seeds})")
+
+    @property
+    def seeds(self):
+        return [r.seed for r in self.runs]
+
+    def levels(self):
+        """Every level that at least one seed has finished, sorted."""
+        return sorted({level for r in self.runs for level in r.levels})
+
+    def n_at(self, level):
+        return sum(level in r.levels for r in self.runs)
+
+    def values(self, level, attribute):
+        """Per-seed values of a Level attribute (e.g. "test_accuracy"), seeds that have it."""
+        return np.array([getattr(r.levels[level], attribute) for r in self.runs
+                         if level in r.levels])
+
+    def stat(self, level, attribute):
+        return summarize(self.values(level, attribute))
+
+
+def group_cells(runs):
+    """Groups runs into Cells by (kind, condition, setting); refuses a seed given twice."""
+    groups = {}
+    for run in runs:
+        key = (run.kind, run.condition, json.dumps(run.setting, sort_keys=True, default=str))
+        groups.setdefault(key, []).append(run)
+    for members in groups.values():
+        by_seed = {}
+        for run in members:
+            if run.seed in by_seed:
+                raise AnalysisError(
+                    f"{run.path} and {by_seed[run.seed].path} hold the same experiment with the "
+                    f"same seed {run.seed}: pass only one of them (it would count twice)")
+            by_seed[run.seed] = run
+    return [Cell(members) for _, members in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def distinct_labels(cells, base_labels):
+    """Labels for `cells`: the base label, plus what differs where base labels collide.
+
+    Two cells called "cifar10" whose settings differ in learning_rate become
+    "cifar10 (learning_rate=0.1)" and "cifar10 (learning_rate=0.01)".
+    """
+    labels = list(base_labels)
+    for base in set(base_labels):
+        same = [i for i, b in enumerate(base_labels) if b == base]
+        if len(same) < 2:
+            continue
+        flat = [_flatten(cells[i].setting) for i in same]
+        keys = sorted({k for f in flat for k in f})
+        differing = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+        for i, f in zip(same, flat):
+            shown = ", ".join(f"{k}={_short(f.get(k))}" for k in differing[:3])
+            more = ", ..." if len(differing) > 3 else ""
+            labels[i] = f"{base} ({shown}{more})"
+    return labels
+
+
+def _flatten(setting, prefix=""):
+    flat = {}
+    for key, value in setting.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _short(value):
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)

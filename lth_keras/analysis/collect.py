@@ -1,0 +1,268 @@
+"""Reading run directories into Run records, refusing malformed ones.
+
+A run directory is any directory with a config.json (find_tickets or transfer,
+see lottery.py and fine_tuning.py). Only finished levels (metrics.json exists)
+are read; a level still in progress is simply not there yet. Anything that
+does not parse raises AnalysisError naming the file, before any output is
+written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+import os
+import re
+
+from lth_keras import artifacts
+
+KINDS = ("find_tickets", "transfer")
+CONDITIONS = ("rewind", "final", "reinit", "scratch")  # as fine_tuning.CONDITIONS
+TICKETS = "tickets"  # the condition name given to find_tickets runs
+_LEVEL_DIR = re.compile(r"level_(\d{2,})")
+
+
+class AnalysisError(artifacts.ArtifactError):
+    """A run directory that cannot be analysed; the message names the path."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """The metrics of one finished level."""
+
+    level: int
+    density: float  # fraction of prunable weights alive
+    fraction_pruned: float  # 1 - density, over prunable weights
+    fraction_pruned_all_params: float  # over every parameter of the model
+    val_accuracy: float
+    test_accuracy: float
+    layer_density: dict  # {kernel path: density}; empty when not recorded
+
+
+@dataclasses.dataclass
+class Run:
+    """One run directory.
+
+    `dataset` is the dataset trained on: the searched dataset of a find_tickets
+    run, the target of a transfer run. `source` is where the tickets come from
+    (for find_tickets, the dataset itself; None for scratch without tickets).
+    `setting` is everything that defines the result except the seed, so runs
+    with equal settings are seeds of one experiment.
+    """
+
+    path: str
+    kind: str
+    condition: str  # TICKETS for find_tickets; rewind, final, reinit or scratch
+    dataset: str
+    source: str | None
+    seed: int
+    model: str
+    image_size: int
+    train_fraction: float
+    hparams_hash: str
+    setting: dict
+    levels: dict  # {level: Level}, finished levels only
+    tickets_hash: str | None = None  # transfer: hparams_hash of the ticket run
+    tickets_path: str | None = None  # transfer: where the ticket run was
+
+    @property
+    def name(self):
+        return os.path.basename(os.path.normpath(self.path))
+
+
+def find_run_dirs(roots):
+    """Every directory under `roots` (a list of paths) holding a config.json.
+
+    A run directory is not searched further (its levels/ and tensorboard/ hold
+    no runs). Symbolic links are followed, so a folder of links to runs works;
+    a directory reached twice (two roots, a link loop) is visited once.
+    """
+    found, visited = [], set()
+    for root in roots:
+        if not os.path.isdir(root):
+            raise AnalysisError(f"{root}: no such directory")
+        for directory, subdirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(directory)
+            if real in visited:
+                subdirs[:] = []
+                continue
+            visited.add(real)
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+            if "config.json" in files:
+                subdirs[:] = []
+                found.append(os.path.normpath(directory))
+    return found
+
+
+def collect_runs(roots):
+    """Reads every run under `roots`; the ticket settings of transfers are resolved."""
+    paths = find_run_dirs(roots)
+    if not paths:
+        raise AnalysisError(f"no run directories (config.json) under {', '.join(roots)}")
+    runs = [read_run(p) for p in paths]
+    resolve_ticket_settings(runs)
+    return runs
+
+
+def read_run(path):
+    """The Run in `path`; AnalysisError if config.json or a level does not parse."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.exists(config_path):
+        raise AnalysisError(f"{path} is not a run directory (no config.json)")
+    config = _read_json(config_path)
+    field = _Fields(config_path, config)
+    kind = field.get("kind", str)
+    if kind not in KINDS:
+        raise AnalysisError(f"{config_path}: unknown run kind {kind!r} (expected "
+                            f"{' or '.join(KINDS)})")
+    hparams = field.get("hparams", dict)
+    hp = _Fields(config_path, hparams, prefix="hparams.")
+    dataset = field.get("dataset", dict)
+    dataset_name = _Fields(config_path, dataset, prefix="dataset.").get("name", str)
+    # The dataset enters the setting by name: the --source / --target flag may spell
+    # the same data as a name or a folder path.
+    common = dict(path=path, kind=kind, dataset=dataset_name, seed=hp.get("seed", int),
+                  hparams_hash=field.get("hparams_hash", str))
+    if kind == "find_tickets":
+        run = Run(condition=TICKETS, source=dataset_name, model=hp.get("model", str),
+                  image_size=hp.get("image_size", int),
+                  train_fraction=hp.get("train_fraction", numbers.Real),
+                  setting={"dataset": dataset_name, **_without(hparams, "seed", "source")},
+                  levels={}, **common)
+    else:
+        condition = field.get("condition", str)
+        if condition not in CONDITIONS:
+            raise AnalysisError(f"{config_path}: unknown condition {condition!r} (expected one "
+                                f"of {', '.join(CONDITIONS)})")
+        model = _Fields(config_path, field.get("model", dict), prefix="model.")
+        tickets = field.get("tickets", (dict, type(None)))
+        if tickets is None and condition != "scratch":
+            raise AnalysisError(f"{config_path}: a {condition} run must name its tickets "
+                                "(tickets is null)")
+        source = tickets_hash = tickets_path = None
+        if tickets is not None:
+            t = _Fields(config_path, tickets, prefix="tickets.")
+            source, tickets_hash = t.get("source", str), t.get("hparams_hash", str)
+            tickets_path = tickets.get("path")
+        model_name, image_size = model.get("model", str), model.get("image_size", int)
+        # Until the ticket run is resolved (resolve_ticket_settings), the tickets
+        # are known by their source and architecture.
+        ticket_setting = None if tickets is None else {
+            "source": source, "model": model_name, "image_size": image_size}
+        run = Run(condition=condition, source=source, model=model_name, image_size=image_size,
+                  train_fraction=hp.get("train_fraction", numbers.Real),
+                  setting={"dataset": dataset_name,
+                           **_without(hparams, "seed", "tickets_hash", "target"),
+                           "tickets": ticket_setting},
+                  levels={}, tickets_hash=tickets_hash, tickets_path=tickets_path, **common)
+    run.levels = _read_levels(run)
+    return run
+
+
+def resolve_ticket_settings(runs):
+    """Puts the ticket run's own settings (minus its seed) into each transfer's setting.
+
+    Tickets from runs that differ in more than the seed (another prune rate,
+    learning rate, train fraction...) are then different experiments. The
+    ticket run is looked up among `runs` by hash, else at the path the transfer
+    recorded; if neither is readable the source and architecture stand in.
+    """
+    by_hash = {r.hparams_hash: r for r in runs if r.kind == "find_tickets"}
+    for run in runs:
+        if run.kind != "transfer" or run.tickets_hash is None:
+            continue
+        ticket = by_hash.get(run.tickets_hash)
+        if ticket is None:
+            ticket = _read_ticket_config(run)
+        if ticket is not None:
+            run.setting["tickets"] = ticket.setting
+
+
+def _read_ticket_config(run):
+    """The ticket run a transfer recorded, if it is still there and readable."""
+    path = run.tickets_path
+    if not isinstance(path, str) or not os.path.exists(os.path.join(path, "config.json")):
+        return None
+    try:
+        ticket = read_run(path)
+    except artifacts.ArtifactError:
+        return None  # not one of the runs analysed: its damage is not ours to report
+    return ticket if ticket.hparams_hash == run.tickets_hash else None
+
+
+def _read_levels(run):
+    root = os.path.join(run.path, "levels")
+    if not os.path.isdir(root):
+        return {}
+    levels = {}
+    for entry in sorted(os.listdir(root)):
+        if entry.startswith("."):
+            continue
+        where = os.path.join(root, entry)
+        match = _LEVEL_DIR.fullmatch(entry)
+        if not match or entry != f"level_{int(match.group(1)):02d}" or not os.path.isdir(where):
+            raise AnalysisError(f"{where}: not a level directory (expected levels/level_LL/)")
+        level = int(match.group(1))
+        metrics_path = os.path.join(where, "metrics.json")
+        if os.path.exists(metrics_path):  # otherwise still in progress
+            levels[level] = _read_level(metrics_path, level, run)
+    return levels
+
+
+def _read_level(path, level, run):
+    metrics = _read_json(path)
+    field = _Fields(path, metrics)
+    if field.get("level", int) != level:
+        raise AnalysisError(f"{path}: says level {metrics['level']} but lies in level_{level:02d}")
+    if run.kind == "transfer" and field.get("condition", str) != run.condition:
+        raise AnalysisError(f"{path}: condition {metrics['condition']!r} but the run's "
+                            f"config.json says {run.condition!r}")
+    density = _Fields(path, field.get("density", dict), prefix="density.")
+    val = _Fields(path, field.get("val", dict), prefix="val.")
+    test = _Fields(path, field.get("test", dict), prefix="test.")
+    layers = metrics["density"].get("layers", {})
+    if not isinstance(layers, dict):
+        raise AnalysisError(f"{path}: density.layers is not a mapping")
+    layer_density = {}
+    for name, info in layers.items():
+        layer_density[name] = _Fields(path, info, prefix=f"density.layers.{name}.").get(
+            "density", numbers.Real)
+    return Level(level=level, density=float(density.get("density", numbers.Real)),
+                 fraction_pruned=float(density.get("fraction_pruned", numbers.Real)),
+                 fraction_pruned_all_params=float(
+                     density.get("fraction_pruned_all_params", numbers.Real)),
+                 val_accuracy=float(val.get("accuracy", numbers.Real)),
+                 test_accuracy=float(test.get("accuracy", numbers.Real)),
+                 layer_density=layer_density)
+
+
+def _read_json(path):
+    try:
+        return artifacts.read_json(path)
+    except artifacts.ArtifactError as e:
+        raise AnalysisError(f"{path}: malformed run directory: not readable JSON ({e.__cause__})")
+
+
+class _Fields:
+    """Typed access to a JSON object; a missing or mistyped key is an AnalysisError."""
+
+    def __init__(self, path, obj, prefix=""):
+        if not isinstance(obj, dict):
+            raise AnalysisError(f"{path}: {prefix.rstrip('.') or 'the file'} is not a JSON "
+                                "object")
+        self.path, self.obj, self.prefix = path, obj, prefix
+
+    def get(self, key, types):
+        if key not in self.obj:
+            raise AnalysisError(f"{self.path}: missing key {self.prefix}{key}")
+        value = self.obj[key]
+        # JSON true/false are Python bools, which are also Integral: not a number here.
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise AnalysisError(f"{self.path}: {self.prefix}{key} has an unexpected value "
+                                f"{json.dumps(value)[:60]}")
+        return value
+
+
+def _without(mapping, *keys):
+    return {k: v for k, v in mapping.items() if k not in keys}

@@ -1,0 +1,88 @@
+"""Every analysis artifact as {file name: bytes}, computed before anything is written.
+
+Building all outputs in memory first means a malformed run directory (found
+while reading runs or masks) leaves the output directory untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from lth_keras.analysis import collect, figures, masks, tables
+from lth_keras.analysis.cells import group_cells
+from lth_keras.analysis.targets import NATURAL_SOURCES, build_views
+
+
+@dataclasses.dataclass
+class Report:
+    files: dict  # {file name: bytes}, in the order they were made
+    table2_markdown: str
+    notes: list  # what was not drawn, and why
+
+
+def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
+            overlap_levels=None):
+    """Reads the runs under `roots` and renders tables, figures and overlaps.
+
+    Args:
+      roots: directories searched for run directories.
+      natural: dataset names that count as natural-image sources.
+      density_runs: run directories for the per-layer density plots (None:
+        every find_tickets run found).
+      overlap: whether to compute mask overlaps (reads masks, the slow part).
+      overlap_levels: levels to compare masks at (None: every pruned level).
+    """
+    runs = collect.collect_runs(roots)
+    views = build_views(group_cells(runs), natural)
+    table = tables.build_table(views)
+    files, notes = {}, []
+    table2 = tables.table2_markdown(table)
+    files["table2.md"] = table2.encode()
+    files["table2.csv"] = tables.table2_csv(table).encode()
+    files["table2.tex"] = tables.table2_latex(table).encode()
+    files["table3.md"] = tables.table3_markdown(table).encode()
+    files["table3.csv"] = tables.table3_csv(table).encode()
+    files["table3.tex"] = tables.table3_latex(table).encode()
+    if not views:
+        notes.append("no target (no transfer run, no ticket run on a non-natural dataset): "
+                     "tables are empty")
+
+    for name, make in (("fig3", figures.figure3), ("fig4", figures.figure4)):
+        fig = make(views)
+        if fig is None:
+            notes.append(f"{name}: nothing to draw")
+            continue
+        for fmt, data in figures.render(fig).items():
+            files[f"{name}.{fmt}"] = data
+
+    targets = ([collect.read_run(p) for p in density_runs] if density_runs is not None
+               else [r for r in runs if r.kind == "find_tickets"])
+    for run, file_name in zip(targets, _density_names(targets)):
+        fig = figures.density_figure(run)
+        if fig is None:
+            notes.append(f"{file_name}: {run.path} has no finished pruned level with per-layer "
+                         "densities")
+            continue
+        files[file_name] = figures.render(fig, ("png",))["png"]
+
+    if overlap:
+        rows = masks.mask_overlap(runs, overlap_levels)
+        files["mask_overlap.csv"] = masks.overlap_csv(rows).encode()
+        files["mask_overlap.md"] = masks.overlap_markdown(rows).encode()
+    return Report(files, table2, notes)
+
+
+def _density_names(runs):
+    """density_<run name>.png, made unique with the hparams hash where names collide."""
+    def clean(text):
+        return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+
+    base = [clean(r.name) for r in runs]
+    names = []
+    for run, b in zip(runs, base):
+        stem = b if base.count(b) == 1 else f"{b}-{clean(run.hparams_hash)}"
+        while f"density_{stem}.png" in names:
+            stem += "_"
+        names.append(f"density_{stem}.png")
+    return names

@@ -1,0 +1,397 @@
+"""Table 2 (the best pruned model per target and source, vs scratch) and Table 3 (its sparsity).
+
+The selection rule (PROTOCOL.md "Reporting"), for one cell (the seeds of one
+experiment):
+  1. Candidates are the pruned levels L >= 1 finished by the most seeds of
+     the cell (a seed still running does not make a level with fewer seeds
+     look better or worse).
+  2. Pick the candidate with the highest MEAN over seeds of the VALIDATION
+     accuracy; on a tie, the lower level.
+  3. Report that level's TEST accuracy, mean ± std over the seeds (std with
+     ddof=1; n=1 has no std).
+The "picked by test (optimistic)" variant replaces validation by test accuracy
+in step 2; it uses the test set for a decision and is shown only because the
+paper does not say how it picked. Scratch is the dense level 0.
+
+Each pruned cell is compared with the target's scratch baseline by Welch's
+t-test (two-sided, unequal variances) on the per-seed test accuracies; NaN
+when either side has fewer than two seeds. Best and second best are ranked
+per target row by the reported test mean, scratch included; equal means share
+a rank. Markdown marks them **bold** and _italic_, LaTeX with
+\\cellcolor{green!25} and \\cellcolor{yellow!25} (the paper's green and yellow
+cells; needs \\usepackage[table]{xcolor}), CSV in a `rank` column.
+
+CSV holds accuracies as fractions in [0, 1] (as metrics.json does) and leaves
+missing values empty; Markdown and LaTeX show percentages and "—".
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import warnings
+
+import numpy as np
+from scipy import stats
+
+from lth_keras.analysis.cells import Stat
+
+MISSING = "—"
+BEST, SECOND = "best", "second"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pick:
+    """One level of a cell, summarised over the seeds that finished it."""
+
+    level: int
+    val: Stat
+    test: Stat
+    density: float  # the seeds share the level's sparsity; these are means
+    fraction_pruned: float
+    fraction_pruned_all_params: float
+
+
+def summarize_level(cell, level):
+    return Pick(level=level, val=cell.stat(level, "val_accuracy"),
+                test=cell.stat(level, "test_accuracy"),
+                density=float(np.mean(cell.values(level, "density"))),
+                fraction_pruned=float(np.mean(cell.values(level, "fraction_pruned"))),
+                fraction_pruned_all_params=float(
+                    np.mean(cell.values(level, "fraction_pruned_all_params"))))
+
+
+def pick_level(cell, by="val_accuracy"):
+    """The best pruned level of `cell` by mean `by` (see the module docstring), or None."""
+    pruned = [level for level in cell.levels() if level >= 1]
+    if not pruned:
+        return None
+    most = max(cell.n_at(level) for level in pruned)
+    best, best_mean = None, -math.inf
+    for level in pruned:  # ascending: a tie keeps the lower level
+        mean = float(np.mean(cell.values(level, by)))
+        if cell.n_at(level) == most and mean > best_mean:
+            best, best_mean = level, mean
+    return summarize_level(cell, best)
+
+
+def dense_level(cell):
+    """Level 0 (the dense model) of a scratch cell, or None while it is not finished."""
+    return summarize_level(cell, 0) if cell.n_at(0) else None
+
+
+def welch(a, b):
+    """(t, p) of Welch's two-sided t-test, or (NaN, NaN) when a side has < 2 values."""
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():  # zero variance on both sides: scipy warns, gives NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+@dataclasses.dataclass
+class Entry:
+    """One cell of Table 2 / Table 3: a line of a target view, with its picks."""
+
+    row: str
+    column: str
+    line: object  # targets.Line
+    pick: Pick | None  # by validation accuracy (scratch: level 0)
+    optimistic: Pick | None  # by test accuracy (scratch: level 0)
+    scratch: Pick | None  # the view's baseline
+    welch: tuple = (math.nan, math.nan)
+    optimistic_welch: tuple = (math.nan, math.nan)
+    rank: str = ""
+    optimistic_rank: str = ""
+
+
+@dataclasses.dataclass
+class Table:
+    columns: list
+    rows: list  # [(row label, {column: Entry})]
+
+    def entries(self):
+        for _, cells in self.rows:
+            yield from (cells[c] for c in self.columns if c in cells)
+
+
+def build_table(views):
+    """Table 2's entries for every target view (Table 3 reads the same picks)."""
+    rows, order = [], {}
+    for view in views:
+        baseline = view.baseline
+        scratch = dense_level(baseline.cell) if baseline else None
+        cells = {}
+        for line in view.scratch:
+            level0 = dense_level(line.cell)
+            cells[line.label] = Entry(view.title, line.label, line, level0, level0, scratch)
+        for line in view.sources + view.target_tickets:
+            entry = Entry(view.title, line.label, line, pick_level(line.cell),
+                          pick_level(line.cell, "test_accuracy"), scratch)
+            if scratch:
+                for pick, attr in ((entry.pick, "welch"), (entry.optimistic, "optimistic_welch")):
+                    if pick:
+                        setattr(entry, attr, welch(pick.test.values, scratch.test.values))
+            cells[line.label] = entry
+        for entry in cells.values():
+            order.setdefault(entry.column, _column_key(entry, view))
+        _rank(cells.values(), "pick", "rank")
+        _rank(cells.values(), "optimistic", "optimistic_rank")
+        rows.append((view.title, cells))
+    return Table(sorted(order, key=order.get), rows)
+
+
+def _column_key(entry, view):
+    role, source = entry.line.role, entry.line.cell.source or ""
+    if role == "scratch":
+        group = 0
+    elif role == "source":
+        group = 1 if source in view.natural else 2
+    else:
+        group = 3
+    return (group, source if role == "source" else "", entry.column)
+
+
+def _rank(entries, pick_attr, rank_attr):
+    means = sorted({getattr(e, pick_attr).test.mean for e in entries
+                    if getattr(e, pick_attr) is not None}, reverse=True)
+    for e in entries:
+        pick = getattr(e, pick_attr)
+        if pick is not None and means:
+            if pick.test.mean == means[0]:
+                setattr(e, rank_attr, BEST)
+            elif len(means) > 1 and pick.test.mean == means[1]:
+                setattr(e, rank_attr, SECOND)
+
+
+# --- formatting ---------------------------------------------------------------
+
+def _accuracy(stat):
+    """'81.72 ± 0.39 (n=4)' in percent, or '81.72 (n=1)'."""
+    if stat.n == 0:
+        return MISSING
+    if stat.n == 1:
+        return f"{100 * stat.mean:.2f} (n=1)"
+    return f"{100 * stat.mean:.2f} ± {100 * stat.std:.2f} (n={stat.n})"
+
+
+def _p_value(p):
+    return MISSING if math.isnan(p) else f"{p:.3g}"
+
+
+def _fraction(x):
+    return f"{x:.3f}"
+
+
+def _markdown_table(table, cell_text, columns=None):
+    columns = table.columns if columns is None else columns
+    lines = ["| target | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for label, cells in table.rows:
+        texts = [cell_text(cells[c]) if c in cells else MISSING for c in columns]
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _marked(text, rank):
+    if text == MISSING:
+        return text
+    return {BEST: f"**{text}**", SECOND: f"_{text}_"}.get(rank, text)
+
+
+def _pruned_columns(table):
+    return [c for c in table.columns if not _is_scratch_column(table, c)]
+
+
+def _is_scratch_column(table, column):
+    return any(cells[column].line.role == "scratch" for _, cells in table.rows if column in cells)
+
+
+def table2_markdown(table):
+    def by_val(e):
+        return _marked(_accuracy(e.pick.test) if e.pick else MISSING, e.rank)
+
+    def by_test(e):
+        return _marked(_accuracy(e.optimistic.test) if e.optimistic else MISSING,
+                       e.optimistic_rank)
+
+    pruned = _pruned_columns(table)
+    return "\n".join([
+        "# Table 2: best pruned model vs scratch (test accuracy, %)",
+        "",
+        "Each pruned cell is the level L >= 1 with the highest mean *validation* accuracy over "
+        "seeds (among the levels finished by the most seeds; ties: lower level); its *test* "
+        "accuracy is shown. Scratch is the dense model. Mean ± sample std (ddof=1) over n seeds; "
+        "n=1 has no spread. **Bold**: best in the row, _italic_: second best (scratch included). "
+        f"{MISSING}: no finished run.",
+        "",
+        _markdown_table(table, by_val),
+        "## Welch's t-test: best pruned model vs scratch (p-value)",
+        "",
+        "Two-sided, unequal variances, on the per-seed test accuracies of the level above and of "
+        f"scratch; {MISSING} when either side has fewer than 2 seeds.",
+        "",
+        _markdown_table(table, lambda e: _p_value(e.welch[1]), pruned),
+        "## Picked by test (optimistic)",
+        "",
+        "The same, but the level is picked by mean *test* accuracy. This uses the test set for "
+        "a decision and overstates every pruned result; it is shown only because the paper does "
+        "not say how its best level was picked.",
+        "",
+        _markdown_table(table, by_test),
+    ])
+
+
+def table3_markdown(table):
+    def sparsity(e, pick):
+        if pick is None:
+            return MISSING
+        return (f"{_fraction(pick.fraction_pruned)} / {_fraction(pick.fraction_pruned_all_params)}"
+                f" (L={pick.level})")
+
+    pruned = _pruned_columns(table)
+    return "\n".join([
+        "# Table 3: sparsity of the best pruned models of Table 2",
+        "",
+        "Fraction of prunable weights pruned / fraction of all parameters pruned (level L), "
+        "for the level picked by validation accuracy. Scratch models are dense and not shown.",
+        "",
+        _markdown_table(table, lambda e: sparsity(e, e.pick), pruned),
+        "## Picked by test (optimistic)",
+        "",
+        _markdown_table(table, lambda e: sparsity(e, e.optimistic), pruned),
+    ])
+
+
+TABLE2_CSV = ("target", "column", "role", "condition", "source", "model", "image_size",
+              "seeds", "level", "n", "val_accuracy_mean", "test_accuracy_mean",
+              "test_accuracy_std", "rank", "welch_t", "welch_p", "optimistic_level",
+              "optimistic_n", "optimistic_test_accuracy_mean", "optimistic_test_accuracy_std",
+              "optimistic_rank", "optimistic_welch_p", "scratch_test_accuracy_mean",
+              "scratch_test_accuracy_std", "scratch_n")
+TABLE3_CSV = ("target", "column", "source", "model", "image_size", "level", "n", "density",
+              "fraction_pruned", "fraction_pruned_all_params", "optimistic_level",
+              "optimistic_fraction_pruned", "optimistic_fraction_pruned_all_params")
+
+
+def _csv(columns, rows):
+    def text(value):
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return value
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: text(v) for k, v in row.items()} for row in rows)
+    return out.getvalue()
+
+
+def _identity(e):
+    cell = e.line.cell
+    return {"target": e.row, "column": e.column, "source": cell.source, "model": cell.model,
+            "image_size": cell.image_size}
+
+
+def table2_csv(table):
+    rows = []
+    for e in table.entries():
+        p, o, s = e.pick, e.optimistic, e.scratch
+        rows.append({
+            **_identity(e), "role": e.line.role, "condition": e.line.cell.condition,
+            "seeds": " ".join(str(seed) for seed in e.line.cell.seeds),
+            "level": p and p.level, "n": p and p.test.n, "val_accuracy_mean": p and p.val.mean,
+            "test_accuracy_mean": p and p.test.mean, "test_accuracy_std": p and p.test.std,
+            "rank": e.rank, "welch_t": e.welch[0], "welch_p": e.welch[1],
+            "optimistic_level": o and o.level, "optimistic_n": o and o.test.n,
+            "optimistic_test_accuracy_mean": o and o.test.mean,
+            "optimistic_test_accuracy_std": o and o.test.std, "optimistic_rank": e.optimistic_rank,
+            "optimistic_welch_p": e.optimistic_welch[1],
+            "scratch_test_accuracy_mean": s and s.test.mean,
+            "scratch_test_accuracy_std": s and s.test.std, "scratch_n": s and s.test.n})
+    return _csv(TABLE2_CSV, rows)
+
+
+def table3_csv(table):
+    rows = []
+    for e in table.entries():
+        if e.line.role == "scratch":
+            continue
+        p, o = e.pick, e.optimistic
+        rows.append({**_identity(e), "level": p and p.level, "n": p and p.test.n,
+                     "density": p and p.density, "fraction_pruned": p and p.fraction_pruned,
+                     "fraction_pruned_all_params": p and p.fraction_pruned_all_params,
+                     "optimistic_level": o and o.level,
+                     "optimistic_fraction_pruned": o and o.fraction_pruned,
+                     "optimistic_fraction_pruned_all_params": o and o.fraction_pruned_all_params})
+    return _csv(TABLE3_CSV, rows)
+
+
+# --- LaTeX ----------------------------------------------------------------------
+
+_COLOURS = {BEST: r"\cellcolor{green!25}", SECOND: r"\cellcolor{yellow!25}"}
+
+
+def _tex_escape(text):
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"),
+                 ("#", r"\#"), ("θ", r"$\theta$")):
+        text = text.replace(a, b)
+    return text
+
+
+def _tex_accuracy(stat):
+    if stat.n == 0:
+        return "--"
+    if stat.n == 1:
+        return f"{100 * stat.mean:.2f} {{\\scriptsize (n=1)}}"
+    return f"{100 * stat.mean:.2f} $\\pm$ {100 * stat.std:.2f} {{\\scriptsize (n={stat.n})}}"
+
+
+def _tex_tabular(table, cell_text, columns, comment):
+    lines = [f"% {comment}", "\\begin{tabular}{l" + "r" * len(columns) + "}", "\\hline",
+             " & ".join(["target"] + [_tex_escape(c) for c in columns]) + r" \\", "\\hline"]
+    for label, cells in table.rows:
+        texts = [cell_text(cells[c]) if c in cells else "--" for c in columns]
+        lines.append(" & ".join([_tex_escape(label)] + texts) + r" \\")
+    lines += ["\\hline", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def table2_latex(table):
+    def coloured(stat_pick, rank):
+        if stat_pick is None:
+            return "--"
+        return _COLOURS.get(rank, "") + _tex_accuracy(stat_pick.test)
+
+    pruned = _pruned_columns(table)
+    return "\n".join([
+        "% Table 2 (lth_keras.analyze): test accuracy (%) of the best pruned model vs scratch.",
+        "% Level picked by mean validation accuracy over seeds; mean $\\pm$ std (ddof=1) over n.",
+        "% Green: best in the row, yellow: second best. Needs \\usepackage[table]{xcolor}.",
+        _tex_tabular(table, lambda e: coloured(e.pick, e.rank), table.columns,
+                     "picked by validation accuracy"),
+        _tex_tabular(table, lambda e: "--" if math.isnan(e.welch[1]) else f"{e.welch[1]:.3g}",
+                     pruned, "Welch's t-test p-value, best pruned model vs scratch"),
+        _tex_tabular(table, lambda e: coloured(e.optimistic, e.optimistic_rank), table.columns,
+                     "picked by test accuracy (optimistic: the test set made the choice)"),
+    ])
+
+
+def table3_latex(table):
+    def sparsity(pick):
+        if pick is None:
+            return "--"
+        return (f"{_fraction(pick.fraction_pruned)} / "
+                f"{_fraction(pick.fraction_pruned_all_params)} {{\\scriptsize (L={pick.level})}}")
+
+    pruned = _pruned_columns(table)
+    return "\n".join([
+        "% Table 3 (lth_keras.analyze): fraction of prunable weights pruned / of all parameters",
+        "% pruned, for the best pruned models of Table 2.",
+        _tex_tabular(table, lambda e: sparsity(e.pick), pruned, "picked by validation accuracy"),
+        _tex_tabular(table, lambda e: sparsity(e.optimistic), pruned,
+                     "picked by test accuracy (optimistic)"),
+    ])

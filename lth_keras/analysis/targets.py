@@ -1,0 +1,113 @@
+"""Per target dataset: which cells are the lines of Fig. 3, Fig. 4 and the columns of Table 2.
+
+A target is a dataset that transfers were fine-tuned on, or a non-natural
+dataset that tickets were searched on. Its cells are split by architecture
+(model and input size), so a view never mixes models. Within a view:
+
+  sources          rewind transfers (m_L ⊙ θ_k), one line per ticket source
+  target_tickets   find_tickets runs on the target itself, full training set
+  reinit           transfers of m_L ⊙ θ'_0 (a fresh initialisation)
+  final            transfers of m_L ⊙ θ_i(L) (Fig. 4, row 1)
+  train_fractions  find_tickets runs on the target with every training-set
+                   fraction, when one is below 1 (Fig. 4, row 3)
+  scratch          the dense model trained on the target (the baseline)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lth_keras.analysis.cells import distinct_labels
+from lth_keras.analysis.collect import TICKETS
+from lth_keras.datasets import SOURCES, TARGETS
+
+NATURAL_SOURCES = tuple(sorted(SOURCES))  # cifar10, cifar100, fashion_mnist: the paper's order
+TARGET_TICKETS = "target tickets"
+
+
+@dataclasses.dataclass(frozen=True)
+class Line:
+    label: str
+    cell: object  # cells.Cell
+    role: str  # scratch, source, target_tickets, reinit, final, train_fraction
+
+
+@dataclasses.dataclass
+class TargetView:
+    target: str
+    model: str
+    image_size: int
+    title: str
+    natural: tuple
+    scratch: list = dataclasses.field(default_factory=list)
+    sources: list = dataclasses.field(default_factory=list)
+    target_tickets: list = dataclasses.field(default_factory=list)
+    reinit: list = dataclasses.field(default_factory=list)
+    final: list = dataclasses.field(default_factory=list)
+    train_fractions: list = dataclasses.field(default_factory=list)
+
+    @property
+    def baseline(self):
+        """The scratch line beside every comparison: the one with the most seeds."""
+        if not self.scratch:
+            return None
+        return max(self.scratch, key=lambda line: len(line.cell.runs))
+
+    def related_sources(self):
+        """Rewind lines whose tickets come from another non-natural dataset (Fig. 4 row 2)."""
+        return [line for line in self.sources
+                if line.cell.source not in self.natural and line.cell.source != self.target]
+
+    def fig3_lines(self):
+        return self.sources + self.target_tickets + self.reinit
+
+
+def build_views(cells, natural=NATURAL_SOURCES):
+    """TargetViews, the paper's targets first (in Table 1 order), then the others by name."""
+    natural = tuple(natural)
+    targets = {c.dataset for c in cells
+               if c.kind == "transfer" or (c.kind == "find_tickets" and c.dataset not in natural)}
+    groups = {}
+    for cell in cells:
+        if cell.dataset in targets:
+            groups.setdefault((cell.dataset, cell.model, cell.image_size), []).append(cell)
+    order = {name: i for i, name in enumerate(TARGETS)}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), k[0], k[1], k[2]))
+    models_per_target = {}
+    for target, model, size in keys:
+        models_per_target.setdefault(target, set()).add((model, size))
+
+    views = []
+    for target, model, size in keys:
+        title = target if len(models_per_target[target]) == 1 else f"{target} ({model}, {size}px)"
+        view = TargetView(target, model, size, title, natural)
+        _fill(view, groups[(target, model, size)])
+        views.append(view)
+    return views
+
+
+def _fill(view, cells):
+    def source_order(cell):
+        s = cell.source or ""
+        return (s not in view.natural, s)
+
+    def lines(role, chosen, label):
+        chosen = sorted(chosen, key=source_order)
+        labels = distinct_labels(chosen, [label(c) for c in chosen])
+        return [Line(text, c, role) for text, c in zip(labels, chosen)]
+
+    def of(condition):
+        return [c for c in cells if c.condition == condition]
+
+    view.scratch = lines("scratch", of("scratch"), lambda c: "scratch")
+    view.sources = lines("source", of("rewind"), lambda c: (
+        c.source if c.source != view.target else f"{c.source} tickets, fine-tuned"))
+    view.reinit = lines("reinit", of("reinit"), lambda c: f"reinit ({c.source} tickets)")
+    view.final = lines("final", of("final"), lambda c: f"{c.source} θ_i (final weights)")
+    searched = sorted(of(TICKETS), key=lambda c: c.train_fraction)
+    view.target_tickets = lines("target_tickets", [c for c in searched if c.train_fraction >= 1],
+                                lambda c: TARGET_TICKETS)
+    if any(c.train_fraction < 1 for c in searched):
+        view.train_fractions = lines("train_fraction", searched,
+                                     lambda c: f"train fraction {c.train_fraction:g}")
+        view.train_fractions.sort(key=lambda line: line.cell.train_fraction)
