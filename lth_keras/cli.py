@@ -48,6 +48,8 @@ flags.DEFINE_integer("patience", 5, "Early-stopping patience on the validation l
 # --- runtime ----------------------------------------------------------------------
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "one_device", "multi_worker"],
                   "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+flags.DEFINE_integer("worker_timeout", 600,
+                     "multi_worker: seconds to wait for every worker of TF_CONFIG to join.")
 flags.DEFINE_integer("cpu_devices", 0,
                      "Split the CPU into this many logical devices (tests and benchmarks).")
 flags.DEFINE_bool("deterministic", False,
@@ -113,7 +115,7 @@ def setup_runtime():
         tf.config.experimental.enable_op_determinism()
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    return training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+    return training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices, FLAGS.worker_timeout)
 
 
 def run(main):
@@ -122,16 +124,32 @@ def run(main):
     from lth_keras.datasets import DataError
     from lth_keras.training import TrainingDivergedError
 
+    from lth_keras.training import WorkerError
+
     expected = (UserError, DataError, weights.WeightsMismatchError, TrainingDivergedError,
-                artifacts.ArtifactError)
+                artifacts.ArtifactError, WorkerError)
     program = os.path.basename(sys.argv[0]).removesuffix(".py")
 
+    def fail(message):
+        logging.flush()
+        print(f"{program}: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
     def guarded(argv):
+        import tensorflow as tf
+
+        # What a collective op raises when a peer worker dies or its link breaks.
+        cluster_errors = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                          tf.errors.CancelledError, tf.errors.DeadlineExceededError)
         try:
             return main(argv)
         except expected as e:
-            logging.flush()
-            print(f"{program}: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            fail(e)
+        except cluster_errors as e:
+            if FLAGS.strategy != "multi_worker":
+                raise
+            first = next((line for line in e.message.splitlines() if line.strip()), "")
+            fail(f"a worker of the cluster stopped or cannot be reached ({first.strip()}); "
+                 "restart every worker with the same command: finished levels are kept")
 
     app.run(guarded)

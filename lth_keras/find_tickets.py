@@ -54,7 +54,7 @@ def main(argv):
                              batch_size=FLAGS.batch_size, seed=FLAGS.seed)
     output_dir = FLAGS.output_dir or runs.default_dir(
         "tickets", f"{dataset.name}-{FLAGS.model}-{FLAGS.image_size}px-seed{FLAGS.seed}")
-    run = lottery.TicketRun(output_dir)
+    run = lottery.TicketRun(runs.process_directory(output_dir, strategy))
     runs.start(run.config_path, kind="find_tickets", flag_names=RESULT_FLAGS,
                dataset=dataset, pipeline=pipeline, strategy=strategy)
     logging.info("run directory: %s", output_dir)

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, models, pruning, runs, weights
-from lth_keras.training import Trainer
+from lth_keras.training import Trainer, check_workers_agree
 
 CONDITIONS = ("rewind", "final", "reinit", "scratch")
 SUMMARY_COLUMNS = ("level", "condition", "density", "fraction_pruned", "val_accuracy",
@@ -94,6 +94,7 @@ def fine_tune(run, source_model, target_model, pipeline, strategy, training_conf
     head = models.head_layer(target_model)
     head_init = {v.path: np.array(v.numpy()) for v in head.variables}
     total_params = weights.count_parameters(target_model)
+    check_workers_agree(strategy, sum(map(run.is_finished, levels)), "the finished levels")
     for level in levels:
         if run.is_finished(level):
             try:

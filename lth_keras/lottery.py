@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, pruning, runs, weights
-from lth_keras.training import Trainer
+from lth_keras.training import Trainer, check_workers_agree
 
 SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
                    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch",
@@ -59,6 +59,7 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
     theta_0 = weights.snapshot(model)
     _check_or_write_theta_0(run, theta_0)
     _discard_damaged_levels(run)
+    check_workers_agree(strategy, len(run.finished_levels()), "the finished levels")
     total_params = weights.count_parameters(model)
 
     for level in range(rounds + 1):

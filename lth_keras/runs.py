@@ -93,6 +93,30 @@ def format_summary(rows):
     return "\n".join(lines) + "\n"
 
 
+def process_directory(output_dir, strategy):
+    """Where this process writes: the run directory on the chief, a private copy elsewhere.
+
+    Every worker of a multi-worker run computes the same artifacts and reads
+    them back (the next level is pruned from the last); only the chief's are
+    kept. The copy starts from the chief's directory, so a resumed run resumes
+    everywhere (training.check_workers_agree verifies it).
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    from lth_keras.training import is_chief
+
+    if is_chief(strategy):
+        return output_dir
+    private = tempfile.mkdtemp(prefix="lth_keras_worker_")
+    atexit.register(shutil.rmtree, private, ignore_errors=True)
+    if os.path.isdir(output_dir):
+        shutil.copytree(output_dir, private, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("tensorboard", ".*.tmp"))
+    return private
+
+
 def default_dir(kind, name):
     return os.path.join(OUTPUT_ROOT, kind, name)
 

@@ -5,6 +5,7 @@ fixed epochs (optionally inverse-time decay), early stopping on validation loss
 that keeps the best weights, per-epoch checkpoints for resuming, TensorBoard.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -41,7 +42,7 @@ class TrainingConfig:
     mixed_precision: bool = False
 
 
-def make_strategy(name="default", cpu_devices=0):
+def make_strategy(name="default", cpu_devices=0, worker_timeout=600):
     """A tf.distribute strategy by name; call once per process, before building models.
 
     default: MirroredStrategy over the visible GPUs, or the CPU when there are none
@@ -59,7 +60,12 @@ def make_strategy(name="default", cpu_devices=0):
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # TensorFlow waits for missing workers for an hour and ignores SIGTERM meanwhile.
+        with _watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
+                                       f"{worker_timeout} s (--worker_timeout); start them all"):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            check_workers_agree(strategy, 0, "rendezvous")
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
     if name == "one_device":
@@ -67,6 +73,66 @@ def make_strategy(name="default", cpu_devices=0):
     if name == "default" and not gpus and cpu_devices <= 1:
         devices = devices[:1]
     return tf.distribute.MirroredStrategy(devices)
+
+
+class WorkerError(RuntimeError):
+    """The workers of a multi-worker run disagree, or one of them is gone."""
+
+
+# A separate process, because TensorFlow blocks in C++ holding the GIL while it waits
+# for workers: no thread or signal handler of ours would run.
+_WATCHDOG = """
+import os, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end = time.time() + seconds
+while time.time() < end:
+    time.sleep(0.5)
+    if os.getppid() != parent:
+        sys.exit(0)
+sys.stderr.write(message + "\\n")
+os.kill(parent, 9)
+"""
+
+
+@contextlib.contextmanager
+def _watchdog(seconds, message):
+    """Kills this process with `message` on stderr if the block takes longer than `seconds`."""
+    import subprocess
+
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
+                                 str(seconds), f"{program}: error: {message}"])
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+
+
+def _is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._num_workers > 1
+
+
+def check_workers_agree(strategy, value, what):
+    """Raises WorkerError unless every worker holds the same `value` (e.g. finished levels).
+
+    Workers that resumed from different states would train different levels
+    and exchange gradients of different models; this is also the rendezvous.
+    """
+    if not _is_multi_worker(strategy):
+        return
+    local = tf.constant([float(value)], tf.float64)
+
+    @tf.function
+    def every_value():
+        return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
+
+    values = every_value().numpy()
+    low, high = values.min(), values.max()
+    if low != high:
+        raise WorkerError(f"the workers disagree on {what} ({low:g} vs {high:g}): every "
+                          "worker must see the same run directory (a shared filesystem)")
 
 
 def is_chief(strategy):
@@ -253,6 +319,7 @@ class Trainer:
                 state, best = restored
                 logging.info("%sresuming after epoch %d from %s", metrics_tag,
                              state["epoch"], checkpoint_path)
+        check_workers_agree(self.strategy, state["epoch"], "the epoch to resume from")
 
         stopped_early = False
         while state["epoch"] < cfg.max_epochs:

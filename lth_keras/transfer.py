@@ -138,7 +138,7 @@ def main(argv):
     parent = (os.path.basename(os.path.normpath(FLAGS.tickets)) if ticket_run
               else f"scratch-{FLAGS.model}-{FLAGS.image_size}px")
     output_dir = FLAGS.output_dir or runs.default_dir("transfer", os.path.join(parent, name))
-    run = fine_tuning.TransferRun(output_dir)
+    run = fine_tuning.TransferRun(runs.process_directory(output_dir, strategy))
     tickets = None
     if ticket_run:
         ticket_config = ticket_run.config()
