@@ -16,6 +16,7 @@ and unique because weights are snapshotted and rewound by variable path
 import zlib
 
 import keras
+import numpy as np
 
 from lth_keras.layers import MaskedConv2D, MaskedDense
 
@@ -272,3 +273,54 @@ def replace_head(model, num_classes, seed):
     # model.input (not .inputs) keeps the input structure: a single tensor stays
     # a single tensor, so calling the new model does not warn.
     return keras.Model(model.input, outputs, name=model.name)
+
+
+# --------------------------------------------------------------------------- #
+# Plain-layer folding (export, and the benchmark's dense baseline)
+# --------------------------------------------------------------------------- #
+
+# The plain class each masked class folds into.
+_PLAIN_CLASS = {MaskedConv2D: keras.layers.Conv2D, MaskedDense: keras.layers.Dense}
+
+
+def _plain_layer(layer):
+    """A plain Conv2D / Dense with `layer`'s config, or None for an unmasked layer.
+
+    Only the keys the plain class itself serialises are kept, so a mask-specific
+    config key (there is none today) could never reach the plain constructor.
+    """
+    plain_class = next((p for m, p in _PLAIN_CLASS.items() if type(layer) is m), None)
+    if plain_class is None:
+        if isinstance(layer, tuple(_PLAIN_CLASS)):
+            raise TypeError(f"cannot fold {type(layer).__name__} '{layer.name}': "
+                            "an unknown subclass of a masked layer")
+        return None
+    config = layer.get_config()
+    probe = plain_class(1, 1) if plain_class is keras.layers.Conv2D else plain_class(1)
+    return plain_class.from_config({k: v for k, v in config.items()
+                                    if k in probe.get_config()})
+
+
+def fold_masks(model):
+    """The same functional model with plain Conv2D/Dense layers and kernel ⊙ mask folded in.
+
+    Layer names, configs and the graph are kept; every MaskedConv2D/MaskedDense
+    becomes a plain layer whose kernel is kernel * mask, and every other
+    variable (biases, BN statistics, the head) is copied by variable path. The
+    result has no mask variables, so it loads and converts without lth_keras.
+    Build it under the same strategy scope as `model` if it will be trained.
+    """
+    def clone(layer):
+        plain = _plain_layer(layer)
+        return plain if plain is not None else layer.__class__.from_config(layer.get_config())
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    values = {v.path: np.array(v.numpy()) for v in model.variables}
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, tuple(_PLAIN_CLASS)):
+            values[layer.kernel.path] = values[layer.kernel.path] * values[layer.mask.path]
+    for variable in folded.variables:
+        if variable.path not in values:
+            raise ValueError(f"fold_masks: {variable.path} has no counterpart in '{model.name}'")
+        variable.assign(values[variable.path])
+    return folded

@@ -1,0 +1,39 @@
+"""Smoke test of tools/benchmark.py: a tiny LeNet run writes the expected report."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_benchmark_smoke(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--models=lenet_300_100",
+         "--steps=4", "--warmup=1", "--epochs=2", "--epoch_steps=4", "--pipeline_epochs=1",
+         "--train_images=1024",
+         "--mirrored", "--noisolated_memory", f"--output={out}"],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "benchmark.json").read_text())
+    assert set(report) >= {"settings", "environment", "models", "main_process_peak_rss_mib",
+                           "keras_auto_jit_compile", "seconds"}
+    lenet = report["models"]["lenet_300_100"]
+    assert set(lenet) >= {"masked_vs_dense", "custom_vs_fit", "pipeline_vs_training",
+                          "mirrored"}
+    for side in ("masked", "dense"):
+        assert lenet["masked_vs_dense"][side]["median_s"] > 0
+        assert lenet["masked_vs_dense"][side]["calls"] == 4
+    assert set(lenet["masked_vs_dense"]) >= {"ratio", "median_paired_ratio", "target"}
+    for side in ("custom", "fit"):
+        assert set(lenet["custom_vs_fit"][side]) >= {"median_s", "epoch_s",
+                                                      "per_epoch_overhead_s"}
+    assert lenet["pipeline_vs_training"]["pipeline"]["images_per_epoch"] > 0
+    assert lenet["pipeline_vs_training"]["ratio"] > 0
+    mirrored = lenet["mirrored"]
+    assert mirrored["devices_2"]["devices"] == 2 and mirrored["devices_1"]["devices"] == 1
+    assert mirrored["devices_2"]["peak_rss_mib"] > mirrored["devices_2"]["baseline_rss_mib"] > 0
+    markdown = (out / "benchmark.md").read_text()
+    assert "masked / dense" in markdown and markdown in proc.stdout
