@@ -17,14 +17,13 @@ A transfer run directory holds:
   tensorboard/level_LL/     curves
 """
 
-import os
 import zlib
 
 import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, models, pruning, runs, weights
-from lth_keras.training import Trainer, check_workers_agree
+from lth_keras.training import check_workers_agree
 
 CONDITIONS = ("rewind", "final", "reinit", "scratch")
 SUMMARY_COLUMNS = ("level", "condition", "density", "fraction_pruned", "val_accuracy",
@@ -115,23 +114,15 @@ def fine_tune(run, source_model, target_model, pipeline, strategy, training_conf
         logging.info("level %d (%s): fine-tuning with %.2f%% of the prunable weights", level,
                      condition, 100 * density["density"])
 
-        trainer = Trainer(target_model, pipeline, training_config, strategy, verbose=verbose,
-                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"),
-                          hparams=run.tensorboard_hparams(level, density),
-                          density=density["density"])
-        checkpoint = run.level_file(level, "checkpoint.npz")
-        result = trainer.fit(checkpoint_path=checkpoint,
-                             metrics_tag=f"level {level} ({condition}): ")
+        result = run.train_level(level, target_model, pipeline, training_config, strategy,
+                                 density, verbose=verbose,
+                                 metrics_tag=f"level {level} ({condition}): ")
         _check_mask_unchanged(target_model, mask)
         weights.check_mask_held(target_model, mask)
-        artifacts.write_arrays(run.level_file(level, "weights.npz"), weights.snapshot(target_model))
-        artifacts.write_json(run.level_file(level, "metrics.json"), {
+        run.finish_level(level, "weights.npz", weights.snapshot(target_model), {
             "level": level, "condition": condition, "density": density,
             "start_digest": start_digest, "mask_digest": weights.digest(mask),
             **result.as_dict()})
-        if os.path.exists(checkpoint):
-            os.remove(checkpoint)
-        run.write_summary()
         logging.info("level %d done: val acc %.4f, test acc %.4f", level,
                      result.val["accuracy"], result.test["accuracy"])
     return run.write_summary()

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, pruning, runs, weights
-from lth_keras.training import Trainer, check_workers_agree
+from lth_keras.training import check_workers_agree
 
 SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
                    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch",
@@ -88,22 +88,13 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
 
         if level == 0 and rewind_epoch == 0:
             artifacts.write_arrays(run.file("theta_k.npz"), theta_0)
-        trainer = Trainer(model, pipeline, training_config, strategy, verbose=verbose,
-                          tensorboard_dir=run.file("tensorboard", f"level_{level:02d}"),
-                          hparams=run.tensorboard_hparams(level, density),
-                          density=density["density"])
-        checkpoint = run.level_file(level, "checkpoint.npz")
-        result = trainer.fit(checkpoint_path=checkpoint,
-                             min_epochs=rewind_epoch if level == 0 else 0,
-                             on_epoch_end=save_theta_k, metrics_tag=f"level {level}: ")
+        result = run.train_level(level, model, pipeline, training_config, strategy, density,
+                                 verbose=verbose, min_epochs=rewind_epoch if level == 0 else 0,
+                                 on_epoch_end=save_theta_k, metrics_tag=f"level {level}: ")
         weights.check_mask_held(model, masks)
-        artifacts.write_arrays(run.level_file(level, "theta_i.npz"), weights.snapshot(model))
-        artifacts.write_json(run.level_file(level, "metrics.json"),
-                             {"level": level, "density": density, "start_digest": start_digest,
-                              **result.as_dict()})
-        if os.path.exists(checkpoint):
-            os.remove(checkpoint)
-        rows = run.write_summary()
+        rows = run.finish_level(level, "theta_i.npz", weights.snapshot(model),
+                                {"level": level, "density": density,
+                                 "start_digest": start_digest, **result.as_dict()})
         logging.info("level %d done: val acc %.4f, test acc %.4f", level,
                      rows[-1]["val_accuracy"], rows[-1]["test_accuracy"])
     return run.write_summary()

@@ -72,6 +72,27 @@ class RunDirectory:
                 "dataset": config["dataset"]["name"], "level": level,
                 "density": density["density"], **config["hparams"]}
 
+    def train_level(self, level, model, pipeline, training_config, strategy, density, *,
+                    verbose=True, **fit_args):
+        """Trains a level (fresh optimizer) with its curves and epoch checkpoint."""
+        from lth_keras.training import Trainer
+
+        trainer = Trainer(model, pipeline, training_config, strategy, verbose=verbose,
+                          tensorboard_dir=self.file("tensorboard", f"level_{level:02d}"),
+                          hparams=self.tensorboard_hparams(level, density),
+                          density=density["density"])
+        return trainer.fit(checkpoint_path=self.level_file(level, "checkpoint.npz"), **fit_args)
+
+    def finish_level(self, level, arrays_name, arrays, metrics):
+        """Writes the level's arrays, then metrics.json (which marks it finished); drops
+        its checkpoint and rewrites the summary, which it returns."""
+        artifacts.write_arrays(self.level_file(level, arrays_name), arrays)
+        artifacts.write_json(self.level_file(level, "metrics.json"), metrics)
+        checkpoint = self.level_file(level, "checkpoint.npz")
+        if os.path.exists(checkpoint):
+            os.remove(checkpoint)
+        return self.write_summary()
+
     def write_summary(self, columns, row, format_rows):
         """summary.csv and summary.md with one row(level) per finished level."""
         rows = [row(level) for level in self.finished_levels()]
