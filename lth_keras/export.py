@@ -135,16 +135,18 @@ def to_tflite(keras_model, sparse):
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     # Keras' export prints the SavedModel signature (one line per captured variable) and
     # TF logs a dozen INFO lines per conversion; neither says anything about this model.
-    tf_logger = std_logging.getLogger("tensorflow")
-    tf_level, absl_level = tf_logger.level, logging.get_verbosity()
-    tf_logger.setLevel(std_logging.WARNING)
-    logging.set_verbosity(logging.WARNING)
+    # The loggers' own levels are restored exactly (absl's get/set_verbosity would pin
+    # an unset level to WARNING and silence INFO for the rest of the process).
+    quiet = [std_logging.getLogger(name) for name in ("tensorflow", "absl")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(std_logging.WARNING)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return converter.convert()
     finally:
-        tf_logger.setLevel(tf_level)
-        logging.set_verbosity(absl_level)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
 
 
 def _interpreter(flatbuffer):
