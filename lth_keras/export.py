@@ -34,7 +34,7 @@ import os
 import tempfile
 import warnings
 
-from absl import flags, logging
+from absl import flags
 
 from lth_keras import cli
 
