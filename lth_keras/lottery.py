@@ -66,13 +66,13 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
         if run.is_finished(level):
             continue
         if level == 0:
-            masks = {k: np.ones_like(v) for k, v in weights.get_masks(model).items()}
+            masks = weights.dense_masks(model)
             start = theta_0
         else:
             previous = run.theta_i(level - 1)
             kernels = {k: previous[k] for k in weights.get_masks(model)}
             masks = pruning.prune(kernels, run.mask(level - 1), prune_rate, pruning_mode)
-            start = _theta_k(run, rewind_epoch)
+            start = run.theta("k")  # written in level 0, checked on start
         artifacts.write_arrays(run.level_file(level, "mask.npz"), masks)
         weights.load_ticket(model, start, masks)
         # Recorded so that anyone can check which weights a level started from.
@@ -148,11 +148,3 @@ def _discard_damaged_levels(run):
         logging.warning("recomputing levels %d..%d of %s", first, finished[-1], run.path)
         for level in finished[finished.index(first):]:
             artifacts.remove_tree(run.level_dir(level))
-
-
-def _theta_k(run, rewind_epoch):
-    if not os.path.exists(run.file("theta_k.npz")):
-        raise artifacts.ArtifactError(
-            f"{run.path}: theta_k.npz (epoch {rewind_epoch} of level 0) is missing; "
-            "delete levels/level_00 to retrain level 0")
-    return run.theta("k")

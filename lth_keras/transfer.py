@@ -127,9 +127,7 @@ def main(argv):
         return fine_tuning.starting_point(condition, level, ticket_run, theta_0, fresh_init)
 
     # A ticket that does not fit this architecture fails here, before anything is written.
-    theta, mask = start_for_level(levels[0])
-    weights.load_ticket(source_model, theta, mask if mask is not None else
-                        weights.get_masks(source_model))
+    fine_tuning.load_start(source_model, *start_for_level(levels[0]))
 
     name = f"{dataset.name}-{condition}"
     if FLAGS.train_fraction < 1:

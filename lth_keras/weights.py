@@ -89,8 +89,17 @@ def digest(weights_by_path):
     return artifacts.array_digest(np.array(paths), *(weights_by_path[p] for p in paths))
 
 
+def dense_masks(model):
+    """An all-ones mask for every prunable kernel (the dense network, level 0)."""
+    return {path: np.ones_like(mask) for path, mask in get_masks(model).items()}
+
+
 def check_mask_held(model, masks):
-    """Guards the central invariant: pruned weights are exactly 0 after training."""
+    """Guards the central invariant after training: the masks are exactly `masks`,
+    and pruned weights are exactly 0."""
+    for path, mask in get_masks(model).items():
+        if not np.array_equal(mask, masks[path]):
+            raise AssertionError(f"the mask of {path} changed during training")
     for path, kernel in get_kernels(model).items():
         if np.any(kernel[masks[path] == 0] != 0):
             raise AssertionError(f"pruned weights of {path} moved during training")
