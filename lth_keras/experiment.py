@@ -158,11 +158,11 @@ def main(argv):
 
     if FLAGS.list:
         width = max(len(run.name) for run in runs)
-        print(f"{'run':<{width}}  {'state':<7}  task  needs")
-        for run in runs:
-            print(f"{run.name:<{width}}  {grid.state(run, root):<7}  {task_of[run.name]:>4}  "
-                  f"{', '.join(run.needs)}")
         states = [grid.state(run, root) for run in runs]
+        print(f"{'run':<{width}}  {'state':<7}  task  needs")
+        for run, state in zip(runs, states):
+            print(f"{run.name:<{width}}  {state:<7}  {task_of[run.name]:>4}  "
+                  f"{', '.join(run.needs)}")
         print(f"{len(runs)} runs: " + ", ".join(f"{states.count(s)} {s}" for s in
                                                 (grid.DONE, grid.PARTIAL, grid.PENDING)))
         return

@@ -110,8 +110,7 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
                 transfer(tickets(source, seed), dataset_label(source), target, seed, "rewind")
     # Every find_tickets run first: a task of a sharded grid then starts with tickets,
     # and transfers come once most inputs exist.
-    ordered = sorted(runs.values(), key=lambda run: run.binary != "find_tickets")
-    return ordered
+    return sorted(runs.values(), key=lambda run: run.binary != "find_tickets")
 
 
 def shard(runs, task_index, num_tasks):
