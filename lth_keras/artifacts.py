@@ -114,11 +114,11 @@ def array_digest(*arrays):
     return h.hexdigest()
 
 
-def environment_record():
-    """Package versions and machine facts stored with every run."""
+def environment_record(runtime):
+    """Package versions and machine facts stored with every run; `runtime` (the
+    engine's) adds the engine, its framework's versions and the devices."""
     import absl
     import keras
-    import tensorflow as tf
 
     from lth_keras import __version__
 
@@ -128,11 +128,10 @@ def environment_record():
     return {
         "lth_keras": __version__,
         "python": sys.version.split()[0],
-        "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,
         "absl": version(absl),
         "platform": platform.platform(),
-        "devices": [d.name for d in tf.config.list_logical_devices()],
+        **runtime.environment(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

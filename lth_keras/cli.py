@@ -46,15 +46,21 @@ flags.DEFINE_list("lr_boundaries", ["50", "60", "75"],
 flags.DEFINE_integer("max_epochs", 100, "Upper bound on the epochs of one training run.")
 flags.DEFINE_integer("patience", 5, "Early-stopping patience on the validation loss.")
 # --- runtime ----------------------------------------------------------------------
+# The engine is Keras's backend: KERAS_BACKEND=tensorflow (default) or jax.
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "one_device", "multi_worker"],
-                  "tf.distribute strategy (multi_worker reads TF_CONFIG).")
+                  "Devices to train on: default (every GPU, or one CPU device), mirrored "
+                  "(every device), one_device, multi_worker (several hosts: TF_CONFIG on "
+                  "TensorFlow; srun or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID "
+                  "on JAX).")
 flags.DEFINE_integer("worker_timeout", 600,
-                     "multi_worker: seconds to wait for every worker of TF_CONFIG to join.")
+                     "multi_worker: seconds to wait for every worker to join.")
 flags.DEFINE_integer("cpu_devices", 0,
                      "Split the CPU into this many logical devices (tests and benchmarks).")
 flags.DEFINE_bool("deterministic", False,
                   "Deterministic kernels: bit-identical runs on CPU (slower).")
-flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPUs).")
+flags.DEFINE_bool("mixed_precision", False,
+                  "Mixed-precision compute: float16 with loss scaling on TensorFlow, bfloat16 "
+                  "on JAX (GPUs).")
 flags.DEFINE_string("output_dir", None, "Run directory (default: a readable name under outputs/).")
 
 
@@ -103,31 +109,30 @@ def load_dataset(name):
                                  skip_bad_images=FLAGS.skip_bad_images)
 
 
+_runtime = None
+
+
 def setup_runtime():
-    """Seeds, determinism, precision and the distribution strategy; once per process."""
-    import keras
-    import tensorflow as tf
+    """The engine's Runtime (KERAS_BACKEND): seeds, determinism, precision, devices;
+    once per process."""
+    global _runtime
+    from lth_keras import engines
 
-    from lth_keras import training
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    if FLAGS.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    return training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices, FLAGS.worker_timeout)
+    _runtime = engines.setup(seed=FLAGS.seed, deterministic=FLAGS.deterministic,
+                             mixed_precision=FLAGS.mixed_precision, strategy=FLAGS.strategy,
+                             cpu_devices=FLAGS.cpu_devices, worker_timeout=FLAGS.worker_timeout)
+    return _runtime
 
 
 def run(main):
     """app.run(main), turning expected failures into one clear line and exit status 1."""
     from lth_keras import artifacts, weights
     from lth_keras.datasets import DataError
-    from lth_keras.training import TrainingDivergedError
-
-    from lth_keras.training import WorkerError
+    from lth_keras.engines import ConfigurationError
+    from lth_keras.training import TrainingDivergedError, WorkerError
 
     expected = (UserError, DataError, weights.WeightsMismatchError, TrainingDivergedError,
-                artifacts.ArtifactError, WorkerError)
+                artifacts.ArtifactError, WorkerError, ConfigurationError)
     program = os.path.basename(sys.argv[0]).removesuffix(".py")
 
     def fail(message):
@@ -136,19 +141,16 @@ def run(main):
         sys.exit(1)
 
     def guarded(argv):
-        import tensorflow as tf
-
-        # What a collective op raises when a peer worker dies or its link breaks.
-        cluster_errors = (tf.errors.UnavailableError, tf.errors.AbortedError,
-                          tf.errors.CancelledError, tf.errors.DeadlineExceededError)
         try:
             return main(argv)
         except expected as e:
             fail(e)
-        except cluster_errors as e:
-            if FLAGS.strategy != "multi_worker":
+        except Exception as e:
+            # What a collective raises when a peer worker dies or its link breaks.
+            if _runtime is None or not isinstance(e, _runtime.cluster_errors()):
                 raise
-            first = next((line for line in e.message.splitlines() if line.strip()), "")
+            text = getattr(e, "message", None) or str(e)
+            first = next((line for line in text.splitlines() if line.strip()), "")
             fail(f"a worker of the cluster stopped or cannot be reached ({first.strip()}); "
                  "restart every worker with the same command: finished levels are kept")
 

@@ -46,24 +46,24 @@ def main(argv):
     training_config = _check_flags()
 
     from lth_keras import lottery, models, runs
-    from lth_keras.datasets.pipeline import InputPipeline
+    from lth_keras.datasets import InputPlan
 
     dataset = cli.load_dataset(FLAGS.source)
-    strategy = cli.setup_runtime()
-    pipeline = InputPipeline(dataset, image_size=FLAGS.image_size,
-                             batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+    runtime = cli.setup_runtime()
+    plan = InputPlan(dataset, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+                     seed=FLAGS.seed)
     output_dir = FLAGS.output_dir or runs.default_dir(
         "tickets", f"{dataset.name}-{FLAGS.model}-{FLAGS.image_size}px-seed{FLAGS.seed}")
-    run = lottery.TicketRun(runs.process_directory(output_dir, strategy))
+    run = lottery.TicketRun(runs.process_directory(output_dir, runtime))
     runs.start(run.config_path, kind="find_tickets", flag_names=RESULT_FLAGS,
-               dataset=dataset, pipeline=pipeline, strategy=strategy)
-    logging.info("run directory: %s", output_dir)
+               dataset=dataset, plan=plan, runtime=runtime)
+    logging.info("run directory: %s (engine: %s)", output_dir, runtime.name)
 
-    with strategy.scope():
+    with runtime.scope():
         model = models.build_model(FLAGS.model, input_shape=(FLAGS.image_size,) * 2 + (3,),
                                    num_classes=dataset.num_classes, seed=FLAGS.seed,
                                    bn_momentum=FLAGS.bn_momentum)
-    rows = lottery.find_tickets(run, model, pipeline, strategy, training_config,
+    rows = lottery.find_tickets(run, model, plan, runtime, training_config,
                                 rounds=FLAGS.rounds, prune_rate=FLAGS.prune_rate,
                                 pruning_mode=FLAGS.pruning, rewind_epoch=FLAGS.rewind_epoch)
     print(runs.format_summary(rows), end="")

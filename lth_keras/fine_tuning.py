@@ -23,7 +23,6 @@ import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, models, pruning, runs, weights
-from lth_keras.training import check_workers_agree
 
 CONDITIONS = ("rewind", "final", "reinit", "scratch")
 SUMMARY_COLUMNS = ("level", "condition", "density", "fraction_pruned", "val_accuracy",
@@ -58,7 +57,7 @@ def build_target_model(model_config, num_classes, seed):
     """(source-shaped model, target model sharing its body with a fresh head).
 
     Tickets are stored with the source head; they load into the first model,
-    and the second is the one trained. Call under `strategy.scope()`.
+    and the second is the one trained. Call under `runtime.scope()`.
     """
     source = models.build_model(model_config["model"],
                                 input_shape=(model_config["image_size"],) * 2 + (3,),
@@ -90,7 +89,7 @@ def load_start(source_model, theta, mask):
     return mask
 
 
-def fine_tune(run, source_model, target_model, pipeline, strategy, training_config, *,
+def fine_tune(run, source_model, target_model, plan, runtime, training_config, *,
               condition, levels, start_for_level, verbose=True):
     """Fine-tunes every level of `levels` not finished yet into `run`.
 
@@ -101,7 +100,7 @@ def fine_tune(run, source_model, target_model, pipeline, strategy, training_conf
     head = models.head_layer(target_model)
     head_init = {v.path: np.array(v.numpy()) for v in head.variables}
     total_params = weights.count_parameters(target_model)
-    check_workers_agree(strategy, sum(map(run.is_finished, levels)), "the finished levels")
+    runtime.check_workers_agree(sum(map(run.is_finished, levels)), "the finished levels")
     for level in levels:
         if run.is_finished(level):
             try:
@@ -119,7 +118,7 @@ def fine_tune(run, source_model, target_model, pipeline, strategy, training_conf
         logging.info("level %d (%s): fine-tuning with %.2f%% of the prunable weights", level,
                      condition, 100 * density["density"])
 
-        result = run.train_level(level, target_model, pipeline, training_config, strategy,
+        result = run.train_level(level, target_model, plan, training_config, runtime,
                                  density, verbose=verbose,
                                  metrics_tag=f"level {level} ({condition}): ")
         weights.check_mask_held(target_model, mask)

@@ -16,7 +16,6 @@ import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, pruning, runs, weights
-from lth_keras.training import check_workers_agree
 
 SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
                    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch",
@@ -49,17 +48,18 @@ class TicketRun(runs.RunDirectory):
                 "best_epoch": m["best_epoch"], "epochs": m["epochs"]}
 
 
-def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, prune_rate,
+def find_tickets(run, model, plan, runtime, training_config, *, rounds, prune_rate,
                  pruning_mode="global", rewind_epoch=2, verbose=True):
     """Runs (or resumes) levels 0..rounds of IMP with late resetting into `run`.
 
-    `model` is built with θ_0 under `strategy.scope()`. Finished levels are
-    skipped; an interrupted level resumes from its last epoch checkpoint.
+    `model` is built with θ_0 under `runtime.scope()`; `plan` is the data's
+    InputPlan. Finished levels are skipped; an interrupted level resumes from
+    its last epoch checkpoint.
     """
     theta_0 = weights.snapshot(model)
     _check_or_write_theta_0(run, theta_0)
     _discard_damaged_levels(run)
-    check_workers_agree(strategy, len(run.finished_levels()), "the finished levels")
+    runtime.check_workers_agree(len(run.finished_levels()), "the finished levels")
     total_params = weights.count_parameters(model)
 
     for level in range(rounds + 1):
@@ -88,7 +88,7 @@ def find_tickets(run, model, pipeline, strategy, training_config, *, rounds, pru
 
         if level == 0 and rewind_epoch == 0:
             artifacts.write_arrays(run.file("theta_k.npz"), theta_0)
-        result = run.train_level(level, model, pipeline, training_config, strategy, density,
+        result = run.train_level(level, model, plan, training_config, runtime, density,
                                  verbose=verbose, min_epochs=rewind_epoch if level == 0 else 0,
                                  on_epoch_end=save_theta_k, metrics_tag=f"level {level}: ")
         weights.check_mask_held(model, masks)

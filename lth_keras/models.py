@@ -6,13 +6,15 @@ plain `keras.layers.Dense` named `HEAD_NAME` (never pruned; transfer replaces
 it). Outputs are logits.
 
 Initialisation (PROTOCOL "Notation"): Glorot-uniform kernels, zero biases,
-BatchNorm gamma=1 / beta=0. Each kernel initialiser gets its own integer seed
-derived from (model seed, layer name) with crc32, so weights depend on the seed
-alone and not on what else the process built before. Layer names are explicit
+BatchNorm gamma=1 / beta=0. Each kernel is drawn by numpy from its own seed,
+derived from (model seed, layer name) with crc32, so θ_0 depends on the seed
+alone: not on what else the process built before, and not on the backend (the
+TensorFlow and JAX engines start from the same θ_0). Layer names are explicit
 and unique because weights are snapshotted and rewound by variable path
 (e.g. "stage2_block1_conv2/kernel").
 """
 
+import math
 import zlib
 
 import keras
@@ -36,18 +38,32 @@ def _layer_seed(seed, name):
     return zlib.crc32(f"{seed}/{name}".encode()) & 0x7FFFFFFF
 
 
-def _glorot(seed, name):
-    return keras.initializers.GlorotUniform(seed=_layer_seed(seed, name))
+def glorot_uniform(shape, seed, dtype):
+    """Glorot/Xavier-uniform values drawn by numpy: the same on every backend.
+
+    U(-l, l) with l = sqrt(6 / (fan_in + fan_out)), fans as Keras computes them
+    (a conv kernel's receptive field times its input / output channels).
+    """
+    receptive = math.prod(shape[:-2]) if len(shape) > 2 else 1
+    fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    values = np.random.default_rng(seed).uniform(-limit, limit, size=shape)
+    return values.astype(keras.backend.standardize_dtype(dtype))
 
 
-def _head(num_classes, seed):
-    """The classifier: a fresh, plain (unmasked) Dense producing logits."""
-    return keras.layers.Dense(
-        num_classes,
-        kernel_initializer=_glorot(seed, HEAD_NAME),
-        bias_initializer="zeros",
-        name=HEAD_NAME,
-    )
+def _initialise_kernels(layers, seed):
+    """Draws every layer's kernel from (seed, layer name); biases and BN keep their
+    constant initialisers (zeros, gamma=1, beta=0)."""
+    for layer in layers:
+        kernel = layer.kernel
+        kernel.assign(glorot_uniform(tuple(kernel.shape), _layer_seed(seed, layer.name),
+                                     kernel.dtype))
+
+
+def _head(num_classes):
+    """The classifier: a plain (unmasked) Dense producing logits; its kernel is drawn
+    by _initialise_kernels."""
+    return keras.layers.Dense(num_classes, bias_initializer="zeros", name=HEAD_NAME)
 
 
 class _Builder:
@@ -62,22 +78,21 @@ class _Builder:
         return MaskedConv2D(
             filters, kernel_size, strides=strides, padding=padding,
             use_bias=use_bias, activation=activation,
-            kernel_initializer=_glorot(self.seed, name),
             bias_initializer="zeros", name=name,
         )(x)
 
     def dense(self, x, units, name, *, activation=None):
-        return MaskedDense(
-            units, activation=activation,
-            kernel_initializer=_glorot(self.seed, name),
-            bias_initializer="zeros", name=name,
-        )(x)
+        return MaskedDense(units, activation=activation, bias_initializer="zeros",
+                           name=name)(x)
 
     def bn(self, x, name):
-        # synchronized: under MirroredStrategy the replicas share batch
-        # statistics, so the result does not depend on the number of devices.
+        # Replicas must share batch statistics, so that the result does not depend
+        # on the number of devices. On TensorFlow that is synchronized=True under
+        # MirroredStrategy; under JAX's jit the batch mean is already over the
+        # global batch, and Keras accepts synchronized=True only on TensorFlow.
         return keras.layers.BatchNormalization(
-            momentum=self.bn_momentum, epsilon=BN_EPSILON, synchronized=True,
+            momentum=self.bn_momentum, epsilon=BN_EPSILON,
+            synchronized=keras.backend.backend() == "tensorflow",
             gamma_initializer="ones", beta_initializer="zeros", name=name,
         )(x)
 
@@ -98,12 +113,15 @@ class _Builder:
         return keras.layers.ReLU(name=f"{prefix}_out")(x)
 
     def classifier(self, x, num_classes):
-        return _head(num_classes, self.seed)(x)
+        return _head(num_classes)(x)
 
 
-def _finish(inputs, outputs, name):
-    """Wrap as a functional model and check that names and paths are unique."""
+def _finish(inputs, outputs, name, seed):
+    """Wrap as a functional model, draw its kernels, and check that names and paths are unique."""
     model = keras.Model(inputs, outputs, name=name)
+    _initialise_kernels([layer for layer in model._flatten_layers(include_self=False)
+                         if isinstance(layer, (MaskedConv2D, MaskedDense))
+                         or layer.name == HEAD_NAME], seed)
     layer_names = [layer.name for layer in model.layers]
     paths = [v.path for v in model.weights]
     for kind, items in (("layer name", layer_names), ("variable path", paths)):
@@ -158,7 +176,7 @@ def resnet50(*, input_shape, num_classes, seed, bn_momentum=0.9):
                 b, x, width, strides=stride if i == 1 else 1,
                 projection=(i == 1), prefix=f"stage{s}_block{i}")
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return _finish(inputs, b.classifier(x, num_classes), "resnet50")
+    return _finish(inputs, b.classifier(x, num_classes), "resnet50", seed)
 
 
 # --------------------------------------------------------------------------- #
@@ -196,7 +214,7 @@ def resnet20(*, input_shape, num_classes, seed, bn_momentum=0.9):
                 prefix=f"stage{s}_block{i}")
             in_channels = filters
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return _finish(inputs, b.classifier(x, num_classes), "resnet20")
+    return _finish(inputs, b.classifier(x, num_classes), "resnet20", seed)
 
 
 # --------------------------------------------------------------------------- #
@@ -211,7 +229,7 @@ def lenet_300_100(*, input_shape, num_classes, seed, bn_momentum=0.9):
     x = keras.layers.Flatten(name="flatten")(inputs)
     x = b.dense(x, 300, "fc1", activation="relu")
     x = b.dense(x, 100, "fc2", activation="relu")
-    return _finish(inputs, b.classifier(x, num_classes), "lenet_300_100")
+    return _finish(inputs, b.classifier(x, num_classes), "lenet_300_100", seed)
 
 
 def conv4(*, input_shape, num_classes, seed, bn_momentum=0.9):
@@ -233,7 +251,7 @@ def conv4(*, input_shape, num_classes, seed, bn_momentum=0.9):
     x = keras.layers.Flatten(name="flatten")(x)
     x = b.dense(x, 256, "fc1", activation="relu")
     x = b.dense(x, 256, "fc2", activation="relu")
-    return _finish(inputs, b.classifier(x, num_classes), "conv4")
+    return _finish(inputs, b.classifier(x, num_classes), "conv4", seed)
 
 
 # --------------------------------------------------------------------------- #
@@ -269,7 +287,9 @@ def replace_head(model, num_classes, seed):
     head is a plain Glorot-uniform Dense seeded by (seed, HEAD_NAME).
     """
     features = head_layer(model).input
-    outputs = _head(num_classes, seed)(features)
+    head = _head(num_classes)
+    outputs = head(features)
+    _initialise_kernels([head], seed)
     # model.input (not .inputs) keeps the input structure: a single tensor stays
     # a single tensor, so calling the new model does not warn.
     return keras.Model(model.input, outputs, name=model.name)

@@ -72,12 +72,12 @@ class RunDirectory:
                 "dataset": config["dataset"]["name"], "level": level,
                 "density": density["density"], **config["hparams"]}
 
-    def train_level(self, level, model, pipeline, training_config, strategy, density, *,
+    def train_level(self, level, model, plan, training_config, runtime, density, *,
                     verbose=True, **fit_args):
         """Trains a level (fresh optimizer) with its curves and epoch checkpoint."""
         from lth_keras.training import Trainer
 
-        trainer = Trainer(model, pipeline, training_config, strategy, verbose=verbose,
+        trainer = Trainer(model, plan, training_config, runtime, verbose=verbose,
                           tensorboard_dir=self.file("tensorboard", f"level_{level:02d}"),
                           hparams=self.tensorboard_hparams(level, density),
                           density=density["density"])
@@ -114,21 +114,19 @@ def format_summary(rows):
     return "\n".join(lines) + "\n"
 
 
-def process_directory(output_dir, strategy):
+def process_directory(output_dir, runtime):
     """Where this process writes: the run directory on the chief, a private copy elsewhere.
 
     Every worker of a multi-worker run computes the same artifacts and reads
     them back (the next level is pruned from the last); only the chief's are
     kept. The copy starts from the chief's directory, so a resumed run resumes
-    everywhere (training.check_workers_agree verifies it).
+    everywhere (runtime.check_workers_agree verifies it).
     """
     import atexit
     import shutil
     import tempfile
 
-    from lth_keras.training import is_chief
-
-    if is_chief(strategy):
+    if runtime.is_chief:
         return output_dir
     private = tempfile.mkdtemp(prefix="lth_keras_worker_")
     atexit.register(shutil.rmtree, private, ignore_errors=True)
@@ -157,7 +155,7 @@ def our_flags():
     return dict(sorted(ours.items()))
 
 
-def start(config_path, *, kind, flag_names, dataset, pipeline, strategy, extra=None,
+def start(config_path, *, kind, flag_names, dataset, plan, runtime, extra=None,
           extra_hparams=None):
     """Writes config.json for a new run, or checks that a re-run matches it.
 
@@ -174,9 +172,9 @@ def start(config_path, *, kind, flag_names, dataset, pipeline, strategy, extra=N
         "hparams_hash": hparams_hash(hparams),
         "flags": our_flags(),
         "dataset": dataset.summary(),
-        "input": pipeline.describe(),
-        "replicas": strategy.num_replicas_in_sync,
-        "environment": artifacts.environment_record(),
+        "input": plan.describe(),
+        "replicas": runtime.num_replicas,
+        "environment": artifacts.environment_record(runtime),
         **(extra or {}),
     }
     if os.path.exists(config_path):

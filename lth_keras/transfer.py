@@ -102,17 +102,17 @@ def main(argv):
     ticket_run, levels, model_config = _ticket_run(condition)
 
     from lth_keras import fine_tuning, runs, weights
-    from lth_keras.datasets.pipeline import InputPipeline
+    from lth_keras.datasets import InputPlan
 
     dataset = cli.load_dataset(FLAGS.target)
-    strategy = cli.setup_runtime()
-    pipeline = InputPipeline(dataset, image_size=FLAGS.image_size,
-                             batch_size=FLAGS.batch_size, seed=FLAGS.seed)
+    runtime = cli.setup_runtime()
+    plan = InputPlan(dataset, image_size=FLAGS.image_size, batch_size=FLAGS.batch_size,
+                     seed=FLAGS.seed)
     model_config["bn_momentum"] = FLAGS.bn_momentum
     if model_config["source_classes"] is None:
         model_config["source_classes"] = dataset.num_classes
 
-    with strategy.scope():
+    with runtime.scope():
         source_model, target_model = fine_tuning.build_target_model(
             model_config, dataset.num_classes, seed=FLAGS.seed)
         fresh_init = None
@@ -136,7 +136,7 @@ def main(argv):
     parent = (os.path.basename(os.path.normpath(FLAGS.tickets)) if ticket_run
               else f"scratch-{FLAGS.model}-{FLAGS.image_size}px")
     output_dir = FLAGS.output_dir or runs.default_dir("transfer", os.path.join(parent, name))
-    run = fine_tuning.TransferRun(runs.process_directory(output_dir, strategy))
+    run = fine_tuning.TransferRun(runs.process_directory(output_dir, runtime))
     tickets = None
     if ticket_run:
         ticket_config = ticket_run.config()
@@ -145,14 +145,14 @@ def main(argv):
                    "source": ticket_config["dataset"]["name"],
                    "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
     runs.start(run.config_path, kind="transfer", flag_names=RESULT_FLAGS,
-               dataset=dataset, pipeline=pipeline, strategy=strategy,
+               dataset=dataset, plan=plan, runtime=runtime,
                extra={"condition": condition, "tickets": tickets, "model": model_config,
                       "levels": levels},
                extra_hparams={"condition": condition,
                               "tickets_hash": tickets and tickets["hparams_hash"]})
-    logging.info("run directory: %s", output_dir)
+    logging.info("run directory: %s (engine: %s)", output_dir, runtime.name)
 
-    rows = fine_tuning.fine_tune(run, source_model, target_model, pipeline, strategy,
+    rows = fine_tuning.fine_tune(run, source_model, target_model, plan, runtime,
                                  training_config, condition=condition, levels=levels,
                                  start_for_level=start_for_level)
     print(runs.format_summary(rows), end="")

@@ -520,7 +520,7 @@ def test_crops_never_fall_off_the_image(size, image_size):
     p = InputPipeline(ImageDataset("edge", ("a", "b"), split, split, split), image_size=image_size, batch_size=2, seed=0)
     k = np.arange(p.resize_size - image_size + 1)
     offsets = np.stack(np.meshgrid(k, k), -1).reshape(-1, 2)
-    crops = tf.image.crop_and_resize(images[1:], p._boxes(offsets), np.zeros(len(offsets), np.int32),
+    crops = tf.image.crop_and_resize(images[1:], p.boxes(offsets), np.zeros(len(offsets), np.int32),
                                      [image_size, image_size]).numpy()
     assert crops.min() > 254.99
     x, y = collect(p.train_epoch(0))  # and through the pipeline: exactly +-1

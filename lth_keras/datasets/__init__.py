@@ -1,7 +1,9 @@
-"""Datasets: in-memory splits, the natural-image sources, and the tf.data pipeline.
+"""Datasets: in-memory splits, the natural-image sources, the epoch plan, the tf.data pipeline.
 
-The pipeline names are imported lazily: importing TensorFlow takes seconds, and
-loading or validating data (e.g. failing fast on missing files) does not need it.
+Everything here but the tf.data pipeline works without TensorFlow. The pipeline
+is imported lazily: importing TensorFlow takes seconds, loading or validating
+data (e.g. failing fast on missing files) does not need it, and the JAX engine
+never does.
 """
 
 import os
@@ -26,14 +28,16 @@ from lth_keras.datasets.folders import (
     parse_split,
     scan_image_folder,
 )
+from lth_keras.datasets.plan import InputPlan, channel_stats, resize_size
 from lth_keras.datasets.targets import TARGETS, TargetSpec, load_target
 
-_PIPELINE_NAMES = ("InputPipeline", "channel_stats", "resize_size")
+_PIPELINE_NAMES = ("InputPipeline",)
 
 __all__ = [
     "SPLITS", "DataError", "ImageDataset", "MissingDataError", "Split",
     "carve_validation", "check_every_class", "stratified_split", "subset_fraction",
-    "SOURCES", "load_source", "network_available", *_PIPELINE_NAMES,
+    "SOURCES", "load_source", "network_available", "InputPlan", "channel_stats", "resize_size",
+    *_PIPELINE_NAMES,
     "IMAGE_EXTENSIONS", "FolderDataset", "FolderLayout", "load_image_folder", "parse_split",
     "scan_image_folder", "TARGETS", "TargetSpec", "load_target", "load_dataset",
 ]
@@ -63,11 +67,7 @@ def load_dataset(name_or_path, *, data_dir=None, seed=0, val_fraction=0.1, train
             raise DataError(f"{name}: --split applies to image folders; a source has a fixed test split")
         return load_source(name, data_dir=data_dir, seed=seed, val_fraction=val_fraction,
                            train_fraction=train_fraction)
-    storage_size = None
-    if image_size is not None:
-        from lth_keras.datasets.pipeline import resize_size  # imports TensorFlow: only when needed
-
-        storage_size = resize_size(image_size)
+    storage_size = None if image_size is None else resize_size(image_size)
     kwargs = dict(seed=seed, storage_size=storage_size, split=split, val_fraction=val_fraction,
                   train_fraction=train_fraction, skip_bad_images=skip_bad_images)
     if name in TARGETS:

@@ -403,8 +403,21 @@ def _prepared_tfds_versions(tfds_dir: str, name: str) -> list[str]:
     return sorted(versions, key=lambda v: [int(x) for x in os.path.basename(v).split(".")], reverse=True)
 
 
+def _tfds():
+    """tensorflow_datasets, or None without TensorFlow (the JAX engine needs neither).
+
+    Imported lazily: it is slow to import and only needed for TFDS copies.
+    """
+    try:
+        import tensorflow  # noqa: F401  TFDS reads through tf.data
+        import tensorflow_datasets as tfds
+    except ImportError:
+        return None
+    return tfds
+
+
 def _read_tfds_builder(builder, name: str):
-    import tensorflow_datasets as tfds  # lazy: slow to import, only needed here
+    tfds = _tfds()
 
     names = tuple(builder.info.features["label"].names)
     if names == tuple(str(i) for i in range(len(names))):
@@ -424,7 +437,10 @@ def _load_prepared_tfds(name: str, data_dir: str | None):
         versions = _prepared_tfds_versions(tfds_dir, name)
         if not versions:
             continue
-        import tensorflow_datasets as tfds
+        tfds = _tfds()
+        if tfds is None:
+            log.warning("%s: a TFDS copy in %s needs TensorFlow to be read; skipped", name, tfds_dir)
+            continue
 
         builder = None
         try:
@@ -446,8 +462,7 @@ def _load_prepared_tfds(name: str, data_dir: str | None):
 
 
 def _download_tfds(name: str, data_dir: str | None):
-    import tensorflow_datasets as tfds
-
+    tfds = _tfds()
     builder = tfds.builder(name, data_dir=data_dir)
     try:
         builder.download_and_prepare()
@@ -508,11 +523,12 @@ def _load_raw(name: str, data_dir: str | None):
     found = _find_original(name, KNOWN_LOCAL_ROOTS)
     if found:
         return found
-    if network_available():
+    if _tfds() is not None and network_available():
         return _download_tfds(name, data_dir)
     searched = ([data_dir] if data_dir else []) + list(KNOWN_LOCAL_ROOTS) + _tfds_dirs(data_dir)
     raise MissingDataError(
-        f"{name} not found offline (searched {', '.join(dict.fromkeys(searched)) or 'nothing'}; no network): "
+        f"{name} not found offline (searched {', '.join(dict.fromkeys(searched)) or 'nothing'}; "
+        f"{'no network' if _tfds() is not None else 'TFDS downloads need TensorFlow'}): "
         f"provide {_SPECS[name].to_provide}"
     )
 

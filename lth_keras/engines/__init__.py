@@ -1,0 +1,78 @@
+"""The two training engines, chosen as Keras chooses its backend: `KERAS_BACKEND`.
+
+  tensorflow (default)  a tf.function loop under tf.distribute, fed by tf.data
+                        (engines/tf_engine.py)
+  jax                   one jitted step over stateless variables, the dataset held
+                        on the accelerators as uint8 (engines/jax_engine.py)
+
+Both run the same recipe (training.Trainer), on the same epoch plan
+(datasets/plan.py), and read and write the same run directories: a ticket found
+with one engine transfers, or resumes, with the other. Nothing outside this
+package imports TensorFlow or JAX for training.
+"""
+
+import contextlib
+
+import keras
+
+ENGINES = ("tensorflow", "jax")
+
+
+class ConfigurationError(ValueError):
+    """The engine cannot run as asked (backend, devices, batch split); one line for the user."""
+
+
+class Runtime:
+    """What an engine sets up once per process: devices, precision, distribution.
+
+    Subclasses implement `epoch_loop`; the rest has single-process defaults.
+    """
+
+    name = None
+    num_replicas = 1
+    is_chief = True          # only the chief writes run directories
+    loss_scaling = False     # float16 needs loss scaling; bfloat16 does not
+
+    def scope(self):
+        """Where models and optimizers are built (a tf.distribute scope on TensorFlow)."""
+        return contextlib.nullcontext()
+
+    def check_workers_agree(self, value, what):
+        """Raises WorkerError unless every worker holds the same `value` (multi-worker runs)."""
+
+    def cluster_errors(self):
+        """Exception types that mean a peer worker stopped (one line, not a traceback)."""
+        return ()
+
+    def epoch_loop(self, model, optimizer, plan, config):
+        """An object with train_epoch(epoch, progress) and evaluate(split) for `model`."""
+        raise NotImplementedError
+
+    def environment(self):
+        """Engine, versions and devices, for run records."""
+        raise NotImplementedError
+
+
+def backend():
+    return keras.backend.backend()
+
+
+def setup(*, seed, deterministic=False, mixed_precision=False, strategy="default",
+          cpu_devices=0, worker_timeout=600):
+    """The Runtime of the engine KERAS_BACKEND names; call once per process, before any model.
+
+    strategy: default (every local accelerator, or one CPU device), mirrored (every
+    device of one kind), one_device, multi_worker (several hosts: TF_CONFIG on
+    TensorFlow, Slurm's or JAX's environment on JAX).
+    """
+    name = backend()
+    if name == "tensorflow":
+        from lth_keras.engines import tf_engine as engine
+    elif name == "jax":
+        from lth_keras.engines import jax_engine as engine
+    else:
+        raise ConfigurationError(f"KERAS_BACKEND={name} is not an engine of lth_keras: use "
+                         f"{' or '.join(ENGINES)}")
+    return engine.Runtime(seed=seed, deterministic=deterministic,
+                          mixed_precision=mixed_precision, strategy=strategy,
+                          cpu_devices=cpu_devices, worker_timeout=worker_timeout)

@@ -1,0 +1,385 @@
+"""The JAX engine: one jitted step over stateless variables, the dataset on the accelerators.
+
+Imported only when KERAS_BACKEND=jax; needs keras and JAX, never TensorFlow.
+
+- The dataset's splits live on the devices as uint8, replicated. A step gathers
+  its batch, samples the plan's crops (the corner-aligned bilinear arithmetic
+  of tf.image.crop_and_resize), makes grayscale RGB and normalises, all inside
+  the jitted step: no image crosses from host to device per step. The epoch
+  plan (indices and sample positions) is uploaded once per epoch.
+- The step carries the model's and optimizer's values, the metric sums and its
+  position in the epoch; the host reads the sums once per epoch, and checks for
+  NaN there.
+- Data parallel over every device with keras.distribution.DataParallel: the
+  batch is sharded, variables are replicated, and the compiler adds the
+  all-reduces. BatchNormalization's batch mean is then over the global batch,
+  which is what synchronized BatchNormalization is on TensorFlow.
+- Several hosts: jax.distributed.initialize from Slurm's (or JAX's) environment;
+  only process 0 writes.
+"""
+
+import os
+import random
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lth_keras import engines
+from lth_keras.engines import ConfigurationError
+from lth_keras.training import TrainingDivergedError, WorkerError, loss_dtype
+
+STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
+_PROGRESS_READS = 20  # host reads of the running metrics per epoch, on a terminal only
+
+
+class Runtime(engines.Runtime):
+    """Devices, precision and data parallelism of this process, on JAX."""
+
+    name = "jax"
+
+    def __init__(self, *, seed, deterministic=False, mixed_precision=False, strategy="default",
+                 cpu_devices=0, worker_timeout=600):
+        if strategy not in STRATEGIES:
+            raise ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
+        # θ_0 and the epoch plan come from numpy; nothing of JAX's is random here.
+        random.seed(seed)
+        np.random.seed(seed)
+        # These are read when JAX first starts its backends, which has not happened yet.
+        if cpu_devices > 1:
+            jax.config.update("jax_num_cpu_devices", cpu_devices)
+        if deterministic:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                       + " --xla_gpu_deterministic_ops=true").strip()
+        if keras.config.floatx() == "float64":
+            jax.config.update("jax_enable_x64", True)
+        if strategy == "multi_worker":
+            _join_cluster(worker_timeout)
+        if mixed_precision:
+            # bfloat16 keeps float32's exponent range: no loss scaling.
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+        devices = jax.local_devices()[:1] if strategy == "one_device" else jax.devices()
+        self.devices = devices
+        self.num_replicas = len(devices)
+        self.is_chief = jax.process_index() == 0
+        self.mesh = None
+        if len(devices) > 1:
+            distribution = keras.distribution.DataParallel(
+                devices=[f"{d.platform}:{d.id}" for d in devices])
+            keras.distribution.set_distribution(distribution)
+            self.mesh = distribution.device_mesh.backend_mesh
+        self._device_data = {}
+        self._steps = {}
+
+    # -- placement ------------------------------------------------------------
+
+    def replicated(self, array):
+        """A host array as a device array, the whole of it on every device."""
+        if self.mesh is None:
+            return jax.device_put(array, self.devices[0])
+        return _global_array(array, NamedSharding(self.mesh, P()))
+
+    def batch_sharded(self, array, axis):
+        """A host array (the same on every host) split over the devices along `axis`."""
+        if self.mesh is None:
+            return jax.device_put(array, self.devices[0])
+        spec = [None] * array.ndim
+        spec[axis] = "batch"
+        return _global_array(array, NamedSharding(self.mesh, P(*spec)))
+
+    def device_data(self, plan):
+        """The plan's dataset on the devices, uploaded once per plan and split."""
+        key = id(plan)
+        if key not in self._device_data:
+            if plan.batch_size % self.num_replicas:
+                raise ConfigurationError(
+                    f"--batch_size={plan.batch_size} must be a multiple of the "
+                    f"{self.num_replicas} devices it is split over")
+            self._device_data[key] = (plan, DeviceData(self, plan))
+        return self._device_data[key][1]
+
+    # -- the engine interface ---------------------------------------------------
+
+    def check_workers_agree(self, value, what):
+        if jax.process_count() == 1:
+            return
+        from jax.experimental import multihost_utils
+
+        values = np.asarray(multihost_utils.process_allgather(np.array([float(value)])))
+        if values.min() != values.max():
+            raise WorkerError(f"the workers disagree on {what} ({values.min():g} vs "
+                              f"{values.max():g}): every worker must see the same run "
+                              "directory (a shared filesystem)")
+
+    def cluster_errors(self):
+        if jax.process_count() == 1:
+            return ()
+        return (jax.errors.JaxRuntimeError,)
+
+    def epoch_loop(self, model, optimizer, plan, config):
+        return EpochLoop(self, model, optimizer, plan, config)
+
+    def environment(self):
+        import jaxlib
+
+        return {"engine": self.name, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                "devices": [f"{d.platform}:{d.id} ({d.device_kind})" for d in self.devices],
+                "processes": jax.process_count()}
+
+
+def _join_cluster(timeout):
+    """jax.distributed.initialize from Slurm's environment (srun) or JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    kwargs = {}
+    for name, key, cast in (("JAX_COORDINATOR_ADDRESS", "coordinator_address", str),
+                            ("JAX_NUM_PROCESSES", "num_processes", int),
+                            ("JAX_PROCESS_ID", "process_id", int)):
+        if os.environ.get(name):
+            kwargs[key] = cast(os.environ[name])
+    if os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        # CPU processes exchange gradients through gloo (tests, CPU clusters).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(initialization_timeout=int(timeout), **kwargs)
+    except (ValueError, RuntimeError) as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), str(e))
+        raise ConfigurationError(
+            f"--strategy=multi_worker could not join the cluster ({first.strip()}): run under "
+            "srun, or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID on "
+            "every process") from e
+
+
+def _global_array(array, sharding):
+    # Every process holds the whole host array (the dataset, or the plan, which is a
+    # function of (seed, epoch)), so each device takes its part of it.
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def to_host(array):
+    """A device array as numpy; replicated arrays are read from this process's copy."""
+    if not array.is_fully_addressable:
+        array = array.addressable_data(0)
+    return np.asarray(jax.device_get(array))
+
+
+class DeviceData:
+    """A dataset's splits on the devices (uint8 images, int32 labels), and the
+    padded evaluation order of each split."""
+
+    def __init__(self, runtime, plan):
+        self.runtime = runtime
+        self.plan = plan
+        self._splits = {}
+        self._evaluation = {}
+
+    def split(self, name):
+        if name not in self._splits:
+            data = self.plan.split(name)
+            self._splits[name] = (self.runtime.replicated(data.images),
+                                  self.runtime.replicated(data.labels.astype(np.int32)))
+        return self._splits[name]
+
+    def evaluation(self, name):
+        """(batches, order (batches, B), valid (batches, B), rows (B, S), columns (B, S)):
+        every example once, the last batch padded, centre crops."""
+        if name not in self._evaluation:
+            n, b = len(self.plan.split(name)), self.plan.batch_size
+            batches = -(-n // b)
+            order = np.zeros(batches * b, np.int32)
+            order[:n] = np.arange(n)
+            valid = np.zeros(batches * b, np.float32)
+            valid[:n] = 1
+            centre = np.broadcast_to(self.plan.centre_box(), (b, 4))
+            rows, columns = self.plan.sample_positions(centre, name)
+            self._evaluation[name] = (
+                batches, self.runtime.batch_sharded(order.reshape(batches, b), axis=1),
+                self.runtime.batch_sharded(valid.reshape(batches, b), axis=1),
+                self.runtime.batch_sharded(rows, axis=0),
+                self.runtime.batch_sharded(columns, axis=0))
+        return self._evaluation[name]
+
+
+def crop_and_resize(images, indices, rows, columns):
+    """Bilinear samples of images[indices] at `rows` (B, S) x `columns` (B, S), float32.
+
+    The positions come from InputPlan.sample_positions; from there on this is
+    tf.image.crop_and_resize's arithmetic (floor, ceil, two lerps across, one
+    down; 0 outside the image). Gathers stay in uint8 until the four corners
+    are known.
+    """
+    f32 = jnp.float32
+    height, width = images.shape[1], images.shape[2]
+
+    def corners(pos, extent):
+        inside = (pos >= 0) & (pos <= extent - 1)
+        low = jnp.floor(pos)
+        low_i = jnp.clip(low.astype(jnp.int32), 0, extent - 1)
+        high_i = jnp.clip(jnp.ceil(pos).astype(jnp.int32), 0, extent - 1)
+        return low_i, high_i, pos - low, inside
+
+    top, bottom, y_lerp, y_in = corners(rows, height)
+    left, right, x_lerp, x_in = corners(columns, width)
+    which = indices[:, None]
+    top_rows = images[which, top]          # (B, S, W, C) uint8
+    bottom_rows = images[which, bottom]
+
+    def pick(row_block, cols):
+        return jnp.take_along_axis(row_block, cols[:, None, :, None], axis=2).astype(f32)
+
+    top_left, top_right = pick(top_rows, left), pick(top_rows, right)
+    bottom_left, bottom_right = pick(bottom_rows, left), pick(bottom_rows, right)
+    x_lerp = x_lerp[:, None, :, None]
+    upper = top_left + (top_right - top_left) * x_lerp
+    lower = bottom_left + (bottom_right - bottom_left) * x_lerp
+    crops = upper + (lower - upper) * y_lerp[:, :, None, None]
+    inside = y_in[:, :, None, None] & x_in[:, None, :, None]
+    return jnp.where(inside, crops, f32(0))
+
+
+def _divide(numerator, denominator):
+    """numerator / denominator rounded as IEEE division, as TensorFlow's kernels do.
+
+    XLA rewrites a division by a broadcast value into a multiplication by its
+    reciprocal, which rounds twice; the barrier hides the broadcast from it.
+    """
+    return numerator / jax.lax.optimization_barrier(
+        jnp.broadcast_to(denominator, numerator.shape).astype(numerator.dtype))
+
+
+def make_batch(plan, images, labels, indices, rows, columns):
+    """The plan's normalised float32 batch (B, S, S, 3) and its labels, on the device."""
+    crops = crop_and_resize(images, indices, rows, columns)
+    if crops.shape[-1] == 1:
+        crops = jnp.repeat(crops, 3, axis=-1)
+    mean = jnp.asarray(plan.mean.reshape(1, 1, 1, 3))
+    std = jnp.asarray(plan.std.reshape(1, 1, 1, 3))
+    return _divide(_divide(crops, jnp.float32(255.0)) - mean, std), labels[indices]
+
+
+def _batch_sums(per_example_loss, logits, labels, weight=None):
+    """Loss sum, correct count and example count of a batch (weight: 0 for padding)."""
+    dtype = per_example_loss.dtype
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(dtype)
+    if weight is None:
+        weight = jnp.ones_like(per_example_loss)
+    weight = weight.astype(dtype)
+    return jnp.stack([jnp.sum(per_example_loss * weight), jnp.sum(correct * weight),
+                      jnp.sum(weight)])
+
+
+class EpochLoop:
+    """The jitted train and eval steps of one model, and epochs over the device data."""
+
+    def __init__(self, runtime, model, optimizer, plan, config):
+        self.runtime = runtime
+        self.model = model
+        self.optimizer = optimizer
+        self.plan = plan
+        self.data = runtime.device_data(plan)
+        # Levels rebuild the optimizer but keep the model, the data and the recipe:
+        # reusing the compiled steps saves a compilation per level.
+        key = (id(model), id(plan), config, type(optimizer).__name__,
+               keras.mixed_precision.global_policy().name)
+        if key not in runtime._steps:
+            runtime._steps[key] = self._compile(model, optimizer, plan, config)
+        self._train_step, self._eval_step = runtime._steps[key]
+
+    @staticmethod
+    def _compile(model, optimizer, plan, config):
+        dtype = loss_dtype()
+        kernels = [i for i, v in enumerate(model.trainable_variables)
+                   if v.path.endswith("/kernel")]
+        wd = config.weight_decay
+        batch = plan.batch_size
+
+        def per_example(labels, logits):
+            return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+        def train_step(state, images, labels, order, rows, columns):
+            trainable, non_trainable, optimizer_values, sums, position = state
+            x, y = make_batch(plan, images, labels, order[position], rows[position],
+                              columns[position])
+
+            def loss_fn(trainable):
+                logits, new_non_trainable = model.stateless_call(
+                    trainable, non_trainable, x, training=True)
+                logits = logits.astype(dtype)
+                losses = per_example(y, logits).astype(dtype)
+                loss = jnp.sum(losses) / batch
+                if wd:
+                    loss += 0.5 * wd * sum(jnp.sum(jnp.square(trainable[i].astype(dtype)))
+                                           for i in kernels)
+                return loss, (new_non_trainable, losses, logits)
+
+            grads, (new_non_trainable, losses, logits) = jax.grad(loss_fn, has_aux=True)(trainable)
+            new_trainable, new_optimizer_values = optimizer.stateless_apply(
+                optimizer_values, grads, trainable)
+            sums = sums + _batch_sums(losses, logits, y)
+            return (new_trainable, new_non_trainable, new_optimizer_values, sums, position + 1)
+
+        def eval_step(state, trainable, non_trainable, images, labels, order, valid, rows,
+                      columns):
+            sums, position = state
+            x, y = make_batch(plan, images, labels, order[position], rows, columns)
+            logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+            logits = logits.astype(dtype)
+            losses = per_example(y, logits).astype(dtype)
+            return sums + _batch_sums(losses, logits, y, valid[position]), position + 1
+
+        # The carried state is donated: its buffers are reused by the next step.
+        return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step, donate_argnums=0)
+
+    def _zeros(self):
+        return self.runtime.replicated(np.zeros(3, loss_dtype())), \
+            self.runtime.replicated(np.zeros((), np.int32))
+
+    def train_epoch(self, epoch, progress=None):
+        """One training epoch; {"loss", "accuracy"} over its batches, read once at its end."""
+        order, boxes = self.plan.train_plan(epoch)
+        order = self.runtime.batch_sharded(order.astype(np.int32), axis=1)
+        rows, columns = (self.runtime.batch_sharded(p, axis=1)
+                         for p in self.plan.sample_positions(boxes))
+        images, labels = self.data.split("train")
+        model, optimizer = self.model, self.optimizer
+        sums, position = self._zeros()
+        state = ([v.value for v in model.trainable_variables],
+                 [v.value for v in model.non_trainable_variables],
+                 [v.value for v in optimizer.variables], sums, position)
+        steps = self.plan.steps_per_epoch
+        every = max(1, steps // _PROGRESS_READS)
+        for step in range(1, steps + 1):
+            state = self._train_step(state, images, labels, order, rows, columns)
+            if progress and (step % every == 0 or step == steps):
+                totals = to_host(state[3])
+                progress.update(step, [("loss", totals[0] / totals[2]),
+                                       ("accuracy", totals[1] / totals[2])])
+        trainable, non_trainable, optimizer_values, sums, _ = state
+        for variables, values in ((model.trainable_variables, trainable),
+                                  (model.non_trainable_variables, non_trainable),
+                                  (optimizer.variables, optimizer_values)):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+        totals = to_host(sums).astype(np.float64)
+        if not np.isfinite(totals[0]):
+            raise TrainingDivergedError(
+                f"the training loss became {totals[0]} in epoch {epoch + 1}; "
+                "lower --learning_rate or check the data")
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+    def evaluate(self, split):
+        """{"loss", "accuracy"} on a split, in inference mode."""
+        images, labels = self.data.split(split)
+        batches, order, valid, rows, columns = self.data.evaluation(split)
+        trainable = [v.value for v in self.model.trainable_variables]
+        non_trainable = [v.value for v in self.model.non_trainable_variables]
+        state = self._zeros()
+        for _ in range(batches):
+            state = self._eval_step(state, trainable, non_trainable, images, labels, order, valid,
+                                    rows, columns)
+        totals = to_host(state[0]).astype(np.float64)
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}

@@ -1,0 +1,263 @@
+"""The TensorFlow engine: a custom tf.function loop under tf.distribute, fed by tf.data.
+
+Imported only when KERAS_BACKEND is tensorflow (the default).
+"""
+
+import contextlib
+import math
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lth_keras import engines
+from lth_keras.training import TrainingDivergedError, WorkerError, loss_dtype
+
+STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
+
+
+class Runtime(engines.Runtime):
+    """A tf.distribute strategy, precision and determinism for this process."""
+
+    name = "tensorflow"
+
+    def __init__(self, *, seed, deterministic=False, mixed_precision=False, strategy="default",
+                 cpu_devices=0, worker_timeout=600):
+        keras.utils.set_random_seed(seed)
+        if deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        self.loss_scaling = bool(mixed_precision)
+        self.strategy = make_strategy(strategy, cpu_devices, worker_timeout)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.is_chief = is_chief(self.strategy)
+        self._pipelines = {}
+
+    def scope(self):
+        return self.strategy.scope()
+
+    def check_workers_agree(self, value, what):
+        check_workers_agree(self.strategy, value, what)
+
+    def cluster_errors(self):
+        if not _is_multi_worker(self.strategy):
+            return ()
+        # What a collective op raises when a peer worker dies or its link breaks.
+        return (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+    def pipeline(self, plan):
+        """The tf.data pipeline of `plan`, made once (it holds the dataset's tensors)."""
+        from lth_keras.datasets.pipeline import InputPipeline
+
+        key = id(plan)
+        if key not in self._pipelines:
+            self._pipelines[key] = (plan, InputPipeline.of(plan))
+        return self._pipelines[key][1]
+
+    def epoch_loop(self, model, optimizer, plan, config):
+        return EpochLoop(self, model, optimizer, self.pipeline(plan), config)
+
+    def environment(self):
+        return {"engine": self.name, "tensorflow": tf.__version__,
+                "devices": [d.name for d in tf.config.list_logical_devices()]}
+
+
+def make_strategy(name="default", cpu_devices=0, worker_timeout=600):
+    """A tf.distribute strategy by name; call once per process, before building models.
+
+    default: MirroredStrategy over the visible GPUs, or the CPU when there are none
+      (or over `cpu_devices` logical CPUs when that is > 1).
+    mirrored: MirroredStrategy over every logical device of one kind.
+    one_device: the first GPU, or the CPU.
+    multi_worker: MultiWorkerMirroredStrategy configured by TF_CONFIG.
+    """
+    if name not in STRATEGIES:
+        raise engines.ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise engines.ConfigurationError(
+                "--strategy=multi_worker needs the TF_CONFIG environment variable")
+        # TensorFlow waits for missing workers for an hour and ignores SIGTERM meanwhile.
+        with _watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
+                                       f"{worker_timeout} s (--worker_timeout); start them all"):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            check_workers_agree(strategy, 0, "rendezvous")
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    if name == "default" and not gpus and cpu_devices <= 1:
+        devices = devices[:1]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+# A separate process, because TensorFlow blocks in C++ holding the GIL while it waits
+# for workers: no thread or signal handler of ours would run.
+_WATCHDOG = """
+import os, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end = time.time() + seconds
+while time.time() < end:
+    time.sleep(0.5)
+    if os.getppid() != parent:
+        sys.exit(0)
+sys.stderr.write(message + "\\n")
+os.kill(parent, 9)
+"""
+
+
+@contextlib.contextmanager
+def _watchdog(seconds, message):
+    """Kills this process with `message` on stderr if the block takes longer than `seconds`."""
+    import subprocess
+
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
+                                 str(seconds), f"{program}: error: {message}"])
+    try:
+        yield
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+
+
+def _is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        strategy.extended._num_workers > 1
+
+
+def check_workers_agree(strategy, value, what):
+    """Raises WorkerError unless every worker holds the same `value` (e.g. finished levels).
+
+    Workers that resumed from different states would train different levels
+    and exchange gradients of different models; this is also the rendezvous.
+    """
+    if not _is_multi_worker(strategy):
+        return
+    local = tf.constant([float(value)], tf.float64)
+
+    @tf.function
+    def every_value():
+        return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
+
+    values = every_value().numpy()
+    low, high = values.min(), values.max()
+    if low != high:
+        raise WorkerError(f"the workers disagree on {what} ({low:g} vs {high:g}): every "
+                          "worker must see the same run directory (a shared filesystem)")
+
+
+def is_chief(strategy):
+    """Only the chief writes artifacts in multi-worker training."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict())
+
+
+class EpochLoop:
+    """Compiled train and eval steps of one model; epochs over the tf.data pipeline.
+
+    The model and optimizer must have been built under the strategy's scope.
+    """
+
+    def __init__(self, runtime, model, optimizer, pipeline, config):
+        self.strategy = runtime.strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.pipeline = pipeline
+        self.config = config
+        self.loss_scaling = runtime.loss_scaling
+        self._kernels = [v for v in model.trainable_variables if v.path.endswith("/kernel")]
+        self._train_step = self._make_train_step()
+        self._eval_step = self._make_eval_step()
+
+    def _make_train_step(self):
+        model, optimizer, strategy = self.model, self.optimizer, self.strategy
+        kernels, wd = self._kernels, self.config.weight_decay
+        global_batch = self.pipeline.batch_size
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        scale_loss = self.loss_scaling
+        dtype = loss_dtype()
+
+        def step_fn(images, labels):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(images, training=True), dtype)
+                per_example = tf.cast(loss_fn(labels, logits), dtype)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                if wd:
+                    l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(k, dtype)))
+                                   for k in kernels])
+                    # Divided by the replica count because gradients are summed.
+                    loss += 0.5 * wd * l2 / strategy.num_replicas_in_sync
+                scaled = optimizer.scale_loss(loss) if scale_loss else loss
+            grads = tape.gradient(scaled, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return _batch_sums(per_example, logits, labels)
+
+        @tf.function
+        def train_step(images, labels):
+            sums = strategy.run(step_fn, args=(images, labels))
+            return [strategy.reduce("SUM", s, axis=None) for s in sums]
+
+        return train_step
+
+    def _make_eval_step(self):
+        model, strategy = self.model, self.strategy
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+        dtype = loss_dtype()
+
+        def step_fn(images, labels):
+            logits = tf.cast(model(images, training=False), dtype)
+            return _batch_sums(tf.cast(loss_fn(labels, logits), dtype), logits, labels)
+
+        @tf.function
+        def eval_step(images, labels):
+            sums = strategy.run(step_fn, args=(images, labels))
+            return [strategy.reduce("SUM", s, axis=None) for s in sums]
+
+        return eval_step
+
+    def evaluate(self, split):
+        """{"loss", "accuracy"} on a split, in inference mode."""
+        totals = np.zeros(3)
+        dataset = self.strategy.experimental_distribute_dataset(self.pipeline.evaluation(split))
+        for images, labels in dataset:
+            totals += [float(t) for t in self._eval_step(images, labels)]
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+    def train_epoch(self, epoch, progress=None):
+        """One training epoch; {"loss", "accuracy"} over its batches."""
+        totals = np.zeros(3)
+        dataset = self.strategy.experimental_distribute_dataset(
+            self.pipeline.train_epoch(epoch))
+        for step, (images, labels) in enumerate(dataset, start=1):
+            totals += [float(t) for t in self._train_step(images, labels)]
+            if not math.isfinite(totals[0]):
+                raise TrainingDivergedError(
+                    f"the training loss became {totals[0]} at epoch {epoch + 1}, step {step}; "
+                    "lower --learning_rate or check the data")
+            if progress:
+                progress.update(step, [("loss", totals[0] / totals[2]),
+                                       ("accuracy", totals[1] / totals[2])])
+        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+
+
+def _batch_sums(per_example_loss, logits, labels):
+    """Loss sum, correct count and example count of a (per-replica) batch."""
+    dtype = per_example_loss.dtype
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels),
+                      dtype)
+    count = tf.cast(tf.shape(labels)[0], dtype)
+    return tf.reduce_sum(per_example_loss), tf.reduce_sum(correct), count
