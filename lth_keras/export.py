@@ -335,6 +335,13 @@ def main(argv):
         raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.check(FLAGS.check_batch >= 1, "--check_batch must be >= 1")
     cli.check(0 < FLAGS.tolerance < 1, "--tolerance must be in (0, 1)")
+    import keras
+
+    # Run directories are the same for both engines; only the TFLite converter is not.
+    cli.check(keras.backend.backend() == "tensorflow",
+              f"export converts to TFLite with TensorFlow, and KERAS_BACKEND is "
+              f"{keras.backend.backend()}: run it with KERAS_BACKEND=tensorflow (runs made "
+              "with either engine export alike)")
     model, description = load_run_model(FLAGS.run, FLAGS.level)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.run, "export",
                                                   f"level_{FLAGS.level:02d}")

@@ -108,11 +108,14 @@ class Trainer:
         self.schedule = EpochSchedule(config.learning_rate, plan.steps_per_epoch,
                                       config.lr_boundaries, config.lr_factor, config.lr_decay)
         with runtime.scope():
+            # Fixed names: Keras numbers unnamed optimizers (sgd_1, ...) per process, and
+            # checkpoints key the optimizer's slots by their paths.
             optimizer = keras.optimizers.SGD(learning_rate=self.schedule,
                                              momentum=config.momentum,
-                                             nesterov=config.nesterov)
+                                             nesterov=config.nesterov, name="sgd")
             if runtime.loss_scaling:
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer,
+                                                                name="loss_scale_optimizer")
             # Built here, in the scope, so its slots are distributed like the model.
             optimizer.build(model.trainable_variables)
         self.optimizer = optimizer

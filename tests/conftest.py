@@ -75,3 +75,16 @@ def tiny_tickets(tiny_fashion_dir, tmp_path_factory):
     proc = find_tiny_tickets(tiny_fashion_dir, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return lottery.TicketRun(out)
+
+
+def expected_start_digest(run, body, mask):
+    """Digest of m ⊙ body with the target head that a fresh model of a transfer run's
+    seed gets: what its level must have started from."""
+    from lth_keras import fine_tuning, weights
+
+    config = run.config()
+    source, target = fine_tuning.build_target_model(config["model"],
+                                                    config["dataset"]["num_classes"],
+                                                    seed=config["hparams"]["seed"])
+    weights.load_ticket(source, body, mask)
+    return weights.digest(weights.snapshot(target))

@@ -1,5 +1,7 @@
-"""Smoke test of tools/benchmark.py: a tiny LeNet run writes the expected report."""
+"""Smoke test of tools/benchmark.py: a tiny LeNet run (and the JAX / TF engine
+comparison at a tiny size) writes the expected report."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,3 +39,14 @@ def test_benchmark_smoke(tmp_path):
     assert mirrored["devices_2"]["peak_rss_mib"] > mirrored["devices_2"]["baseline_rss_mib"] > 0
     markdown = (out / "benchmark.md").read_text()
     assert "masked / dense" in markdown and markdown in proc.stdout
+    # --epochs=2 --epoch_steps=4: two interleaved ResNet-20 epochs of 4 steps per engine
+    engines = report["engines"]
+    if importlib.util.find_spec("jax") is None:
+        assert "JAX is not installed" in engines["skipped"] and "skipped" in markdown
+    else:
+        assert engines["steps_per_epoch"] == 4
+        for side in ("jax", "tensorflow"):
+            assert engines[side]["median_s"] > 0 and engines[side]["calls"] == 2
+        assert engines["jax"]["environment"]["engine"] == "jax"
+        assert engines["ratio"] > 0 and engines["median_paired_ratio"] > 0
+        assert "JAX engine / TF engine" in markdown

@@ -4,22 +4,21 @@ import dataclasses
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from lth_keras import models, training, weights
-from lth_keras.datasets import load_source
-from lth_keras.datasets.pipeline import InputPipeline
+from lth_keras import engines, models, training, weights
+from lth_keras.datasets import InputPlan, load_source
 
 
 @pytest.fixture(scope="module")
 def pipeline(tiny_fashion_dir):
     dataset = load_source("fashion_mnist", data_dir=tiny_fashion_dir, seed=0)
-    return InputPipeline(dataset, image_size=16, batch_size=32, seed=0)
+    return InputPlan(dataset, image_size=16, batch_size=32, seed=0)
 
 
 @pytest.fixture(scope="module")
 def strategy():
-    return tf.distribute.get_strategy()
+    """The engine's runtime (this process runs the default, TensorFlow)."""
+    return engines.setup(seed=0, deterministic=True)
 
 
 def _model(strategy, name="resnet20", seed=0):
@@ -82,7 +81,6 @@ def test_schedule_anneals_at_epoch_boundaries_and_decays():
 
 
 def test_checkpoint_resume_continues_identically(pipeline, strategy, tmp_path):
-    tf.config.experimental.enable_op_determinism()
     config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, patience=5)
 
     straight = _model(strategy, "lenet_300_100", seed=5)

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import HISTOLOGY, TICKET_ROUNDS, needs_histology, run_binary
+from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, needs_histology,
+                      run_binary)
 from lth_keras import artifacts, fine_tuning, weights
 
 pytestmark = [pytest.mark.slow, needs_histology]
@@ -37,16 +38,6 @@ def transfers(tiny_tickets, tmp_path_factory):
     return runs
 
 
-def _expected_start(tickets, run, body, mask):
-    """Digest of m ⊙ body with the target head a fresh model of this seed gets."""
-    config = run.config()
-    source, target = fine_tuning.build_target_model(config["model"],
-                                                    config["dataset"]["num_classes"],
-                                                    seed=config["hparams"]["seed"])
-    weights.load_ticket(source, body, mask)
-    return weights.digest(weights.snapshot(target))
-
-
 def test_every_level_is_fine_tuned_with_its_mask_bit_identical(tiny_tickets, transfers):
     run = transfers["rewind"]
     assert run.finished_levels() == list(range(TICKET_ROUNDS + 1))
@@ -68,7 +59,7 @@ def test_every_level_is_fine_tuned_with_its_mask_bit_identical(tiny_tickets, tra
 def test_rewind_starts_from_m_times_theta_k(tiny_tickets, transfers):
     run = transfers["rewind"]
     for level in run.finished_levels():
-        expected = _expected_start(tiny_tickets, run, tiny_tickets.theta("k"),
+        expected = expected_start_digest(run, tiny_tickets.theta("k"),
                                    tiny_tickets.mask(level))
         assert run.metrics(level)["start_digest"] == expected, level
 
@@ -76,7 +67,7 @@ def test_rewind_starts_from_m_times_theta_k(tiny_tickets, transfers):
 def test_init_final_starts_from_theta_i(tiny_tickets, transfers):
     run = transfers["final"]
     for level in run.finished_levels():
-        expected = _expected_start(tiny_tickets, run, tiny_tickets.theta_i(level),
+        expected = expected_start_digest(run, tiny_tickets.theta_i(level),
                                    tiny_tickets.mask(level))
         assert run.metrics(level)["start_digest"] == expected, level
 
@@ -96,9 +87,9 @@ def test_reinit_changes_the_weights_but_not_the_mask(tiny_tickets, transfers):
         mask = tiny_tickets.mask(level)
         metrics = run.metrics(level)
         assert metrics["mask_digest"] == weights.digest(mask)
-        assert metrics["start_digest"] == _expected_start(tiny_tickets, run, theta_fresh, mask)
+        assert metrics["start_digest"] == expected_start_digest(run, theta_fresh, mask)
         for body in (theta_0, theta_k):
-            assert metrics["start_digest"] != _expected_start(tiny_tickets, run, body, mask)
+            assert metrics["start_digest"] != expected_start_digest(run, body, mask)
         tuned = run.weights(level)
         assert not np.array_equal(tuned[kernel], rewind.weights(level)[kernel])
         for path, m in mask.items():
@@ -114,8 +105,7 @@ def test_scratch_baseline_is_dense_from_theta_0(tiny_tickets, transfers):
     tuned = run.weights(0)
     ones = {path: np.ones_like(m) for path, m in tiny_tickets.mask(0).items()}
     assert all(np.all(tuned[p.rsplit("/", 1)[0] + "/mask"] == 1) for p in ones)
-    assert metrics["start_digest"] == _expected_start(tiny_tickets, run,
-                                                      tiny_tickets.theta("0"), ones)
+    assert metrics["start_digest"] == expected_start_digest(run, tiny_tickets.theta("0"), ones)
 
 
 def test_config_records_the_ticket_run_and_condition(tiny_tickets, transfers):

@@ -1,13 +1,15 @@
-"""Training throughput: masked vs plain layers, custom loop vs fit, input pipeline, devices.
+"""Training throughput: masked vs plain layers, custom loop vs fit, input pipeline, devices,
+the JAX engine vs the TensorFlow engine.
 
   python tools/benchmark.py [--models=resnet20,lenet_300_100] [--steps=30]
                             [--output=outputs/benchmark]
 
 Each ratio compares configurations measured in one process on the same batches,
 interleaved (A B, B A, A B ...), so a load change on a shared machine hits both
-sides alike. Times are medians after warm-up.
+sides alike. Times are medians after warm-up. The main process runs the
+TensorFlow engine (it sets KERAS_BACKEND=tensorflow for itself and its workers).
 
-  masked / dense     the Trainer's compiled step (Trainer._train_step) on the
+  masked / dense     the Trainer's compiled step (Trainer.loop._train_step) on the
                      masked model and on models.fold_masks of it: plain
                      Conv2D/Dense, same architecture and initial weights.
                      Alternates step by step. Target <= 1.03.
@@ -22,8 +24,21 @@ sides alike. Times are medians after warm-up.
                      training split) over images/s the masked step consumes, each
                      pipeline epoch followed by 8 timed steps. Target >= 3.
 
-Two measurements need fresh processes, so the script runs itself with the
-internal --worker flag:
+Three measurements need fresh processes, so the script runs itself with the
+internal --worker and --engine_worker flags:
+  JAX / TF engine    the JAX engine's ResNet-20 step against the TF engine's, on CPU
+                     (JAX_PLATFORMS=cpu, no GPU visible). KERAS_BACKEND is fixed at
+                     import, so each engine is a long-lived --engine_worker process
+                     under its own KERAS_BACKEND (the JAX one never imports
+                     TensorFlow). Each builds the masked ResNet-20 (80% pruned) and
+                     times the Trainer's real epoch loop, Trainer.loop.train_epoch,
+                     over a synthetic split of --epoch_steps batches: input included
+                     (tf.data on TF; on JAX the data on the device, cropped inside the
+                     jitted step, metrics read once per epoch). After one warm-up
+                     (compiling) epoch each, the processes run an epoch in turn
+                     (A B, B A, A B ...) for --epochs rounds; step time = epoch time /
+                     steps. Skipped with a note when JAX is not installed; --noengines
+                     turns it off.
   mirrored 2 vs 1    MirroredStrategy over 2 logical CPU devices vs 1 device (the
                      logical devices must exist before TensorFlow starts, and a
                      process has one strategy). Sequential processes, not
@@ -59,8 +74,11 @@ flags.DEFINE_list("models", None,
                   "when a GPU is visible).")
 flags.DEFINE_integer("steps", 30, "Timed training steps per configuration, after warm-up.")
 flags.DEFINE_integer("warmup", 5, "Untimed steps per configuration (tracing, allocator).")
-flags.DEFINE_integer("epoch_steps", 16, "Steps of one epoch in the custom loop / fit comparison.")
-flags.DEFINE_integer("epochs", 4, "Timed epochs of each side in the custom loop / fit comparison.")
+flags.DEFINE_integer("epoch_steps", 16,
+                     "Steps of one epoch in the custom loop / fit and JAX / TF engine comparisons.")
+flags.DEFINE_integer("epochs", 4,
+                     "Timed epochs of each side in the custom loop / fit and JAX / TF engine "
+                     "comparisons.")
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_integer("pipeline_epochs", 3, "Timed passes over the training split (pipeline).")
 flags.DEFINE_integer("train_images", 0,
@@ -69,6 +87,9 @@ flags.DEFINE_integer("train_images", 0,
 flags.DEFINE_bool("mirrored", True, "Time MirroredStrategy on 2 logical CPU devices vs 1.")
 flags.DEFINE_bool("isolated_memory", True,
                   "Measure each configuration's peak RSS in its own process.")
+flags.DEFINE_bool("engines", True,
+                  "Time the JAX engine's ResNet-20 epoch loop against the TF engine's on CPU, "
+                  "one process each.")
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPU runs).")
 flags.DEFINE_string("output", "outputs/benchmark", "Directory for benchmark.json / .md.")
 # internal: one configuration in a fresh process
@@ -77,6 +98,9 @@ flags.DEFINE_enum("worker", None, ["custom_masked", "custom_dense", "fit", "pipe
 flags.DEFINE_string("worker_model", None, "Internal: the worker's model.")
 flags.DEFINE_string("worker_output", None, "Internal: where the worker writes its JSON.")
 flags.DEFINE_integer("devices", 1, "Internal: logical CPU devices of the worker's strategy.")
+flags.DEFINE_bool("engine_worker", False,
+                  "Internal: train epochs on the engine KERAS_BACKEND names, one per line of "
+                  "stdin, replying with a JSON line each.")
 
 FLAGS = flags.FLAGS
 
@@ -146,7 +170,7 @@ def gpu_peak_mib():
 # Set-up shared by the main process and the workers
 # --------------------------------------------------------------------------- #
 
-def synthetic_dataset(spec, batch_size, seed=0):
+def synthetic_dataset(spec, batch_size, seed=0, train_images=None):
     """Seeded random uint8 images with labels; the same for every configuration."""
     import numpy as np
 
@@ -159,32 +183,34 @@ def synthetic_dataset(spec, batch_size, seed=0):
         return Split(images, np.arange(n) % spec.num_classes)
 
     return ImageDataset(f"synthetic_{spec.model}", tuple(f"c{i}" for i in range(spec.num_classes)),
-                        split(FLAGS.train_images or spec.train_images), split(batch_size),
-                        split(batch_size))
+                        split(train_images or FLAGS.train_images or spec.train_images),
+                        split(batch_size), split(batch_size))
 
 
-def setup(spec, devices=1):
-    """(strategy, pipeline, training config); call once per process."""
-    import keras
+def setup(devices=1):
+    """The TensorFlow engine's runtime (its tf.distribute strategy is runtime.strategy);
+    call once per process, before any model."""
+    from lth_keras import engines
 
+    return engines.setup(seed=0, mixed_precision=FLAGS.mixed_precision,
+                         strategy="mirrored" if devices > 1 else "default", cpu_devices=devices)
+
+
+def input_data(spec):
+    """(pipeline, training config) of a model: its synthetic data, the same in every process."""
     from lth_keras import training
     from lth_keras.datasets.pipeline import InputPipeline
 
-    keras.utils.set_random_seed(0)
-    if FLAGS.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = training.make_strategy("mirrored" if devices > 1 else "default", devices)
     pipeline = InputPipeline(synthetic_dataset(spec, FLAGS.batch_size),
                              image_size=spec.image_size, batch_size=FLAGS.batch_size, seed=0)
-    config = training.TrainingConfig(mixed_precision=FLAGS.mixed_precision)
-    return strategy, pipeline, config
+    return pipeline, training.TrainingConfig(mixed_precision=FLAGS.mixed_precision)
 
 
-def build_pair(spec, strategy, num_classes):
+def build_pair(spec, runtime, num_classes):
     """(masked model with an 80%-pruned mask, the dense baseline: plain layers, same θ_0)."""
     from lth_keras import models, pruning, weights
 
-    with strategy.scope():
+    with runtime.scope():
         masked = models.build_model(spec.model, input_shape=(spec.image_size,) * 2 + (3,),
                                     num_classes=num_classes, seed=0)
         dense = models.fold_masks(masked)  # all-ones masks: the plain architecture
@@ -331,7 +357,7 @@ def ratios(a, b):
 # The main process: interleaved comparisons
 # --------------------------------------------------------------------------- #
 
-def measure_in_process(spec, strategy, pipeline, config):
+def measure_in_process(spec, runtime, pipeline, config):
     import numpy as np
 
     from lth_keras import weights
@@ -339,12 +365,13 @@ def measure_in_process(spec, strategy, pipeline, config):
 
     batch = FLAGS.batch_size
     num_classes = pipeline.dataset.num_classes
+    strategy = runtime.strategy
     results = {}
 
     # 1. masked vs dense: the Trainer's compiled step on the same pre-made batches
-    masked, dense = build_pair(spec, strategy, num_classes)
-    masked_step = Trainer(masked, pipeline, config, strategy, verbose=False)._train_step
-    dense_step = Trainer(dense, pipeline, config, strategy, verbose=False)._train_step
+    masked, dense = build_pair(spec, runtime, num_classes)
+    masked_step = Trainer(masked, pipeline, config, runtime, verbose=False).loop._train_step
+    dense_step = Trainer(dense, pipeline, config, runtime, verbose=False).loop._train_step
     batches = distributed_batches(strategy, premade_dataset(pipeline, 8))
     cursor = {"masked": 0, "dense": 0}
 
@@ -423,10 +450,12 @@ def worker(kind, spec, devices):
     """Runs one configuration alone; returns its timing and memory."""
     from lth_keras.training import Trainer
 
-    strategy, pipeline, config = setup(spec, devices)
-    if devices > 1 and strategy.num_replicas_in_sync != devices:
+    runtime = setup(devices)
+    strategy = runtime.strategy
+    pipeline, config = input_data(spec)
+    if devices > 1 and runtime.num_replicas != devices:
         raise RuntimeError(f"asked for {devices} devices, the strategy has "
-                           f"{strategy.num_replicas_in_sync}")
+                           f"{runtime.num_replicas}")
     baseline = rss_mib()
     batch, steps = FLAGS.batch_size, max(1, FLAGS.steps)
     num_classes = pipeline.dataset.num_classes
@@ -439,9 +468,9 @@ def worker(kind, spec, devices):
         fit_epoch(model, dataset.take(max(1, FLAGS.warmup)))
         timing = epoch_summary([fit_epoch(model, dataset)], steps, batch)
     else:
-        masked, dense = build_pair(spec, strategy, num_classes)
+        masked, dense = build_pair(spec, runtime, num_classes)
         model = masked if kind == "custom_masked" else dense
-        step = Trainer(model, pipeline, config, strategy, verbose=False)._train_step
+        step = Trainer(model, pipeline, config, runtime, verbose=False).loop._train_step
         batches = distributed_batches(strategy, premade_dataset(pipeline, min(steps, 8)))
         for i in range(max(1, FLAGS.warmup)):
             timed_step(step, batches[i % len(batches)])
@@ -470,6 +499,128 @@ def run_worker(kind, model, devices=1, steps=None):
                                f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         with open(out) as f:
             return json.load(f)
+
+
+# --------------------------------------------------------------------------- #
+# Engines: the JAX engine's epoch loop against the TF engine's, a process each
+# --------------------------------------------------------------------------- #
+
+ENGINE_SPEC = SPECS["resnet20"]
+ENGINES = ("jax", "tensorflow")  # A / B of the ratio
+
+
+def engine_worker(reply):
+    """--engine_worker: the engine KERAS_BACKEND names trains a masked ResNet-20.
+
+    After one warm-up epoch (compilation) it replies with its set-up, then runs one
+    epoch per line of stdin, replying with its seconds per step; it ends at EOF.
+    `reply(dict)` writes one JSON line to the main process.
+    """
+    if os.environ.get("KERAS_BACKEND") == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError as e:
+            reply({"skipped": f"JAX is not installed ({e})"})
+            return
+    from lth_keras import engines, models, pruning, weights
+    from lth_keras.datasets import InputPlan
+    from lth_keras.training import Trainer, TrainingConfig
+
+    spec, batch = ENGINE_SPEC, FLAGS.batch_size
+    runtime = engines.setup(seed=0)
+    plan = InputPlan(synthetic_dataset(spec, batch, train_images=max(2, FLAGS.epoch_steps) * batch),
+                     image_size=spec.image_size, batch_size=batch, seed=0)
+    with runtime.scope():
+        model = models.build_model(spec.model, input_shape=(spec.image_size,) * 2 + (3,),
+                                   num_classes=spec.num_classes, seed=0)
+    weights.set_masks(model, pruning.prune(weights.get_kernels(model),
+                                           weights.get_masks(model), 0.8))
+    loop = Trainer(model, plan, TrainingConfig(), runtime, verbose=False).loop
+
+    def epoch_s(epoch):
+        start = time.perf_counter()
+        loop.train_epoch(epoch)
+        return time.perf_counter() - start
+
+    reply({"engine": runtime.name, "environment": runtime.environment(),
+           "steps_per_epoch": plan.steps_per_epoch, "warmup_epoch_s": epoch_s(0)})
+    for epoch, _ in enumerate(sys.stdin, start=1):
+        seconds = epoch_s(epoch)
+        reply({"epoch_s": seconds, "step_s": seconds / plan.steps_per_epoch})
+
+
+class EngineWorker:
+    """This script with --engine_worker under one KERAS_BACKEND, on CPU."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self._log = tempfile.TemporaryFile("w+")  # its stderr, read if it fails
+        env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+               "CUDA_VISIBLE_DEVICES": "-1"}
+        self._proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--engine_worker",
+             f"--batch_size={FLAGS.batch_size}", f"--epoch_steps={FLAGS.epoch_steps}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
+
+    def receive(self):
+        """The worker's next reply (a dict); RuntimeError with its stderr if it ended."""
+        line = self._proc.stdout.readline()
+        if not line:
+            self._proc.wait()
+            self._log.seek(0)
+            raise RuntimeError(f"the {self.backend} engine worker failed (exit "
+                               f"{self._proc.returncode}):\n{self._log.read()[-3000:]}")
+        return json.loads(line)
+
+    def epoch(self):
+        """Seconds per step of one more training epoch."""
+        try:
+            self._proc.stdin.write("go\n")
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it ended: receive() reports why
+        return self.receive()["step_s"]
+
+    def close(self, kill=False):
+        """Ends the worker: EOF on its stdin (it returns when idle), or kill."""
+        if kill:
+            self._proc.kill()
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+        self._log.close()
+
+
+def measure_engines():
+    """The JAX engine's epoch loop against the TF engine's, epochs interleaved."""
+    workers, ready, finished = {}, {}, False
+    try:
+        for backend in ENGINES:  # both set up and compile at once: untimed
+            workers[backend] = EngineWorker(backend)
+        for backend, w in workers.items():
+            ready[backend] = w.receive()
+            if "skipped" in ready[backend]:
+                return {"skipped": ready[backend]["skipped"]}
+        times = interleave({backend: w.epoch for backend, w in workers.items()},
+                           max(2, FLAGS.epochs), 0)
+        finished = True
+    finally:
+        for w in workers.values():  # a skip or a failure leaves the other one busy
+            w.close(kill=not finished)
+    return {"model": ENGINE_SPEC.model, "image_size": ENGINE_SPEC.image_size,
+            "steps_per_epoch": ready["tensorflow"]["steps_per_epoch"],
+            **{backend: {**summary(times[backend], FLAGS.batch_size),
+                         "warmup_epoch_s": ready[backend]["warmup_epoch_s"],
+                         "environment": ready[backend]["environment"]}
+               for backend in ENGINES},
+            **ratios(times["jax"], times["tensorflow"])}
 
 
 # --------------------------------------------------------------------------- #
@@ -535,6 +686,12 @@ def format_markdown(report):
                 step += f" (GPU peak {w['gpu_peak_mib']:,.0f} MiB)"
             memory.append(f"| {label} | {key} | {w['peak_rss_mib']:,.0f} MiB | "
                           f"{w['baseline_rss_mib']:,.0f} MiB | {step} |")
+    e = report.get("engines")
+    if e and "skipped" not in e:
+        lines.append(f"| {e['model']} ({e['image_size']} px) | JAX engine / TF engine on CPU, "
+                     f"epoch loop step (Trainer.loop.train_epoch, input included, a process "
+                     f"each), {e['jax']['calls']} interleaved epochs of {e['steps_per_epoch']} "
+                     f"steps | {_rate(e['jax'])} | {_rate(e['tensorflow'])} | {_ratios(e)} | |")
     memory.append(f"| all | the main process (all in-process comparisons above) | "
                   f"{report['main_process_peak_rss_mib']:,.0f} MiB | | |")
     notes = [""]
@@ -550,6 +707,8 @@ def format_markdown(report):
                 f"the matmul/convolution (+{extra_ms:.2f} ms a step here). It is the "
                 "mechanism that keeps pruned weights at exactly 0, so it stays; its share "
                 "shrinks with the batch size and with the compute per weight (convolutions).")
+    if e and "skipped" in e:
+        notes += ["", f"JAX engine / TF engine: skipped ({e['skipped']})."]
     notes += ["", "Baseline RSS: the worker process after importing TensorFlow and building "
              "the data, before any model. model.fit: Keras' jit_compile='auto' resolves to "
              f"{report['keras_auto_jit_compile']} here, so fit and the custom loop both run "
@@ -563,6 +722,19 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # tf.distribute logs a line per strategy and dataset
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.engine_worker:
+        # Replies go to the original stdout; anything else printed goes to stderr.
+        channel = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+
+        def reply(message):
+            channel.write(json.dumps(message) + "\n")
+            channel.flush()
+
+        engine_worker(reply)
+        return
+    # Everything else measures the TensorFlow engine (KERAS_BACKEND is read at import).
+    os.environ["KERAS_BACKEND"] = "tensorflow"
     if FLAGS.worker:
         spec = SPECS[FLAGS.worker_model]
         result = worker(FLAGS.worker, spec, FLAGS.devices)
@@ -583,25 +755,21 @@ def main(argv):
         raise app.UsageError("--mixed_precision needs a GPU")
 
     start = time.time()
+    runtime = setup()  # one runtime (strategy) per process; the pipeline (and data) per model
     report = {"settings": {k: FLAGS[k].value for k in (
                   "steps", "warmup", "epoch_steps", "epochs", "batch_size", "pipeline_epochs",
                   "train_images",
-                  "mirrored", "isolated_memory", "mixed_precision")},
-              "environment": {**artifacts.environment_record(),
+                  "mirrored", "isolated_memory", "engines", "mixed_precision")},
+              "environment": {**artifacts.environment_record(runtime),
                               "device": f"GPU x{len(gpus)}" if gpus else
                               f"CPU ({os.cpu_count()} cores)"},
               "models": {}}
-    strategy = None
     for name in names:
         spec = SPECS[name]
         print(f"[benchmark] {name}: in-process comparisons", file=sys.stderr, flush=True)
-        # One strategy per process; the pipeline (and data) per model.
-        if strategy is None:
-            strategy, pipeline, config = setup(spec)
-        else:
-            _, pipeline, config = setup_pipeline_only(spec)
+        pipeline, config = input_data(spec)
         result = {"image_size": spec.image_size,
-                  **measure_in_process(spec, strategy, pipeline, config)}
+                  **measure_in_process(spec, runtime, pipeline, config)}
         if FLAGS.mirrored and gpus:
             result["mirrored"] = None  # logical CPU devices only; a GPU run uses its GPUs
         elif FLAGS.mirrored:
@@ -625,6 +793,9 @@ def main(argv):
             isolated["input pipeline alone"] = run_worker("pipeline", name, steps=steps)
             result["isolated"] = isolated
         report["models"][name] = result
+    if FLAGS.engines:
+        print("[benchmark] resnet20: JAX engine vs TF engine workers", file=sys.stderr, flush=True)
+        report["engines"] = measure_engines()
     report["main_process_peak_rss_mib"] = peak_rss_mib()
     report["keras_auto_jit_compile"] = any(
         r["custom_vs_fit"]["keras_auto_jit_compile_resolves_to"] for r in report["models"].values())
@@ -637,16 +808,6 @@ def main(argv):
     print(markdown, end="")
     print(f"written: {os.path.join(FLAGS.output, 'benchmark.json')} and benchmark.md "
           f"({report['seconds']:.0f} s)")
-
-
-def setup_pipeline_only(spec):
-    """The pipeline and config of another model in a process whose strategy exists."""
-    from lth_keras import training
-    from lth_keras.datasets.pipeline import InputPipeline
-
-    pipeline = InputPipeline(synthetic_dataset(spec, FLAGS.batch_size),
-                             image_size=spec.image_size, batch_size=FLAGS.batch_size, seed=0)
-    return None, pipeline, training.TrainingConfig(mixed_precision=FLAGS.mixed_precision)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class Runtime(engines.Runtime):
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_gpu_deterministic_ops=true").strip()
         if keras.config.floatx() == "float64":
-            jax.config.update("jax_enable_x64", True)
+            _enable_float64()
         if strategy == "multi_worker":
             _join_cluster(worker_timeout)
         if mixed_precision:
@@ -131,6 +131,22 @@ class Runtime(engines.Runtime):
                 "processes": jax.process_count()}
 
 
+def _enable_float64():
+    """float64 end to end, as on TensorFlow (the engines are compared in float64).
+
+    JAX computes in float32 unless x64 is on, and Keras's type promotion maps
+    float64 to float32 on every backend but TensorFlow, so BatchNormalization
+    would still normalise in float32; that private table is lifted here.
+    """
+    jax.config.update("jax_enable_x64", True)
+    try:
+        from keras.src.backend.common import dtypes
+        dtypes.BIT64_TO_BIT32_DTYPE["float64"] = "float64"
+    except (ImportError, AttributeError):
+        from absl import logging
+        logging.warning("this Keras version keeps BatchNormalization in float32 on JAX")
+
+
 def _join_cluster(timeout):
     """jax.distributed.initialize from Slurm's environment (srun) or JAX_COORDINATOR_ADDRESS,
     JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
@@ -204,13 +220,26 @@ class DeviceData:
         return self._evaluation[name]
 
 
-def crop_and_resize(images, indices, rows, columns):
+def _round_float32(x, zero):
+    """x, rounded to float32 where it stands: an exact no-op that the compiler cannot
+    see through (`zero` is a runtime int32 zero).
+
+    XLA's CPU backend fuses a multiply and the add after it into one FMA, which
+    rounds once where TensorFlow's kernels round twice; passing the product
+    through the integer domain keeps the two roundings, so both engines produce
+    the same pixels bit for bit.
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32) | zero
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def crop_and_resize(images, indices, rows, columns, zero):
     """Bilinear samples of images[indices] at `rows` (B, S) x `columns` (B, S), float32.
 
     The positions come from InputPlan.sample_positions; from there on this is
     tf.image.crop_and_resize's arithmetic (floor, ceil, two lerps across, one
-    down; 0 outside the image). Gathers stay in uint8 until the four corners
-    are known.
+    down; 0 outside the image), rounded as it rounds. Gathers stay in uint8
+    until the four corners are known. `zero`: see _round_float32.
     """
     f32 = jnp.float32
     height, width = images.shape[1], images.shape[2]
@@ -234,9 +263,9 @@ def crop_and_resize(images, indices, rows, columns):
     top_left, top_right = pick(top_rows, left), pick(top_rows, right)
     bottom_left, bottom_right = pick(bottom_rows, left), pick(bottom_rows, right)
     x_lerp = x_lerp[:, None, :, None]
-    upper = top_left + (top_right - top_left) * x_lerp
-    lower = bottom_left + (bottom_right - bottom_left) * x_lerp
-    crops = upper + (lower - upper) * y_lerp[:, :, None, None]
+    upper = top_left + _round_float32((top_right - top_left) * x_lerp, zero)
+    lower = bottom_left + _round_float32((bottom_right - bottom_left) * x_lerp, zero)
+    crops = upper + _round_float32((lower - upper) * y_lerp[:, :, None, None], zero)
     inside = y_in[:, :, None, None] & x_in[:, None, :, None]
     return jnp.where(inside, crops, f32(0))
 
@@ -251,9 +280,9 @@ def _divide(numerator, denominator):
         jnp.broadcast_to(denominator, numerator.shape).astype(numerator.dtype))
 
 
-def make_batch(plan, images, labels, indices, rows, columns):
+def make_batch(plan, images, labels, indices, rows, columns, zero):
     """The plan's normalised float32 batch (B, S, S, 3) and its labels, on the device."""
-    crops = crop_and_resize(images, indices, rows, columns)
+    crops = crop_and_resize(images, indices, rows, columns, zero)
     if crops.shape[-1] == 1:
         crops = jnp.repeat(crops, 3, axis=-1)
     mean = jnp.asarray(plan.mean.reshape(1, 1, 1, 3))
@@ -302,8 +331,10 @@ class EpochLoop:
 
         def train_step(state, images, labels, order, rows, columns):
             trainable, non_trainable, optimizer_values, sums, position = state
+            # The position is never negative: its minimum with 0 is a zero the
+            # compiler cannot fold (see _round_float32).
             x, y = make_batch(plan, images, labels, order[position], rows[position],
-                              columns[position])
+                              columns[position], jnp.minimum(position, 0))
 
             def loss_fn(trainable):
                 logits, new_non_trainable = model.stateless_call(
@@ -325,7 +356,8 @@ class EpochLoop:
         def eval_step(state, trainable, non_trainable, images, labels, order, valid, rows,
                       columns):
             sums, position = state
-            x, y = make_batch(plan, images, labels, order[position], rows, columns)
+            x, y = make_batch(plan, images, labels, order[position], rows, columns,
+                              jnp.minimum(position, 0))
             logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
             logits = logits.astype(dtype)
             losses = per_example(y, logits).astype(dtype)

@@ -1,0 +1,79 @@
+"""Runs one engine check in a fresh process (the engine is KERAS_BACKEND, fixed at import).
+
+  python tests/engine_worker.py float64 OUT.npz   ResNet-20 in float64, 5 epochs of one step
+  python tests/engine_worker.py bfloat16 OUT.npz  a masked ResNet-20, 3 mixed-precision steps
+
+Run by test_engines.py under each engine; it compares what they write.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lth_keras import engines, models, training, weights  # noqa: E402
+from lth_keras.datasets import ImageDataset, InputPlan, Split  # noqa: E402
+
+
+def tiny_dataset(train=32, size=20, seed=0):
+    """Learnable 4-class RGB images: class c brightens the c-th quarter of the rows."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        labels = np.arange(n) % 4
+        images = rng.integers(0, 90, size=(n, size, size, 3))
+        for i, c in enumerate(labels):
+            images[i, c * size // 4:(c + 1) * size // 4] += 150
+        return Split(images.astype(np.uint8), labels)
+
+    return ImageDataset("tiny", ("a", "b", "c", "d"), split(train), split(16), split(16))
+
+
+def float64_steps(out):
+    """Five training steps (five one-step epochs) of ResNet-20 in float64, with their
+    losses, the validation metrics after each, and the final weights."""
+    keras.config.set_floatx("float64")
+    runtime = engines.setup(seed=0, deterministic=True)
+    plan = InputPlan(tiny_dataset(), image_size=16, batch_size=32, seed=0)
+    with runtime.scope():
+        model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
+    theta_0 = weights.digest(weights.snapshot(model))
+    # Momentum 0.875 is exact in float32: Keras's TensorFlow backend rounds a Python
+    # momentum through float32 before casting it to float64 (0.9 -> 0.8999999762),
+    # its JAX backend does not.
+    config = training.TrainingConfig(learning_rate=0.05, momentum=0.875, weight_decay=1e-3,
+                                     max_epochs=5, patience=10)
+    result = training.Trainer(model, plan, config, runtime, verbose=False).fit()
+    history = result.history
+    np.savez(out, theta_0=np.array(theta_0), train_loss=[h["train_loss"] for h in history],
+             val_loss=[h["val_loss"] for h in history],
+             val_accuracy=[h["val_accuracy"] for h in history],
+             **{f"w/{k}": v for k, v in weights.snapshot(model).items()})
+
+
+def bfloat16_steps(out):
+    """A masked ResNet-20 trained with mixed precision (bfloat16 on JAX) and momentum and
+    weight decay: what the pruned weights are afterwards."""
+    runtime = engines.setup(seed=0, mixed_precision=True)
+    plan = InputPlan(tiny_dataset(train=96), image_size=16, batch_size=32, seed=0)
+    with runtime.scope():
+        model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
+    rng = np.random.default_rng(1)
+    masks = {k: (rng.random(m.shape) < 0.2).astype(np.float32)
+             for k, m in weights.get_masks(model).items()}
+    weights.set_masks(model, masks)
+    before = weights.get_kernels(model)
+    config = training.TrainingConfig(learning_rate=0.1, weight_decay=1e-2, max_epochs=1)
+    training.Trainer(model, plan, config, runtime, verbose=False).fit()
+    np.savez(out, policy=np.array(keras.mixed_precision.global_policy().name),
+             **{f"mask/{k}": v for k, v in masks.items()},
+             **{f"before/{k}": v for k, v in before.items()},
+             **{f"after/{k}": v for k, v in weights.get_kernels(model).items()},
+             **{f"stored_mask/{k}": v for k, v in weights.get_masks(model).items()})
+
+
+if __name__ == "__main__":
+    {"float64": float64_steps, "bfloat16": bfloat16_steps}[sys.argv[1]](sys.argv[2])
