@@ -1,25 +1,35 @@
 """TensorBoard event files written without TensorFlow, for both engines.
 
-tensorboard's own event-file writer and protos need no TensorFlow, so the JAX
-engine's machines (which have none) write the same curves and HParams summaries
-as the TensorFlow engine: `tensorboard --logdir outputs/` reads both.
+tensorboard's protos and record framing need no TensorFlow, so the JAX engine's
+machines (which have none) write the same curves and HParams summaries as the
+TensorFlow engine: `tensorboard --logdir outputs/` reads both. (tensorboard's own
+EventFileWriter would import TensorFlow wherever it is installed, for its file
+system layer; a plain file does here.)
 """
 
+import os
+import socket
 import time
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 
 class SummaryWriter:
-    """Scalars and the HParams summary of one run (one TensorBoard run directory)."""
+    """Scalars and the HParams summary of one run, in a new event file of `logdir`."""
 
     def __init__(self, logdir):
-        self._writer = EventFileWriter(logdir)
+        os.makedirs(logdir, exist_ok=True)
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+        self.path = os.path.join(logdir, name)
+        self._records = RecordWriter(open(self.path, "ab"))
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event):
+        self._records.write(event.SerializeToString())
 
     def _add(self, summary, step):
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                               summary=summary))
+        self._write(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def scalar(self, tag, value, step):
         self._add(summary_pb2.Summary(value=[summary_pb2.Summary.Value(
@@ -34,7 +44,8 @@ class SummaryWriter:
         self._add(summary_v2.hparams_pb(values), step=0)
 
     def flush(self):
-        self._writer.flush()
+        self._records.flush()
 
     def close(self):
-        self._writer.close()
+        if not self._records.closed:
+            self._records.close()

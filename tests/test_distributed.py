@@ -1,4 +1,5 @@
-"""MirroredStrategy over 2 logical CPU devices computes what one device computes."""
+"""Data parallelism over 2 CPU devices computes what one device computes, on both engines:
+MirroredStrategy (TensorFlow) and keras.distribution.DataParallel (JAX)."""
 
 import os
 import subprocess
@@ -12,17 +13,20 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-def test_two_replicas_train_like_one_in_float64(tiny_fashion_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_replicas_train_like_one_in_float64(tiny_fashion_dir, tmp_path, backend):
     # Gradient all-reduce, loss scaling by the global batch, L2 per replica and
     # synchronised BatchNorm statistics all have to be right for this to hold: in
     # float64 one epoch on 2 replicas matches 1 replica to rounding. (In float32 the
     # early, chaotic steps of a ResNet amplify summation-order noise instead.)
+    if backend == "jax":
+        pytest.importorskip("jax")
     results = {}
     for n in (1, 2):
         out = str(tmp_path / f"w{n}.npz")
         proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "mirrored_worker.py"),
                                str(n), tiny_fashion_dir, out], capture_output=True, text=True,
-                              timeout=300, cwd=REPO)
+                              timeout=300, cwd=REPO, env={**os.environ, "KERAS_BACKEND": backend})
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[n] = dict(np.load(out))
     one, two = results[1], results[2]

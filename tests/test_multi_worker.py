@@ -1,4 +1,5 @@
-"""MultiWorkerMirroredStrategy through TF_CONFIG: two workers on localhost."""
+"""Several processes on localhost: MultiWorkerMirroredStrategy through TF_CONFIG (TensorFlow),
+jax.distributed through its environment variables (JAX)."""
 
 import json
 import os
@@ -127,3 +128,74 @@ def test_a_dying_worker_is_a_clear_error(cluster, tiny_fashion_dir, tmp_path):
     assert last.startswith("find_tickets: error: a worker of the cluster stopped"), last
     # What was written stays readable and is resumable.
     assert (out / "config.json").exists() and (out / "theta_0.npz").exists()
+
+
+# ---------------------------------------------------------------------------
+# The JAX engine: processes joined by jax.distributed (JAX_COORDINATOR_ADDRESS, ...,
+# as srun's environment would give them), one CPU device each, gradients over gloo.
+# ---------------------------------------------------------------------------
+
+def _start_jax_process(coordinator, index, count, tmp_path, *args):
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
+               JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES=str(count),
+               JAX_PROCESS_ID=str(index), TMPDIR=str(tmp_path / f"jax_tmp{index}"))
+    os.makedirs(env["TMPDIR"], exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "lth_keras.find_tickets", "--strategy=multi_worker", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def jax_processes():
+    procs = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_jax_processes_match_one_process_and_only_the_first_writes(jax_processes,
+                                                                    tiny_fashion_dir, tmp_path):
+    pytest.importorskip("jax")
+    common = [*TINY, f"--data_dir={tiny_fashion_dir}", "--max_epochs=2", "--patience=2"]
+    out = tmp_path / "cluster"
+    coordinator = f"localhost:{_free_ports(1)[0]}"
+    for index in (0, 1):
+        jax_processes.append(_start_jax_process(coordinator, index, 2, tmp_path, *common,
+                                                f"--output_dir={out}"))
+    for proc in jax_processes:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    single = run_binary("lth_keras.find_tickets", *common, f"--output_dir={tmp_path / 'one'}",
+                        env=dict(os.environ, KERAS_BACKEND="jax"))
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    two, one = lottery.TicketRun(str(out)), lottery.TicketRun(str(tmp_path / "one"))
+    assert two.config()["replicas"] == 2 and two.config()["environment"]["processes"] == 2
+    assert two.config()["hparams_hash"] == one.config()["hparams_hash"]
+    assert two.finished_levels() == one.finished_levels() == [0, 1]
+    for level in (0, 1):
+        a, b = two.metrics(level)["history"], one.metrics(level)["history"]
+        assert [e["train_loss"] for e in a] == pytest.approx([e["train_loss"] for e in b],
+                                                             rel=1e-4)
+    agree = np.mean([np.mean(two.mask(1)[k] == one.mask(1)[k]) for k in one.mask(1)])
+    assert agree > 0.999
+    assert os.listdir(tmp_path / "jax_tmp1") == []  # the second worked in a private copy
+
+
+def test_a_jax_process_that_never_joins_is_a_clear_error(jax_processes, tiny_fashion_dir,
+                                                          tmp_path):
+    pytest.importorskip("jax")
+    out = tmp_path / "never"
+    start = time.time()
+    proc = _start_jax_process(f"localhost:{_free_ports(1)[0]}", 0, 2, tmp_path, *TINY,
+                              f"--data_dir={tiny_fashion_dir}", "--max_epochs=2",
+                              f"--output_dir={out}", "--worker_timeout=5")
+    jax_processes.append(proc)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("find_tickets: error: not every process of the cluster joined"), last
+    assert time.time() - start < 60
+    assert not out.exists()

@@ -17,9 +17,9 @@ network).
                   device, median of 3 x 30 steps: what the model alone costs.
    loop / bare is the share of the bare step's speed that the loop keeps
    (target >= 0.95 at batch 128).
-2. find_tickets end to end on histology_nuclei (--data_dir): ResNet-50 at 224 px,
-   levels 0 and 1, one epoch each, bfloat16; then transfer of level 1 back onto
-   it. Both run as a user runs them (python -m ...) with KERAS_BACKEND=jax, and
+2. find_tickets end to end on histology_nuclei (--data_dir): the same model and
+   size, levels 0 and 1, one epoch each, bfloat16; then transfer of level 1 back
+   onto it. Both run as a user runs them (python -m ...) with KERAS_BACKEND=jax, and
    their artifacts are checked: masks exactly 0/1, exactly round(0.8 N)
    survivors, pruned weights exactly 0, the transfer's mask the ticket's.
 
@@ -43,7 +43,7 @@ flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(os.path.dirname(
     "Directory holding histology_nuclei/{train,val,test}/<class>/*.png.")
 flags.DEFINE_string("output", "outputs/gpu_check", "Directory for gpu_check.json / .md.")
 flags.DEFINE_bool("tiny", False, "CPU-size check: ResNet-20 at 32 px, small data, few steps.")
-flags.DEFINE_string("model", "resnet50", "Model of the throughput part.")
+flags.DEFINE_string("model", "resnet50", "Model of both parts.")
 flags.DEFINE_integer("image_size", 224, "Crop size.")
 flags.DEFINE_list("batch_sizes", ["64", "128"], "Global batch sizes of the throughput part.")
 flags.DEFINE_integer("train_images", 4096, "Synthetic device-resident training images.")
@@ -178,8 +178,7 @@ def end_to_end(work):
     target = os.path.join(FLAGS.data_dir, "histology_nuclei")
     if not os.path.isdir(target):
         return {"error": f"{target} not found (--data_dir)"}
-    model = "resnet20" if FLAGS.tiny else "resnet50"
-    common = [f"--model={model}", f"--image_size={FLAGS.image_size}", "--max_epochs=1",
+    common = [f"--model={FLAGS.model}", f"--image_size={FLAGS.image_size}", "--max_epochs=1",
               "--batch_size=64", f"--{'' if FLAGS.mixed_precision else 'no'}mixed_precision"]
     tickets = os.path.join(work, "tickets")
     proc, tickets_s = _run("lth_keras.find_tickets", f"--source={target}", "--rounds=1",

@@ -12,6 +12,8 @@ package imports TensorFlow or JAX for training.
 """
 
 import contextlib
+import os
+import sys
 
 import keras
 
@@ -72,7 +74,38 @@ def setup(*, seed, deterministic=False, mixed_precision=False, strategy="default
         from lth_keras.engines import jax_engine as engine
     else:
         raise ConfigurationError(f"KERAS_BACKEND={name} is not an engine of lth_keras: use "
-                         f"{' or '.join(ENGINES)}")
+                                 f"{' or '.join(ENGINES)}")
     return engine.Runtime(seed=seed, deterministic=deterministic,
                           mixed_precision=mixed_precision, strategy=strategy,
                           cpu_devices=cpu_devices, worker_timeout=worker_timeout)
+
+
+# A separate process, because the frameworks block in C++ while they wait for workers
+# (TensorFlow holding the GIL, for an hour; JAX then aborts with a C++ stack trace): no
+# thread or signal handler of ours would run.
+_WATCHDOG = """
+import os, sys, time
+parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end = time.time() + seconds
+while time.time() < end:
+    time.sleep(0.5)
+    if os.getppid() != parent:
+        sys.exit(0)
+sys.stderr.write(message + "\\n")
+os.kill(parent, 9)
+"""
+
+
+@contextlib.contextmanager
+def watchdog(seconds, message):
+    """Kills this process with `message` on stderr if the block takes longer than `seconds`."""
+    import subprocess
+
+    program = os.path.basename(sys.argv[0]).removesuffix(".py")
+    guard = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
+                              str(seconds), f"{program}: error: {message}"])
+    try:
+        yield
+    finally:
+        guard.kill()
+        guard.wait()

@@ -160,7 +160,10 @@ def _join_cluster(timeout):
         # CPU processes exchange gradients through gloo (tests, CPU clusters).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(initialization_timeout=int(timeout), **kwargs)
+        # JAX's own timeout aborts the process with a C++ stack trace: ours comes first.
+        with engines.watchdog(timeout, f"not every process of the cluster joined within "
+                                       f"{timeout} s (--worker_timeout); start them all"):
+            jax.distributed.initialize(initialization_timeout=int(timeout) + 60, **kwargs)
     except (ValueError, RuntimeError) as e:
         first = next((line for line in str(e).splitlines() if line.strip()), str(e))
         raise ConfigurationError(

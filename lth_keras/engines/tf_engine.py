@@ -3,10 +3,8 @@
 Imported only when KERAS_BACKEND is tensorflow (the default).
 """
 
-import contextlib
 import math
 import os
-import sys
 
 import keras
 import numpy as np
@@ -86,8 +84,8 @@ def make_strategy(name="default", cpu_devices=0, worker_timeout=600):
             raise engines.ConfigurationError(
                 "--strategy=multi_worker needs the TF_CONFIG environment variable")
         # TensorFlow waits for missing workers for an hour and ignores SIGTERM meanwhile.
-        with _watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
-                                       f"{worker_timeout} s (--worker_timeout); start them all"):
+        with engines.watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
+                                              f"{worker_timeout} s (--worker_timeout); start them all"):
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
             check_workers_agree(strategy, 0, "rendezvous")
         return strategy
@@ -98,36 +96,6 @@ def make_strategy(name="default", cpu_devices=0, worker_timeout=600):
     if name == "default" and not gpus and cpu_devices <= 1:
         devices = devices[:1]
     return tf.distribute.MirroredStrategy(devices)
-
-
-# A separate process, because TensorFlow blocks in C++ holding the GIL while it waits
-# for workers: no thread or signal handler of ours would run.
-_WATCHDOG = """
-import os, sys, time
-parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-end = time.time() + seconds
-while time.time() < end:
-    time.sleep(0.5)
-    if os.getppid() != parent:
-        sys.exit(0)
-sys.stderr.write(message + "\\n")
-os.kill(parent, 9)
-"""
-
-
-@contextlib.contextmanager
-def _watchdog(seconds, message):
-    """Kills this process with `message` on stderr if the block takes longer than `seconds`."""
-    import subprocess
-
-    program = os.path.basename(sys.argv[0]).removesuffix(".py")
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
-                                 str(seconds), f"{program}: error: {message}"])
-    try:
-        yield
-    finally:
-        watchdog.kill()
-        watchdog.wait()
 
 
 def _is_multi_worker(strategy):
