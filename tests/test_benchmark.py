@@ -15,6 +15,7 @@ def test_benchmark_smoke(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--models=lenet_300_100",
          "--steps=4", "--warmup=1", "--epochs=2", "--epoch_steps=4", "--pipeline_epochs=1",
+         "--engines_model=lenet_300_100",
          "--train_images=1024",
          "--mirrored", "--noisolated_memory", f"--output={out}"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -39,7 +40,7 @@ def test_benchmark_smoke(tmp_path):
     assert mirrored["devices_2"]["peak_rss_mib"] > mirrored["devices_2"]["baseline_rss_mib"] > 0
     markdown = (out / "benchmark.md").read_text()
     assert "masked / dense" in markdown and markdown in proc.stdout
-    # --epochs=2 --epoch_steps=4: two interleaved ResNet-20 epochs of 4 steps per engine
+    # --epochs=2 --epoch_steps=4: two interleaved LeNet epochs of 4 steps per engine
     engines = report["engines"]
     if importlib.util.find_spec("jax") is None:
         assert "JAX is not installed" in engines["skipped"] and "skipped" in markdown

@@ -26,11 +26,11 @@ TensorFlow engine (it sets KERAS_BACKEND=tensorflow for itself and its workers).
 
 Three measurements need fresh processes, so the script runs itself with the
 internal --worker and --engine_worker flags:
-  JAX / TF engine    the JAX engine's ResNet-20 step against the TF engine's, on CPU
-                     (JAX_PLATFORMS=cpu, no GPU visible). KERAS_BACKEND is fixed at
-                     import, so each engine is a long-lived --engine_worker process
-                     under its own KERAS_BACKEND (the JAX one never imports
-                     TensorFlow). Each builds the masked ResNet-20 (80% pruned) and
+  JAX / TF engine    the JAX engine's step against the TF engine's on --engines_model
+                     (ResNet-20), on CPU (JAX_PLATFORMS=cpu, no GPU visible).
+                     KERAS_BACKEND is fixed at import, so each engine is a long-lived
+                     --engine_worker process under its own KERAS_BACKEND (the JAX one
+                     never imports TensorFlow). Each builds the masked model (80% pruned) and
                      times the Trainer's real epoch loop, Trainer.loop.train_epoch,
                      over a synthetic split of --epoch_steps batches: input included
                      (tf.data on TF; on JAX the data on the device, cropped inside the
@@ -91,6 +91,7 @@ flags.DEFINE_bool("engines", True,
                   "Time the JAX engine's ResNet-20 epoch loop against the TF engine's on CPU, "
                   "one process each.")
 flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPU runs).")
+flags.DEFINE_string("engines_model", "resnet20", "Model of the JAX engine / TF engine comparison.")
 flags.DEFINE_string("output", "outputs/benchmark", "Directory for benchmark.json / .md.")
 # internal: one configuration in a fresh process
 flags.DEFINE_enum("worker", None, ["custom_masked", "custom_dense", "fit", "pipeline"],
@@ -505,12 +506,11 @@ def run_worker(kind, model, devices=1, steps=None):
 # Engines: the JAX engine's epoch loop against the TF engine's, a process each
 # --------------------------------------------------------------------------- #
 
-ENGINE_SPEC = SPECS["resnet20"]
 ENGINES = ("jax", "tensorflow")  # A / B of the ratio
 
 
 def engine_worker(reply):
-    """--engine_worker: the engine KERAS_BACKEND names trains a masked ResNet-20.
+    """--engine_worker: the engine KERAS_BACKEND names trains a masked --engines_model.
 
     After one warm-up epoch (compilation) it replies with its set-up, then runs one
     epoch per line of stdin, replying with its seconds per step; it ends at EOF.
@@ -526,7 +526,7 @@ def engine_worker(reply):
     from lth_keras.datasets import InputPlan
     from lth_keras.training import Trainer, TrainingConfig
 
-    spec, batch = ENGINE_SPEC, FLAGS.batch_size
+    spec, batch = SPECS[FLAGS.engines_model], FLAGS.batch_size
     runtime = engines.setup(seed=0)
     plan = InputPlan(synthetic_dataset(spec, batch, train_images=max(2, FLAGS.epoch_steps) * batch),
                      image_size=spec.image_size, batch_size=batch, seed=0)
@@ -559,7 +559,8 @@ class EngineWorker:
                "CUDA_VISIBLE_DEVICES": "-1"}
         self._proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--engine_worker",
-             f"--batch_size={FLAGS.batch_size}", f"--epoch_steps={FLAGS.epoch_steps}"],
+             f"--batch_size={FLAGS.batch_size}", f"--epoch_steps={FLAGS.epoch_steps}",
+             f"--engines_model={FLAGS.engines_model}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)
 
     def receive(self):
@@ -614,7 +615,8 @@ def measure_engines():
     finally:
         for w in workers.values():  # a skip or a failure leaves the other one busy
             w.close(kill=not finished)
-    return {"model": ENGINE_SPEC.model, "image_size": ENGINE_SPEC.image_size,
+    spec = SPECS[FLAGS.engines_model]
+    return {"model": spec.model, "image_size": spec.image_size,
             "steps_per_epoch": ready["tensorflow"]["steps_per_epoch"],
             **{backend: {**summary(times[backend], FLAGS.batch_size),
                          "warmup_epoch_s": ready[backend]["warmup_epoch_s"],
@@ -794,7 +796,8 @@ def main(argv):
             result["isolated"] = isolated
         report["models"][name] = result
     if FLAGS.engines:
-        print("[benchmark] resnet20: JAX engine vs TF engine workers", file=sys.stderr, flush=True)
+        print(f"[benchmark] {FLAGS.engines_model}: JAX engine vs TF engine workers",
+              file=sys.stderr, flush=True)
         report["engines"] = measure_engines()
     report["main_process_peak_rss_mib"] = peak_rss_mib()
     report["keras_auto_jit_compile"] = any(
