@@ -2,9 +2,11 @@
 
 import gzip
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests never reach the network: tfds would hang ~200 s offline.
@@ -88,3 +90,20 @@ def expected_start_digest(run, body, mask):
                                                     seed=config["hparams"]["seed"])
     weights.load_ticket(source, body, mask)
     return weights.digest(weights.snapshot(target))
+
+
+def kill_find_tickets_mid_level(args, output_dir, level=1, poll=0.05, **popen):
+    """Starts `python -m lth_keras.find_tickets args`, SIGKILLs it as soon as `level` has
+    an epoch checkpoint, and checks that the level was left unfinished."""
+    from lth_keras import lottery
+
+    proc = subprocess.Popen([sys.executable, "-m", "lth_keras.find_tickets", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    checkpoint = os.path.join(output_dir, "levels", f"level_{level:02d}", "checkpoint.npz")
+    deadline = time.time() + 240
+    while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
+        time.sleep(poll)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert os.path.exists(checkpoint), f"the run finished level {level} before it was killed"
+    assert not lottery.TicketRun(output_dir).is_finished(level)

@@ -6,16 +6,14 @@ runs TensorFlow, so the JAX side runs in subprocesses (KERAS_BACKEND=jax).
 """
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, expected_start_digest,
-                      needs_histology, run_binary)
+                      kill_find_tickets_mid_level, needs_histology, run_binary)
 from lth_keras import fine_tuning, lottery, pruning
 from lth_keras.datasets import ImageDataset, InputPipeline, Split
 
@@ -206,18 +204,10 @@ def test_tickets_found_with_tensorflow_transfer_with_jax(tiny_tickets, tmp_path,
 def test_jax_run_killed_mid_level_resumes_bit_identical(jax_tickets, tiny_fashion_dir,
                                                         tmp_path, without_tensorflow):
     out = str(tmp_path / "killed")
-    args = [sys.executable, "-m", "lth_keras.find_tickets", "--source=fashion_mnist",
-            f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *JAX_TICKETS]
-    proc = subprocess.Popen(args, cwd=REPO, env=without_tensorflow,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(out, "levels", "level_01", "checkpoint.npz")
-    deadline = time.time() + 240
-    while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert os.path.exists(checkpoint), "the run finished level 1 before it could be killed"
-    assert not lottery.TicketRun(out).is_finished(1)
+    # JAX's epochs of this tiny run take milliseconds: poll often.
+    kill_find_tickets_mid_level(["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+                                 f"--output_dir={out}", *JAX_TICKETS], out, poll=0.002,
+                                env=without_tensorflow)
 
     resumed = _find_tickets_jax(tiny_fashion_dir, out, without_tensorflow)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -233,3 +223,39 @@ def test_jax_run_killed_mid_level_resumes_bit_identical(jax_tickets, tiny_fashio
         assert [dict(h, seconds=0) for h in a["history"]] == \
             [dict(h, seconds=0) for h in b["history"]], level
         assert a["test"] == b["test"]
+
+
+def test_jax_divergence_is_one_line_naming_the_epoch(tiny_fashion_dir, tmp_path,
+                                                      without_tensorflow):
+    proc = _find_tickets_jax(tiny_fashion_dir, str(tmp_path / "nan"), without_tensorflow,
+                             "--learning_rate=1e12", "--momentum=0.9")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("find_tickets: error: the training loss became") and \
+        "in epoch 1" in last, last
+
+
+def test_a_tensorflow_run_killed_mid_level_resumes_on_jax(tiny_tickets, tiny_fashion_dir,
+                                                         tmp_path, without_tensorflow):
+    # The epoch checkpoint (model, optimizer slots by path, early-stopping state) is
+    # engine-neutral: JAX continues the level TensorFlow was in, from its last epoch.
+    out = str(tmp_path / "moved")
+    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}",
+            *TINY_TICKETS]
+    kill_find_tickets_mid_level(args, out)
+    resumed = run_binary("lth_keras.find_tickets", *args, env=without_tensorflow)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch" in resumed.stderr
+    moved = lottery.TicketRun(out)
+    assert moved.finished_levels() == tiny_tickets.finished_levels()
+    for name in ("0", "k"):  # written by TensorFlow before the kill
+        a, b = tiny_tickets.theta(name), moved.theta(name)
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
+    a, b = tiny_tickets.metrics(1)["history"], moved.metrics(1)["history"]
+    assert dict(a[0], seconds=0) == dict(b[0], seconds=0)  # the epoch TensorFlow trained
+    assert [e["train_loss"] for e in b] == pytest.approx([e["train_loss"] for e in a],
+                                                         rel=1e-4)
+    last = TICKET_ROUNDS
+    agree = np.mean([np.mean(tiny_tickets.mask(last)[k] == moved.mask(last)[k])
+                     for k in moved.mask(last)])
+    assert agree > 0.999

@@ -1,18 +1,14 @@
 """End-to-end find_tickets runs on tiny data in the original Fashion-MNIST format."""
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
-                      needs_histology, run_binary)
-from lth_keras import artifacts, lottery, weights
+from conftest import (HISTOLOGY, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
+                      kill_find_tickets_mid_level, needs_histology, run_binary)
+from lth_keras import lottery, weights
 
 pytestmark = pytest.mark.slow
 
@@ -95,17 +91,8 @@ def test_rerun_with_other_settings_is_refused(tiny_run, tiny_fashion_dir):
 
 def test_killed_mid_level_resumes_to_the_same_masks(tiny_run, tiny_fashion_dir, tmp_path):
     out = str(tmp_path / "killed")
-    args = [sys.executable, "-m", "lth_keras.find_tickets", "--source=fashion_mnist",
-            f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *TINY]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = os.path.join(out, "levels", "level_01", "checkpoint.npz")
-    deadline = time.time() + 240
-    while not os.path.exists(checkpoint) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert os.path.exists(checkpoint), "the run finished level 1 before it could be killed"
-    assert not lottery.TicketRun(out).is_finished(1)
+    kill_find_tickets_mid_level(["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+                                 f"--output_dir={out}", *TINY], out)
 
     resumed = _find_tickets(tiny_fashion_dir, out)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

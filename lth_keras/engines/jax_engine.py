@@ -50,7 +50,11 @@ class Runtime(engines.Runtime):
         np.random.seed(seed)
         # These are read when JAX first starts its backends, which has not happened yet.
         if cpu_devices > 1:
-            jax.config.update("jax_num_cpu_devices", cpu_devices)
+            try:
+                jax.config.update("jax_num_cpu_devices", cpu_devices)
+            except RuntimeError as e:
+                raise ConfigurationError(f"--cpu_devices={cpu_devices}: JAX had already "
+                                         f"started its devices ({e})") from e
         if deterministic:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_gpu_deterministic_ops=true").strip()
