@@ -4,7 +4,7 @@
   python -m lth_keras.experiment --flagfile=flags/quick_grid.cfg
   python -m lth_keras.experiment --flagfile=flags/paper_grid.cfg --task_index=3 --num_tasks=16
 
-Each run is a child process of its binary (one tf.distribute strategy per
+Each run is a child process of its binary (one engine runtime per
 process) with its run directory under --output_dir and its log under logs/.
 Finished runs are skipped, so re-running resumes the grid. With --num_tasks,
 task i runs every num_tasks-th run (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT

@@ -328,7 +328,7 @@ def fold_masks(model):
     becomes a plain layer whose kernel is kernel * mask, and every other
     variable (biases, BN statistics, the head) is copied by variable path. The
     result has no mask variables, so it loads and converts without lth_keras.
-    Build it under the same strategy scope as `model` if it will be trained.
+    Build it under the same runtime scope as `model` if it will be trained.
     """
     def clone(layer):
         plain = _plain_layer(layer)

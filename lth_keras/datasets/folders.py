@@ -394,7 +394,7 @@ def load_image_folder(root, *, name: str | None = None, seed=0, storage_size: in
     """Read an image folder into a FolderDataset of uint8 (N, S, S, 3) splits.
 
     `storage_size` S: the side every image is resized to (the caller passes
-    pipeline.resize_size(image_size)); None keeps the files' size, which must
+    plan.resize_size(image_size)); None keeps the files' size, which must
     then be the same for all. `split`: (train, val, test) fractions to carve
     missing splits with. `train_fraction`: a seeded stratified subset of train.
     `seed` fixes the carving and the train_fraction draw.
