@@ -8,8 +8,9 @@
 #
 # `prepare` downloads the keras, namex and optree wheels for that machine's Python 3.12
 # into .whl/ and copies histology_nuclei into .gpu_data/ (both git-ignored, about 50 MB).
-# `run` installs the wheels into /tmp/site and runs gpu_check with --output=$OUT, so its
-# report comes back; extra flags go to gpu_check (e.g. --tiny to try it on a CPU).
+# `run` installs the wheels into /tmp/site (where keras is missing) and runs gpu_check
+# with --output=$OUT, so that its report comes back; extra flags go to gpu_check (e.g.
+# --tiny to try it on a CPU first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +27,10 @@ case "${1:-}" in
     ;;
   run)
     shift
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl
+    if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine has none
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    fi
     export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
     python3 tools/gpu_check.py --data_dir=.gpu_data --output="${OUT:-outputs/gpu_check}" "$@"
     ;;
