@@ -58,9 +58,19 @@ flags.DEFINE_integer("cpu_devices", 0,
                      "Split the CPU into this many logical devices (tests and benchmarks).")
 flags.DEFINE_bool("deterministic", False,
                   "Deterministic kernels: bit-identical runs on CPU (slower).")
-flags.DEFINE_bool("mixed_precision", False,
-                  "Mixed-precision compute: float16 with loss scaling on TensorFlow, bfloat16 "
-                  "on JAX (GPUs).")
+flags.DEFINE_enum("mixed_precision", "off", ["off", "bfloat16", "float16"],
+                  "Mixed-precision compute (GPUs): bfloat16 (Ampere and later; no loss "
+                  "scaling) or float16 (with loss scaling; TensorFlow engine only). Variables "
+                  "and masks stay float32.")
+flags.DEFINE_enum("jit_compile", "auto", ["auto", "on", "off"],
+                  "XLA for the TensorFlow engine's steps: auto is on with GPUs, off on CPUs "
+                  "(where XLA is slower). The JAX engine always compiles.")
+flags.DEFINE_integer("steps_per_execution", 16,
+                     "Training steps per tf.function call (TensorFlow engine): the host reads "
+                     "no result between them.")
+flags.DEFINE_float("checkpoint_every", 600,
+                   "Seconds between epoch checkpoints of a level in progress (0: after every "
+                   "epoch). SIGINT/SIGTERM always write one, even mid-epoch.")
 flags.DEFINE_string("output_dir", None, "Run directory (default: a readable name under outputs/).")
 
 
@@ -85,10 +95,13 @@ def training_config():
     check(FLAGS.patience >= 1, "--patience must be >= 1")
     check(FLAGS.weight_decay >= 0 and FLAGS.lr_decay >= 0,
           "--weight_decay and --lr_decay must be >= 0")
+    check(FLAGS.checkpoint_every >= 0, "--checkpoint_every must be >= 0 (seconds)")
+    check(FLAGS.steps_per_execution >= 1, "--steps_per_execution must be >= 1")
     return TrainingConfig(learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
                           weight_decay=FLAGS.weight_decay, lr_boundaries=boundaries,
                           lr_decay=FLAGS.lr_decay, max_epochs=FLAGS.max_epochs,
-                          patience=FLAGS.patience, mixed_precision=FLAGS.mixed_precision)
+                          patience=FLAGS.patience, mixed_precision=FLAGS.mixed_precision,
+                          checkpoint_every=FLAGS.checkpoint_every)
 
 
 def check_common_flags():
@@ -120,16 +133,20 @@ def setup_runtime():
 
     _runtime = engines.setup(seed=FLAGS.seed, deterministic=FLAGS.deterministic,
                              mixed_precision=FLAGS.mixed_precision, strategy=FLAGS.strategy,
-                             cpu_devices=FLAGS.cpu_devices, worker_timeout=FLAGS.worker_timeout)
+                             cpu_devices=FLAGS.cpu_devices, worker_timeout=FLAGS.worker_timeout,
+                             jit_compile=FLAGS.jit_compile,
+                             steps_per_execution=FLAGS.steps_per_execution)
     return _runtime
 
 
 def run(main):
-    """app.run(main), turning expected failures into one clear line and exit status 1."""
+    """app.run(main), turning expected failures into one clear line and exit status 1, and
+    SIGINT/SIGTERM into a saved state, one line and exit status 128 + the signal."""
     from lth_keras import artifacts, weights
     from lth_keras.datasets import DataError
     from lth_keras.engines import ConfigurationError
-    from lth_keras.training import TrainingDivergedError, WorkerError
+    from lth_keras.training import (TrainingDivergedError, TrainingInterrupted, WorkerError,
+                                    interruptions)
 
     expected = (UserError, DataError, weights.WeightsMismatchError, TrainingDivergedError,
                 artifacts.ArtifactError, WorkerError, ConfigurationError)
@@ -141,10 +158,15 @@ def run(main):
         sys.exit(1)
 
     def guarded(argv):
+        interruptions.install()
         try:
             return main(argv)
         except expected as e:
             fail(e)
+        except TrainingInterrupted as e:
+            logging.flush()
+            print(f"{program}: {e}", file=sys.stderr)
+            sys.exit(128 + e.signum)
         except Exception as e:
             # What a collective raises when a peer worker dies or its link breaks.
             if _runtime is None or not isinstance(e, _runtime.cluster_errors()):

@@ -31,6 +31,56 @@ class WorkerError(RuntimeError):
     """The workers of a multi-worker run disagree, or one of them is gone."""
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM (Slurm's preemption) stopped the run; `checkpoint` holds its state."""
+
+    def __init__(self, signum, checkpoint=None):
+        import signal
+
+        self.signum = signum
+        self.checkpoint = checkpoint
+        where = (f"its state is in {checkpoint}" if checkpoint else "finished levels are kept")
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {where}: run the same "
+                         "command again to resume")
+
+
+class _Interruptions:
+    """SIGINT and SIGTERM as a request to stop training at the next safe point.
+
+    While a Trainer trains, a signal only sets a flag: the loop stops after the
+    step (or steps_per_execution steps) in flight, the Trainer writes the
+    checkpoint and raises TrainingInterrupted. Elsewhere (loading data, pruning)
+    the signal raises TrainingInterrupted at once; atomic writes leave no half
+    file. A second Ctrl-C while training stops at once too.
+    """
+
+    def __init__(self):
+        self.training = False
+        self.signum = None
+
+    def install(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.training and self.signum is None:
+            self.signum = signum
+            logging.warning("%s: stopping after the steps in flight and saving the state",
+                            __import__("signal").Signals(signum).name)
+            return
+        raise TrainingInterrupted(signum)
+
+    def requested(self):
+        return self.signum is not None
+
+
+interruptions = _Interruptions()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """The recipe of PROTOCOL.md "Training"; defaults are the paper's."""
@@ -43,7 +93,8 @@ class TrainingConfig:
     lr_decay: float = 0.0               # Keras-2 style inverse-time decay per step (off)
     max_epochs: int = 100
     patience: int = 5
-    mixed_precision: bool = False
+    mixed_precision: str = "off"        # off, bfloat16 or float16
+    checkpoint_every: float = 600.0     # seconds between epoch checkpoints (0: every epoch)
 
 
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -107,6 +158,27 @@ class Trainer:
         self.verbose = verbose
         self.schedule = EpochSchedule(config.learning_rate, plan.steps_per_epoch,
                                       config.lr_boundaries, config.lr_factor, config.lr_decay)
+        # Every level trains the same model on the same data with the same recipe, from a
+        # fresh optimizer: the optimizer and the compiled loop are made once, and the
+        # optimizer's variables are reset to their initial values (zero momentum, step 0)
+        # instead of being rebuilt, so that no level retraces or recompiles the steps.
+        key = ("trainer", id(model), id(plan), config)
+        if key not in runtime.cache:
+            optimizer = self._make_optimizer(model, config, runtime)
+            initial = [np.array(v.numpy()) for v in optimizer.variables]
+            runtime.cache[key] = (model, plan, optimizer, initial,
+                                  runtime.epoch_loop(model, optimizer, plan, config))
+        _, _, self.optimizer, initial, self.loop = runtime.cache[key]
+        for variable, value in zip(self.optimizer.variables, initial):
+            variable.assign(value)
+        self._writer = None
+        if tensorboard_dir and runtime.is_chief:
+            from lth_keras.summaries import SummaryWriter
+
+            self._writer = SummaryWriter(tensorboard_dir)
+            self._write_header(hparams, density)
+
+    def _make_optimizer(self, model, config, runtime):
         with runtime.scope():
             # Fixed names: Keras numbers unnamed optimizers (sgd_1, ...) per process, and
             # checkpoints key the optimizer's slots by their paths.
@@ -118,76 +190,101 @@ class Trainer:
                                                                 name="loss_scale_optimizer")
             # Built here, in the scope, so its slots are distributed like the model.
             optimizer.build(model.trainable_variables)
-        self.optimizer = optimizer
-        self.loop = runtime.epoch_loop(model, optimizer, plan, config)
-        self._writer = None
-        if tensorboard_dir and runtime.is_chief:
-            from lth_keras.summaries import SummaryWriter
-
-            self._writer = SummaryWriter(tensorboard_dir)
-            self._write_header(hparams, density)
+        return optimizer
 
     # ---- loops ------------------------------------------------------------
     def evaluate(self, split):
         """{"loss", "accuracy"} on a split, in inference mode."""
         return self.loop.evaluate(split)
 
-    def _train_epoch(self, epoch):
+    def _train_epoch(self, epoch, state):
+        """Trains epoch `epoch` from `state`'s step on; (sums, steps done)."""
         progress = None
         if self.verbose and sys.stdout.isatty():
             progress = keras.utils.Progbar(self.plan.steps_per_epoch,
                                            stateful_metrics=["loss", "accuracy"])
-        return self.loop.train_epoch(epoch, progress)
+        sums, done = self.loop.train_epoch(epoch, start_step=state["step"], sums=state["sums"],
+                                           progress=progress, stop=interruptions.requested)
+        if not math.isfinite(sums[0]):
+            raise TrainingDivergedError(
+                f"the training loss became {sums[0]} in epoch {epoch + 1}; lower "
+                "--learning_rate or check the data")
+        return sums, done
 
     def fit(self, *, checkpoint_path=None, min_epochs=0, on_epoch_end=None,
             metrics_tag=""):
         """Trains to early stopping and leaves the best-validation-loss weights in the model.
 
         Args:
-          checkpoint_path: an .npz written after every epoch; if it exists, training
-            resumes from it (an unreadable one is reported and ignored).
+          checkpoint_path: an .npz of the training state, written at the end of an epoch
+            once `config.checkpoint_every` seconds have passed since the last one, and
+            whenever SIGINT/SIGTERM stop the run (then in the middle of an epoch). If it
+            exists, training resumes from it (an unreadable one is reported and ignored).
           min_epochs: early stopping may not stop before this many epochs.
           on_epoch_end: called as on_epoch_end(epoch) after each 1-based epoch,
             before that epoch is checkpointed (the θ_k snapshot hook).
           metrics_tag: prefix for log lines.
         """
         cfg = self.config
+        # step/sums: how far into epoch `epoch` a run interrupted mid-epoch had got.
         state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0,
-                 "wait": 0}
+                 "wait": 0, "step": 0, "sums": None}
         best = None
         if checkpoint_path and os.path.exists(checkpoint_path):
             restored = self._restore(checkpoint_path)
             if restored:
                 state, best = restored
-                logging.info("%sresuming after epoch %d from %s", metrics_tag,
-                             state["epoch"], checkpoint_path)
+                state.setdefault("step", 0)
+                state.setdefault("sums", None)
+                logging.info("%sresuming after epoch %d, step %d from %s", metrics_tag,
+                             state["epoch"], state["step"], checkpoint_path)
         self.runtime.check_workers_agree(state["epoch"], "the epoch to resume from")
 
-        stopped_early = False
-        while state["epoch"] < cfg.max_epochs:
-            if state["wait"] >= cfg.patience and state["epoch"] >= min_epochs:
-                stopped_early = True
-                break
-            epoch = state["epoch"]
-            lr = self.schedule.lr_at_epoch(epoch)
-            start = time.time()
-            train = self._train_epoch(epoch)
-            val = self.evaluate("val")
-            record = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"],
-                      "train_accuracy": train["accuracy"], "val_loss": val["loss"],
-                      "val_accuracy": val["accuracy"], "seconds": time.time() - start}
-            state["history"].append(record)
-            state["epoch"] = epoch + 1
-            if val["loss"] < state["best_val_loss"]:
-                state.update(best_val_loss=val["loss"], best_epoch=epoch + 1, wait=0)
-                best = weights.snapshot(self.model)
-            else:
-                state["wait"] += 1
-            self._log_epoch(record, metrics_tag)
-            if on_epoch_end:
-                on_epoch_end(epoch + 1)
+        def checkpoint():
             if checkpoint_path and self.runtime.is_chief:
                 self._save(checkpoint_path, state, best)
+
+        last_saved = time.monotonic()
+        stopped_early = False
+        interruptions.training = True
+        try:
+            while state["epoch"] < cfg.max_epochs:
+                if state["wait"] >= cfg.patience and state["epoch"] >= min_epochs:
+                    stopped_early = True
+                    break
+                epoch = state["epoch"]
+                lr = self.schedule.lr_at_epoch(epoch)
+                start = time.time()
+                sums, done = self._train_epoch(epoch, state)
+                if done < self.plan.steps_per_epoch:  # stopped by a signal
+                    state.update(step=done, sums=[float(x) for x in sums])
+                    checkpoint()
+                    raise TrainingInterrupted(interruptions.signum, checkpoint_path)
+                state.update(step=0, sums=None)
+                val = self.evaluate("val")
+                record = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[0] / sums[2],
+                          "train_accuracy": sums[1] / sums[2], "val_loss": val["loss"],
+                          "val_accuracy": val["accuracy"],
+                          "images": int(self.plan.steps_per_epoch * self.plan.batch_size),
+                          "seconds": time.time() - start}
+                state["history"].append(record)
+                state["epoch"] = epoch + 1
+                if val["loss"] < state["best_val_loss"]:
+                    state.update(best_val_loss=val["loss"], best_epoch=epoch + 1, wait=0)
+                    best = weights.snapshot(self.model)
+                else:
+                    state["wait"] += 1
+                self._log_epoch(record, metrics_tag)
+                if on_epoch_end:
+                    on_epoch_end(epoch + 1)
+                if interruptions.requested():
+                    checkpoint()
+                    raise TrainingInterrupted(interruptions.signum, checkpoint_path)
+                if time.monotonic() - last_saved >= cfg.checkpoint_every:
+                    checkpoint()
+                    last_saved = time.monotonic()
+        finally:
+            interruptions.training = False
 
         if best is None:
             raise TrainingDivergedError(

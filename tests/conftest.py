@@ -56,11 +56,12 @@ HISTOLOGY = os.path.join(os.path.dirname(REPO), "shared", "data", "histology_nuc
 needs_histology = pytest.mark.skipif(not os.path.isdir(HISTOLOGY),
                                      reason="../shared/data is not beside the repo")
 
-# A tiny find_tickets run: LeNet at 16 px, levels 0..TICKET_ROUNDS, a few seconds.
+# A tiny find_tickets run: LeNet at 16 px, levels 0..TICKET_ROUNDS, a few seconds, with an
+# epoch checkpoint after every epoch (not every 10 minutes) for the kill-and-resume tests.
 TICKET_ROUNDS = 2
 TINY_TICKETS = ["--model=lenet_300_100", "--image_size=16", f"--rounds={TICKET_ROUNDS}",
                 "--max_epochs=3", "--patience=2", "--rewind_epoch=1", "--batch_size=32",
-                "--learning_rate=0.01", "--deterministic", "--seed=3"]
+                "--learning_rate=0.01", "--deterministic", "--seed=3", "--checkpoint_every=0"]
 
 
 def find_tiny_tickets(data_dir, output_dir, *extra):

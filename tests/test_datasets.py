@@ -488,6 +488,13 @@ def test_pipeline_shapes_and_normalisation():
     assert all(np.round(r.astype(np.float64), 3).tobytes() in crops for r in raw)
 
 
+def evaluated(ds):
+    """(images, labels) of the weight-1 examples of evaluation batches."""
+    xs, ys, ws = zip(*[(x.numpy(), y.numpy(), w.numpy()) for x, y, w in ds])
+    keep = np.concatenate(ws) == 1
+    return np.concatenate(xs)[keep], np.concatenate(ys)[keep]
+
+
 def test_evaluation_is_every_example_once_centre_cropped():
     from lth_keras.datasets import InputPipeline
 
@@ -495,14 +502,17 @@ def test_evaluation_is_every_example_once_centre_cropped():
     p = InputPipeline(ds, image_size=8, batch_size=5, seed=0)
     for split, n in (("train", 100), ("val", 23), ("test", 17)):
         batches = list(p.evaluation(split))
-        assert [len(b[1]) for b in batches] == [5] * (n // 5) + ([n % 5] if n % 5 else [])
-        images, labels = collect(batches)
+        # Every batch is full (one compiled shape); padding has weight 0.
+        assert [len(b[1]) for b in batches] == [5] * (-(-n // 5))
+        assert p.evaluation_batches(split) == len(batches)
+        assert sum(float(b[2].numpy().sum()) for b in batches) == n
+        images, labels = evaluated(batches)
         assert len(images) == n and list(labels) == list(ds.split(split).labels)
     # With images already at resize_size, the centre crop is exactly the middle pixels:
     # resize_size(12) = 14, so the crop starts at pixel (14 - 12) // 2 = 1.
     ds = make_dataset(size=14)
     p = InputPipeline(ds, image_size=12, batch_size=7, seed=0)
-    images, _ = collect(p.evaluation("test"))
+    images, _ = evaluated(p.evaluation("test"))
     expected = (ds.test.images[:, 1:13, 1:13] / 255.0 - p.mean) / p.std
     np.testing.assert_allclose(images, expected, atol=1e-3)
 

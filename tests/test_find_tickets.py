@@ -1,12 +1,15 @@
 """End-to-end find_tickets runs on tiny data in the original Fashion-MNIST format."""
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import (HISTOLOGY, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
+from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
                       kill_find_tickets_mid_level, needs_histology, run_binary)
 from lth_keras import lottery, weights
 
@@ -169,7 +172,7 @@ def test_mixed_precision_run_keeps_masks(tiny_fashion_dir, tmp_path):
     out = str(tmp_path / "mixed")
     # LeNet: TensorFlow's float16 convolutions on a CPU are emulated and take minutes;
     # the JAX engine's bfloat16 check (test_engines.py) trains a masked ResNet-20.
-    proc = _find_tickets(tiny_fashion_dir, out, "--mixed_precision", "--rounds=1",
+    proc = _find_tickets(tiny_fashion_dir, out, "--mixed_precision=float16", "--rounds=1",
                          "--max_epochs=1", "--rewind_epoch=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = lottery.TicketRun(out)
@@ -177,3 +180,40 @@ def test_mixed_precision_run_keeps_masks(tiny_fashion_dir, tmp_path):
     assert theta_i[next(iter(masks))].dtype == np.float32  # variables stay float32
     for path, mask in masks.items():
         assert np.all(theta_i[path][mask == 0] == 0)
+
+
+def test_sigterm_saves_the_state_and_the_run_resumes_identically(tiny_run, tiny_fashion_dir,
+                                                                 tmp_path):
+    # Slurm's preemption: SIGTERM in the middle of level 1, with no time-based checkpoint
+    # due for an hour. The run stops after the step in flight, writes the checkpoint, says
+    # so in one line and exits 143; the same command then finishes bit-identical.
+    out = tmp_path / "preempted"
+    args = [sys.executable, "-m", "lth_keras.find_tickets", "--source=fashion_mnist",
+            f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *TINY,
+            "--checkpoint_every=3600", "--steps_per_execution=1"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    started = out / "tensorboard" / "level_01"  # its Trainer exists: training begins
+    deadline = time.time() + 240
+    while not started.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    checkpoint = out / "levels" / "level_01" / "checkpoint.npz"
+    assert last == (f"find_tickets: interrupted by SIGTERM; its state is in {checkpoint}: run "
+                    "the same command again to resume"), last
+    assert checkpoint.exists() and not lottery.TicketRun(str(out)).is_finished(1)
+
+    resumed = _find_tickets(tiny_fashion_dir, str(out), "--checkpoint_every=3600")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch" in resumed.stderr
+    again = lottery.TicketRun(str(out))
+    for level in range(ROUNDS + 1):
+        for read in (lottery.TicketRun.mask, lottery.TicketRun.theta_i):
+            a, b = read(tiny_run, level), read(again, level)
+            assert all(np.array_equal(a[k], b[k]) for k in a), level
+        assert [dict(h, seconds=0) for h in tiny_run.metrics(level)["history"]] == \
+            [dict(h, seconds=0) for h in again.metrics(level)["history"]]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 TINY = ["--source=fashion_mnist", "--model=lenet_300_100", "--image_size=16", "--rounds=1",
         "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.01", "--seed=3",
-        "--deterministic"]
+        "--deterministic", "--checkpoint_every=0"]
 
 
 def _free_ports(n):

@@ -1,6 +1,8 @@
 """The training loop: masks hold under momentum and weight decay, schedules, failures."""
 
 import dataclasses
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -81,7 +83,8 @@ def test_schedule_anneals_at_epoch_boundaries_and_decays():
 
 
 def test_checkpoint_resume_continues_identically(pipeline, strategy, tmp_path):
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, patience=5)
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, patience=5,
+                                     checkpoint_every=0)
 
     straight = _model(strategy, "lenet_300_100", seed=5)
     full = training.Trainer(straight, pipeline, config, strategy, verbose=False).fit()
@@ -106,3 +109,48 @@ def test_corrupt_checkpoint_is_reported_and_ignored(pipeline, strategy, tmp_path
     result = training.Trainer(model, pipeline, config, strategy,
                               verbose=False).fit(checkpoint_path=str(ckpt))
     assert result.epochs == 1
+
+
+def test_checkpoints_are_written_by_time_not_by_epoch(pipeline, strategy, tmp_path):
+    ckpt = tmp_path / "ckpt.npz"
+    model = _model(strategy, "lenet_300_100")
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=2, checkpoint_every=3600)
+    training.Trainer(model, pipeline, config, strategy, verbose=False).fit(
+        checkpoint_path=str(ckpt))
+    assert not ckpt.exists()
+
+
+class _StopAfter:
+    """Stands in for the signal handler: a stop request after `calls` checks."""
+
+    def __init__(self, calls):
+        self.calls, self.signum = calls, None
+
+    def requested(self):
+        self.calls -= 1
+        if self.calls < 0:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
+
+def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_bit_identical(
+        pipeline, strategy, tmp_path, monkeypatch):
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, checkpoint_every=3600)
+    straight = _model(strategy, "lenet_300_100", seed=7)
+    full = training.Trainer(straight, pipeline, config, strategy, verbose=False).fit()
+
+    ckpt = str(tmp_path / "ckpt.npz")
+    monkeypatch.setattr(strategy, "steps_per_execution", 1)  # a check after every step
+    resumed = _model(strategy, "lenet_300_100", seed=7)
+    monkeypatch.setattr(training, "interruptions", _StopAfter(pipeline.steps_per_epoch + 3))
+    with pytest.raises(training.TrainingInterrupted, match="SIGTERM") as stopped:
+        training.Trainer(resumed, pipeline, config, strategy, verbose=False).fit(
+            checkpoint_path=ckpt)
+    assert stopped.value.checkpoint == ckpt and os.path.exists(ckpt)
+    monkeypatch.undo()
+    result = training.Trainer(resumed, pipeline, config, strategy,
+                              verbose=False).fit(checkpoint_path=ckpt)
+    assert [dict(h, seconds=0) for h in result.history] == \
+        [dict(h, seconds=0) for h in full.history]
+    a, b = weights.snapshot(straight), weights.snapshot(resumed)
+    assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -90,7 +90,8 @@ flags.DEFINE_bool("isolated_memory", True,
 flags.DEFINE_bool("engines", True,
                   "Time the JAX engine's ResNet-20 epoch loop against the TF engine's on CPU, "
                   "one process each.")
-flags.DEFINE_bool("mixed_precision", False, "mixed_float16 compute (GPU runs).")
+flags.DEFINE_enum("mixed_precision", "off", ["off", "bfloat16", "float16"],
+                  "Mixed-precision compute (GPU runs; float16 with loss scaling).")
 flags.DEFINE_string("engines_model", "resnet20", "Model of the JAX engine / TF engine comparison.")
 flags.DEFINE_string("output", "outputs/benchmark", "Directory for benchmark.json / .md.")
 # internal: one configuration in a fresh process
@@ -231,7 +232,7 @@ def fit_model(spec, strategy, num_classes, jit_compile):
         model = models.build_model(spec.model, input_shape=(spec.image_size,) * 2 + (3,),
                                    num_classes=num_classes, seed=0)
         optimizer = keras.optimizers.SGD(learning_rate=0.1, momentum=0.9, nesterov=True)
-        if FLAGS.mixed_precision:
+        if FLAGS.mixed_precision == "float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -493,7 +494,7 @@ def run_worker(kind, model, devices=1, steps=None):
                    f"--warmup={FLAGS.warmup}", f"--batch_size={FLAGS.batch_size}",
                    f"--epoch_steps={FLAGS.epoch_steps}", f"--train_images={FLAGS.train_images}",
                    f"--pipeline_epochs={FLAGS.pipeline_epochs}",
-                   f"--{'' if FLAGS.mixed_precision else 'no'}mixed_precision"]
+                   f"--mixed_precision={FLAGS.mixed_precision}"]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0 or not os.path.exists(out):
             raise RuntimeError(f"benchmark worker {kind} {model} x{devices} failed "
@@ -753,7 +754,7 @@ def main(argv):
     unknown = [n for n in names if n not in SPECS]
     if unknown:
         raise app.UsageError(f"unknown --models {unknown}; known: {sorted(SPECS)}")
-    if FLAGS.mixed_precision and not gpus:
+    if FLAGS.mixed_precision != "off" and not gpus:
         raise app.UsageError("--mixed_precision needs a GPU")
 
     start = time.time()

@@ -56,6 +56,10 @@ FLAGS = flags.FLAGS
 LOOP_TARGET = 0.95
 
 
+def _precision():
+    return "bfloat16" if FLAGS.mixed_precision else "off"
+
+
 def _apply_tiny():
     if FLAGS.tiny:
         for name, value in (("model", "resnet20"), ("image_size", 32), ("batch_sizes", ["16", "32"]),
@@ -179,7 +183,7 @@ def end_to_end(work):
     if not os.path.isdir(target):
         return {"error": f"{target} not found (--data_dir)"}
     common = [f"--model={FLAGS.model}", f"--image_size={FLAGS.image_size}", "--max_epochs=1",
-              "--batch_size=64", f"--{'' if FLAGS.mixed_precision else 'no'}mixed_precision"]
+              "--batch_size=64", f"--mixed_precision={_precision()}"]
     tickets = os.path.join(work, "tickets")
     proc, tickets_s = _run("lth_keras.find_tickets", f"--source={target}", "--rounds=1",
                            "--rewind_epoch=0", f"--output_dir={tickets}", *common)
@@ -268,7 +272,7 @@ def main(argv):
             report["end_to_end"] = end_to_end(work)
         print(f"[gpu_check] end to end: {json.dumps(report['end_to_end'])}", file=sys.stderr,
               flush=True)
-    runtime = engines.setup(seed=0, mixed_precision=FLAGS.mixed_precision)
+    runtime = engines.setup(seed=0, mixed_precision=_precision())
     report["environment"] = artifacts.environment_record(runtime)
     report["throughput"] = throughput(runtime)
     report["seconds"] = time.time() - start

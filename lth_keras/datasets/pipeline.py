@@ -66,25 +66,31 @@ class InputPipeline(InputPlan):
 
     # -- public -------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> tf.data.Dataset:
-        """The shuffled, randomly cropped batches of training epoch `epoch` (the plan's)."""
+    def train_epoch(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
+        """The shuffled, randomly cropped batches of training epoch `epoch` (the plan's),
+        from batch `start_step` on (a run resumed in the middle of an epoch)."""
         order, boxes = self.train_plan(epoch)
-        ds = tf.data.Dataset.from_tensor_slices((order, boxes))
+        ds = tf.data.Dataset.from_tensor_slices((order[start_step:], boxes[start_step:]))
         ds = ds.map(self._batch_fn("train"), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE).with_options(self._options)
 
     def evaluation(self, split: str) -> tf.data.Dataset:
-        """Centre-cropped batches of `split` in order, including the last partial batch."""
+        """Centre-cropped (images, labels, weights) batches of `split` in order, every
+        batch full: the last one is padded with weight-0 examples."""
         if split not in self._evaluation:
-            n = len(self.split(split))
+            order, weights = self.evaluation_order(split)
             make_batch = self._batch_fn(split)
             box = tf.constant(self.centre_box()[None])
 
-            def centred(indices):
-                return make_batch(indices, tf.tile(box, [tf.shape(indices)[0], 1]))
+            def centred(indices, weights):
+                images, labels = make_batch(indices, tf.tile(box, [tf.shape(indices)[0], 1]))
+                return images, labels, weights
 
-            ds = tf.data.Dataset.range(n).batch(self.batch_size)
+            ds = tf.data.Dataset.from_tensor_slices((order, weights))
             ds = ds.map(centred, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             # The same every time, so build it once and hand out the same dataset.
             self._evaluation[split] = ds.prefetch(tf.data.AUTOTUNE).with_options(self._options)
         return self._evaluation[split]
+
+    def evaluation_batches(self, split: str) -> int:
+        return len(self.evaluation_order(split)[0])

@@ -70,7 +70,8 @@ class InputPlan:
 
     Training batches: `batch_size` images in the order of `train_plan(e)`, each
     cropped by its box; the last partial batch of an epoch is dropped.
-    Evaluation batches: every image of a split in order, centre-cropped.
+    Evaluation batches: every image of a split in order, centre-cropped, the last
+    one padded (weight 0) to the batch size.
     Images are float32 (B, S, S, 3), normalised; labels are class indices.
     """
 
@@ -141,6 +142,18 @@ class InputPlan:
         order = rng.permutation(len(self.dataset.train))[: steps * b].reshape(steps, b)
         offsets = rng.integers(0, self.resize_size - self.image_size + 1, size=(steps, b, 2))
         return order, self.boxes(offsets)
+
+    def evaluation_order(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(order (batches, B) int64, weights (batches, B) float32): every example of
+        `split` once, in order, the last batch padded with weight-0 copies of example 0,
+        so that every evaluation batch has one shape (no recompilation)."""
+        n, b = len(self.split(split)), self.batch_size
+        batches = -(-n // b)
+        order = np.zeros(batches * b, np.int64)
+        order[:n] = np.arange(n)
+        weights = np.zeros(batches * b, np.float32)
+        weights[:n] = 1
+        return order.reshape(batches, b), weights.reshape(batches, b)
 
     def split(self, split: str):
         """The stored split (uint8 images, labels); DataError if it is empty."""

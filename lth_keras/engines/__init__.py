@@ -35,6 +35,9 @@ class Runtime:
     is_chief = True          # only the chief writes run directories
     loss_scaling = False     # float16 needs loss scaling; bfloat16 does not
 
+    def __init__(self):
+        self.cache = {}      # what training builds once per process (training.Trainer)
+
     def scope(self):
         """Where models and optimizers are built (a tf.distribute scope on TensorFlow)."""
         return contextlib.nullcontext()
@@ -59,14 +62,30 @@ def backend():
     return keras.backend.backend()
 
 
-def setup(*, seed, deterministic=False, mixed_precision=False, strategy="default",
-          cpu_devices=0, worker_timeout=600):
+PRECISIONS = ("off", "bfloat16", "float16")
+JIT_COMPILE = ("auto", "on", "off")
+
+
+def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default",
+          cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
     """The Runtime of the engine KERAS_BACKEND names; call once per process, before any model.
 
     strategy: default (every local accelerator, or one CPU device), mirrored (every
     device of one kind), one_device, multi_worker (several hosts: TF_CONFIG on
     TensorFlow, Slurm's or JAX's environment on JAX).
+    mixed_precision: off, bfloat16, or float16 (with loss scaling; TensorFlow only).
+    jit_compile: XLA on the TensorFlow engine; auto is on with GPUs, off on CPUs (the
+    JAX engine always compiles).
+    steps_per_execution: training steps per tf.function call (TensorFlow engine).
     """
+    if mixed_precision not in PRECISIONS:
+        raise ConfigurationError(f"--mixed_precision must be one of {', '.join(PRECISIONS)}, "
+                                 f"got {mixed_precision!r}")
+    if jit_compile not in JIT_COMPILE:
+        raise ConfigurationError(f"--jit_compile must be one of {', '.join(JIT_COMPILE)}, "
+                                 f"got {jit_compile!r}")
+    if steps_per_execution < 1:
+        raise ConfigurationError("--steps_per_execution must be >= 1")
     name = backend()
     if name == "tensorflow":
         from lth_keras.engines import tf_engine as engine
@@ -77,7 +96,8 @@ def setup(*, seed, deterministic=False, mixed_precision=False, strategy="default
                                  f"{' or '.join(ENGINES)}")
     return engine.Runtime(seed=seed, deterministic=deterministic,
                           mixed_precision=mixed_precision, strategy=strategy,
-                          cpu_devices=cpu_devices, worker_timeout=worker_timeout)
+                          cpu_devices=cpu_devices, worker_timeout=worker_timeout,
+                          jit_compile=jit_compile, steps_per_execution=steps_per_execution)
 
 
 # A separate process, because the frameworks block in C++ while they wait for workers

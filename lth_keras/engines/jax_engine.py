@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from lth_keras import engines
 from lth_keras.engines import ConfigurationError
-from lth_keras.training import TrainingDivergedError, WorkerError, loss_dtype
+from lth_keras.training import WorkerError, loss_dtype
 
 STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
 _PROGRESS_READS = 20  # host reads of the running metrics per epoch, on a terminal only
@@ -41,10 +41,18 @@ class Runtime(engines.Runtime):
 
     name = "jax"
 
-    def __init__(self, *, seed, deterministic=False, mixed_precision=False, strategy="default",
-                 cpu_devices=0, worker_timeout=600):
+    def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
+                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
+        super().__init__()
+        del steps_per_execution  # the host never waits for a step here: nothing to group
         if strategy not in STRATEGIES:
             raise ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if mixed_precision == "float16":
+            raise ConfigurationError("--mixed_precision=float16 needs loss scaling, which the "
+                                     "JAX engine does not do: use --mixed_precision=bfloat16")
+        if jit_compile == "off":
+            raise ConfigurationError("the JAX engine always compiles with XLA: --jit_compile=off "
+                                     "is the TensorFlow engine's")
         # θ_0 and the epoch plan come from numpy; nothing of JAX's is random here.
         random.seed(seed)
         np.random.seed(seed)
@@ -62,7 +70,7 @@ class Runtime(engines.Runtime):
             _enable_float64()
         if strategy == "multi_worker":
             _join_cluster(worker_timeout)
-        if mixed_precision:
+        if mixed_precision == "bfloat16":
             # bfloat16 keeps float32's exponent range: no loss scaling.
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
@@ -77,7 +85,6 @@ class Runtime(engines.Runtime):
             keras.distribution.set_distribution(distribution)
             self.mesh = distribution.device_mesh.backend_mesh
         self._device_data = {}
-        self._steps = {}
 
     # -- placement ------------------------------------------------------------
 
@@ -208,20 +215,15 @@ class DeviceData:
         return self._splits[name]
 
     def evaluation(self, name):
-        """(batches, order (batches, B), valid (batches, B), rows (B, S), columns (B, S)):
-        every example once, the last batch padded, centre crops."""
+        """(batches, order (batches, B), weights (batches, B), rows (B, S), columns (B, S)):
+        the plan's evaluation order (the last batch padded with weight 0), centre crops."""
         if name not in self._evaluation:
-            n, b = len(self.plan.split(name)), self.plan.batch_size
-            batches = -(-n // b)
-            order = np.zeros(batches * b, np.int32)
-            order[:n] = np.arange(n)
-            valid = np.zeros(batches * b, np.float32)
-            valid[:n] = 1
-            centre = np.broadcast_to(self.plan.centre_box(), (b, 4))
+            order, weights = self.plan.evaluation_order(name)
+            centre = np.broadcast_to(self.plan.centre_box(), (self.plan.batch_size, 4))
             rows, columns = self.plan.sample_positions(centre, name)
             self._evaluation[name] = (
-                batches, self.runtime.batch_sharded(order.reshape(batches, b), axis=1),
-                self.runtime.batch_sharded(valid.reshape(batches, b), axis=1),
+                len(order), self.runtime.batch_sharded(order.astype(np.int32), axis=1),
+                self.runtime.batch_sharded(weights, axis=1),
                 self.runtime.batch_sharded(rows, axis=0),
                 self.runtime.batch_sharded(columns, axis=0))
         return self._evaluation[name]
@@ -317,13 +319,7 @@ class EpochLoop:
         self.optimizer = optimizer
         self.plan = plan
         self.data = runtime.device_data(plan)
-        # Levels rebuild the optimizer but keep the model, the data and the recipe:
-        # reusing the compiled steps saves a compilation per level.
-        key = (id(model), id(plan), config, type(optimizer).__name__,
-               keras.mixed_precision.global_policy().name)
-        if key not in runtime._steps:
-            runtime._steps[key] = self._compile(model, optimizer, plan, config)
-        self._train_step, self._eval_step = runtime._steps[key]
+        self._train_step, self._eval_step = self._compile(model, optimizer, plan, config)
 
     @staticmethod
     def _compile(model, optimizer, plan, config):
@@ -377,25 +373,31 @@ class EpochLoop:
         return self.runtime.replicated(np.zeros(3, loss_dtype())), \
             self.runtime.replicated(np.zeros((), np.int32))
 
-    def train_epoch(self, epoch, progress=None):
-        """One training epoch; {"loss", "accuracy"} over its batches, read once at its end."""
+    def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None):
+        """Trains epoch `epoch` from step `start_step` (with the sums so far); returns
+        (sums: loss, correct, count, steps done), read once at its end. `stop()` true ends
+        it early, after the step in flight."""
         order, boxes = self.plan.train_plan(epoch)
         order = self.runtime.batch_sharded(order.astype(np.int32), axis=1)
         rows, columns = (self.runtime.batch_sharded(p, axis=1)
                          for p in self.plan.sample_positions(boxes))
         images, labels = self.data.split("train")
         model, optimizer = self.model, self.optimizer
-        sums, position = self._zeros()
         state = ([v.value for v in model.trainable_variables],
                  [v.value for v in model.non_trainable_variables],
-                 [v.value for v in optimizer.variables], sums, position)
+                 [v.value for v in optimizer.variables],
+                 self.runtime.replicated(np.zeros(3, loss_dtype()) if sums is None
+                                         else np.asarray(sums, loss_dtype())),
+                 self.runtime.replicated(np.int32(start_step)))
         steps = self.plan.steps_per_epoch
         every = max(1, steps // _PROGRESS_READS)
-        for step in range(1, steps + 1):
+        done = start_step
+        while done < steps and not (stop and stop()):
             state = self._train_step(state, images, labels, order, rows, columns)
-            if progress and (step % every == 0 or step == steps):
+            done += 1
+            if progress and (done % every == 0 or done == steps):
                 totals = to_host(state[3])
-                progress.update(step, [("loss", totals[0] / totals[2]),
+                progress.update(done, [("loss", totals[0] / totals[2]),
                                        ("accuracy", totals[1] / totals[2])])
         trainable, non_trainable, optimizer_values, sums, _ = state
         for variables, values in ((model.trainable_variables, trainable),
@@ -403,12 +405,7 @@ class EpochLoop:
                                   (optimizer.variables, optimizer_values)):
             for variable, value in zip(variables, values):
                 variable.assign(value)
-        totals = to_host(sums).astype(np.float64)
-        if not np.isfinite(totals[0]):
-            raise TrainingDivergedError(
-                f"the training loss became {totals[0]} in epoch {epoch + 1}; "
-                "lower --learning_rate or check the data")
-        return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
+        return to_host(sums).astype(np.float64), done
 
     def evaluate(self, split):
         """{"loss", "accuracy"} on a split, in inference mode."""
