@@ -55,7 +55,7 @@ def float64_steps(out):
 
 
 def bfloat16_steps(out):
-    """A masked ResNet-20 trained with mixed precision (bfloat16 on JAX) and momentum and
+    """A masked ResNet-20 trained with bfloat16 mixed precision, momentum and
     weight decay: what the pruned weights are afterwards."""
     runtime = engines.setup(seed=0, mixed_precision="bfloat16")
     plan = InputPlan(tiny_dataset(train=96), image_size=16, batch_size=32, seed=0)

@@ -132,8 +132,9 @@ def test_both_engines_train_resnet20_alike_in_float64(tmp_path):
         np.testing.assert_allclose(jax_run[key], tf_run[key], rtol=0, atol=1e-9, err_msg=key)
 
 
-def test_bfloat16_keeps_pruned_weights_exactly_zero(tmp_path):
-    run = _engine_worker("bfloat16", tmp_path / "bf16.npz", "jax")
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_bfloat16_keeps_pruned_weights_exactly_zero(tmp_path, backend):
+    run = _engine_worker("bfloat16", tmp_path / "bf16.npz", backend)
     assert str(run["policy"]) == "mixed_bfloat16"
     masks = [k[len("mask/"):] for k in run if k.startswith("mask/")]
     assert masks

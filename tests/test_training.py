@@ -154,3 +154,26 @@ def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_bit_identical(
         [dict(h, seconds=0) for h in full.history]
     a, b = weights.snapshot(straight), weights.snapshot(resumed)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_xla_trains_like_the_graph_without_it(pipeline, strategy, monkeypatch):
+    # --jit_compile=on on a CPU (auto leaves it off there): the same arithmetic fused by
+    # another compiler. From the same θ_0 on the same batches, the first steps' losses and
+    # the validation loss after them agree to float32 rounding (an untrained ResNet's
+    # chaotic early steps then amplify it, as across devices or engines).
+    from lth_keras.datasets.pipeline import InputPipeline
+
+    config = training.TrainingConfig(learning_rate=0.01)
+    batches = list(InputPipeline.of(pipeline).train_epoch(0).take(3))
+    results = {}
+    for jit in (False, True):
+        monkeypatch.setattr(strategy, "jit_compile", jit)
+        model = _model(strategy, "resnet20", seed=11)
+        trainer = training.Trainer(model, pipeline, config, strategy, verbose=False)
+        losses = [float(s[0] / s[2]) for s in
+                  (trainer.loop._train_step(x, y).numpy() for x, y in batches)]
+        results[jit] = losses, trainer.evaluate("val")["loss"]
+    (plain, plain_val), (xla, xla_val) = results[False], results[True]
+    assert xla[0] == pytest.approx(plain[0], rel=1e-5)
+    assert xla == pytest.approx(plain, rel=1e-4)
+    assert xla_val == pytest.approx(plain_val, rel=1e-3)
