@@ -22,11 +22,12 @@ import zlib
 import numpy as np
 from absl import logging
 
-from lth_keras import artifacts, models, pruning, runs, weights
+from lth_keras import artifacts, costs, models, pruning, runs, weights
 
 CONDITIONS = ("rewind", "final", "reinit", "scratch")
 SUMMARY_COLUMNS = ("level", "condition", "density", "fraction_pruned", "val_accuracy",
-                   "val_loss", "test_accuracy", "test_loss", "best_epoch", "epochs")
+                   "val_loss", "test_accuracy", "test_loss", "best_epoch", "epochs",
+                   *runs.COST_COLUMNS)
 
 
 class TransferRun(runs.RunDirectory):
@@ -44,7 +45,7 @@ class TransferRun(runs.RunDirectory):
                 "fraction_pruned": m["density"]["fraction_pruned"],
                 "val_accuracy": m["val"]["accuracy"], "val_loss": m["val"]["loss"],
                 "test_accuracy": m["test"]["accuracy"], "test_loss": m["test"]["loss"],
-                "best_epoch": m["best_epoch"], "epochs": m["epochs"]}
+                "best_epoch": m["best_epoch"], "epochs": m["epochs"], **runs.cost_columns(m)}
 
 
 def reinit_seed(ticket_seed, seed):
@@ -125,7 +126,7 @@ def fine_tune(run, source_model, target_model, plan, runtime, training_config, *
         run.finish_level(level, "weights.npz", weights.snapshot(target_model), {
             "level": level, "condition": condition, "density": density,
             "start_digest": start_digest, "mask_digest": weights.digest(mask),
-            **result.as_dict()})
+            **result.as_dict(), "cost": costs.level_cost(target_model, mask, result.history)})
         logging.info("level %d done: val acc %.4f, test acc %.4f", level,
                      result.val["accuracy"], result.test["accuracy"])
     return run.write_summary()

@@ -15,11 +15,11 @@ import os
 import numpy as np
 from absl import logging
 
-from lth_keras import artifacts, pruning, runs, weights
+from lth_keras import artifacts, costs, pruning, runs, weights
 
 SUMMARY_COLUMNS = ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
                    "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch",
-                   "epochs")
+                   "epochs", *runs.COST_COLUMNS)
 
 
 class TicketRun(runs.RunDirectory):
@@ -45,7 +45,7 @@ class TicketRun(runs.RunDirectory):
                 "fraction_pruned_all_params": m["density"]["fraction_pruned_all_params"],
                 "val_accuracy": m["val"]["accuracy"], "val_loss": m["val"]["loss"],
                 "test_accuracy": m["test"]["accuracy"], "test_loss": m["test"]["loss"],
-                "best_epoch": m["best_epoch"], "epochs": m["epochs"]}
+                "best_epoch": m["best_epoch"], "epochs": m["epochs"], **runs.cost_columns(m)}
 
 
 def find_tickets(run, model, plan, runtime, training_config, *, rounds, prune_rate,
@@ -94,7 +94,8 @@ def find_tickets(run, model, plan, runtime, training_config, *, rounds, prune_ra
         weights.check_mask_held(model, masks)
         rows = run.finish_level(level, "theta_i.npz", weights.snapshot(model),
                                 {"level": level, "density": density,
-                                 "start_digest": start_digest, **result.as_dict()})
+                                 "start_digest": start_digest, **result.as_dict(),
+                                 "cost": costs.level_cost(model, masks, result.history)})
         logging.info("level %d done: val acc %.4f, test acc %.4f", level,
                      rows[-1]["val_accuracy"], rows[-1]["test_accuracy"])
     return run.write_summary()

@@ -105,12 +105,36 @@ class RunDirectory:
         return rows
 
 
+# What a level cost (metrics.json "cost"), in the summaries; empty for levels trained
+# before it was recorded.
+COST_COLUMNS = ("images", "seconds", "training_flops", "training_flops_masked")
+
+
+def cost_columns(metrics):
+    cost = metrics.get("cost")
+    if not cost:
+        return dict.fromkeys(COST_COLUMNS, "")
+    return {"images": cost["images"], "seconds": round(cost["seconds"], 3),
+            "training_flops": cost["training_flops"]["dense"],
+            "training_flops_masked": cost["training_flops"]["masked"]}
+
+
 def format_summary(rows):
+    from lth_keras.costs import format_flops
+
     lines = ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
              "|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
                      f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
+    costed = [r for r in rows if r.get("images") not in (None, "")]
+    if costed:
+        total = {k: sum(r[k] for r in costed) for k in COST_COLUMNS}
+        lines += ["", f"Total over {len(costed)} level(s): {sum(r['epochs'] for r in costed)} "
+                      f"epochs, {total['images']:,} training images, "
+                      f"{total['seconds'] / 60:.1f} min of training, "
+                      f"{format_flops(total['training_flops'])} of training compute dense, "
+                      f"{format_flops(total['training_flops_masked'])} with the masks."]
     return "\n".join(lines) + "\n"
 
 

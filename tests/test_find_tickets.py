@@ -39,6 +39,15 @@ def test_run_directory_has_the_documented_layout(tiny_run):
     assert config["environment"]["tensorflow"].startswith("2.")
     leftovers = [f for _, _, files in os.walk(tiny_run.path) for f in files if f.endswith(".tmp")]
     assert not leftovers
+    # What each level cost: images, wall time, FLOPs; summary.md adds them up.
+    for level in range(ROUNDS + 1):
+        metrics = tiny_run.metrics(level)
+        cost = metrics["cost"]
+        assert cost["images"] == sum(e["images"] for e in metrics["history"]) > 0
+        assert cost["training_flops"]["masked"] <= cost["training_flops"]["dense"]
+    assert cost["training_flops"]["masked"] < cost["training_flops"]["dense"]  # pruned
+    with open(tiny_run.file("summary.md")) as f:
+        assert "Total over 3 level(s)" in f.read()
 
 
 def test_summary_fraction_pruned_grows_by_the_rate(tiny_run):

@@ -94,6 +94,16 @@ flags.DEFINE_enum("mixed_precision", "off", ["off", "bfloat16", "float16"],
                   "Mixed-precision compute (GPU runs; float16 with loss scaling).")
 flags.DEFINE_string("engines_model", "resnet20", "Model of the JAX engine / TF engine comparison.")
 flags.DEFINE_string("output", "outputs/benchmark", "Directory for benchmark.json / .md.")
+flags.DEFINE_bool("paper_cost", False,
+                  "Print what the paper's protocol costs instead of measuring: images, FLOPs "
+                  "and hours of one source-seed ticket search and of the whole grid.")
+flags.DEFINE_list("paper_images_per_s", ["6108", "5"],
+                  "--paper_cost: training throughputs (img/s) to turn images into hours "
+                  "(defaults: masked ResNet-50 at 224 px, bf16, batch 128 on an H200 through "
+                  "Keras-JAX, and on this project's 2-core CPU).")
+flags.DEFINE_integer("paper_epochs", None,
+                     "--paper_cost: epochs per level (default: the preset's --max_epochs, an "
+                     "upper bound that early stopping cuts).")
 # internal: one configuration in a fresh process
 flags.DEFINE_enum("worker", None, ["custom_masked", "custom_dense", "fit", "pipeline"],
                   "Internal: run one configuration alone and write its JSON to --worker_output.")
@@ -736,6 +746,9 @@ def main(argv):
 
         engine_worker(reply)
         return
+    if FLAGS.paper_cost:
+        print(paper_cost(), end="")
+        return
     # Everything else measures the TensorFlow engine (KERAS_BACKEND is read at import).
     os.environ["KERAS_BACKEND"] = "tensorflow"
     if FLAGS.worker:
@@ -812,6 +825,68 @@ def main(argv):
     print(markdown, end="")
     print(f"written: {os.path.join(FLAGS.output, 'benchmark.json')} and benchmark.md "
           f"({report['seconds']:.0f} s)")
+
+
+def _read_flagfile(path):
+    """{name: value} of an absl flagfile (lists stay comma-separated strings)."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                name, _, value = line[2:].partition("=")
+                values[name] = value
+    return values
+
+
+def paper_cost():
+    """Markdown: images, FLOPs and hours of flags/paper.cfg's ticket search and of
+    flags/paper_grid.cfg, at --paper_images_per_s."""
+    import numpy as np
+
+    from lth_keras import costs, grid, models
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    preset = _read_flagfile(os.path.join(root, "flags", "paper.cfg"))
+    paper_grid = _read_flagfile(os.path.join(root, "flags", "paper_grid.cfg"))
+    size = int(preset["image_size"])
+    model = models.build_model(preset["model"], input_shape=(size, size, 3), num_classes=10,
+                               seed=0)
+    flops = costs.forward_flops(model)
+    head = 2 * int(np.prod(model.get_layer(models.HEAD_NAME).kernel.shape))
+    epochs = FLAGS.paper_epochs or int(preset["max_epochs"])
+    common = dict(rounds=int(preset["rounds"]), epochs_per_level=epochs,
+                  forward=flops["dense"], prunable=flops["dense"] - head,
+                  prune_rate=float(preset["prune_rate"]),
+                  val_fraction=float(preset["val_fraction"]),
+                  source_train_fraction=float(preset["train_fraction"]))
+
+    def listed(key):
+        return [x for x in paper_grid.get(key, "").split(",") if x]
+
+    runs = grid.expand(sources=listed("sources"), targets=listed("targets"),
+                       seeds=[int(x) for x in listed("seeds")], conditions=listed("conditions"),
+                       related=[tuple(p.split(":")) for p in listed("related")],
+                       train_fractions=[float(x) for x in listed("train_fractions")])
+    search = [r for r in runs if r.name == "tickets/cifar10-seed0"]
+    rows = [("one ticket search (CIFAR-10, one seed)", costs.grid_cost(search, **common)),
+            (f"the paper grid ({len(runs)} runs)", costs.grid_cost(runs, **common))]
+    rates = [float(r) for r in FLAGS.paper_images_per_s]
+    lines = [f"# What the paper's protocol costs: {preset['model']} at {size} px, "
+             f"{int(preset['rounds']) + 1} levels, {epochs} epochs per level",
+             "", f"Forward pass: {costs.format_flops(flops['dense'])} per image; training "
+             f"counts {costs.TRAINING_PASSES} passes. Masked FLOPs assume every prunable "
+             "layer at the level's density (what sparse kernels could save; dense GPU kernels "
+             "spend the dense figure).", "",
+             "| what | levels | training images | training FLOPs, dense | with the masks | "
+             + " | ".join(f"hours at {r:,.0f} img/s" for r in rates) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(rates)]
+    for label, cost in rows:
+        hours = " | ".join(f"{cost['images'] / r / 3600:,.1f}" for r in rates)
+        lines.append(f"| {label} | {cost['levels']:,} | {cost['images']:,} | "
+                     f"{costs.format_flops(cost['training_flops']['dense'])} | "
+                     f"{costs.format_flops(cost['training_flops']['masked'])} | {hours} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""What training costs: images processed, wall time and theoretical FLOPs.
+
+FLOPs count the multiply-adds of the convolutions and dense layers, two FLOPs
+each (BatchNorm, activations and pooling are a few percent of a ResNet's and
+are left out). With a mask, only the surviving weights count: that is the
+saving a sparse kernel could reach, not what a dense GPU kernel spends. A
+training step costs three forward passes (forward, and backward for the
+activations and the weights).
+"""
+
+import numpy as np
+
+TRAINING_PASSES = 3  # forward + backward (gradients of inputs and of weights)
+
+
+def forward_flops(model, masks=None):
+    """FLOPs of one image's forward pass: {"dense": ..., "masked": ...}.
+
+    `masks` is {kernel path: 0/1 array} for the prunable kernels (None: dense).
+    """
+    dense = masked = 0
+    for layer in model._flatten_layers(include_self=False):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None or not hasattr(layer, "output"):
+            continue
+        shape = tuple(kernel.shape)
+        if len(shape) == 4:  # a convolution: every output position uses every weight
+            positions = int(np.prod(layer.output.shape[1:3]))
+        elif len(shape) == 2:
+            positions = 1
+        else:
+            continue
+        alive = int(np.prod(shape))
+        if masks is not None and kernel.path in masks:
+            alive = int(np.count_nonzero(masks[kernel.path]))
+        dense += 2 * positions * int(np.prod(shape))
+        masked += 2 * positions * alive
+    return {"dense": dense, "masked": masked}
+
+
+def level_cost(model, masks, history):
+    """The cost of one trained level from its per-epoch history (images, seconds)."""
+    per_image = forward_flops(model, masks)
+    images = int(sum(epoch.get("images", 0) for epoch in history))
+    return {
+        "images": images,
+        "seconds": float(sum(epoch.get("seconds", 0.0) for epoch in history)),
+        "forward_flops_per_image": per_image,
+        "training_flops": {k: TRAINING_PASSES * v * images for k, v in per_image.items()},
+    }
+
+
+def format_flops(flops):
+    for unit, scale in (("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.3g} FLOP"
+
+
+# Training images of a source before the validation carve (PROTOCOL.md "Training").
+SOURCE_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
+
+
+def train_images(dataset, train_fraction=1.0, val_fraction=0.1):
+    """Training images of a source (after the validation carve) or of a Table-1 target."""
+    from lth_keras.datasets.targets import TARGETS
+
+    if dataset in SOURCE_TRAIN_IMAGES:
+        n = SOURCE_TRAIN_IMAGES[dataset] - round(SOURCE_TRAIN_IMAGES[dataset] * val_fraction)
+    elif dataset in TARGETS:
+        n = TARGETS[dataset].train
+    else:
+        raise ValueError(f"no known size for dataset {dataset!r}")
+    return round(n * train_fraction)
+
+
+def _flag(args, name, default=None):
+    prefix = f"--{name}="
+    return next((a[len(prefix):] for a in args if a.startswith(prefix)), default)
+
+
+def grid_cost(runs, *, rounds, epochs_per_level, forward, prunable, prune_rate=0.2,
+              val_fraction=0.1, source_train_fraction=1.0):
+    """Images and training FLOPs of grid runs (lth_keras.grid.Run), assuming every level
+    trains `epochs_per_level` epochs (early stopping makes it fewer: max_epochs is an
+    upper bound) and every prunable layer is at the level's density.
+
+    forward: dense forward FLOPs of one image; prunable: the part of it in prunable
+    kernels. Returns {"runs", "levels", "images", "training_flops": {"dense", "masked"}}.
+    """
+    total = {"runs": 0, "levels": 0, "images": 0, "training_flops": {"dense": 0, "masked": 0}}
+    for run in runs:
+        dataset = _flag(run.args, "source") or _flag(run.args, "target")
+        fraction = float(_flag(run.args, "train_fraction", source_train_fraction))
+        per_epoch = train_images(dataset, fraction, val_fraction)
+        listed = _flag(run.args, "levels")
+        levels = ([0] if "--scratch" in run.args else
+                  [int(x) for x in listed.split(",")] if listed else range(rounds + 1))
+        total["runs"] += 1
+        for level in levels:
+            images = per_epoch * epochs_per_level
+            density = (1 - prune_rate) ** level
+            total["levels"] += 1
+            total["images"] += images
+            total["training_flops"]["dense"] += TRAINING_PASSES * forward * images
+            total["training_flops"]["masked"] += TRAINING_PASSES * images * (
+                forward - prunable * (1 - density))
+    return total
