@@ -29,6 +29,10 @@ flags.DEFINE_list("split", None,
                   "fractions to carve, e.g. 0.7,0.1,0.2.")
 flags.DEFINE_bool("skip_bad_images", False,
                   "Skip (and count) unreadable images in image folders instead of failing.")
+flags.DEFINE_string("cache_dir", None,
+                    "Where image folders are kept decoded at their storage size, memory-mapped "
+                    "by every run (default: $LTH_KERAS_CACHE, else ~/.cache/lth_keras/images); "
+                    "'' keeps them in memory only.")
 flags.DEFINE_float("bn_momentum", 0.9,
                    "BatchNorm moving-average momentum (Keras default 0.99 breaks early stopping "
                    "on small targets; see BUILD_NOTES.md).")
@@ -119,7 +123,9 @@ def load_dataset(name):
                                  val_fraction=FLAGS.val_fraction,
                                  train_fraction=FLAGS.train_fraction,
                                  image_size=FLAGS.image_size, split=FLAGS.split,
-                                 skip_bad_images=FLAGS.skip_bad_images)
+                                 skip_bad_images=FLAGS.skip_bad_images,
+                                 cache_dir=(datasets.cache.default_dir()
+                                            if FLAGS.cache_dir is None else FLAGS.cache_dir))
 
 
 _runtime = None

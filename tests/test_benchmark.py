@@ -24,8 +24,10 @@ def test_benchmark_smoke(tmp_path):
     assert set(report) >= {"settings", "environment", "models", "main_process_peak_rss_mib",
                            "keras_auto_jit_compile", "seconds"}
     lenet = report["models"]["lenet_300_100"]
-    assert set(lenet) >= {"masked_vs_dense", "custom_vs_fit", "pipeline_vs_training",
-                          "mirrored"}
+    assert set(lenet) >= {"masked_vs_dense", "masked_vs_dense_xla", "custom_vs_fit",
+                          "epoch_loop_vs_per_step_sync", "pipeline_vs_training", "mirrored"}
+    assert lenet["masked_vs_dense_xla"]["jit_compile"] is True
+    assert lenet["epoch_loop_vs_per_step_sync"]["ratio"] > 0
     for side in ("masked", "dense"):
         assert lenet["masked_vs_dense"][side]["median_s"] > 0
         assert lenet["masked_vs_dense"][side]["calls"] == 4

@@ -1,6 +1,5 @@
 """What training costs: FLOPs by hand, the cost a level records, the paper grid's total."""
 
-import numpy as np
 import pytest
 
 from lth_keras import costs, grid, models, pruning, weights

@@ -605,3 +605,19 @@ def test_each_epoch_visits_distinct_examples_in_a_new_order():
     a, b = order(0), order(1)
     assert len(a) == 48 and len(set(a)) == 48  # 6 full batches, no repeats
     assert not np.array_equal(a, b)
+
+
+def test_large_splits_stream_batches_with_the_same_pixels(monkeypatch):
+    # A split larger than STREAM_BYTES (a memory-mapped folder cache, typically) is not
+    # made one tensor: batches are gathered from the array. The pixels are the same.
+    from lth_keras.datasets import pipeline
+
+    ds = make_dataset(size=12)
+    constant = pipeline.InputPipeline(ds, image_size=8, batch_size=16, seed=7)
+    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    streamed = pipeline.InputPipeline(ds, image_size=8, batch_size=16, seed=7)
+    assert epoch_digest(streamed, 2) == epoch_digest(constant, 2)
+    for split in ("val", "test"):
+        a = [x.numpy() for x, _, _ in constant.evaluation(split)]
+        b = [x.numpy() for x, _, _ in streamed.evaluation(split)]
+        assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == len(b)

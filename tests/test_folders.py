@@ -460,3 +460,42 @@ def test_dispatch_unknown(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(str(tmp_path / "nowhere"))
     one_line_error(e, "fashion_mnist", "human_lba", "artist2", "path")
+
+
+# ---------------------------------------------------------------------------
+# The on-disk cache of decoded folders
+# ---------------------------------------------------------------------------
+
+def test_folders_are_decoded_once_into_a_memory_mapped_cache(tmp_path, caplog):
+    root = write_folder(tmp_path / "folder", three_splits(), size=12)
+    cache_dir = str(tmp_path / "cache")
+    first = load_image_folder(root, storage_size=9, cache_dir=cache_dir)
+    entries = sorted(os.listdir(cache_dir))
+    assert len([e for e in entries if e.endswith(".npy")]) == 3  # train, val, test
+    with caplog.at_level(logging.INFO):
+        again = load_image_folder(root, storage_size=9, cache_dir=cache_dir)
+    assert "read from the cache" in caplog.text
+    assert sorted(os.listdir(cache_dir)) == entries  # nothing decoded or written again
+    assert isinstance(again.train.images, np.memmap)
+    plain = load_image_folder(root, storage_size=9, cache_dir=None)
+    assert not isinstance(plain.train.images, np.memmap)
+    assert first.fingerprint() == again.fingerprint() == plain.fingerprint()
+    # Another storage size, or a changed file, is another entry.
+    load_image_folder(root, storage_size=10, cache_dir=cache_dir)
+    changed = root / "test" / "a" / sorted(os.listdir(root / "test" / "a"))[0]
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(changed)
+    edited = load_image_folder(root, storage_size=9, cache_dir=cache_dir)
+    assert edited.fingerprint() != plain.fingerprint()
+    assert len([e for e in os.listdir(cache_dir) if e.endswith(".npy")]) == 3 + 3 + 1
+
+
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path):
+    root = write_folder(tmp_path / "folder", three_splits(), size=12)
+    cache_dir = tmp_path / "cache"
+    expected = load_image_folder(root, storage_size=9, cache_dir=str(cache_dir)).fingerprint()
+    entries = sorted(cache_dir.glob("*.npy"))
+    entries[0].write_bytes(b"\x93NUMPY truncated")  # not a .npy file any more
+    data = entries[1].read_bytes()
+    entries[1].write_bytes(data[:len(data) // 2])  # cut short
+    again = load_image_folder(root, storage_size=9, cache_dir=str(cache_dir))
+    assert again.fingerprint() == expected

@@ -1,6 +1,4 @@
-"""Masked layers: the mask acts in the graph and survives every save format."""
-
-import os
+"""Masked layers: masks hold the ticket's zeros through training and survive every save format."""
 
 import keras
 import numpy as np
@@ -8,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from lth_keras import weights
-from lth_keras.layers import MaskedConv2D, MaskedDense, masked_layers
+from lth_keras.layers import (MaskedConv2D, MaskedDense, gradient_masks, mask_gradients,
+                              masked_layers)
 
 
 def _model(seed=0):
@@ -27,15 +26,29 @@ def _random_masks(model, seed=0):
     return masks
 
 
-def test_effective_kernel_is_kernel_times_mask():
+def test_masked_gradients_keep_pruned_weights_at_zero():
+    # The layers compute with the stored kernel, which holds the zeros: set_masks zeroes
+    # the pruned weights, and mask_gradients keeps them 0 through SGD with momentum.
     model = _model()
-    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
-    conv = model.get_layer("conv")
-    conv.mask.assign(np.zeros(conv.mask.shape))
-    out = conv(x)
-    # Zero mask: only the (zero-initialised) bias remains, whatever the stored kernel.
-    np.testing.assert_array_equal(out.numpy(), np.zeros_like(out))
-    assert np.all(conv.kernel.numpy() != 0)  # the stored kernel itself was untouched
+    masks = _random_masks(model)
+    x = np.random.default_rng(0).random((4, 8, 8, 3)).astype(np.float32)
+    layers = {layer.kernel.path: layer for layer in masked_layers(model)}
+    for path, layer in layers.items():  # effective kernel = stored kernel = kernel ⊙ mask
+        np.testing.assert_array_equal(layer.kernel.numpy(), layer.kernel.numpy() * masks[path])
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
+    grad_masks = gradient_masks(model, model.trainable_variables)
+    for _ in range(3):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(model(x)))
+        raw = tape.gradient(loss, model.trainable_variables)
+        grads = mask_gradients(raw, grad_masks)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    for path, kernel in weights.get_kernels(model).items():
+        assert np.all(kernel[masks[path] == 0] == 0), path
+        assert np.any(kernel[masks[path] == 1] != 0), path
+    # Unmasked, the same gradients would have moved pruned weights.
+    fc = next(i for i, v in enumerate(model.trainable_variables) if v.path == "fc/kernel")
+    assert np.any(raw[fc].numpy()[masks["fc/kernel"] == 0] != 0)
 
 
 def test_set_masks_zeroes_pruned_stored_weights():

@@ -70,6 +70,8 @@ def _comparable(metrics):
     metrics = dict(metrics)
     metrics["history"] = [{k: v for k, v in epoch.items() if k != "seconds"}
                           for epoch in metrics["history"]]
+    if "cost" in metrics:
+        metrics["cost"] = {k: v for k, v in metrics["cost"].items() if k != "seconds"}
     return metrics
 
 

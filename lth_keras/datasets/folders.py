@@ -65,6 +65,7 @@ from lth_keras.datasets.base import (
     stratified_split,
     subset_fraction,
 )
+from lth_keras.datasets import cache
 from lth_keras.datasets.sources import _one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -280,14 +281,17 @@ def _read_rgb(path: str, storage_size: int | None) -> np.ndarray:
     return np.asarray(image)
 
 
-def _decode_all(paths: Sequence[str], storage_size: int | None):
+def _decode_all(paths: Sequence[str], storage_size: int | None, out=None):
     """Decode `paths` on a thread pool: (images, {index: reason} of the bad files).
 
     Pillow releases the GIL while decoding and resizing, so threads scale. With
-    `storage_size` the images go straight into one preallocated array (no
-    second copy of the split); otherwise they are a list.
+    `storage_size` the images go straight into one preallocated array, or into
+    `out` (the cache's memory-mapped file): no second copy of the split;
+    otherwise they are a list.
     """
-    if storage_size:
+    if out is not None:
+        images = out
+    elif storage_size:
         images = np.empty((len(paths), storage_size, storage_size, 3), np.uint8)
     else:
         images = [None] * len(paths)
@@ -355,11 +359,29 @@ def _check_storage_size(storage_size) -> int | None:
     return int(storage_size)
 
 
-def _read_split(layout: FolderLayout, what: str, storage_size, skip_bad_images, details) -> Split:
+def _decode_split(layout: FolderLayout, what: str, paths, labels, storage_size, cache_dir, details):
+    """(images, errors) of a split: from the on-disk cache, or decoded (into it)."""
+    if not (storage_size and cache_dir):
+        return _decode_all(paths, storage_size)
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in os.path.basename(layout.root))
+    entry = f"{name}-{storage_size}px-{what}-{cache.key(layout.root, paths, labels, storage_size)}"
+    shape = (len(paths), storage_size, storage_size, 3)
+    found = cache.load(cache_dir, entry, shape)
+    details["cache"][what] = os.path.join(cache_dir, entry + ".npy")
+    if found is not None:
+        logging.info("%s: %s/ read from the cache %s", os.path.basename(layout.root), what,
+                     details["cache"][what])
+        return found
+    return cache.store(cache_dir, entry, shape,
+                       lambda out: _decode_all(paths, storage_size, out)[1])
+
+
+def _read_split(layout: FolderLayout, what: str, storage_size, skip_bad_images, details,
+                cache_dir=None) -> Split:
     files = layout.files[what]
     paths = [p for p, _ in files]
     labels = np.array([label for _, label in files], np.int64)
-    images, errors = _decode_all(paths, storage_size)
+    images, errors = _decode_split(layout, what, paths, labels, storage_size, cache_dir, details)
     if errors:
         bad = sorted(errors)
         if not skip_bad_images:
@@ -390,14 +412,15 @@ def _read_split(layout: FolderLayout, what: str, storage_size, skip_bad_images, 
 
 def load_image_folder(root, *, name: str | None = None, seed=0, storage_size: int | None = None,
                       split=None, val_fraction: float = 0.1, train_fraction: float = 1.0,
-                      skip_bad_images: bool = False) -> FolderDataset:
+                      skip_bad_images: bool = False, cache_dir: str | None = None) -> FolderDataset:
     """Read an image folder into a FolderDataset of uint8 (N, S, S, 3) splits.
 
     `storage_size` S: the side every image is resized to (the caller passes
     plan.resize_size(image_size)); None keeps the files' size, which must
     then be the same for all. `split`: (train, val, test) fractions to carve
     missing splits with. `train_fraction`: a seeded stratified subset of train.
-    `seed` fixes the carving and the train_fraction draw.
+    `seed` fixes the carving and the train_fraction draw. `cache_dir`: keep the
+    decoded splits there, memory-mapped (datasets/cache.py; needs storage_size).
     See the module docstring for the layout and conversion rules.
     """
     start = time.perf_counter()
@@ -423,10 +446,12 @@ def load_image_folder(root, *, name: str | None = None, seed=0, storage_size: in
         "skipped_bad_images": 0,
         "bad_image_examples": [],
         "storage_size": storage_size,
+        "cache": {},
     }
     splits = {}
     for what in layout.files:
-        splits[what] = _read_split(layout, what, storage_size, skip_bad_images, details)
+        splits[what] = _read_split(layout, what, storage_size, skip_bad_images, details,
+                                   cache_dir)
         details["images_read"][what] = len(splits[what])
     if not storage_size and len({s.image_shape for s in splits.values()}) > 1:
         shapes = ", ".join(f"{w} {s.image_shape[1]}x{s.image_shape[0]}" for w, s in splits.items())

@@ -3,15 +3,24 @@
 Instead of materialising resized copies, each batch is gathered at its original
 resolution and `tf.image.crop_and_resize` samples the plan's crop boxes straight
 from it (corner-aligned bilinear), on the host.
+
+A split of up to STREAM_BYTES becomes one tensor that the pipeline's graph
+captures. A larger one (typically a memory-mapped image-folder cache) is never
+copied whole: each batch is gathered from the numpy array, so only the pages it
+touches are read, graphs stay far from their 2 GB limit, and a strategy that
+distributes the dataset copies no images.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from lth_keras.datasets.plan import InputPlan, channel_stats, resize_size  # noqa: F401
 
 __all__ = ["InputPipeline", "channel_stats", "resize_size"]
+
+STREAM_BYTES = 256 << 20
 
 
 class InputPipeline(InputPlan):
@@ -20,7 +29,7 @@ class InputPipeline(InputPlan):
     def __init__(self, dataset, *, image_size, batch_size, seed, stats=None):
         super().__init__(dataset, image_size=image_size, batch_size=batch_size, seed=seed,
                          stats=stats)
-        self._tensors = {}   # split -> (images, labels) tensors, created once per split
+        self._tensors = {}   # split -> (gather, labels, channels), made once per split
         self._evaluation = {}
         self._options = tf.data.Options()
         self._options.deterministic = True
@@ -35,26 +44,44 @@ class InputPipeline(InputPlan):
 
     # -- the batch function -------------------------------------------------
 
-    def _split_tensors(self, split: str):
-        # The arrays become tensors once per split and are captured by every
-        # epoch's map function, rather than embedded in each epoch's graph.
+    def _split_gather(self, split: str):
+        """(images of a batch's indices, labels tensor) for a split, made once per split."""
         if split not in self._tensors:
             data = self.split(split)
             with tf.device("/CPU:0"):  # tf.data runs on the host; keep the data there
-                self._tensors[split] = (tf.constant(data.images), tf.constant(data.labels))
+                labels = tf.constant(data.labels)
+                if data.images.nbytes <= STREAM_BYTES:
+                    # One tensor, captured by every epoch's map function rather than
+                    # embedded in each epoch's graph.
+                    images_t = tf.constant(data.images)
+
+                    def gather(indices):
+                        return tf.gather(images_t, indices)
+                else:
+                    array = data.images
+                    shape = [None, *array.shape[1:]]
+
+                    def take(indices):
+                        return np.ascontiguousarray(array[indices])
+
+                    def gather(indices):
+                        batch = tf.numpy_function(take, [indices], tf.uint8, stateful=False)
+                        batch.set_shape(shape)
+                        return batch
+            self._tensors[split] = (gather, labels, data.images.shape[-1])
         return self._tensors[split]
 
     def _batch_fn(self, split: str):
-        images_t, labels_t = self._split_tensors(split)
+        gather, labels_t, channels = self._split_gather(split)
         size = [self.image_size, self.image_size]
-        grayscale = images_t.shape[-1] == 1
+        grayscale = channels == 1
         mean = tf.constant(self.mean.reshape(1, 1, 1, 3))
         std = tf.constant(self.std.reshape(1, 1, 1, 3))
 
         def make_batch(indices, boxes):
             # float32 before cropping: grappler's cost model has no uint8 CropAndResize
             # and logs a warning for every epoch otherwise.
-            images = tf.cast(tf.gather(images_t, indices), tf.float32)
+            images = tf.cast(gather(indices), tf.float32)
             crops = tf.image.crop_and_resize(
                 images, boxes, tf.range(tf.shape(indices)[0]), size, method="bilinear"
             )  # float32 on the 0..255 scale

@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from lth_keras import engines
 from lth_keras.engines import ConfigurationError
+from lth_keras.layers import gradient_masks, mask_gradients
 from lth_keras.training import WorkerError, loss_dtype
 
 STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
@@ -328,6 +329,10 @@ class EpochLoop:
                    if v.path.endswith("/kernel")]
         wd = config.weight_decay
         batch = plan.batch_size
+        # Where each trainable kernel's mask sits among the non-trainable values.
+        position_of = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        masks = [None if m is None else position_of[id(m)]
+                 for m in gradient_masks(model, model.trainable_variables)]
 
         def per_example(labels, logits):
             return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -351,6 +356,8 @@ class EpochLoop:
                 return loss, (new_non_trainable, losses, logits)
 
             grads, (new_non_trainable, losses, logits) = jax.grad(loss_fn, has_aux=True)(trainable)
+            grads = mask_gradients(grads, [None if j is None else non_trainable[j]
+                                           for j in masks])
             new_trainable, new_optimizer_values = optimizer.stateless_apply(
                 optimizer_values, grads, trainable)
             sums = sums + _batch_sums(losses, logits, y)

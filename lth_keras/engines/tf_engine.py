@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from lth_keras import engines
+from lth_keras.layers import gradient_masks, mask_gradients
 from lth_keras.training import WorkerError, loss_dtype
 
 STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
@@ -172,6 +173,7 @@ class EpochLoop:
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         scale_loss = self.loss_scaling
         dtype = loss_dtype()
+        masks = gradient_masks(model, model.trainable_variables)
 
         def step_fn(images, labels):
             with tf.GradientTape() as tape:
@@ -184,7 +186,7 @@ class EpochLoop:
                     # Divided by the replica count because gradients are summed.
                     loss += 0.5 * wd * l2 / strategy.num_replicas_in_sync
                 scaled = optimizer.scale_loss(loss) if scale_loss else loss
-            grads = tape.gradient(scaled, model.trainable_variables)
+            grads = mask_gradients(tape.gradient(scaled, model.trainable_variables), masks)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return _batch_sums(per_example, logits, labels)
 
