@@ -28,7 +28,7 @@ def test_gpu_check_runs_without_tensorflow(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    assert [r["batch"] for r in report["throughput"]] == [16, 32]
+    assert [r["batch"] for r in report["throughput"]] == [32, 16]
     for row in report["throughput"]:
         assert row["loop_images_per_s"] > 0 and row["bare_images_per_s"] > 0
         assert row["loop_over_bare"] > 0

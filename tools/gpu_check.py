@@ -32,8 +32,12 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# JAX takes 75% of a GPU's memory when it starts; this process and the binaries it runs
+# share one GPU, so each may take 40% (ResNet-50 at batch 128 in bfloat16 needs ~20 GB).
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
@@ -45,12 +49,15 @@ flags.DEFINE_string("output", "outputs/gpu_check", "Directory for gpu_check.json
 flags.DEFINE_bool("tiny", False, "CPU-size check: ResNet-20 at 32 px, small data, few steps.")
 flags.DEFINE_string("model", "resnet50", "Model of both parts.")
 flags.DEFINE_integer("image_size", 224, "Crop size.")
-flags.DEFINE_list("batch_sizes", ["64", "128"], "Global batch sizes of the throughput part.")
+flags.DEFINE_list("batch_sizes", ["128", "64"],
+                  "Global batch sizes of the throughput part, in the order run (the first "
+                  "before the end-to-end part, so that a run cut short keeps it).")
 flags.DEFINE_integer("train_images", 4096, "Synthetic device-resident training images.")
 flags.DEFINE_integer("epochs", 3, "Timed epochs of the engine loop (after one warm-up epoch).")
 flags.DEFINE_integer("bare_steps", 30, "Steps of each of the 3 timed blocks of the bare step.")
 flags.DEFINE_bool("mixed_precision", True, "bfloat16 compute.")
 flags.DEFINE_bool("end_to_end", True, "Run find_tickets and transfer on histology_nuclei.")
+flags.DEFINE_integer("binary_timeout", 300, "Seconds each binary of the end-to-end part may take.")
 
 FLAGS = flags.FLAGS
 LOOP_TARGET = 0.95
@@ -62,7 +69,7 @@ def _precision():
 
 def _apply_tiny():
     if FLAGS.tiny:
-        for name, value in (("model", "resnet20"), ("image_size", 32), ("batch_sizes", ["16", "32"]),
+        for name, value in (("model", "resnet20"), ("image_size", 32), ("batch_sizes", ["32", "16"]),
                             ("train_images", 256), ("epochs", 2), ("bare_steps", 5)):
             if not FLAGS[name].present:
                 FLAGS[name].value = value
@@ -134,41 +141,38 @@ def bare_step_seconds(model, optimizer, batch):
     return statistics.median(blocks), compile_s
 
 
-def throughput(runtime):
+def throughput(runtime, dataset, model, batch):
+    """One batch size's row: the engine's epoch loop against the bare step."""
     from lth_keras import training
-    from lth_keras.datasets import InputPlan, resize_size
+    from lth_keras.datasets import InputPlan
 
-    dataset = synthetic_dataset(FLAGS.train_images, resize_size(FLAGS.image_size))
-    model = masked_model(runtime, dataset.num_classes)
-    rows = []
-    for batch in (int(b) for b in FLAGS.batch_sizes):
-        plan = InputPlan(dataset, image_size=FLAGS.image_size, batch_size=batch, seed=0)
-        trainer = training.Trainer(model, plan, training.TrainingConfig(), runtime,
-                                   verbose=False)
+    plan = InputPlan(dataset, image_size=FLAGS.image_size, batch_size=batch, seed=0)
+    trainer = training.Trainer(model, plan, training.TrainingConfig(), runtime,
+                               verbose=False)
+    start = time.perf_counter()
+    trainer.loop.train_epoch(0)  # compiles; uploads the dataset once
+    first_s = time.perf_counter() - start
+    epochs = []
+    for epoch in range(1, FLAGS.epochs + 1):
         start = time.perf_counter()
-        trainer.loop.train_epoch(0)  # compiles; uploads the dataset once
-        first_s = time.perf_counter() - start
-        epochs = []
-        for epoch in range(1, FLAGS.epochs + 1):
-            start = time.perf_counter()
-            trainer.loop.train_epoch(epoch)
-            epochs.append(time.perf_counter() - start)
-        step_s = statistics.median(epochs) / plan.steps_per_epoch
-        bare_s, bare_compile_s = bare_step_seconds(model, trainer.optimizer, batch)
-        rows.append({"batch": batch, "steps_per_epoch": plan.steps_per_epoch,
-                     "loop_step_s": step_s, "loop_images_per_s": batch / step_s,
-                     "loop_first_epoch_s": first_s, "bare_step_s": bare_s,
-                     "bare_images_per_s": batch / bare_s, "bare_compile_s": bare_compile_s,
-                     "loop_over_bare": bare_s / step_s})
-        print(f"[gpu_check] batch {batch}: loop {batch / step_s:,.0f} img/s, bare "
-              f"{batch / bare_s:,.0f} img/s", file=sys.stderr, flush=True)
-    return rows
+        trainer.loop.train_epoch(epoch)
+        epochs.append(time.perf_counter() - start)
+    step_s = statistics.median(epochs) / plan.steps_per_epoch
+    bare_s, bare_compile_s = bare_step_seconds(model, trainer.optimizer, batch)
+    row = {"batch": batch, "steps_per_epoch": plan.steps_per_epoch,
+           "loop_step_s": step_s, "loop_images_per_s": batch / step_s,
+           "loop_first_epoch_s": first_s, "bare_step_s": bare_s,
+           "bare_images_per_s": batch / bare_s, "bare_compile_s": bare_compile_s,
+           "loop_over_bare": bare_s / step_s}
+    print(f"[gpu_check] batch {batch}: loop {batch / step_s:,.0f} img/s, bare "
+          f"{batch / bare_s:,.0f} img/s", file=sys.stderr, flush=True)
+    return row
 
 
 def _run(module, *args):
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, env={**os.environ, "KERAS_BACKEND": "jax"},
+                          text=True, timeout=FLAGS.binary_timeout, env={**os.environ, "KERAS_BACKEND": "jax"},
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return proc, time.perf_counter() - start
 
@@ -189,7 +193,7 @@ def end_to_end(work):
                            "--rewind_epoch=0", f"--output_dir={tickets}", *common)
     result = {"find_tickets_s": tickets_s, "find_tickets_exit": proc.returncode}
     if proc.returncode != 0:
-        return {**result, "error": proc.stderr.strip().splitlines()[-1:]}
+        return {**result, "error": " / ".join(proc.stderr.strip().splitlines()[-3:])}
     run = lottery.TicketRun(tickets)
     masks0, masks1, theta_i = run.mask(0), run.mask(1), run.theta_i(1)
     alive0 = sum(int(m.sum()) for m in masks0.values())
@@ -200,13 +204,18 @@ def end_to_end(work):
                   survivors_expected=pruning.survivors(alive0, 0.2),
                   masks_binary=binary, pruned_weights_zero=zeros,
                   level_test_accuracy=[run.metrics(level)["test"]["accuracy"]
-                                       for level in run.finished_levels()])
+                                       for level in run.finished_levels()],
+                  # Training images per second of each level's epochs, as metrics.json
+                  # records them (one epoch each, so compilation is in level 0's).
+                  level_images_per_s=[run.metrics(level)["cost"]["images"]
+                                      / run.metrics(level)["cost"]["seconds"]
+                                      for level in run.finished_levels()])
     out = os.path.join(work, "transfer")
     proc, transfer_s = _run("lth_keras.transfer", f"--tickets={tickets}", f"--target={target}",
                             "--levels=1", f"--output_dir={out}", *common[2:])
     result.update(transfer_s=transfer_s, transfer_exit=proc.returncode)
     if proc.returncode != 0:
-        return {**result, "error": proc.stderr.strip().splitlines()[-1:]}
+        return {**result, "error": " / ".join(proc.stderr.strip().splitlines()[-3:])}
     tuned = fine_tuning.TransferRun(out).weights(1)
     result["transfer_mask_is_ticket"] = all(
         np.array_equal(tuned[k.rsplit("/", 1)[0] + "/mask"], m) for k, m in masks1.items())
@@ -224,6 +233,9 @@ def format_table(report):
              "| check | batch | result | bare jitted step | loop / bare | target |",
              "|---|---:|---:|---:|---:|---|"]
     for r in report["throughput"]:
+        if "error" in r:
+            lines.append(f"| engine epoch loop | {r['batch']} | FAILED: {r['error']} | | | |")
+            continue
         verdict = ""
         if r["batch"] == 128:
             verdict = f"≥ {LOOP_TARGET}: {'ok' if r['loop_over_bare'] >= LOOP_TARGET else 'MISSED'}"
@@ -241,12 +253,35 @@ def format_table(report):
             lines.append(f"| find_tickets, levels 0-1, 1 epoch each | 64 | "
                          f"{e2e['find_tickets_s']:.0f} s, {e2e['survivors']:,} survivors "
                          f"(expected {e2e['survivors_expected']:,}), pruned weights 0: "
-                         f"{e2e['pruned_weights_zero']} | | | {'ok' if ok else 'FAILED'} |")
+                         f"{e2e['pruned_weights_zero']}; level 1 trains at "
+                         f"{e2e['level_images_per_s'][-1]:,.0f} img/s | | | "
+                         f"{'ok' if ok else 'FAILED'} |")
             lines.append(f"| transfer, level 1 | 64 | {e2e['transfer_s']:.0f} s, mask = "
                          f"ticket's: {e2e['transfer_mask_is_ticket']} | | | "
                          f"{'ok' if e2e['transfer_mask_is_ticket'] else 'FAILED'} |")
     lines.append(f"\nwall time {report['seconds']:.0f} s")
     return "\n".join(lines) + "\n"
+
+
+def _write(report, start):
+    """The report so far: a run cut short by its time limit keeps what it measured."""
+    from lth_keras import artifacts
+
+    report["seconds"] = time.time() - start
+    table = format_table(report)
+    artifacts.write_json(os.path.join(FLAGS.output, "gpu_check.json"), report)
+    artifacts.write_bytes(os.path.join(FLAGS.output, "gpu_check.md"), table.encode())
+    return table
+
+
+def _guarded(part, fn):
+    """fn()'s result, or its error as one line: one failing part must not lose the rest."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - reported in the table, and the exit code
+        print(f"[gpu_check] {part} failed: {traceback.format_exc()}", file=sys.stderr,
+              flush=True)
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
 
 def main(argv):
@@ -260,26 +295,33 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     start = time.time()
     from lth_keras import artifacts, engines
+    from lth_keras.datasets import resize_size
 
     report = {"model": FLAGS.model, "image_size": FLAGS.image_size,
-              "mixed_precision": FLAGS.mixed_precision, "train_images": FLAGS.train_images}
-    if FLAGS.end_to_end:
-        # First, while this process holds no device memory (JAX takes most of a GPU's
-        # memory when it starts), the binaries run in their own processes.
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as work:
-            report["end_to_end"] = end_to_end(work)
-        print(f"[gpu_check] end to end: {json.dumps(report['end_to_end'])}", file=sys.stderr,
-              flush=True)
+              "mixed_precision": FLAGS.mixed_precision, "train_images": FLAGS.train_images,
+              "throughput": []}
     runtime = engines.setup(seed=0, mixed_precision=_precision())
     report["environment"] = artifacts.environment_record(runtime)
-    report["throughput"] = throughput(runtime)
-    report["seconds"] = time.time() - start
-    table = format_table(report)
-    artifacts.write_json(os.path.join(FLAGS.output, "gpu_check.json"), report)
-    artifacts.write_bytes(os.path.join(FLAGS.output, "gpu_check.md"), table.encode())
+    dataset = synthetic_dataset(FLAGS.train_images, resize_size(FLAGS.image_size))
+    model = masked_model(runtime, dataset.num_classes)
+    batches = [int(b) for b in FLAGS.batch_sizes]
+    for i, batch in enumerate(batches):
+        row = _guarded(f"batch {batch}", lambda: throughput(runtime, dataset, model, batch))
+        report["throughput"].append({"batch": batch, **row})
+        _write(report, start)
+        if i == 0 and FLAGS.end_to_end:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as work:
+                report["end_to_end"] = _guarded("end to end", lambda: end_to_end(work))
+            print(f"[gpu_check] end to end: {json.dumps(report['end_to_end'])}",
+                  file=sys.stderr, flush=True)
+            _write(report, start)
+    table = _write(report, start)
     print(table, end="")
+    failed = [r for r in report["throughput"] if "error" in r] + [
+        e for e in [report.get("end_to_end")] if e and "error" in e]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
