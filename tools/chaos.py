@@ -15,7 +15,6 @@ Exit status 0 when all holds; the report goes to <workdir>/chaos.json.
 
 import argparse
 import glob
-import json
 import os
 import random
 import signal
