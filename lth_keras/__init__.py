@@ -1,3 +1,19 @@
-"""lth_keras: lottery tickets found on natural images, transferred to non-natural ones."""
+"""lth_keras: lottery tickets found on natural images, transferred to non-natural ones.
 
-__version__ = "0.2.0"
+The Python API (lth_keras/api.py): lth_keras.find_tickets, transfer, experiment and
+analyze; settings objects in lth_keras.settings. Imported on first use, so that
+`import lth_keras` stays light.
+"""
+
+__version__ = "0.3.0"
+
+API = ("find_tickets", "transfer", "experiment", "analyze")
+
+
+def __getattr__(name):
+    # The binaries share these names (python -m lth_keras.find_tickets): run as
+    # __main__ they never become attributes here, so the functions are found.
+    if name in API:
+        from lth_keras import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'lth_keras' has no attribute {name!r}")

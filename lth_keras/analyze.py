@@ -48,24 +48,18 @@ def main(argv):
     cli.check(FLAGS.runs, "--runs is required: directories holding run directories")
     levels = _overlap_levels(FLAGS.overlap_levels)
 
-    from lth_keras import artifacts, runs
-    from lth_keras.analysis import report
+    from lth_keras import api, runs
 
     output_dir = FLAGS.output_dir or os.path.join(runs.OUTPUT_ROOT, "analysis")
-    result = report.analyze(FLAGS.runs, natural=FLAGS.natural_sources,
-                            density_runs=[FLAGS.density_run] if FLAGS.density_run else None,
-                            overlap=FLAGS.mask_overlap, overlap_levels=levels)
-    written = []
-    for name, data in result.files.items():
-        path = os.path.join(output_dir, name)
-        artifacts.write_bytes(path, data)
-        written.append(path)
+    result = api.analyze(FLAGS.runs, natural_sources=FLAGS.natural_sources,
+                         density_run=FLAGS.density_run, mask_overlap=FLAGS.mask_overlap,
+                         overlap_levels=levels, output_dir=output_dir)
     print(result.table2_markdown)
     for note in result.notes:
         print(f"note: {note}")
     print("wrote:")
-    for path in written:
-        print(f"  {path}")
+    for name in result.files:
+        print(f"  {os.path.join(output_dir, name)}")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,18 @@ Conditions (PROTOCOL.md "Transfer"):
 
 import dataclasses
 import os
+import signal
+import subprocess
+import sys
+import time
 
-from lth_keras import artifacts
+from lth_keras import artifacts, settings
 from lth_keras.datasets.sources import SOURCES
 from lth_keras.runs import RunDirectory
 
-CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "scratch", "related",
-              "train_fractions")
+CONDITIONS = settings.GRID_CONDITIONS
 DONE, PARTIAL, PENDING = "done", "partial", "pending"
+DEFAULT_ROOT = os.path.join("outputs", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +124,13 @@ def shard(runs, task_index, num_tasks):
     return [run for i, run in enumerate(runs) if i % num_tasks == task_index]
 
 
-def state(run, root):
+def state(run, root, rounds=None):
     """DONE, PARTIAL or PENDING, from what the run directory holds.
 
-    A find_tickets run is done when its levels 0..rounds are finished (rounds as
-    its config recorded); a transfer run when every level it chose is.
+    A find_tickets run is done when its levels 0..rounds are finished, with rounds the
+    larger of what its record says (a resumed run records its latest) and `rounds` (the
+    grid's preset: raising it there extends every ticket run); a transfer run is done
+    when every level it chose is.
     """
     path = run.directory(root)
     if not os.path.exists(os.path.join(path, "config.json")):
@@ -132,9 +138,164 @@ def state(run, root):
     directory = RunDirectory(path)
     try:
         config = directory.config()
-        wanted = (range(config["flags"]["rounds"] + 1) if run.binary == "find_tickets"
-                  else config["levels"])
-    except (artifacts.ArtifactError, KeyError) as e:
+        if run.binary == "find_tickets":
+            recorded = (config["settings"]["pruning"]["rounds"] if "settings" in config
+                        else config["flags"]["rounds"])  # records before identity version 2
+            wanted = range(max(recorded, rounds or 0) + 1)
+        else:
+            wanted = config["levels"]
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
         raise artifacts.ArtifactError(f"{path}: unreadable run record ({e})")
     finished = set(directory.finished_levels())
     return DONE if set(wanted) <= finished else PARTIAL
+
+
+# --- running the grid -----------------------------------------------------------------
+
+def forwarded_fields():
+    """Settings given to the grid that it passes on to every run: the common groups'
+    fields but those it sets per run (seed, train_fraction, output_dir, model, size)."""
+    return {f.name for group in settings.COMMON for f in dataclasses.fields(group)
+            if not f.metadata["per_run"]}
+
+
+def task(grid):
+    """(task_index, num_tasks) from the settings or Slurm's job-array variables."""
+    env = os.environ
+    index = grid.task_index
+    if index is None and "SLURM_ARRAY_TASK_ID" in env:
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+    count = grid.num_tasks
+    if count is None:
+        count = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
+    index = 0 if index is None else index
+    if not (count >= 1 and 0 <= index < count):
+        raise settings.SettingsError(f"task index {index} is not in [0, {count}): check "
+                                     "--task_index/--num_tasks")
+    return index, count
+
+
+def runs_of(grid):
+    grid.check()
+    try:
+        return expand(sources=grid.sources, targets=grid.targets, seeds=grid.seeds,
+                      conditions=grid.conditions,
+                      related=[tuple(pair.split(":")) for pair in grid.related],
+                      train_fractions=grid.train_fractions,
+                      transfer_levels=grid.transfer_levels)
+    except ValueError as e:
+        raise settings.SettingsError(str(e))
+
+
+def _command(run, root, presets, forwarded):
+    return [sys.executable, "-m", f"lth_keras.{run.binary}",
+            f"--flagfile={presets[run.binary]}", *forwarded, *run.command_args(root)]
+
+
+def _die_with_parent():
+    # A child of a killed grid would train on unseen; Linux can tie it to us.
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _wait_for(needs, is_done, deadline):
+    """The needed runs not done by the deadline (polling while another task works)."""
+    while True:
+        missing = [n for n in needs if not is_done(n)]
+        if not missing or time.time() >= deadline:
+            return missing
+        time.sleep(min(30.0, max(0.0, deadline - time.time())))
+
+
+def _execute(mine, root, states, presets, forwarded, wait_for_inputs):
+    os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+    failed, waiting = [], []
+    for i, run in enumerate(mine, start=1):
+        tag = f"[{i}/{len(mine)}] {run.name}"
+        if states(run.name) == DONE:
+            print(f"{tag}: done, skipped", flush=True)
+            continue
+        missing = _wait_for(run.needs, lambda n: states(n) == DONE,
+                            time.time() + wait_for_inputs)
+        if missing:
+            reason = ("failed above" if any(m in failed for m in missing)
+                      else "not finished yet (another task makes it); re-run this task later")
+            print(f"{tag}: skipped, its tickets {', '.join(missing)} are {reason}", flush=True)
+            waiting.append(run.name)
+            continue
+        log_path = os.path.join(root, "logs", run.name.replace("/", "__") + ".log")
+        print(f"{tag}: running {run.binary} (log: {log_path})", flush=True)
+        start = time.time()
+        with open(log_path, "ab") as log:
+            code = subprocess.call(_command(run, root, presets, forwarded), stdout=log,
+                                   stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        if code == 0:
+            print(f"{tag}: finished in {time.time() - start:.0f} s", flush=True)
+        else:
+            with open(log_path, errors="replace") as log:
+                last = ([line for line in log.read().splitlines() if line.strip()] or [""])[-1]
+            print(f"{tag}: FAILED (exit {code}): {last}", flush=True)
+            failed.append(run.name)
+    return failed, waiting
+
+
+def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
+    """Runs this task's share of the grid (or only lists it, printing a table); returns
+    one row per run of the whole grid: {"run", "binary", "state", "task", "needs"}.
+
+    `forwarded` are command-line settings for every run (see forwarded_fields).
+    """
+    runs = runs_of(grid)
+    index, count = task(grid)
+    root = run_settings.output_dir or DEFAULT_ROOT
+    by_name = {run.name: run for run in runs}
+    task_of = {run.name: i % count for i, run in enumerate(runs)}
+    mine = shard(runs, index, count)
+    presets = {}
+    for binary, flag in (("find_tickets", "tickets_flagfile"),
+                         ("transfer", "transfer_flagfile")):
+        path = getattr(grid, flag)
+        if not os.path.isfile(path):
+            raise settings.SettingsError(f"--{flag}={path}: no such file")
+        presets[binary] = os.path.abspath(path)
+    # The rounds every ticket run is to reach: the tickets preset's, as the runs get it.
+    rounds = settings.parse(settings.FIND_TICKETS, [f"--flagfile={presets['find_tickets']}",
+                                                    *forwarded])[settings.Pruning].rounds
+
+    def states(name):
+        return state(by_name[name], root, rounds)
+
+    def rows():
+        return [{"run": run.name, "binary": run.binary, "state": states(run.name),
+                 "task": task_of[run.name], "needs": list(run.needs)} for run in runs]
+
+    if list_only:
+        table = rows()
+        width = max(len(run.name) for run in runs)
+        print(f"{'run':<{width}}  {'state':<7}  task  needs")
+        for row in table:
+            print(f"{row['run']:<{width}}  {row['state']:<7}  {row['task']:>4}  "
+                  f"{', '.join(row['needs'])}")
+        states_list = [row["state"] for row in table]
+        print(f"{len(runs)} runs: " + ", ".join(f"{states_list.count(s)} {s}" for s in
+                                                (DONE, PARTIAL, PENDING)))
+        return table
+
+    print(f"grid: {len(runs)} runs under {root}; task {index} of {count} has {len(mine)}",
+          flush=True)
+    failed, waiting = _execute(mine, root, states, presets, list(forwarded),
+                               grid.wait_for_inputs)
+    if waiting:
+        print(f"{len(waiting)} run(s) wait for tickets of other tasks: re-run this task "
+              "when they are done (finished runs are skipped)")
+    if failed:
+        raise GridError(f"{len(failed)} run(s) failed: {', '.join(failed)}; see their logs "
+                        f"under {os.path.join(root, 'logs')}")
+    return rows()
+
+
+class GridError(RuntimeError):
+    """Runs of the grid failed (each has its log); one line for the user."""

@@ -1,24 +1,23 @@
 """Run records: what a run directory was made with, and refusing to mix runs.
 
-config.json holds every flag, the hash of the flags that define the result,
-package versions, the dataset summary (with its fingerprint) and the input
-normalisation. A re-run into the same directory must have the same hash and
-the same data fingerprint, or it is refused.
+config.json holds every setting, the run's identity (the result-defining settings
+that differ from their defaults, and the data fingerprint) and its hash, package
+versions, the dataset summary and the input normalisation. A re-run into the same
+directory must have the same identity, or it is refused.
 """
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
 import os
 import re
-import sys
 
-from absl import flags
+from absl import logging
 
-from lth_keras import artifacts
+from lth_keras import artifacts, settings
 
-FLAGS = flags.FLAGS
 OUTPUT_ROOT = "outputs"
 
 
@@ -93,6 +92,10 @@ class RunDirectory:
             os.remove(checkpoint)
         return self.write_summary()
 
+    def summary(self):
+        """One row per finished level (the columns of summary.csv)."""
+        return [self._summary_row(level) for level in self.finished_levels()]
+
     def write_summary(self, columns, row, format_rows):
         """summary.csv and summary.md with one row(level) per finished level."""
         rows = [row(level) for level in self.finished_levels()]
@@ -165,54 +168,101 @@ def default_dir(kind, name):
 
 
 def hparams_hash(values):
-    """A short, stable hash of {flag: value}."""
+    """The hash of a run before identity version 2: every result flag as spelled."""
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def our_flags():
-    """Every flag of lth_keras and of the running binary, with its value."""
-    ours = {}
-    for module, module_flags in FLAGS.flags_by_module_dict().items():
-        if "lth_keras" in module or module == sys.argv[0]:
-            ours.update({f.name: f.value for f in module_flags})
-    return dict(sorted(ours.items()))
+# Before identity version 2 (lth_keras 0.2), a run was named by the hash of these flags'
+# values as spelled on the command line; such runs are recognised and their records
+# brought up to date when they resume (`start`).
+LEGACY_RESULT_FLAGS = {
+    "find_tickets": ("source", "model", "image_size", "train_fraction", "val_fraction", "split",
+                     "bn_momentum", "seed", "batch_size", "learning_rate", "momentum",
+                     "weight_decay", "lr_decay", "lr_boundaries", "max_epochs", "patience",
+                     "prune_rate", "rewind_epoch", "pruning", "mixed_precision"),
+    "transfer": ("target", "model", "image_size", "train_fraction", "val_fraction", "split",
+                 "bn_momentum", "seed", "batch_size", "learning_rate", "momentum",
+                 "weight_decay", "lr_decay", "lr_boundaries", "max_epochs", "patience",
+                 "mixed_precision"),
+}
 
 
-def start(config_path, *, kind, flag_names, dataset, plan, runtime, extra=None,
-          extra_hparams=None):
+def legacy_hparams(kind, groups, extra=None):
+    """What a run of these settings recorded as its hparams before identity version 2."""
+    values = {}
+    for obj in groups.values():
+        for name, value in dataclasses.asdict(obj).items():
+            values[name] = [str(v) for v in value] if isinstance(value, tuple) else value
+    return {**{name: values[name] for name in LEGACY_RESULT_FLAGS[kind]}, **(extra or {})}
+
+
+def run_id(config):
+    """A run's lasting identifier: its first hash (records migrated from before identity
+    version 2 keep their old one as legacy_hash), by which transfers name their tickets."""
+    return config.get("legacy_hash") or config["hparams_hash"]
+
+
+def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
+          identity_extra=None, legacy=None):
     """Writes config.json for a new run, or checks that a re-run matches it.
 
-    The hparams are the values of `flag_names` plus `extra_hparams` (settings that
-    are not flags, such as the ticket run a transfer reads).
+    `groups` is {settings group: object}; the run's identity is the result-defining
+    settings that differ from their defaults, the data fingerprint and `identity_extra`
+    (a transfer's condition and ticket run). A re-run may change what does not define
+    the result (rounds, devices, output): the record is updated to say so. `legacy` is
+    the run's hparams as a record from before identity version 2 had them.
     """
     from lth_keras.cli import UserError
 
-    hparams = {name: FLAGS[name].value for name in flag_names}
-    hparams.update(extra_hparams or {})
+    identity_extra = identity_extra or {}
+    ident = settings.identity(groups, dataset.fingerprint(), **identity_extra)
     record = {
         "kind": kind,
-        "hparams": hparams,
-        "hparams_hash": hparams_hash(hparams),
-        "flags": our_flags(),
+        "hparams": {**settings.result_values(groups), **identity_extra},
+        "hparams_hash": settings.identity_hash(ident),
+        "identity": ident,
+        "settings": settings.record(groups),
         "dataset": dataset.summary(),
         "input": plan.describe(),
         "replicas": runtime.num_replicas,
         "environment": artifacts.environment_record(runtime),
         **(extra or {}),
     }
-    if os.path.exists(config_path):
-        # Only one process writes a run directory: leftovers are from a killed one.
-        artifacts.remove_stale_temp_files(os.path.dirname(config_path))
-        stored = artifacts.read_json(config_path)
-        if stored.get("hparams_hash") != record["hparams_hash"]:
-            changed = sorted(k for k in hparams if stored["hparams"].get(k) != hparams[k])
-            raise UserError(
-                f"{os.path.dirname(config_path)} holds a run with other settings "
-                f"(differs in: {', '.join(changed) or 'flag set'}); choose another --output_dir")
-        if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:
-            raise UserError(f"{os.path.dirname(config_path)} was made from other data "
-                            "(dataset fingerprint differs); choose another --output_dir")
-        return stored
-    artifacts.write_json(config_path, record)
-    return record
+    if not os.path.exists(config_path):
+        artifacts.write_json(config_path, record)
+        return record
+    where = os.path.dirname(config_path)
+    # Only one process writes a run directory: leftovers are from a killed one.
+    artifacts.remove_stale_temp_files(where)
+    stored = artifacts.read_json(config_path)
+    if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:
+        raise UserError(f"{where} was made from other data (dataset fingerprint differs); "
+                        "choose another --output_dir")
+    if "identity" in stored:
+        old, new = stored["identity"], ident
+        if stored["hparams_hash"] != record["hparams_hash"]:
+            changed = sorted(k for k in {**old["changed"], **new["changed"]}
+                             if old["changed"].get(k) != new["changed"].get(k))
+            changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
+            raise UserError(f"{where} holds a run with other settings (differs in: "
+                            f"{', '.join(changed) or 'identity version'}); choose another "
+                            "--output_dir")
+        updated = {**stored, "settings": record["settings"], **(extra or {})}
+    else:
+        legacy = legacy or {}
+        if stored.get("hparams_hash") != hparams_hash(legacy):
+            changed = sorted(k for k in {**stored["hparams"], **legacy}
+                             if stored["hparams"].get(k) != legacy.get(k))
+            raise UserError(f"{where} holds a run with other settings (differs in: "
+                            f"{', '.join(changed) or 'flag set'}); choose another --output_dir")
+        # A run from before identity version 2: the same settings, so it continues under
+        # an up-to-date record that keeps its old hash.
+        updated = {**record, "legacy_hash": stored["hparams_hash"],
+                   "environment": stored.get("environment", record["environment"])}
+        logging.info("%s: run record brought to identity version %d (hash %s, was %s)",
+                     where, settings.IDENTITY_VERSION, record["hparams_hash"],
+                     stored["hparams_hash"])
+    if updated != stored:
+        artifacts.write_json(config_path, updated)
+    return updated

@@ -1040,18 +1040,6 @@ def main(argv):
           f"({report['seconds']:.0f} s)")
 
 
-def _read_flagfile(path):
-    """{name: value} of an absl flagfile (lists stay comma-separated strings)."""
-    values = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("--") and "=" in line:
-                name, _, value = line[2:].partition("=")
-                values[name] = value
-    return values
-
-
 def paper_cost():
     """Markdown: images, FLOPs and hours of flags/paper.cfg's ticket search and of
     flags/paper_grid.cfg, at --paper_images_per_s."""
@@ -1059,34 +1047,32 @@ def paper_cost():
 
     from lth_keras import costs, grid, models
 
+    from lth_keras import settings
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    preset = _read_flagfile(os.path.join(root, "flags", "paper.cfg"))
-    paper_grid = _read_flagfile(os.path.join(root, "flags", "paper_grid.cfg"))
-    size = int(preset["image_size"])
-    model = models.build_model(preset["model"], input_shape=(size, size, 3), num_classes=10,
-                               seed=0)
+    preset = settings.parse(settings.FIND_TICKETS,
+                            [f"--flagfile={os.path.join(root, 'flags', 'paper.cfg')}"])
+    paper_grid = settings.parse(settings.EXPERIMENT,
+                                [f"--flagfile={os.path.join(root, 'flags', 'paper_grid.cfg')}"]
+                                )[settings.Grid]
+    model_settings, data = preset[settings.Model], preset[settings.Data]
+    pruning, size = preset[settings.Pruning], preset[settings.Model].image_size
+    model = models.build_model(model_settings.model, input_shape=(size, size, 3),
+                               num_classes=10, seed=0)
     flops = costs.forward_flops(model)
     head = 2 * int(np.prod(model.get_layer(models.HEAD_NAME).kernel.shape))
-    epochs = FLAGS.paper_epochs or int(preset["max_epochs"])
-    common = dict(rounds=int(preset["rounds"]), epochs_per_level=epochs,
+    epochs = FLAGS.paper_epochs or preset[settings.Training].max_epochs
+    common = dict(rounds=pruning.rounds, epochs_per_level=epochs,
                   forward=flops["dense"], prunable=flops["dense"] - head,
-                  prune_rate=float(preset["prune_rate"]),
-                  val_fraction=float(preset["val_fraction"]),
-                  source_train_fraction=float(preset["train_fraction"]))
-
-    def listed(key):
-        return [x for x in paper_grid.get(key, "").split(",") if x]
-
-    runs = grid.expand(sources=listed("sources"), targets=listed("targets"),
-                       seeds=[int(x) for x in listed("seeds")], conditions=listed("conditions"),
-                       related=[tuple(p.split(":")) for p in listed("related")],
-                       train_fractions=[float(x) for x in listed("train_fractions")])
+                  prune_rate=pruning.prune_rate, val_fraction=data.val_fraction,
+                  source_train_fraction=data.train_fraction)
+    runs = grid.runs_of(paper_grid)
     search = [r for r in runs if r.name == "tickets/cifar10-seed0"]
     rows = [("one ticket search (CIFAR-10, one seed)", costs.grid_cost(search, **common)),
             (f"the paper grid ({len(runs)} runs)", costs.grid_cost(runs, **common))]
     rates = [float(r) for r in FLAGS.paper_images_per_s]
-    lines = [f"# What the paper's protocol costs: {preset['model']} at {size} px, "
-             f"{int(preset['rounds']) + 1} levels, {epochs} epochs per level",
+    lines = [f"# What the paper's protocol costs: {model_settings.model} at {size} px, "
+             f"{pruning.rounds + 1} levels, {epochs} epochs per level",
              "", f"Forward pass: {costs.format_flops(flops['dense'])} per image; training "
              f"counts {costs.TRAINING_PASSES} passes. Masked FLOPs assume every prunable "
              "layer at the level's density (what sparse kernels could save; dense GPU kernels "

@@ -15,7 +15,7 @@ import numbers
 import os
 import re
 
-from lth_keras import artifacts
+from lth_keras import artifacts, settings
 
 KINDS = ("find_tickets", "transfer")
 CONDITIONS = ("rewind", "final", "reinit", "scratch")  # as fine_tuning.CONDITIONS
@@ -65,6 +65,12 @@ class Run:
     levels: dict  # {level: Level}, finished levels only
     tickets_hash: str | None = None  # transfer: hparams_hash of the ticket run
     tickets_path: str | None = None  # transfer: where the ticket run was
+    legacy_hash: str | None = None   # its hash before identity version 2, if migrated
+
+    @property
+    def ids(self):
+        """The hashes a transfer may name this run by."""
+        return {self.hparams_hash, self.legacy_hash} - {None}
 
     @property
     def name(self):
@@ -116,14 +122,16 @@ def read_run(path):
     if kind not in KINDS:
         raise AnalysisError(f"{config_path}: unknown run kind {kind!r} (expected "
                             f"{' or '.join(KINDS)})")
-    hparams = field.get("hparams", dict)
+    # Records before identity version 2 kept list settings as the flags' strings.
+    hparams = settings.typed_values(field.get("hparams", dict))
     hp = _Fields(config_path, hparams, prefix="hparams.")
     dataset = field.get("dataset", dict)
     dataset_name = _Fields(config_path, dataset, prefix="dataset.").get("name", str)
     # The dataset enters the setting by name: the --source / --target flag may spell
     # the same data as a name or a folder path.
     common = dict(path=path, kind=kind, dataset=dataset_name, seed=hp.get("seed", int),
-                  hparams_hash=field.get("hparams_hash", str))
+                  hparams_hash=field.get("hparams_hash", str),
+                  legacy_hash=config.get("legacy_hash"))
     if kind == "find_tickets":
         run = Run(condition=TICKETS, source=dataset_name, model=hp.get("model", str),
                   image_size=hp.get("image_size", int),
@@ -168,7 +176,7 @@ def resolve_ticket_settings(runs):
     ticket run is looked up among `runs` by hash, else at the path the transfer
     recorded; if neither is readable the source and architecture stand in.
     """
-    by_hash = {r.hparams_hash: r for r in runs if r.kind == "find_tickets"}
+    by_hash = {h: r for r in runs if r.kind == "find_tickets" for h in r.ids}
     for run in runs:
         if run.kind != "transfer" or run.tickets_hash is None:
             continue
@@ -188,7 +196,7 @@ def _read_ticket_config(run):
         ticket = read_run(path)
     except artifacts.ArtifactError:
         return None  # not one of the runs analysed: its damage is not ours to report
-    return ticket if ticket.hparams_hash == run.tickets_hash else None
+    return ticket if run.tickets_hash in ticket.ids else None
 
 
 def _read_levels(run):

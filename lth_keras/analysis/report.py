@@ -19,6 +19,8 @@ class Report:
     files: dict  # {file name: bytes}, in the order they were made
     table2_markdown: str
     notes: list  # what was not drawn, and why
+    tables: dict = dataclasses.field(default_factory=dict)   # {"table2": rows, ...}
+    figures: dict = dataclasses.field(default_factory=dict)  # {"fig3": Figure, ...}
 
 
 def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
@@ -36,7 +38,7 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
     runs = collect.collect_runs(roots)
     views = build_views(group_cells(runs), natural)
     table = tables.build_table(views)
-    files, notes = {}, []
+    files, notes, figs = {}, [], {}
     table2 = tables.table2_markdown(table)
     files["table2.md"] = table2.encode()
     files["table2.csv"] = tables.table2_csv(table).encode()
@@ -53,6 +55,7 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
         if fig is None:
             notes.append(f"{name}: nothing to draw")
             continue
+        figs[name] = fig
         for fmt, data in figures.render(fig).items():
             files[f"{name}.{fmt}"] = data
 
@@ -64,13 +67,15 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
             notes.append(f"{file_name}: {run.path} has no finished pruned level with per-layer "
                          "densities")
             continue
+        figs[file_name.removesuffix(".png")] = fig
         files[file_name] = figures.render(fig, ("png",))["png"]
 
+    rows = {"table2": tables.table2_rows(table), "table3": tables.table3_rows(table)}
     if overlap:
-        rows = masks.mask_overlap(runs, overlap_levels)
-        files["mask_overlap.csv"] = masks.overlap_csv(rows).encode()
-        files["mask_overlap.md"] = masks.overlap_markdown(rows).encode()
-    return Report(files, table2, notes)
+        rows["mask_overlap"] = masks.mask_overlap(runs, overlap_levels)
+        files["mask_overlap.csv"] = masks.overlap_csv(rows["mask_overlap"]).encode()
+        files["mask_overlap.md"] = masks.overlap_markdown(rows["mask_overlap"]).encode()
+    return Report(files, table2, notes, tables=rows, figures=figs)
 
 
 def _density_names(runs):

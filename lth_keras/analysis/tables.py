@@ -297,6 +297,11 @@ def _identity(e):
 
 
 def table2_csv(table):
+    return _csv(TABLE2_CSV, table2_rows(table))
+
+
+def table2_rows(table):
+    """Table 2 as one dict per entry (the columns of table2.csv; None where empty)."""
     rows = []
     for e in table.entries():
         p, o, s = e.pick, e.optimistic, e.scratch
@@ -312,10 +317,15 @@ def table2_csv(table):
             "optimistic_welch_p": e.optimistic_welch[1],
             "scratch_test_accuracy_mean": s and s.test.mean,
             "scratch_test_accuracy_std": s and s.test.std, "scratch_n": s and s.test.n})
-    return _csv(TABLE2_CSV, rows)
+    return rows
 
 
 def table3_csv(table):
+    return _csv(TABLE3_CSV, table3_rows(table))
+
+
+def table3_rows(table):
+    """Table 3 as one dict per pruned entry (the columns of table3.csv)."""
     rows = []
     for e in table.entries():
         if e.line.role == "scratch":
@@ -327,7 +337,7 @@ def table3_csv(table):
                      "optimistic_level": o and o.level,
                      "optimistic_fraction_pruned": o and o.fraction_pruned,
                      "optimistic_fraction_pruned_all_params": o and o.fraction_pruned_all_params})
-    return _csv(TABLE3_CSV, rows)
+    return rows
 
 
 # --- LaTeX ----------------------------------------------------------------------

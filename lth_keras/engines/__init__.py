@@ -38,6 +38,10 @@ class Runtime:
     def __init__(self):
         self.cache = {}      # what training builds once per process (training.Trainer)
 
+    def release(self):
+        """Forgets what earlier runs of this process built (compiled steps, datasets)."""
+        self.cache.clear()
+
     def scope(self):
         """Where models and optimizers are built (a tf.distribute scope on TensorFlow)."""
         return contextlib.nullcontext()
@@ -98,6 +102,47 @@ def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default
                           mixed_precision=mixed_precision, strategy=strategy,
                           cpu_devices=cpu_devices, worker_timeout=worker_timeout,
                           jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+
+
+def set_precision(mixed_precision):
+    """Keras's global dtype policy for --mixed_precision (a later run may switch it back)."""
+    if mixed_precision != "off":
+        keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
+    elif keras.mixed_precision.global_policy().name.startswith("mixed_"):
+        keras.mixed_precision.set_global_policy(keras.config.floatx())
+
+
+_process_runtime = None
+
+
+def process_runtime():
+    """The Runtime `runtime` made in this process, or None."""
+    return _process_runtime
+
+
+def runtime(*, seed, deterministic=False, mixed_precision="off", strategy="default",
+            cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
+    """This process's Runtime: `setup` on the first call; later calls (a notebook's next
+    run) reuse it with their own seed, precision and compilation settings. Its devices
+    are fixed for the process: a later call that asks for others is refused."""
+    global _process_runtime
+    devices = {"strategy": strategy, "cpu_devices": cpu_devices,
+               "worker_timeout": worker_timeout, "deterministic": deterministic}
+    per_run = dict(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
+                   steps_per_execution=steps_per_execution)
+    if _process_runtime is None:
+        _process_runtime = setup(**devices, **per_run)
+        _process_runtime.devices_settings = devices
+        return _process_runtime
+    made = _process_runtime.devices_settings
+    if made != devices:
+        changed = ", ".join(f"{k}={devices[k]} (was {made[k]})" for k in devices
+                            if devices[k] != made[k])
+        raise ConfigurationError(f"this process already trains with other devices: {changed}; "
+                                 "devices are set up once per process, so start a new one")
+    _process_runtime.release()
+    _process_runtime.configure(**per_run)
+    return _process_runtime
 
 
 # A separate process, because the frameworks block in C++ while they wait for workers

@@ -45,18 +45,11 @@ class Runtime(engines.Runtime):
     def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
                  cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
         super().__init__()
-        del steps_per_execution  # the host never waits for a step here: nothing to group
+        self._device_data = {}
         if strategy not in STRATEGIES:
             raise ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if mixed_precision == "float16":
-            raise ConfigurationError("--mixed_precision=float16 needs loss scaling, which the "
-                                     "JAX engine does not do: use --mixed_precision=bfloat16")
-        if jit_compile == "off":
-            raise ConfigurationError("the JAX engine always compiles with XLA: --jit_compile=off "
-                                     "is the TensorFlow engine's")
-        # θ_0 and the epoch plan come from numpy; nothing of JAX's is random here.
-        random.seed(seed)
-        np.random.seed(seed)
+        self.configure(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
+                       steps_per_execution=steps_per_execution)
         # These are read when JAX first starts its backends, which has not happened yet.
         if cpu_devices > 1:
             try:
@@ -71,9 +64,6 @@ class Runtime(engines.Runtime):
             _enable_float64()
         if strategy == "multi_worker":
             _join_cluster(worker_timeout)
-        if mixed_precision == "bfloat16":
-            # bfloat16 keeps float32's exponent range: no loss scaling.
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
         devices = jax.local_devices()[:1] if strategy == "one_device" else jax.devices()
         self.devices = devices
@@ -85,7 +75,25 @@ class Runtime(engines.Runtime):
                 devices=[f"{d.platform}:{d.id}" for d in devices])
             keras.distribution.set_distribution(distribution)
             self.mesh = distribution.device_mesh.backend_mesh
-        self._device_data = {}
+
+    def configure(self, *, seed, mixed_precision, jit_compile, steps_per_execution):
+        """The settings a later run of the same process may change."""
+        del steps_per_execution  # the host never waits for a step here: nothing to group
+        if mixed_precision == "float16":
+            raise ConfigurationError("--mixed_precision=float16 needs loss scaling, which the "
+                                     "JAX engine does not do: use --mixed_precision=bfloat16")
+        if jit_compile == "off":
+            raise ConfigurationError("the JAX engine always compiles with XLA: --jit_compile=off "
+                                     "is the TensorFlow engine's")
+        # θ_0 and the epoch plan come from numpy; nothing of JAX's is random here.
+        random.seed(seed)
+        np.random.seed(seed)
+        # bfloat16 keeps float32's exponent range: no loss scaling.
+        engines.set_precision(mixed_precision)
+
+    def release(self):
+        super().release()
+        self._device_data.clear()
 
     # -- placement ------------------------------------------------------------
 

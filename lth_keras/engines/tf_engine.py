@@ -24,21 +24,31 @@ class Runtime(engines.Runtime):
     def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
                  cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
         super().__init__()
-        keras.utils.set_random_seed(seed)
+        self._pipelines = {}
         if deterministic:
             tf.config.experimental.enable_op_determinism()
-        if mixed_precision != "off":
-            keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
+        self.strategy = make_strategy(strategy, cpu_devices, worker_timeout)
+        # After the strategy: listing devices starts TensorFlow's runtime, which fixes the
+        # logical devices the strategy may have split the CPU into.
+        self.configure(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
+                       steps_per_execution=steps_per_execution)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.is_chief = is_chief(self.strategy)
+
+    def configure(self, *, seed, mixed_precision, jit_compile, steps_per_execution):
+        """The settings a later run of the same process may change."""
+        keras.utils.set_random_seed(seed)
+        engines.set_precision(mixed_precision)
         # float16's narrow exponent needs loss scaling; bfloat16 has float32's.
         self.loss_scaling = mixed_precision == "float16"
-        self.strategy = make_strategy(strategy, cpu_devices, worker_timeout)
         # XLA: the usual speed-up for ResNets on GPUs, 1.8x slower on CPUs.
         gpus = bool(tf.config.list_logical_devices("GPU"))
         self.jit_compile = {"on": True, "off": False, "auto": gpus}[jit_compile]
         self.steps_per_execution = int(steps_per_execution)
-        self.num_replicas = self.strategy.num_replicas_in_sync
-        self.is_chief = is_chief(self.strategy)
-        self._pipelines = {}
+
+    def release(self):
+        super().release()
+        self._pipelines.clear()
 
     def scope(self):
         return self.strategy.scope()

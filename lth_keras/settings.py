@@ -1,0 +1,400 @@
+"""Every option of lth_keras, written once: dataclasses that the flags are made from.
+
+The groups follow the paper: Data, Model, Training, Pruning (the ticket search),
+Transfer, and Run (devices and bookkeeping, which never change a result). Each
+field carries its help text and whether it defines the result. From these:
+
+- `define_flags` makes the absl flags of a binary (so a flag cannot drift from
+  the field it sets), and `from_flags` reads them back into settings objects;
+- `parse` reads command-line arguments or a flagfile into settings without
+  touching the global flags (presets in the Python API, the grid's presets);
+- `identity` is what names a run: the result-defining fields that differ from
+  their defaults, plus the data fingerprint. A new option with a default thus
+  leaves every existing run's hash alone (open_lth's rule), and a dataset
+  spelled as a relative or an absolute path is the same data.
+"""
+
+import dataclasses
+import hashlib
+import json
+
+# What a run's hash covers, as a version: a change to `identity` must change it.
+IDENTITY_VERSION = 2
+
+
+class SettingsError(ValueError):
+    """An impossible setting; its message names the flag (one line for the user)."""
+
+
+def option(default, help, *, result=True, choices=None, item=None, per_run=False):
+    """A settings field: its default, help text, whether it defines the result, the
+    allowed values (an enum flag), for tuple fields the item type (a list flag), and
+    whether the grid sets it for each run itself (it is then not forwarded)."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "result": result, "choices": choices, "item": item,
+        "per_run": per_run})
+
+
+def _check(condition, message):
+    if not condition:
+        raise SettingsError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    data_dir: str = option(None, "Directory with the original dataset files (archives or "
+                                 "image folders).", result=False)
+    train_fraction: float = option(1.0, "Seeded stratified fraction of the training split to "
+                                        "use, in (0, 1].", per_run=True)
+    val_fraction: float = option(0.1, "Fraction of the training split carved out for "
+                                      "validation when the dataset has no validation split.")
+    split: tuple = option(None, "For an image folder without val/ or test/: seeded stratified "
+                                "train,val,test fractions to carve, e.g. 0.7,0.1,0.2.",
+                          item=float)
+    # The data fingerprint covers what these two change.
+    skip_bad_images: bool = option(False, "Skip (and count) unreadable images in image folders "
+                                          "instead of failing.", result=False)
+    cache_dir: str = option(None, "Where image folders are kept decoded at their storage size, "
+                                  "memory-mapped by every run (default: $LTH_KERAS_CACHE, else "
+                                  "~/.cache/lth_keras/images); '' keeps them in memory only.",
+                            result=False)
+
+    def check(self):
+        _check(0.0 < self.train_fraction <= 1.0, "--train_fraction must be in (0, 1]")
+        _check(0.0 < self.val_fraction < 1.0, "--val_fraction must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    # The grid takes both from the tickets preset (a transfer, from its tickets).
+    model: str = option("resnet20", "Architecture: resnet50, resnet20, lenet_300_100, conv4.",
+                        per_run=True)
+    image_size: int = option(32, "Side of the (random / centre) crop fed to the model.",
+                             per_run=True)
+    bn_momentum: float = option(0.9, "BatchNorm moving-average momentum (Keras default 0.99 "
+                                     "breaks early stopping on small targets; see "
+                                     "BUILD_NOTES.md).")
+
+    def check(self):
+        from lth_keras.models import MODELS
+
+        _check(self.model in MODELS, f"--model={self.model} is not one of {', '.join(MODELS)}")
+        _check(self.image_size >= 8, "--image_size must be >= 8")
+        _check(0.0 <= self.bn_momentum < 1.0, "--bn_momentum must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    seed: int = option(0, "Fixes θ_0, the validation carve, the data order and the crops.",
+                       per_run=True)
+    batch_size: int = option(64, "Global batch size (summed over replicas).")
+    learning_rate: float = option(0.1, "Initial SGD learning rate.")
+    momentum: float = option(0.9, "Nesterov momentum.")
+    weight_decay: float = option(1e-5, "L2 weight decay on conv and dense kernels.")
+    lr_decay: float = option(0.0, "Keras-2 style inverse-time LR decay per step: lr / (1 + "
+                                  "decay * step). Off by default; the paper's 'decay factor' "
+                                  "may have meant this.")
+    lr_boundaries: tuple = option((50, 60, 75), "Epochs at which the learning rate is "
+                                                "multiplied by 0.1.", item=int)
+    max_epochs: int = option(100, "Upper bound on the epochs of one training run.")
+    patience: int = option(5, "Early-stopping patience on the validation loss.")
+    mixed_precision: str = option(
+        "off", "Mixed-precision compute (GPUs): bfloat16 (Ampere and later; no loss scaling) "
+               "or float16 (with loss scaling; TensorFlow engine only). Variables and masks "
+               "stay float32.", choices=("off", "bfloat16", "float16"))
+
+    def check(self):
+        _check(self.batch_size >= 1, "--batch_size must be >= 1")
+        _check(self.learning_rate > 0, "--learning_rate must be > 0")
+        _check(self.max_epochs >= 1, "--max_epochs must be >= 1")
+        _check(self.patience >= 1, "--patience must be >= 1")
+        _check(self.weight_decay >= 0 and self.lr_decay >= 0,
+               "--weight_decay and --lr_decay must be >= 0")
+
+    def recipe(self, run):
+        """The TrainingConfig of this recipe, with `run`'s checkpoint interval."""
+        from lth_keras.training import TrainingConfig
+
+        return TrainingConfig(learning_rate=self.learning_rate, momentum=self.momentum,
+                              weight_decay=self.weight_decay,
+                              lr_boundaries=tuple(self.lr_boundaries), lr_decay=self.lr_decay,
+                              max_epochs=self.max_epochs, patience=self.patience,
+                              mixed_precision=self.mixed_precision,
+                              checkpoint_every=run.checkpoint_every)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+    source: str = option("fashion_mnist", "Dataset to find tickets on: fashion_mnist, cifar10, "
+                                          "cifar100, a paper target under --data_dir "
+                                          "(human_lba, ...), or an image folder path.",
+                         result=False)  # the data fingerprint names the data
+    # Not part of the result: adding rounds to a finished run continues it.
+    rounds: int = option(31, "Pruning rounds R: levels 0..R are trained.", result=False)
+    prune_rate: float = option(0.2, "Fraction of the remaining weights pruned per round.")
+    rewind_epoch: int = option(2, "Late-resetting epoch k (0 = rewind to θ_0).")
+    pruning: str = option("global", "One magnitude threshold over all prunable kernels, or one "
+                                    "per layer.", choices=("global", "layerwise"))
+
+    def check(self, training):
+        _check(self.rounds >= 0, "--rounds must be >= 0")
+        _check(0.0 < self.prune_rate < 1.0, "--prune_rate must be in (0, 1)")
+        _check(0 <= self.rewind_epoch < training.max_epochs,
+               f"--rewind_epoch must be in [0, --max_epochs={training.max_epochs})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Transfer:
+    tickets: str = option(None, "A find_tickets run directory (optional with --scratch).",
+                          result=False)  # the ticket run's own hash stands for it
+    target: str = option(None, "Dataset to fine-tune on: a paper target under --data_dir "
+                               "(human_lba, ...), an image folder path, or a source "
+                               "(fashion_mnist, cifar10, cifar100).", result=False)
+    levels: str = option("all", "'all' or a comma list of the ticket run's levels.",
+                         result=False)
+    init: str = option("rewind", "Start from m_L ⊙ θ_k (rewind) or from m_L ⊙ θ_i(L) (final).",
+                       choices=("rewind", "final"))
+    reinit: bool = option(False, "Control: keep the mask, draw fresh weights from the "
+                                 "initialiser (another seed).")
+    scratch: bool = option(False, "Baseline: the dense model from θ_0, trained on the target.")
+
+    @property
+    def condition(self):
+        if self.scratch:
+            return "scratch"
+        return "reinit" if self.reinit else self.init
+
+    def check(self):
+        _check(self.target, "--target is required")
+        _check(not (self.scratch and self.reinit), "--scratch and --reinit exclude each other")
+        _check(self.scratch or self.tickets, "--tickets is required: a find_tickets run "
+                                             "directory (only --scratch can do without)")
+        _check(not (self.scratch and (self.levels.strip() != "all" or self.init != "rewind")),
+               "--scratch trains the one dense model: --levels and --init do not apply")
+        _check(not (self.reinit and self.init != "rewind"),
+               "--reinit draws fresh weights: it cannot be combined with --init")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    # The engine is Keras's backend: KERAS_BACKEND=tensorflow (default) or jax.
+    strategy: str = option(
+        "default", "Devices to train on: default (every GPU, or one CPU device), mirrored "
+                   "(every device), one_device, multi_worker (several hosts: TF_CONFIG on "
+                   "TensorFlow; srun or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/"
+                   "JAX_PROCESS_ID on JAX).",
+        result=False, choices=("default", "mirrored", "one_device", "multi_worker"))
+    worker_timeout: int = option(600, "multi_worker: seconds to wait for every worker to join.",
+                                 result=False)
+    cpu_devices: int = option(0, "Split the CPU into this many logical devices (tests and "
+                                 "benchmarks).", result=False)
+    deterministic: bool = option(False, "Deterministic kernels: bit-identical runs on CPU "
+                                        "(slower).", result=False)
+    jit_compile: str = option("auto", "XLA for the TensorFlow engine's steps: auto is on with "
+                                      "GPUs, off on CPUs (where XLA is slower). The JAX engine "
+                                      "always compiles.", result=False,
+                              choices=("auto", "on", "off"))
+    steps_per_execution: int = option(16, "Training steps per tf.function call (TensorFlow "
+                                          "engine): the host reads no result between them.",
+                                      result=False)
+    checkpoint_every: float = option(600.0, "Seconds between epoch checkpoints of a level in "
+                                            "progress (0: after every epoch). SIGINT/SIGTERM "
+                                            "always write one, even mid-epoch.", result=False)
+    output_dir: str = option(None, "Run directory (default: a readable name under outputs/; "
+                                   "the grid's: the root of its runs).", result=False,
+                             per_run=True)
+
+    def check(self):
+        _check(self.checkpoint_every >= 0, "--checkpoint_every must be >= 0 (seconds)")
+        _check(self.steps_per_execution >= 1, "--steps_per_execution must be >= 1")
+
+
+GRID_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "scratch", "related",
+                   "train_fractions")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The paper's experiment grid (lth_keras/grid.py); none of it defines a run's result."""
+    sources: tuple = option(("fashion_mnist", "cifar10", "cifar100"),
+                            "Natural sources to find tickets on.", item=str, result=False)
+    targets: tuple = option((), "Targets: paper target names under --data_dir, or folder paths.",
+                            item=str, result=False)
+    seeds: tuple = option((0, 1, 2, 3), "Seeds; each makes its own tickets and transfers.",
+                          item=int, result=False)
+    conditions: tuple = option(GRID_CONDITIONS, f"Any of {', '.join(GRID_CONDITIONS)}.",
+                               item=str, result=False)
+    related: tuple = option((), "Related-source pairs SOURCE:TARGET, e.g. human_lba:mouse_lba.",
+                            item=str, result=False)
+    train_fractions: tuple = option((0.25, 0.5, 0.75), "Training fractions for the "
+                                    "train_fractions condition.", item=float, result=False)
+    transfer_levels: str = option("all", "Levels every transfer fine-tunes: 'all' or a comma "
+                                         "list (e.g. 0,2,4,6).", result=False)
+    tickets_flagfile: str = option("flags/paper.cfg", "Preset of every find_tickets run.",
+                                   result=False)
+    transfer_flagfile: str = option("flags/paper_transfer.cfg", "Preset of every transfer run.",
+                                    result=False)
+    task_index: int = option(None, "This task's index (default $SLURM_ARRAY_TASK_ID).",
+                             result=False)
+    num_tasks: int = option(None, "How many tasks share the grid (default "
+                                  "$SLURM_ARRAY_TASK_COUNT, else 1).", result=False)
+    wait_for_inputs: int = option(0, "Seconds to wait for tickets that another task makes "
+                                     "before skipping.", result=False)
+
+    def check(self):
+        related = [pair.split(":") for pair in self.related]
+        _check(all(len(p) == 2 and all(p) for p in related),
+               "--related takes SOURCE:TARGET pairs, e.g. human_lba:mouse_lba")
+        _check(all(0 < f <= 1 for f in self.train_fractions),
+               "--train_fractions must be in (0, 1]")
+        _check(self.seeds, "--seeds names no seed")
+        _check(self.targets or not (set(self.conditions) - {"related"}),
+               "--targets is empty: name the targets (e.g. human_lba or a folder path)")
+
+
+# The groups every training binary shares, and each binary's own. The grid also takes
+# the common groups, to forward what is given to every run.
+COMMON = (Data, Model, Training, Run)
+FIND_TICKETS = COMMON + (Pruning,)
+TRANSFER = COMMON + (Transfer,)
+EXPERIMENT = COMMON + (Grid,)
+
+
+# --- flags -------------------------------------------------------------------------
+
+def _default_text(f):
+    """The field's default as absl takes it."""
+    if f.metadata["item"] is not None and f.default is not None:
+        return [str(v) for v in f.default]
+    return f.default
+
+
+def define_flags(groups, flag_values=None):
+    """Defines one absl flag per field of `groups` (in `flag_values`, default the global
+    FLAGS); a flag defined already (by another binary's import) is left alone."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    for group in groups:
+        for f in dataclasses.fields(group):
+            if f.name in flag_values:
+                continue
+            meta, default = f.metadata, _default_text(f)
+            kwargs = dict(flag_values=flag_values, module_name="lth_keras.settings")
+            if meta["choices"]:
+                flags.DEFINE_enum(f.name, default, list(meta["choices"]), meta["help"],
+                                  **kwargs)
+            elif meta["item"] is not None:
+                flags.DEFINE_list(f.name, default, meta["help"], **kwargs)
+            elif f.type is bool:
+                flags.DEFINE_bool(f.name, default, meta["help"], **kwargs)
+            elif f.type is int:
+                flags.DEFINE_integer(f.name, default, meta["help"], **kwargs)
+            elif f.type is float:
+                flags.DEFINE_float(f.name, default, meta["help"], **kwargs)
+            else:
+                flags.DEFINE_string(f.name, default, meta["help"], **kwargs)
+
+
+def _typed(f, value):
+    """A flag's value as the field's type (lists of strings become tuples of items)."""
+    item = f.metadata["item"]
+    if item is None or value is None:
+        return value
+    try:
+        return tuple(item(v) for v in value)
+    except ValueError:
+        raise SettingsError(f"--{f.name} must be a comma list of {item.__name__} values, got "
+                            f"{','.join(map(str, value))}")
+
+
+def from_flags(groups, flag_values=None):
+    """{group: settings object} from parsed flags."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    return {group: group(**{f.name: _typed(f, flag_values[f.name].value)
+                            for f in dataclasses.fields(group)}) for group in groups}
+
+
+def parse(groups, args=()):
+    """{group: settings object} from command-line arguments such as
+    ["--flagfile=flags/quick.cfg", "--seed=1"], without touching the global flags.
+    Flags that no group defines are an error."""
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    define_flags(groups, flag_values)
+    try:
+        flag_values(["lth_keras", *args], known_only=False)
+    except flags.Error as e:
+        raise SettingsError(str(e).splitlines()[0]) from None
+    return from_flags(groups, flag_values)
+
+
+def with_options(settings, options):
+    """`settings` ({group: object}) with `options` ({field name: value}) applied, each to
+    the group that has the field; an unknown name is an error."""
+    settings = dict(settings)
+    owners = {f.name: group for group in settings for f in dataclasses.fields(group)}
+    unknown = sorted(set(options) - set(owners))
+    if unknown:
+        raise SettingsError(f"unknown option(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(owners))}")
+    for name, value in options.items():
+        group = owners[name]
+        f = next(f for f in dataclasses.fields(group) if f.name == name)
+        if f.metadata["item"] is not None and isinstance(value, str):
+            value = value.split(",")
+        if f.metadata["item"] is not None and value is not None:
+            value = _typed(f, value)
+        settings[group] = dataclasses.replace(settings[group], **{name: value})
+    return settings
+
+
+# --- records and identity -------------------------------------------------------------
+
+def _json_value(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def record(settings):
+    """Every field of every group, as JSON: {group name: {field: value}}."""
+    return {group.__name__.lower(): {k: _json_value(v)
+                                     for k, v in dataclasses.asdict(obj).items()}
+            for group, obj in settings.items()}
+
+
+def result_values(settings):
+    """{field: value} of every result-defining field (what a run's record lists)."""
+    return {f.name: _json_value(getattr(obj, f.name))
+            for obj in settings.values() for f in dataclasses.fields(obj)
+            if f.metadata["result"]}
+
+
+def typed_values(values):
+    """{field: value} with list settings as their items' type (records from before
+    identity version 2 kept them as the flags' strings)."""
+    items = {f.name: f.metadata["item"] for group in FIND_TICKETS + (Transfer, Grid)
+             for f in dataclasses.fields(group) if f.metadata["item"] is not None}
+    return {k: [items[k](x) for x in v] if k in items and isinstance(v, list) else v
+            for k, v in values.items()}
+
+
+def identity(settings, fingerprint, **extra):
+    """What names a run: the result-defining fields that differ from their defaults, the
+    data fingerprint and `extra` (a transfer's condition and ticket run)."""
+    changed = {}
+    for obj in settings.values():
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata["result"] and value != f.default:
+                changed[f.name] = _json_value(value)
+    return {"version": IDENTITY_VERSION, "changed": changed, "fingerprint": fingerprint,
+            **extra}
+
+
+def identity_hash(ident):
+    """A short, stable hash of an identity."""
+    text = json.dumps(ident, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

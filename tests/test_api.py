@@ -1,0 +1,92 @@
+"""The Python API: the README's notebook example, and transfers that keep apart."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HISTOLOGY, REPO, find_tiny_tickets, needs_histology, run_binary
+from lth_keras import fine_tuning
+
+
+def readme_example():
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    match = re.search(r"<!-- notebook-example:[^>]*-->\n```python\n(.*?)```", text, re.S)
+    assert match, "README.md has no notebook example"
+    return match.group(1)
+
+
+# The README's code as written, with the tiny sizes of the tests put into every call.
+HARNESS = """
+import sys
+import lth_keras.api as api
+
+_TINY, _TRANSFER_TINY, _TARGET = {tiny!r}, {transfer_tiny!r}, {target!r}
+_find_tickets, _transfer = api.find_tickets, api.transfer
+api.find_tickets = lambda **kw: _find_tickets(**{{**kw, **_TINY}})
+api.transfer = lambda **kw: _transfer(**{{**kw, **_TRANSFER_TINY, "target": _TARGET}})
+exec(compile(open(sys.argv[1]).read(), "README.md", "exec"), {{"__name__": "__main__"}})
+"""
+
+
+@needs_histology
+def test_the_readme_notebook_example_runs(tiny_fashion_dir, tmp_path):
+    example = tmp_path / "example.py"
+    example.write_text(readme_example())
+    common = {"data_dir": tiny_fashion_dir, "image_size": 16, "batch_size": 32,
+              "checkpoint_every": 0, "deterministic": True, "verbose": False}
+    tiny = {**common, "model": "lenet_300_100", "rounds": 2, "max_epochs": 2,
+            "rewind_epoch": 1, "learning_rate": 0.01, "train_fraction": 1.0,
+            "val_fraction": 0.1}
+    harness = tmp_path / "harness.py"
+    harness.write_text(HARNESS.format(tiny=tiny, target=HISTOLOGY,
+                                      transfer_tiny={**common, "max_epochs": 1}))
+    env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, str(harness), str(example)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "fig3.png").stat().st_size > 0
+    tickets = tmp_path / "outputs" / "tickets" / "fashion_mnist-lenet_300_100-16px-seed0"
+    assert (tickets / "levels" / "level_02" / "metrics.json").exists()
+    transfers = sorted(p.name for p in (tmp_path / "outputs" / "transfer").glob("*/*"))
+    assert transfers == ["histology_nuclei-reinit-seed0", "histology_nuclei-rewind-seed0"]
+    assert "'level': 2" in proc.stdout  # the summary row it printed
+
+
+def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_tickets,
+                                                                     tiny_fashion_dir,
+                                                                     tmp_path):
+    # Two different ticket runs, both called "tickets", each transferred with the default
+    # run directory: before, the second resumed (and so skipped) the first one's.
+    other = tmp_path / "b" / "tickets"
+    proc = find_tiny_tickets(tiny_fashion_dir, str(other), "--seed=4", "--rounds=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    made = []
+    for ticket_dir in (tiny_tickets.path, str(other)):
+        proc = run_binary("lth_keras.transfer", f"--tickets={ticket_dir}", "--target=fashion_mnist",
+                          f"--data_dir={tiny_fashion_dir}", "--levels=1", "--max_epochs=1",
+                          "--batch_size=32", "--checkpoint_every=0", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        made.append(proc.stdout.strip().splitlines()[-1].removeprefix("artifacts: "))
+    assert made[0] != made[1]
+    for path, ticket_dir in zip(made, (tiny_tickets.path, str(other))):
+        run = fine_tuning.TransferRun(os.path.join(tmp_path, path))
+        assert run.config()["tickets"]["path"] == os.path.abspath(ticket_dir)
+        assert run.finished_levels() == [1]
+
+
+def test_settings_errors_reach_python_as_one_line(tmp_path):
+    import lth_keras
+    from lth_keras.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="--prune_rate must be in"):
+        lth_keras.find_tickets(source="fashion_mnist", prune_rate=2.0,
+                               output_dir=str(tmp_path / "never"))
+    with pytest.raises(SettingsError, match="unknown option"):
+        lth_keras.find_tickets(source="fashion_mnist", prune_rat=0.5)
+    with pytest.raises(SettingsError, match="preset 'nope'"):
+        lth_keras.find_tickets(preset="nope")
+    assert not (tmp_path / "never").exists()

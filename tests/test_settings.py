@@ -1,0 +1,200 @@
+"""Settings: one definition per option, stable run identities, old records still resume."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import pytest
+from absl import flags
+
+from conftest import REPO, TINY_TICKETS, run_binary
+from lth_keras import lottery, runs, settings
+from lth_keras.settings import Pruning, Training
+
+PRESET = {name: os.path.join(REPO, "flags", f"{name}.cfg")
+          for name in ("quick", "paper", "quick_transfer", "paper_transfer")}
+
+
+def _hash(groups, args, **extra):
+    return settings.identity_hash(settings.identity(settings.parse(groups, args),
+                                                    "fingerprint", **extra))
+
+
+# Pinned: a change here renames every run directory's identity, so every existing run
+# would be refused on resume. Change them only with IDENTITY_VERSION and a migration.
+PINNED = {
+    "find_tickets defaults": ((settings.FIND_TICKETS, []), {}, "4a9d50ac4dd1"),
+    "quick": ((settings.FIND_TICKETS, ["--flagfile=" + PRESET["quick"]]), {}, "fd2041e0be5d"),
+    "paper": ((settings.FIND_TICKETS, ["--flagfile=" + PRESET["paper"]]), {}, "ff0ae6319a2d"),
+    "quick, seed 1": ((settings.FIND_TICKETS, ["--flagfile=" + PRESET["quick"], "--seed=1"]),
+                      {}, "82836c448f32"),
+    "paper, layer-wise": ((settings.FIND_TICKETS, ["--flagfile=" + PRESET["paper"],
+                                                   "--pruning=layerwise"]), {}, "685bb80e1085"),
+    "lr boundaries": ((settings.FIND_TICKETS, ["--lr_boundaries=30,40"]), {}, "a41e7ed1d185"),
+    "quick_transfer, rewind": ((settings.TRANSFER, ["--flagfile=" + PRESET["quick_transfer"]]),
+                               {"condition": "rewind", "tickets_hash": "tickets"},
+                               "7dee4e16d32a"),
+    "paper_transfer, reinit": ((settings.TRANSFER, ["--flagfile=" + PRESET["paper_transfer"]]),
+                               {"condition": "reinit", "tickets_hash": "tickets"},
+                               "c8799b0ee494"),
+    "paper_transfer, scratch": ((settings.TRANSFER, ["--flagfile=" + PRESET["paper_transfer"]]),
+                                {"condition": "scratch", "tickets_hash": None}, "dc589a491478"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PINNED))
+def test_run_hashes_are_pinned(case):
+    (groups, args), extra, expected = PINNED[case]
+    assert _hash(groups, args, **extra) == expected
+
+
+def test_what_does_not_define_the_result_leaves_the_hash_alone():
+    quick = ["--flagfile=" + PRESET["quick"]]
+    base = _hash(settings.FIND_TICKETS, quick)
+    for other in ("--rounds=9", "--strategy=mirrored", "--checkpoint_every=5", "--output_dir=x",
+                  "--source=/somewhere/else", "--data_dir=/data", "--deterministic"):
+        assert _hash(settings.FIND_TICKETS, quick + [other]) == base, other
+    # Restating a default is no change either: presets hold only what differs.
+    assert _hash(settings.FIND_TICKETS, quick + ["--prune_rate=0.2", "--batch_size=64"]) == base
+    assert _hash(settings.FIND_TICKETS, quick + ["--prune_rate=0.3"]) != base
+    assert _hash(settings.FIND_TICKETS, quick, ) != settings.identity_hash(settings.identity(
+        settings.parse(settings.FIND_TICKETS, quick), "other data"))
+
+
+def test_an_option_added_with_its_default_leaves_the_hashes_unchanged():
+    Extended = dataclasses.make_dataclass(
+        "Training", [("label_smoothing", float,
+                      settings.option(0.0, "A new option of the recipe."))],
+        bases=(Training,), frozen=True)
+    for name, ((groups, args), extra, expected) in PINNED.items():
+        parsed = settings.parse(groups, args)
+        parsed[Training] = Extended(**dataclasses.asdict(parsed[Training]))
+        assert settings.identity_hash(settings.identity(parsed, "fingerprint", **extra)) \
+            == expected, name
+        parsed[Training] = Extended(**{**dataclasses.asdict(parsed[Training]),
+                                       "label_smoothing": 0.1})
+        assert settings.identity_hash(settings.identity(parsed, "fingerprint", **extra)) \
+            != expected, name
+
+
+def test_every_flag_comes_from_one_field():
+    # The flags the binaries define are exactly the settings' fields, with their defaults.
+    values = flags.FlagValues()
+    settings.define_flags(settings.FIND_TICKETS + (settings.Transfer, settings.Grid), values)
+    fields = {f.name: f for group in settings.FIND_TICKETS + (settings.Transfer, settings.Grid)
+              for f in dataclasses.fields(group)}
+    assert set(values) == set(fields)
+    for name, f in fields.items():
+        default = values[name].default
+        expected = [str(v) for v in f.default] if isinstance(f.default, tuple) else f.default
+        assert default == expected, name
+        assert values[name].help.endswith(f.metadata["help"])
+
+
+def test_presets_hold_only_what_differs_from_the_defaults():
+    for path in PRESET.values():
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.startswith("--")]
+        groups = settings.TRANSFER if "transfer" in path else settings.FIND_TICKETS
+        defaults = {f.name: f.default for g in groups for f in dataclasses.fields(g)}
+        for line in lines:
+            name = line[2:].split("=")[0]
+            parsed = settings.parse(groups, [line])
+            value = next(getattr(obj, name) for obj in parsed.values() if hasattr(obj, name))
+            assert value != defaults[name], f"{path} restates the default {line}"
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(settings.SettingsError, match="--lr_boundaries must be a comma list"):
+        settings.parse(settings.FIND_TICKETS, ["--lr_boundaries=a,b"])
+    with pytest.raises(settings.SettingsError, match="unknown option"):
+        settings.with_options(settings.parse(settings.FIND_TICKETS), {"learning_rat": 0.1})
+    with pytest.raises(settings.SettingsError, match="--prune_rate"):
+        Pruning(prune_rate=1.5).check(Training())
+
+
+# ---- run records ------------------------------------------------------------------------
+
+def test_a_run_started_from_python_records_the_settings_it_trained_with(
+        tiny_fashion_dir, tmp_path):
+    import lth_keras
+
+    out = str(tmp_path / "api")
+    run = lth_keras.find_tickets(source="fashion_mnist", data_dir=tiny_fashion_dir,
+                                 output_dir=out, model="lenet_300_100", image_size=16, rounds=1,
+                                 max_epochs=2, rewind_epoch=1, batch_size=32,
+                                 learning_rate=0.02, seed=5, checkpoint_every=0,
+                                 deterministic=True, verbose=False)
+    config = run.config()
+    assert config["hparams"]["learning_rate"] == 0.02 and config["hparams"]["seed"] == 5
+    assert config["settings"]["pruning"]["rounds"] == 1
+    assert len(run.metrics(0)["history"]) <= 2 and [r["level"] for r in run.summary()] == [0, 1]
+    assert config["identity"]["changed"]["learning_rate"] == 0.02
+    # The same settings from the command line are the same run: it is resumed, not refused.
+    proc = run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
+                      f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}",
+                      "--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
+                      "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.02", "--seed=5",
+                      "--checkpoint_every=0", "--deterministic")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert lottery.TicketRun(out).config()["hparams_hash"] == config["hparams_hash"]
+
+
+def _as_legacy_record(path):
+    """Rewrites a run's config.json as lth_keras 0.2 wrote it (flags as spelled, their hash)."""
+    with open(path) as f:
+        config = json.load(f)
+    kind = config["kind"]
+    values = {k: v for group in config["settings"].values() for k, v in group.items()}
+    hparams = {name: ([str(x) for x in values[name]] if isinstance(values[name], list)
+                      else values[name]) for name in runs.LEGACY_RESULT_FLAGS[kind]}
+    if kind == "transfer":
+        hparams.update(condition=config["condition"], tickets_hash=config["hparams"]["tickets_hash"])
+    legacy = {"kind": kind, "hparams": hparams, "hparams_hash": runs.hparams_hash(hparams),
+              "flags": values, **{k: v for k, v in config.items()
+                                  if k not in ("hparams", "hparams_hash", "identity", "settings",
+                                               "kind")}}
+    with open(path, "w") as f:
+        json.dump(legacy, f)
+    return legacy
+
+
+def test_runs_recorded_before_identity_version_2_resume_and_are_migrated(tiny_tickets,
+                                                                         tiny_fashion_dir,
+                                                                         tmp_path):
+    out = str(tmp_path / "old")
+    shutil.copytree(tiny_tickets.path, out)
+    legacy = _as_legacy_record(os.path.join(out, "config.json"))
+    stamp = os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns
+    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}",
+            *TINY_TICKETS]
+    proc = run_binary("lth_keras.find_tickets", *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns == stamp
+    config = lottery.TicketRun(out).config()
+    assert config["legacy_hash"] == legacy["hparams_hash"]
+    assert config["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
+    # Other settings are still refused, naming what differs.
+    _as_legacy_record(os.path.join(out, "config.json"))
+    proc = run_binary("lth_keras.find_tickets", *args, "--prune_rate=0.5")
+    assert proc.returncode == 1 and "prune_rate" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_resuming_with_more_rounds_updates_the_record(tiny_tickets, tiny_fashion_dir, tmp_path):
+    from lth_keras import grid
+
+    out = str(tmp_path / "more")
+    shutil.copytree(tiny_tickets.path, out)
+    rounds = tiny_tickets.config()["settings"]["pruning"]["rounds"]
+    ticket = grid.Run("more", "find_tickets", ())
+    assert grid.state(ticket, str(tmp_path)) == grid.DONE
+    assert grid.state(ticket, str(tmp_path), rounds=rounds + 1) == grid.PARTIAL
+    proc = run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
+                      f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *TINY_TICKETS,
+                      f"--rounds={rounds + 1}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = lottery.TicketRun(out).config()
+    assert config["settings"]["pruning"]["rounds"] == rounds + 1
+    assert config["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
+    assert grid.state(ticket, str(tmp_path)) == grid.DONE
