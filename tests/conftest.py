@@ -44,6 +44,22 @@ def make_fashion_mnist(directory, n_train=300, n_test=100, seed=0):
     return directory
 
 
+def make_colour_folder(root):
+    """Three colour classes as PNG files in the paper's folder layout."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    for split, n in (("train", 16), ("val", 6), ("test", 6)):
+        for name, colour in colours.items():
+            os.makedirs(os.path.join(root, split, name))
+            for i in range(n):
+                pixels = np.clip(rng.normal(colour, 40, size=(20, 20, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(
+                    os.path.join(root, split, name, f"{i}.png"))
+    return str(root)
+
+
 @pytest.fixture(scope="session")
 def tiny_fashion_dir(tmp_path_factory):
     return make_fashion_mnist(str(tmp_path_factory.mktemp("fashion_mnist")))

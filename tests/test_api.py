@@ -90,3 +90,45 @@ def test_settings_errors_reach_python_as_one_line(tmp_path):
     with pytest.raises(SettingsError, match="preset 'nope'"):
         lth_keras.find_tickets(preset="nope")
     assert not (tmp_path / "never").exists()
+
+
+def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_fashion_dir, tmp_path):
+    # A notebook calls the API again and again: the process's engine runtime is reused,
+    # and the second run must be the one a fresh process makes (same θ_0 keys, same
+    # numbers), so that the command line resumes it as its own.
+    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+            "--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
+            "--rewind_epoch=1", "--batch_size=32", "--checkpoint_every=0", "--deterministic"]
+    script = (
+        "import sys, lth_keras\n"
+        "for seed in (0, 1):\n"
+        "    lth_keras.find_tickets(source='fashion_mnist', data_dir=sys.argv[1],\n"
+        "        output_dir=f'{sys.argv[2]}/seed{seed}', model='lenet_300_100', image_size=16,\n"
+        "        rounds=1, max_epochs=2, rewind_epoch=1, batch_size=32, checkpoint_every=0,\n"
+        "        deterministic=True, seed=seed, verbose=False)\n"
+        "try:\n"
+        "    lth_keras.find_tickets(source='fashion_mnist', data_dir=sys.argv[1],\n"
+        "        output_dir=f'{sys.argv[2]}/never', strategy='mirrored', cpu_devices=2)\n"
+        "except Exception as e:\n"
+        "    print('refused:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", script, tiny_fashion_dir, str(tmp_path / "api")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "refused: this process already trains with other devices" in proc.stdout
+    fresh = str(tmp_path / "fresh")
+    proc = run_binary("lth_keras.find_tickets", *args, "--seed=1", f"--output_dir={fresh}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from lth_keras import lottery
+
+    again, alone = lottery.TicketRun(str(tmp_path / "api" / "seed1")), lottery.TicketRun(fresh)
+    assert again.config()["hparams_hash"] == alone.config()["hparams_hash"]
+    for level in (0, 1):
+        assert again.metrics(level)["test"] == alone.metrics(level)["test"]
+    theta_a, theta_b = again.theta("0"), alone.theta("0")
+    assert sorted(theta_a) == sorted(theta_b)
+    assert all((theta_a[k] == theta_b[k]).all() for k in theta_a)
+    # The command line resumes the notebook's run as its own: nothing left to train.
+    proc = run_binary("lth_keras.find_tickets", *args, "--seed=1",
+                      f"--output_dir={tmp_path / 'api' / 'seed1'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,12 +7,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import (REPO, TICKET_ROUNDS, TINY_TICKETS, kill_find_tickets_mid_level,
-                      run_binary)
+                      make_colour_folder, run_binary)
 from lth_keras import grid
 
 SMALL = dict(sources=["fashion_mnist", "cifar10"], targets=["human_lba", "/data/my_slides"],
@@ -74,26 +72,13 @@ def test_sharding_partitions_the_runs(num_tasks):
 
 # ---- a tiny grid, run for real ---------------------------------------------------------
 
-def _tiny_target(root):
-    """Three colour classes as PNG files in the paper's folder layout."""
-    rng = np.random.default_rng(0)
-    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
-    for split, n in (("train", 16), ("val", 6), ("test", 6)):
-        for name, colour in colours.items():
-            os.makedirs(root / split / name)
-            for i in range(n):
-                pixels = np.clip(rng.normal(colour, 40, size=(20, 20, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{i}.png")
-    return str(root)
-
-
 @pytest.fixture
 def tiny_grid(tmp_path, tiny_fashion_dir):
     (tmp_path / "tickets.cfg").write_text(
         "\n".join(a for a in TINY_TICKETS if not a.startswith("--seed")) + "\n")
     (tmp_path / "transfer.cfg").write_text(
         "--max_epochs=2\n--patience=2\n--batch_size=16\n--learning_rate=0.01\n--deterministic\n")
-    target = _tiny_target(tmp_path / "colours")
+    target = make_colour_folder(tmp_path / "colours")
     root = tmp_path / "grid"
     args = ["--sources=fashion_mnist", f"--targets={target}", "--seeds=0",
             "--conditions=rewind,scratch", f"--tickets_flagfile={tmp_path / 'tickets.cfg'}",

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from absl import flags
 
-from conftest import REPO, TINY_TICKETS, run_binary
+from conftest import REPO, TINY_TICKETS, make_colour_folder, run_binary
 from lth_keras import lottery, runs, settings
 from lth_keras.settings import Pruning, Training
 
@@ -198,3 +198,41 @@ def test_resuming_with_more_rounds_updates_the_record(tiny_tickets, tiny_fashion
     assert config["settings"]["pruning"]["rounds"] == rounds + 1
     assert config["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
     assert grid.state(ticket, str(tmp_path)) == grid.DONE
+
+
+def test_the_same_folder_spelled_two_ways_is_the_same_run(tmp_path):
+    folder = make_colour_folder(tmp_path / "colours")
+    out = str(tmp_path / "run")
+    tiny = [a for a in TINY_TICKETS if not a.startswith("--rounds")] + ["--rounds=1"]
+    first = run_binary("lth_keras.find_tickets", "--source=colours", f"--output_dir={out}",
+                       *tiny, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    stamp = os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns
+    again = run_binary("lth_keras.find_tickets", f"--source={os.path.abspath(folder)}",
+                       f"--output_dir={out}", *tiny, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns == stamp
+
+
+def test_no_module_below_the_binaries_reads_the_global_flags():
+    # A run started from Python must train with, record and hash its own settings: only
+    # the binaries' shells (and the flag definitions) may touch absl's FLAGS.
+    import ast
+
+    shells = {"cli.py", "find_tickets.py", "transfer.py", "experiment.py", "analyze.py",
+              "export.py"}
+    package = os.path.join(REPO, "lth_keras")
+    readers = []
+    for directory, _, files in os.walk(package):
+        for name in files:
+            if not name.endswith(".py") or (directory == package and name in shells):
+                continue
+            with open(os.path.join(directory, name)) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and node.attr == "FLAGS" and not (
+                        name == "settings.py"):
+                    readers.append(f"{name}:{node.lineno}")
+                if isinstance(node, ast.Name) and node.id == "FLAGS":
+                    readers.append(f"{name}:{node.lineno}")
+    assert not readers, readers
