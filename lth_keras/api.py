@@ -98,12 +98,12 @@ def find_tickets(*objects, preset=None, verbose=True, **options):
 
 
 def run_find_tickets(groups, verbose=True):
+    check(groups)  # before the heavy imports: a bad setting is reported at once
     from absl import logging
 
     from lth_keras import lottery, models, runs
     from lth_keras.datasets import InputPlan
 
-    check(groups)
     model_settings, training, pruning = groups[Model], groups[Training], groups[Pruning]
     recipe = training.recipe(groups[Run])
     dataset = load_dataset(pruning.source, groups)
@@ -164,15 +164,16 @@ def _parse_levels(text, available, where):
 
 
 def _ticket_run(groups):
-    """(TicketRun or None, levels, groups with the ticket's model) for the transfer."""
-    from lth_keras import lottery
+    """(ticket run directory or None, levels, groups with the ticket's model) for the
+    transfer; read before anything heavy is imported, so that a bad one is reported at once."""
+    from lth_keras import runs
 
     spec, model_settings = groups[Transfer], groups[Model]
     if not spec.tickets:  # scratch without tickets: the settings name the model
         return None, [0], groups
     if not os.path.isdir(spec.tickets):
         raise SettingsError(f"--tickets={spec.tickets}: no such directory")
-    ticket_run = lottery.TicketRun(spec.tickets)
+    ticket_run = runs.RunDirectory(spec.tickets)
     config = ticket_run.config()
     if config.get("kind") != "find_tickets":
         raise SettingsError(f"{spec.tickets} is a {config.get('kind')} run, not a find_tickets "
@@ -222,15 +223,16 @@ def transfer_dir(ticket_run, ticket_config, groups, dataset_name):
 
 
 def run_transfer(groups, verbose=True):
-    from absl import logging
-
-    from lth_keras import fine_tuning, runs, weights
-    from lth_keras.datasets import InputPlan
-
-    check(groups)
+    check(groups)  # before the heavy imports: a bad setting is reported at once
     spec = groups[Transfer]
     condition = spec.condition
-    ticket_run, levels, groups = _ticket_run(groups)
+    ticket_directory, levels, groups = _ticket_run(groups)
+    from absl import logging
+
+    from lth_keras import fine_tuning, lottery, runs, weights
+    from lth_keras.datasets import InputPlan
+
+    ticket_run = ticket_directory and lottery.TicketRun(ticket_directory.path)
     model_settings, training = groups[Model], groups[Training]
     recipe = training.recipe(groups[Run])
     dataset = load_dataset(spec.target, groups)

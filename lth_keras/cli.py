@@ -55,18 +55,39 @@ def forwarded_flags():
             if FLAGS[name].present]
 
 
+# Errors a user can act on, each printed as one line. They are looked up only in the
+# modules this run has imported: a settings error must not wait for TensorFlow's import
+# (5-6 s) to be reported, and an exception of a module never imported cannot occur.
+USER_ERRORS = {
+    "lth_keras.datasets.base": ("DataError",),
+    "lth_keras.weights": ("WeightsMismatchError",),
+    "lth_keras.training": ("TrainingDivergedError", "WorkerError"),
+    "lth_keras.artifacts": ("ArtifactError",),
+    "lth_keras.engines": ("ConfigurationError",),
+    "lth_keras.grid": ("GridError",),
+}
+
+
+def _user_error(e):
+    kinds = [UserError, settings.SettingsError]
+    for module, names in USER_ERRORS.items():
+        if module in sys.modules:
+            kinds += [getattr(sys.modules[module], name) for name in names]
+    return isinstance(e, tuple(kinds))
+
+
+def _cluster_error(e):
+    """Whether `e` is what a collective raises when a peer worker dies or its link breaks."""
+    engines = sys.modules.get("lth_keras.engines")
+    runtime = engines and engines.process_runtime()
+    return runtime is not None and isinstance(e, runtime.cluster_errors())
+
+
 def run(main):
     """app.run(main), turning expected failures into one clear line and exit status 1, and
     SIGINT/SIGTERM into a saved state, one line and exit status 128 + the signal."""
-    from lth_keras import artifacts, engines, grid, weights
-    from lth_keras.datasets import DataError
-    from lth_keras.engines import ConfigurationError
-    from lth_keras.training import (TrainingDivergedError, TrainingInterrupted, WorkerError,
-                                    interruptions)
+    from lth_keras.signals import TrainingInterrupted, interruptions
 
-    expected = (UserError, DataError, weights.WeightsMismatchError, TrainingDivergedError,
-                artifacts.ArtifactError, WorkerError, ConfigurationError,
-                settings.SettingsError, grid.GridError)
     program = os.path.basename(sys.argv[0]).removesuffix(".py")
 
     def fail(message):
@@ -78,16 +99,14 @@ def run(main):
         interruptions.install()
         try:
             return main(argv)
-        except expected as e:
-            fail(e)
         except TrainingInterrupted as e:
             logging.flush()
             print(f"{program}: {e}", file=sys.stderr)
             sys.exit(128 + e.signum)
         except Exception as e:
-            # What a collective raises when a peer worker dies or its link breaks.
-            runtime = engines.process_runtime()
-            if runtime is None or not isinstance(e, runtime.cluster_errors()):
+            if _user_error(e):
+                fail(e)
+            if not _cluster_error(e):
                 raise
             text = getattr(e, "message", None) or str(e)
             first = next((line for line in text.splitlines() if line.strip()), "")

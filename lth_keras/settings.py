@@ -64,6 +64,11 @@ class Data:
         _check(0.0 < self.val_fraction < 1.0, "--val_fraction must be in (0, 1)")
 
 
+# The architectures of models.py (a test keeps the two lists equal), named here so that a
+# wrong --model is reported before Keras is imported.
+MODELS = ("resnet50", "resnet20", "lenet_300_100", "conv4")
+
+
 @dataclasses.dataclass(frozen=True)
 class Model:
     # The grid takes both from the tickets preset (a transfer, from its tickets).
@@ -76,8 +81,6 @@ class Model:
                                      "BUILD_NOTES.md).")
 
     def check(self):
-        from lth_keras.models import MODELS
-
         _check(self.model in MODELS, f"--model={self.model} is not one of {', '.join(MODELS)}")
         _check(self.image_size >= 8, "--image_size must be >= 8")
         _check(0.0 <= self.bn_momentum < 1.0, "--bn_momentum must be in [0, 1)")
@@ -308,6 +311,16 @@ def _typed(f, value):
                             f"{','.join(map(str, value))}")
 
 
+def _from_text(f, text):
+    """A number or boolean option given as text (as on a command line)."""
+    try:
+        if f.type is bool:
+            return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+        return f.type(text)
+    except (KeyError, ValueError):
+        raise SettingsError(f"--{f.name} must be {f.type.__name__}, got {text!r}") from None
+
+
 def from_flags(groups, flag_values=None):
     """{group: settings object} from parsed flags."""
     from absl import flags
@@ -348,6 +361,8 @@ def with_options(settings, options):
             value = value.split(",")
         if f.metadata["item"] is not None and value is not None:
             value = _typed(f, value)
+        elif isinstance(value, str) and f.type in (int, float, bool):
+            value = _from_text(f, value)
         settings[group] = dataclasses.replace(settings[group], **{name: value})
     return settings
 

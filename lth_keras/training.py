@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 
 from lth_keras import artifacts, weights
+from lth_keras.signals import TrainingInterrupted, interruptions
 
 
 class TrainingDivergedError(RuntimeError):
@@ -31,54 +32,6 @@ class WorkerError(RuntimeError):
     """The workers of a multi-worker run disagree, or one of them is gone."""
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM (Slurm's preemption) stopped the run; `checkpoint` holds its state."""
-
-    def __init__(self, signum, checkpoint=None):
-        import signal
-
-        self.signum = signum
-        self.checkpoint = checkpoint
-        where = (f"its state is in {checkpoint}" if checkpoint else "finished levels are kept")
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; {where}: run the same "
-                         "command again to resume")
-
-
-class _Interruptions:
-    """SIGINT and SIGTERM as a request to stop training at the next safe point.
-
-    While a Trainer trains, a signal only sets a flag: the loop stops after the
-    step (or steps_per_execution steps) in flight, the Trainer writes the
-    checkpoint and raises TrainingInterrupted. Elsewhere (loading data, pruning)
-    the signal raises TrainingInterrupted at once; atomic writes leave no half
-    file. A second Ctrl-C while training stops at once too.
-    """
-
-    def __init__(self):
-        self.training = False
-        self.signum = None
-
-    def install(self):
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.training and self.signum is None:
-            self.signum = signum
-            logging.warning("%s: stopping after the steps in flight and saving the state",
-                            __import__("signal").Signals(signum).name)
-            return
-        raise TrainingInterrupted(signum)
-
-    def requested(self):
-        return self.signum is not None
-
-
-interruptions = _Interruptions()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from conftest import HISTOLOGY, REPO, find_tiny_tickets, needs_histology, run_binary
+from conftest import (HISTOLOGY, REPO, TINY_TICKETS, find_tiny_tickets, needs_histology,
+                      run_binary)
 from lth_keras import fine_tuning
 
 
@@ -62,12 +63,13 @@ def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_ticke
     # Two different ticket runs, both called "tickets", each transferred with the default
     # run directory: before, the second resumed (and so skipped) the first one's.
     other = tmp_path / "b" / "tickets"
-    proc = find_tiny_tickets(tiny_fashion_dir, str(other), "--seed=4", "--rounds=1")
+    proc = find_tiny_tickets(tiny_fashion_dir, str(other), "--seed=4", "--rounds=0",
+                             "--max_epochs=1", "--rewind_epoch=0")
     assert proc.returncode == 0, proc.stderr[-2000:]
     made = []
     for ticket_dir in (tiny_tickets.path, str(other)):
         proc = run_binary("lth_keras.transfer", f"--tickets={ticket_dir}", "--target=fashion_mnist",
-                          f"--data_dir={tiny_fashion_dir}", "--levels=1", "--max_epochs=1",
+                          f"--data_dir={tiny_fashion_dir}", "--levels=0", "--max_epochs=1",
                           "--batch_size=32", "--checkpoint_every=0", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         made.append(proc.stdout.strip().splitlines()[-1].removeprefix("artifacts: "))
@@ -75,7 +77,7 @@ def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_ticke
     for path, ticket_dir in zip(made, (tiny_tickets.path, str(other))):
         run = fine_tuning.TransferRun(os.path.join(tmp_path, path))
         assert run.config()["tickets"]["path"] == os.path.abspath(ticket_dir)
-        assert run.finished_levels() == [1]
+        assert run.finished_levels() == [0]
 
 
 def test_settings_errors_reach_python_as_one_line(tmp_path):
@@ -92,43 +94,43 @@ def test_settings_errors_reach_python_as_one_line(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_fashion_dir, tmp_path):
+def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_tickets, tiny_fashion_dir,
+                                                               tmp_path):
     # A notebook calls the API again and again: the process's engine runtime is reused,
-    # and the second run must be the one a fresh process makes (same θ_0 keys, same
-    # numbers), so that the command line resumes it as its own.
-    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
-            "--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
-            "--rewind_epoch=1", "--batch_size=32", "--checkpoint_every=0", "--deterministic"]
+    # and its second run must be the one a fresh process makes (tiny_tickets: same θ_0
+    # keys and values, same numbers), so that the command line resumes it as its own.
+    tiny = {a[2:].split("=")[0]: a[2:].split("=")[1] if "=" in a else True
+            for a in TINY_TICKETS}
     script = (
         "import sys, lth_keras\n"
-        "for seed in (0, 1):\n"
-        "    lth_keras.find_tickets(source='fashion_mnist', data_dir=sys.argv[1],\n"
-        "        output_dir=f'{sys.argv[2]}/seed{seed}', model='lenet_300_100', image_size=16,\n"
-        "        rounds=1, max_epochs=2, rewind_epoch=1, batch_size=32, checkpoint_every=0,\n"
-        "        deterministic=True, seed=seed, verbose=False)\n"
+        "common = dict(source='fashion_mnist', data_dir=sys.argv[1], verbose=False)\n"
+        "lth_keras.find_tickets(**common, output_dir=sys.argv[2] + '/first', seed=0,\n"
+        "                       model='lenet_300_100', image_size=16, rounds=0, max_epochs=1,\n"
+        "                       rewind_epoch=0, deterministic=True)\n"
+        f"lth_keras.find_tickets(**common, output_dir=sys.argv[2] + '/second', **{tiny!r})\n"
         "try:\n"
-        "    lth_keras.find_tickets(source='fashion_mnist', data_dir=sys.argv[1],\n"
-        "        output_dir=f'{sys.argv[2]}/never', strategy='mirrored', cpu_devices=2)\n"
+        "    lth_keras.find_tickets(**common, output_dir=sys.argv[2] + '/never',\n"
+        "                           strategy='mirrored', cpu_devices=2)\n"
         "except Exception as e:\n"
         "    print('refused:', e)\n")
-    proc = subprocess.run([sys.executable, "-c", script, tiny_fashion_dir, str(tmp_path / "api")],
+    proc = subprocess.run([sys.executable, "-c", script, tiny_fashion_dir, str(tmp_path)],
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "refused: this process already trains with other devices" in proc.stdout
-    fresh = str(tmp_path / "fresh")
-    proc = run_binary("lth_keras.find_tickets", *args, "--seed=1", f"--output_dir={fresh}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "never").exists()
     from lth_keras import lottery
 
-    again, alone = lottery.TicketRun(str(tmp_path / "api" / "seed1")), lottery.TicketRun(fresh)
-    assert again.config()["hparams_hash"] == alone.config()["hparams_hash"]
-    for level in (0, 1):
-        assert again.metrics(level)["test"] == alone.metrics(level)["test"]
-    theta_a, theta_b = again.theta("0"), alone.theta("0")
+    second = lottery.TicketRun(str(tmp_path / "second"))
+    assert second.config()["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
+    for level in tiny_tickets.finished_levels():
+        assert second.metrics(level)["test"] == tiny_tickets.metrics(level)["test"]
+    theta_a, theta_b = second.theta("0"), tiny_tickets.theta("0")
     assert sorted(theta_a) == sorted(theta_b)
     assert all((theta_a[k] == theta_b[k]).all() for k in theta_a)
     # The command line resumes the notebook's run as its own: nothing left to train.
-    proc = run_binary("lth_keras.find_tickets", *args, "--seed=1",
-                      f"--output_dir={tmp_path / 'api' / 'seed1'}")
+    last = second.level_file(second.finished_levels()[-1], "theta_i.npz")
+    stamp = os.stat(last).st_mtime_ns
+    proc = find_tiny_tickets(tiny_fashion_dir, str(tmp_path / "second"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert os.stat(last).st_mtime_ns == stamp

@@ -3,12 +3,16 @@
 import dataclasses
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from absl import flags
 
-from conftest import REPO, TINY_TICKETS, make_colour_folder, run_binary
+from conftest import (REPO, TINY_TICKETS, kill_find_tickets_mid_level, make_colour_folder,
+                      run_binary)
 from lth_keras import lottery, runs, settings
 from lth_keras.settings import Pruning, Training
 
@@ -181,23 +185,32 @@ def test_runs_recorded_before_identity_version_2_resume_and_are_migrated(tiny_ti
     assert proc.returncode == 1 and "prune_rate" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_resuming_with_more_rounds_updates_the_record(tiny_tickets, tiny_fashion_dir, tmp_path):
-    from lth_keras import grid
-
-    out = str(tmp_path / "more")
+def test_resuming_with_more_rounds_updates_the_record_and_the_grid_sees_it(
+        tiny_tickets, tiny_fashion_dir, tmp_path):
+    # A grid whose ticket run is resumed with one round more, and stopped in that level:
+    # its record says the new rounds, and `experiment --list` calls the run partial.
+    root = tmp_path / "grid"
+    out = str(root / "tickets" / "fashion_mnist-seed3")
     shutil.copytree(tiny_tickets.path, out)
     rounds = tiny_tickets.config()["settings"]["pruning"]["rounds"]
-    ticket = grid.Run("more", "find_tickets", ())
-    assert grid.state(ticket, str(tmp_path)) == grid.DONE
-    assert grid.state(ticket, str(tmp_path), rounds=rounds + 1) == grid.PARTIAL
-    proc = run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
-                      f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *TINY_TICKETS,
-                      f"--rounds={rounds + 1}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    preset = tmp_path / "tickets.cfg"
+    preset.write_text("\n".join(TINY_TICKETS) + "\n")
+    listing = ["lth_keras.experiment", "--list", "--sources=fashion_mnist", "--targets=x",
+               "--seeds=3", "--conditions=rewind", f"--tickets_flagfile={preset}",
+               f"--transfer_flagfile={preset}", f"--output_dir={root}"]
+    before = run_binary(*listing)
+    assert before.returncode == 0, before.stderr[-2000:]
+    assert re.search(r"tickets/fashion_mnist-seed3\s+done", before.stdout), before.stdout
+
+    kill_find_tickets_mid_level(["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+                                 f"--output_dir={out}", *TINY_TICKETS,
+                                 f"--rounds={rounds + 1}"], out, level=rounds + 1)
     config = lottery.TicketRun(out).config()
     assert config["settings"]["pruning"]["rounds"] == rounds + 1
     assert config["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
-    assert grid.state(ticket, str(tmp_path)) == grid.DONE
+    after = run_binary(*listing)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert re.search(r"tickets/fashion_mnist-seed3\s+partial", after.stdout), after.stdout
 
 
 def test_the_same_folder_spelled_two_ways_is_the_same_run(tmp_path):
@@ -236,3 +249,27 @@ def test_no_module_below_the_binaries_reads_the_global_flags():
                 if isinstance(node, ast.Name) and node.id == "FLAGS":
                     readers.append(f"{name}:{node.lineno}")
     assert not readers, readers
+
+
+def test_the_model_names_of_the_settings_are_the_models():
+    from lth_keras import models
+
+    assert sorted(settings.MODELS) == sorted(models.MODELS)
+
+
+def test_a_bad_setting_is_reported_before_any_framework_is_imported(tmp_path):
+    # One line, exit 1, nothing written, and at once: not after TensorFlow's 5 s import.
+    script = ("import sys, runpy\n"
+              "sys.argv = ['find_tickets', '--prune_rate=1.5', '--output_dir=' + sys.argv[1]]\n"
+              "try:\n"
+              "    runpy.run_module('lth_keras.find_tickets', run_name='__main__')\n"
+              "finally:\n"
+              "    print('imported:', sorted(m for m in ('tensorflow', 'jax', 'keras')\n"
+              "                             if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "never")],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "find_tickets: error: --prune_rate must be in (0, 1)"
+    assert "imported: []" in proc.stdout
+    assert not (tmp_path / "never").exists()
