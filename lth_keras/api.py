@@ -17,7 +17,9 @@ them again in the same process reuses its engine runtime (devices are set up
 once per process).
 """
 
+import contextlib
 import dataclasses
+import importlib
 import os
 
 from lth_keras import settings
@@ -72,16 +74,28 @@ def load_dataset(name, groups):
         cache_dir=datasets.cache.default_dir() if data.cache_dir is None else data.cache_dir)
 
 
+def start_framework():
+    """Imports Keras and its backend (TensorFlow or JAX), their start-up noise filtered."""
+    from lth_keras import quiet
+
+    with quiet.framework_startup():
+        importlib.import_module("keras")
+
+
 def runtime(groups):
     """This process's engine Runtime for `groups` (made once, then reused)."""
-    from lth_keras import engines
+    from lth_keras import engines, quiet
 
     run, training = groups[Run], groups[Training]
-    return engines.runtime(seed=training.seed, deterministic=run.deterministic,
-                           mixed_precision=training.mixed_precision, strategy=run.strategy,
-                           cpu_devices=run.cpu_devices, worker_timeout=run.worker_timeout,
-                           jit_compile=run.jit_compile,
-                           steps_per_execution=run.steps_per_execution)
+    # Several hosts: their watchdog must write to the real stderr, so nothing is filtered.
+    startup = (quiet.framework_startup() if run.strategy != "multi_worker"
+               else contextlib.nullcontext())
+    with startup:
+        return engines.runtime(seed=training.seed, deterministic=run.deterministic,
+                               mixed_precision=training.mixed_precision, strategy=run.strategy,
+                               cpu_devices=run.cpu_devices, worker_timeout=run.worker_timeout,
+                               jit_compile=run.jit_compile,
+                               steps_per_execution=run.steps_per_execution)
 
 
 # --- find_tickets ----------------------------------------------------------------------
@@ -99,6 +113,7 @@ def find_tickets(*objects, preset=None, verbose=True, **options):
 
 def run_find_tickets(groups, verbose=True):
     check(groups)  # before the heavy imports: a bad setting is reported at once
+    start_framework()
     from absl import logging
 
     from lth_keras import lottery, models, runs
@@ -114,17 +129,18 @@ def run_find_tickets(groups, verbose=True):
         "tickets", f"{dataset.name}-{model_settings.model}-{model_settings.image_size}px"
                    f"-seed{training.seed}")
     run = lottery.TicketRun(runs.process_directory(output_dir, rt))
-    runs.start(run.config_path, kind="find_tickets", groups=groups, dataset=dataset, plan=plan,
-               runtime=rt, legacy=runs.legacy_hparams("find_tickets", groups))
-    logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
-    with rt.scope():
-        model = models.build_model(model_settings.model,
-                                   input_shape=(model_settings.image_size,) * 2 + (3,),
-                                   num_classes=dataset.num_classes, seed=training.seed,
-                                   bn_momentum=model_settings.bn_momentum)
-    lottery.find_tickets(run, model, plan, rt, recipe, rounds=pruning.rounds,
-                         prune_rate=pruning.prune_rate, pruning_mode=pruning.pruning,
-                         rewind_epoch=pruning.rewind_epoch, verbose=verbose)
+    with runs.locked(run.path):
+        runs.start(run.config_path, kind="find_tickets", groups=groups, dataset=dataset,
+                   plan=plan, runtime=rt, legacy=runs.legacy_hparams("find_tickets", groups))
+        logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
+        with rt.scope():
+            model = models.build_model(model_settings.model,
+                                       input_shape=(model_settings.image_size,) * 2 + (3,),
+                                       num_classes=dataset.num_classes, seed=training.seed,
+                                       bn_momentum=model_settings.bn_momentum)
+        lottery.find_tickets(run, model, plan, rt, recipe, rounds=pruning.rounds,
+                             prune_rate=pruning.prune_rate, pruning_mode=pruning.pruning,
+                             rewind_epoch=pruning.rewind_epoch, verbose=verbose)
     return run
 
 
@@ -192,6 +208,15 @@ def _ticket_run(groups):
         raise SettingsError(f"{spec.tickets} has no finished levels; run find_tickets first")
     levels = ([0] if spec.condition == "scratch"
               else _parse_levels(spec.levels, available, spec.tickets))
+    needed = ["theta_0.npz"] + (["theta_k.npz"] if spec.condition == "rewind" else [])
+    if spec.condition != "scratch":
+        needed += [os.path.join("levels", f"level_{level:02d}", name) for level in levels
+                   for name in ("mask.npz",) + (("theta_i.npz",) if spec.init == "final"
+                                                else ())]
+    missing = [name for name in needed if not os.path.exists(ticket_run.file(name))]
+    if missing:
+        raise SettingsError(f"{spec.tickets} lacks {', '.join(missing)}: its find_tickets run "
+                            "is incomplete or damaged; run its command again to repair it")
     return ticket_run, levels, groups
 
 
@@ -227,6 +252,7 @@ def run_transfer(groups, verbose=True):
     spec = groups[Transfer]
     condition = spec.condition
     ticket_directory, levels, groups = _ticket_run(groups)
+    start_framework()
     from absl import logging
 
     from lth_keras import fine_tuning, lottery, runs, weights
@@ -272,17 +298,17 @@ def run_transfer(groups, verbose=True):
                    "hparams_hash": runs.run_id(ticket_config),
                    "source": ticket_config["dataset"]["name"],
                    "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
-    runs.start(run.config_path, kind="transfer", groups=groups, dataset=dataset, plan=plan,
-               runtime=rt, extra={"condition": condition, "tickets": tickets,
-                                  "model": model_config, "levels": levels},
-               identity_extra={"condition": condition,
-                               "tickets_hash": tickets and tickets["hparams_hash"]},
-               legacy=runs.legacy_hparams("transfer", groups, {
-                   "condition": condition, "tickets_hash": tickets and tickets["hparams_hash"]}))
-    logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
-    fine_tuning.fine_tune(run, source_model, target_model, plan, rt, recipe,
-                          condition=condition, levels=levels, start_for_level=start_for_level,
-                          verbose=verbose)
+    identity_extra = {"condition": condition, "tickets_hash": tickets and tickets["hparams_hash"]}
+    with runs.locked(run.path):
+        runs.start(run.config_path, kind="transfer", groups=groups, dataset=dataset, plan=plan,
+                   runtime=rt, extra={"condition": condition, "tickets": tickets,
+                                      "model": model_config, "levels": levels},
+                   identity_extra=identity_extra,
+                   legacy=runs.legacy_hparams("transfer", groups, identity_extra))
+        logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
+        fine_tuning.fine_tune(run, source_model, target_model, plan, rt, recipe,
+                              condition=condition, levels=levels,
+                              start_for_level=start_for_level, verbose=verbose)
     return run
 
 

@@ -33,13 +33,27 @@ def atomic_path(path):
                                dir=directory)
     os.close(fd)
     try:
+        # mkstemp makes 0600 files: follow the umask instead, as open() would, so that a
+        # shared cluster's group can read the runs.
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename in (None, tmp):  # disk full names no file, or the temporary one
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    """The process's umask (read by setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path, data):

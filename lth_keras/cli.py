@@ -43,7 +43,7 @@ def train(argv, groups, run_function):
     from lth_keras import api, runs
 
     run = getattr(api, run_function)(from_flags(groups))
-    print(runs.format_summary(run.summary()), end="")
+    print(runs.format_summary(run.summary(), title=run.title()), end="")
     print(f"artifacts: {run.path}")
 
 
@@ -106,6 +106,10 @@ def run(main):
         except Exception as e:
             if _user_error(e):
                 fail(e)
+            if isinstance(e, OSError) and e.errno is not None:
+                # Disk full, read-only file systems, permissions: the OS's words and the path.
+                fail(": ".join(str(x) for x in (e.strerror, e.filename, e.filename2)
+                               if x is not None))
             if not _cluster_error(e):
                 raise
             text = getattr(e, "message", None) or str(e)

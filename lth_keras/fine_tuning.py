@@ -102,16 +102,23 @@ def fine_tune(run, source_model, target_model, plan, runtime, training_config, *
     head_init = {v.path: np.array(v.numpy()) for v in head.variables}
     total_params = weights.count_parameters(target_model)
     runtime.check_workers_agree(sum(map(run.is_finished, levels)), "the finished levels")
+    run.remove_stale_checkpoints([level for level in levels if run.is_finished(level)])
     for level in levels:
+        start, ticket_mask = start_for_level(level)
         if run.is_finished(level):
             try:
-                run.metrics(level)
+                recorded = run.checked_metrics(level).get("mask_digest")
+                if (recorded is not None and ticket_mask is not None  # scratch: dense
+                        and recorded != weights.digest(ticket_mask)):
+                    raise artifacts.ArtifactError(
+                        f"{run.level_file(level, 'metrics.json')} was fine-tuned with another "
+                        "mask than the ticket run now holds (its level was recomputed)")
                 logging.info("level %d: already fine-tuned, skipping", level)
                 continue
-            except artifacts.ArtifactError as e:  # damaged: recomputed, never used
+            except artifacts.ArtifactError as e:  # damaged or stale: recomputed, never used
                 logging.warning("%s; fine-tuning level %d again", e, level)
                 artifacts.remove_tree(run.level_dir(level))
-        mask = load_start(source_model, *start_for_level(level))
+        mask = load_start(source_model, start, ticket_mask)
         weights.assign(target_model, head_init,
                        skip={v.path for v in target_model.variables} - set(head_init))
         start_digest = weights.digest(weights.snapshot(target_model))

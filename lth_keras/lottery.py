@@ -11,6 +11,7 @@ A level is finished when its metrics.json exists (written last, atomically).
 """
 
 import os
+import re
 
 import numpy as np
 from absl import logging
@@ -121,31 +122,69 @@ def _check_or_write_theta_0(run, theta_0):
         artifacts.write_arrays(path, theta_0)
 
 
-def _discard_damaged_levels(run):
-    """Removes the first finished level with an unreadable artifact, and every later one.
+def expected_start_digest(start, masks):
+    """The start_digest of a level that starts from θ = `start` with `masks`: what
+    weights.load_ticket makes of them (kernels m ⊙ θ, mask variables m), as a digest."""
+    weights_at_start = dict(start)
+    for path, mask in masks.items():
+        mask = np.asarray(mask, np.float32)
+        weights_at_start[path] = start[path] * mask
+        weights_at_start[path.rsplit("/", 1)[0] + "/mask"] = mask
+    return weights.digest(weights_at_start)
 
-    A truncated or corrupted file (npz members are CRC-checked, JSON must parse)
-    is reported and recomputed, never used. Later levels go too: they were
-    pruned from the damaged one. Every artifact is read once (seconds even for
-    31 ResNet-50 levels, against hours of training).
+
+def _discard_damaged_levels(run):
+    """Removes the first finished level with a damaged artifact, and every later level.
+
+    Damage is a file that does not read (npz members are CRC-checked, JSON must
+    parse), a metrics.json without what a finished level records, or a mask or θ
+    that does not give the start the level recorded (a mask copied from another
+    level, a θ_k from another run). It is reported and recomputed, never used.
+    Later levels go too, finished or in progress: they were pruned from the damaged
+    one. Every artifact is read once (seconds even for 31 ResNet-50 levels, against
+    hours of training).
     """
     finished = run.finished_levels()
+    run.remove_stale_checkpoints(finished)
     if not finished:
         return
-    checks = [(0, lambda: run.theta("k"))]  # level 0 makes θ_k
-    for level in finished:
-        checks += [(level, lambda level=level: run.metrics(level)),
-                   (level, lambda level=level: run.mask(level)),
-                   (level, lambda level=level: run.theta_i(level))]
     damaged = []
-    for level, read in checks:
+
+    def check(level, read):
         try:
-            read()
+            return read()
         except artifacts.ArtifactError as e:
             logging.warning("%s", e)
             damaged.append(level)
+
+    theta_0, theta_k = check(0, lambda: run.theta("0")), check(0, lambda: run.theta("k"))
+    starts = {}  # level: whether its mask and θ give the start it recorded
+    for level in finished:
+        metrics = check(level, lambda level=level: run.checked_metrics(level))
+        mask = check(level, lambda level=level: run.mask(level))
+        check(level, lambda level=level: run.theta_i(level))
+        start = theta_0 if level == 0 else theta_k
+        if metrics is not None and mask is not None and start is not None:
+            try:
+                starts[level] = expected_start_digest(start, mask) == metrics["start_digest"]
+            except KeyError:  # a mask for a kernel that θ does not hold
+                starts[level] = False
+    # θ_k is every pruned level's start: one pruned level that starts right vouches for
+    # it, and then a level that does not has a wrong mask; if none does, θ_k is wrong.
+    theta_k_right = any(ok for level, ok in starts.items() if level > 0)
+    for level, ok in starts.items():
+        if ok:
+            continue
+        mask_wrong = level == 0 or theta_k_right
+        logging.warning("%s does not give the start that level %d recorded (start_digest): "
+                        "it comes from elsewhere", run.level_file(level, "mask.npz")
+                        if mask_wrong else run.file("theta_k.npz"), level)
+        damaged.append(level if mask_wrong else 0)
     if damaged:
         first = min(damaged)
         logging.warning("recomputing levels %d..%d of %s", first, finished[-1], run.path)
-        for level in finished[finished.index(first):]:
-            artifacts.remove_tree(run.level_dir(level))
+        root = run.file("levels")
+        for name in sorted(os.listdir(root)):
+            match = re.fullmatch(r"level_(\d+)", name)
+            if match and int(match.group(1)) >= first:  # in-progress levels too
+                artifacts.remove_tree(os.path.join(root, name))

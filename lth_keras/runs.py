@@ -6,6 +6,7 @@ versions, the dataset summary and the input normalisation. A re-run into the sam
 directory must have the same identity, or it is refused.
 """
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -63,6 +64,30 @@ class RunDirectory:
     def metrics(self, level):
         return artifacts.read_json(self.level_file(level, "metrics.json"))
 
+    def checked_metrics(self, level):
+        """metrics.json of a finished level, or ArtifactError when it parses but lacks what
+        every finished level records (such a file is damage too, not a KeyError later)."""
+        path = self.level_file(level, "metrics.json")
+        m = self.metrics(level)
+        if not isinstance(m, dict):
+            raise artifacts.ArtifactError(f"{path} is not a level's metrics")
+        missing = [k for k in METRICS_KEYS if k not in m]
+        missing += [f"{split}.{k}" for split in ("val", "test") if isinstance(m.get(split), dict)
+                    for k in ("accuracy", "loss") if k not in m[split]]
+        if missing:
+            raise artifacts.ArtifactError(f"{path} lacks {', '.join(missing)}")
+        if m["level"] != level:
+            raise artifacts.ArtifactError(f"{path} holds level {m['level']}'s metrics")
+        return m
+
+    def remove_stale_checkpoints(self, levels):
+        """Epoch checkpoints left in finished `levels` (a crash between the level's last
+        write and the checkpoint's removal)."""
+        for level in levels:
+            path = self.level_file(level, "checkpoint.npz")
+            if os.path.exists(path):
+                os.remove(path)
+
     def tensorboard_hparams(self, level, density):
         """What TensorBoard's HParams tab shows for a level: its run, its sparsity, its hparams."""
         config = self.config()
@@ -90,7 +115,22 @@ class RunDirectory:
         checkpoint = self.level_file(level, "checkpoint.npz")
         if os.path.exists(checkpoint):
             os.remove(checkpoint)
+        warning = chance_warning(level, metrics, self.config()["dataset"]["num_classes"])
+        if warning:
+            logging.warning("%s", warning)
         return self.write_summary()
+
+    def title(self):
+        """What the run is, in a line: the title of its printed summary."""
+        config = self.config()
+        hp, dataset = config["hparams"], config["dataset"]["name"]
+        if config["kind"] == "find_tickets":
+            return (f"tickets on {dataset}: {hp['model']} at {hp['image_size']} px, "
+                    f"seed {hp['seed']}")
+        tickets = config.get("tickets")
+        source = f" of tickets from {tickets['source']}" if tickets else ""
+        return (f"transfer to {dataset}: {config['condition']}{source}, {hp['model']} at "
+                f"{hp['image_size']} px, seed {hp['seed']}")
 
     def summary(self):
         """One row per finished level (the columns of summary.csv)."""
@@ -108,6 +148,23 @@ class RunDirectory:
         return rows
 
 
+def chance_warning(level, metrics, num_classes):
+    """A warning when a level ends within a point of chance accuracy (a learning rate
+    that diverged into a constant prediction, labels that do not match the images), or
+    None: such a run exits 0 and its numbers look like results."""
+    chance = 1.0 / num_classes
+    accuracy = max(metrics["val"]["accuracy"], metrics["test"]["accuracy"])
+    if accuracy > chance + 0.01:
+        return None
+    return (f"level {level} ended at chance accuracy (val {metrics['val']['accuracy']:.4f}, "
+            f"test {metrics['test']['accuracy']:.4f}; chance is {chance:.4f} with "
+            f"{num_classes} classes): check the learning rate and the data")
+
+
+# What every finished level's metrics.json records.
+METRICS_KEYS = ("level", "density", "start_digest", "history", "best_epoch", "epochs", "val",
+                "test")
+
 # What a level cost (metrics.json "cost"), in the summaries; empty for levels trained
 # before it was recorded.
 COST_COLUMNS = ("images", "seconds", "training_flops", "training_flops_masked")
@@ -122,10 +179,11 @@ def cost_columns(metrics):
             "training_flops_masked": cost["training_flops"]["masked"]}
 
 
-def format_summary(rows):
+def format_summary(rows, title=None):
     from lth_keras.costs import format_flops
 
-    lines = ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
+    lines = [f"{title}\n"] if title else []
+    lines += ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
              "|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
@@ -159,7 +217,7 @@ def process_directory(output_dir, runtime):
     atexit.register(shutil.rmtree, private, ignore_errors=True)
     if os.path.isdir(output_dir):
         shutil.copytree(output_dir, private, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("tensorboard", ".*.tmp"))
+                        ignore=shutil.ignore_patterns("tensorboard", ".*.tmp", LOCK_FILE))
     return private
 
 
@@ -203,6 +261,82 @@ def run_id(config):
     return config.get("legacy_hash") or config["hparams_hash"]
 
 
+def _resumed_record(stored, record, where, identity_extra, legacy, extra):
+    """The record of a re-run into `where`, or UserError if it is another run."""
+    from lth_keras.cli import UserError
+
+    if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:
+        raise UserError(f"{where} was made from other data (dataset fingerprint differs); "
+                        "choose another --output_dir")
+    if "identity" in stored:
+        old, new = stored["identity"], record["identity"]
+        if stored["hparams_hash"] != record["hparams_hash"]:
+            changed = sorted(k for k in {**old["changed"], **new["changed"]}
+                             if old["changed"].get(k) != new["changed"].get(k))
+            changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
+            raise UserError(f"{where} holds a run with other settings (differs in: "
+                            f"{', '.join(changed) or 'identity version'}); choose another "
+                            "--output_dir")
+        return {**stored, "settings": record["settings"], **(extra or {})}
+    legacy = legacy or {}
+    if stored.get("hparams_hash") != hparams_hash(legacy):
+        changed = sorted(k for k in {**stored["hparams"], **legacy}
+                         if stored["hparams"].get(k) != legacy.get(k))
+        raise UserError(f"{where} holds a run with other settings (differs in: "
+                        f"{', '.join(changed) or 'flag set'}); choose another --output_dir")
+    # A run from before identity version 2: the same settings, so it continues under an
+    # up-to-date record that keeps its old hash.
+    logging.info("%s: run record brought to identity version %d (hash %s, was %s)",
+                 where, settings.IDENTITY_VERSION, record["hparams_hash"],
+                 stored["hparams_hash"])
+    return {**record, "legacy_hash": stored["hparams_hash"],
+            "environment": stored.get("environment", record["environment"])}
+
+
+def clear_directory(path):
+    """Removes what a run directory holds, but its lock."""
+    for name in os.listdir(path):
+        if name == LOCK_FILE:
+            continue
+        full = os.path.join(path, name)
+        if os.path.isdir(full):
+            artifacts.remove_tree(full)
+        else:
+            os.remove(full)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def locked(directory):
+    """An exclusive lock on a run directory while the block runs.
+
+    A second process on the same directory is refused with one line naming the
+    holder's PID. The lock is an advisory fcntl lock on `<directory>/.lock`, so it
+    dies with its process: a killed run leaves nothing that blocks the next one.
+    """
+    import fcntl
+
+    from lth_keras.cli import UserError
+
+    os.makedirs(directory, exist_ok=True)
+    fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{directory} is in use by another process (PID {holder}); wait for "
+                        "it to finish or stop it") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
           identity_extra=None, legacy=None):
     """Writes config.json for a new run, or checks that a re-run matches it.
@@ -233,36 +367,21 @@ def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
         artifacts.write_json(config_path, record)
         return record
     where = os.path.dirname(config_path)
-    # Only one process writes a run directory: leftovers are from a killed one.
+    # Only one process writes a run directory (`locked`): leftovers are from a killed one.
     artifacts.remove_stale_temp_files(where)
     stored = artifacts.read_json(config_path)
-    if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:
-        raise UserError(f"{where} was made from other data (dataset fingerprint differs); "
-                        "choose another --output_dir")
-    if "identity" in stored:
-        old, new = stored["identity"], ident
-        if stored["hparams_hash"] != record["hparams_hash"]:
-            changed = sorted(k for k in {**old["changed"], **new["changed"]}
-                             if old["changed"].get(k) != new["changed"].get(k))
-            changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
-            raise UserError(f"{where} holds a run with other settings (differs in: "
-                            f"{', '.join(changed) or 'identity version'}); choose another "
-                            "--output_dir")
-        updated = {**stored, "settings": record["settings"], **(extra or {})}
-    else:
-        legacy = legacy or {}
-        if stored.get("hparams_hash") != hparams_hash(legacy):
-            changed = sorted(k for k in {**stored["hparams"], **legacy}
-                             if stored["hparams"].get(k) != legacy.get(k))
-            raise UserError(f"{where} holds a run with other settings (differs in: "
-                            f"{', '.join(changed) or 'flag set'}); choose another --output_dir")
-        # A run from before identity version 2: the same settings, so it continues under
-        # an up-to-date record that keeps its old hash.
-        updated = {**record, "legacy_hash": stored["hparams_hash"],
-                   "environment": stored.get("environment", record["environment"])}
-        logging.info("%s: run record brought to identity version %d (hash %s, was %s)",
-                     where, settings.IDENTITY_VERSION, record["hparams_hash"],
-                     stored["hparams_hash"])
+    try:
+        updated = _resumed_record(stored, record, where, identity_extra, legacy, extra)
+    except UserError:
+        if RunDirectory(where).finished_levels():
+            raise
+        # Nothing finished here (a run that failed before its first level): the corrected
+        # command must not be blocked by it.
+        logging.warning("%s held no finished level of a run with other settings or data: "
+                        "re-initialised for this one", where)
+        clear_directory(where)
+        artifacts.write_json(config_path, record)
+        return record
     if updated != stored:
         artifacts.write_json(config_path, updated)
     return updated

@@ -1,5 +1,6 @@
 """Crash safety: SIGKILL at random points, and damaged artifacts, never change the result."""
 
+import glob
 import json
 import os
 import shutil
@@ -75,3 +76,51 @@ def test_damaged_epoch_checkpoint_is_ignored_and_the_level_restarts(tiny_tickets
     _assert_same_result(tiny_tickets.path, copy)
     assert np.array_equal(np.load(os.path.join(copy, "theta_0.npz"))["fc1/kernel"],
                           tiny_tickets.theta("0")["fc1/kernel"])
+
+
+def _empty_metrics(run_dir):
+    with open(os.path.join(run_dir, "levels", "level_02", "metrics.json"), "w") as f:
+        f.write("{}")
+    return 2, "lacks"
+
+
+def _mask_of_another_level(run_dir):
+    levels = os.path.join(run_dir, "levels")
+    shutil.copy(os.path.join(levels, "level_01", "mask.npz"),
+                os.path.join(levels, "level_02", "mask.npz"))
+    return 2, "start_digest"
+
+
+def _theta_k_of_another_run(run_dir):
+    shutil.copy(os.path.join(run_dir, "theta_0.npz"), os.path.join(run_dir, "theta_k.npz"))
+    return 0, "theta_k.npz does not give the start"
+
+
+def _stale_checkpoints(run_dir):
+    # Level 2 was in progress (with a checkpoint from level 1's old mask) when level 1
+    # was found damaged; and a crash left a checkpoint in finished level 0.
+    levels = os.path.join(run_dir, "levels")
+    for name in ("metrics.json", "theta_i.npz"):
+        os.remove(os.path.join(levels, "level_02", name))
+    shutil.copy(os.path.join(levels, "level_02", "mask.npz"),
+                os.path.join(levels, "level_02", "checkpoint.npz"))
+    shutil.copy(os.path.join(levels, "level_00", "mask.npz"),
+                os.path.join(levels, "level_00", "checkpoint.npz"))
+    _truncate(os.path.join(levels, "level_01", "theta_i.npz"))
+    return 1, "theta_i.npz"
+
+
+@pytest.mark.parametrize("damage", [_empty_metrics, _mask_of_another_level,
+                                    _theta_k_of_another_run, _stale_checkpoints],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_artifacts_that_read_but_are_wrong_are_recomputed(tiny_tickets, tiny_fashion_dir,
+                                                          tmp_path, damage):
+    copy = _copy(tiny_tickets, tmp_path / "run")
+    first, reported = damage(copy)
+    proc = find_tiny_tickets(tiny_fashion_dir, copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert reported in proc.stderr
+    last = TICKET_ROUNDS if damage is not _stale_checkpoints else 1
+    assert f"recomputing levels {first}..{last}" in proc.stderr
+    _assert_same_result(tiny_tickets.path, copy)
+    assert not glob.glob(os.path.join(copy, "levels", "*", "checkpoint.npz"))

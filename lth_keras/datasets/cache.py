@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
+
+from lth_keras import artifacts
 
 # Bump when decoding changes what a file becomes (conversion rules, resize filter).
 DECODER_VERSION = 1
@@ -65,20 +66,11 @@ def store(cache_dir: str, entry: str, shape, decode):
     `decode(out)` fills the uint8 array `out` of `shape` and returns its errors.
     """
     os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{entry}.", suffix=".npy.tmp", dir=cache_dir)
-    os.close(fd)
-    try:
+    with artifacts.atomic_path(os.path.join(cache_dir, entry + ".npy")) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=tuple(shape))
         errors = decode(out)
         out.flush()
         del out
-        os.replace(tmp, os.path.join(cache_dir, entry + ".npy"))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    errors_path = os.path.join(cache_dir, entry + ".json")
-    fd, tmp = tempfile.mkstemp(prefix=f".{entry}.", suffix=".json.tmp", dir=cache_dir)
-    with os.fdopen(fd, "w") as f:
-        json.dump({str(i): reason for i, reason in errors.items()}, f)
-    os.replace(tmp, errors_path)
+    artifacts.write_json(os.path.join(cache_dir, entry + ".json"),
+                         {str(i): reason for i, reason in errors.items()})
     return load(cache_dir, entry, shape)

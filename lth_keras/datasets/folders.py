@@ -169,6 +169,13 @@ def scan_image_folder(root) -> FolderLayout:
     if not class_names:
         raise DataError(f"{split_dirs['train']}: no class folders; expected {root}/{{train,val,test}}/<class>/* "
                         f"(or {root}/<class>/* with --split)")
+    # Empty folders first: an empty train/ class is what a user sees, not its absence
+    # from the other splits.
+    for s, classes in per_split.items():
+        for c, paths in classes.items():
+            if not paths:
+                raise DataError(f"{os.path.join(split_dirs[s], c)}: empty class folder "
+                                f"(class {c!r} has no image files in {'the folder' if flat else s + '/'})")
     for s, classes in per_split.items():
         extra = [c for c in classes if c not in class_names]
         if extra:
@@ -178,11 +185,6 @@ def scan_image_folder(root) -> FolderLayout:
         if missing:
             raise DataError(f"{root}: class(es) {_quoted(missing)} of train/ are missing from {s}/ "
                             f"(every split needs every class)")
-    for s, classes in per_split.items():
-        for c, paths in classes.items():
-            if not paths:
-                raise DataError(f"{os.path.join(split_dirs[s], c)}: empty class folder "
-                                f"(class {c!r} has no image files in {'the folder' if flat else s + '/'})")
     files = {s: [(p, label) for label, c in enumerate(class_names) for p in per_split[s][c]] for s in split_dirs}
     return FolderLayout(root, class_names, files, flat, tuple(skipped))
 
