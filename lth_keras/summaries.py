@@ -24,6 +24,12 @@ class SummaryWriter:
         self.path = os.path.join(logdir, name)
         self._records = RecordWriter(open(self.path, "ab"))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        # Every writer starts (or restarts) its level's curves: TensorBoard drops what
+        # earlier writers in this directory logged (a killed run's epochs after its last
+        # checkpoint would otherwise show twice); the trainer logs the checkpoint's
+        # history again.
+        restart = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self._write(event_pb2.Event(wall_time=time.time(), step=0, session_log=restart))
 
     def _write(self, event):
         self._records.write(event.SerializeToString())

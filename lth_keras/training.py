@@ -191,6 +191,8 @@ class Trainer:
                 state.setdefault("sums", None)
                 logging.info("%sresuming after epoch %d, step %d from %s", metrics_tag,
                              state["epoch"], state["step"], checkpoint_path)
+                for record in state["history"]:  # the curves so far (see summaries.py)
+                    self._write_epoch(record)
         self.runtime.check_workers_agree(state["epoch"], "the epoch to resume from")
 
         def checkpoint():
@@ -269,6 +271,9 @@ class Trainer:
                          "lr %.3g | %.1fs", tag, record["epoch"], record["train_loss"],
                          record["train_accuracy"], record["val_loss"],
                          record["val_accuracy"], record["lr"], record["seconds"])
+        self._write_epoch(record)
+
+    def _write_epoch(self, record):
         if self._writer:
             for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"):
                 split, _, metric = key.partition("_")

@@ -45,11 +45,13 @@ def make_fashion_mnist(directory, n_train=300, n_test=100, seed=0):
 
 
 def make_colour_folder(root):
-    """Three colour classes as PNG files in the paper's folder layout."""
+    """Four colour classes as PNG files in the paper's folder layout: a small non-natural
+    target that every clone has (../shared/data may be missing)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+    colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200),
+               "yellow": (200, 200, 30)}
     for split, n in (("train", 16), ("val", 6), ("test", 6)):
         for name, colour in colours.items():
             os.makedirs(os.path.join(root, split, name))
@@ -58,6 +60,11 @@ def make_colour_folder(root):
                 Image.fromarray(pixels.astype(np.uint8)).save(
                     os.path.join(root, split, name, f"{i}.png"))
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def colour_target(tmp_path_factory):
+    return make_colour_folder(tmp_path_factory.mktemp("target") / "colours")
 
 
 @pytest.fixture(scope="session")

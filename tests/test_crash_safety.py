@@ -27,7 +27,22 @@ def test_chaos_kills_resume_to_identical_masks_and_metrics(tiny_fashion_dir, tmp
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.load(open(tmp_path / "chaos.json"))
     assert report["identical"] and not report["differences"]
-    assert sum(k["killed"] for k in report["kills"]) >= 2
+    assert report["kills_landed"] == 3 == sum(k["killed"] for k in report["kills"])
+    assert "3 of 3 kills landed" in proc.stdout
+
+
+def test_chaos_fails_when_its_kills_cannot_land(tiny_fashion_dir, tmp_path):
+    # A run with no pruned level finishes before the first kill (after level 1's pruning)
+    # can land: that is not a pass.
+    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+            *[a for a in TINY_TICKETS if a != "--deterministic"],
+            "--rounds=0", "--max_epochs=1", "--rewind_epoch=0"]
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "chaos.py"), "--kills=10",
+                           f"--workdir={tmp_path}", "--", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "only 0 of 10 kills landed" in proc.stderr
+    assert json.load(open(tmp_path / "chaos.json"))["kills_landed"] == 0
 
 
 def _copy(run, destination):

@@ -92,7 +92,7 @@ def test_loading_plain_weights_into_masked_layers_fails(tmp_path):
     x = keras.layers.Dense(5, name="fc")(x)
     plain = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
     plain.save_weights(tmp_path / "plain.weights.h5")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the weights file has no mask"):
         _model().load_weights(tmp_path / "plain.weights.h5")
 
 

@@ -60,10 +60,13 @@ def test_fit_keeps_the_best_validation_epoch(pipeline, strategy):
 
 
 def test_min_epochs_delays_early_stopping(pipeline, strategy):
-    model = _model(strategy, "lenet_300_100")
-    config = training.TrainingConfig(learning_rate=1e-9, max_epochs=6, patience=1)
-    result = training.Trainer(model, pipeline, config, strategy, verbose=False).fit(min_epochs=4)
-    assert result.epochs >= 4
+    # With a learning rate of 0 the validation loss never improves after epoch 1, so
+    # patience 1 stops at epoch 2; min_epochs=4 must hold it to exactly 4.
+    config = training.TrainingConfig(learning_rate=0.0, max_epochs=6, patience=1)
+    runs = [training.Trainer(_model(strategy, "lenet_300_100"), pipeline, config, strategy,
+                             verbose=False).fit(min_epochs=m) for m in (0, 4)]
+    assert [r.epochs for r in runs] == [2, 4]
+    assert [r.stopped_early for r in runs] == [True, True]
 
 
 def test_nan_loss_stops_with_a_clear_error(pipeline, strategy):
@@ -106,9 +109,13 @@ def test_corrupt_checkpoint_is_reported_and_ignored(pipeline, strategy, tmp_path
     ckpt.write_bytes(b"PK\x03\x04 truncated")
     model = _model(strategy, "lenet_300_100")
     config = training.TrainingConfig(learning_rate=0.01, max_epochs=1)
-    result = training.Trainer(model, pipeline, config, strategy,
-                              verbose=False).fit(checkpoint_path=str(ckpt))
+    with caplog.at_level("WARNING"):
+        result = training.Trainer(model, pipeline, config, strategy,
+                                  verbose=False).fit(checkpoint_path=str(ckpt))
     assert result.epochs == 1
+    reports = [r.getMessage() for r in caplog.records if "ignoring the unreadable" in
+               r.getMessage()]
+    assert len(reports) == 1 and str(ckpt) in reports[0], caplog.text
 
 
 def test_checkpoints_are_written_by_time_not_by_epoch(pipeline, strategy, tmp_path):
@@ -177,3 +184,63 @@ def test_xla_trains_like_the_graph_without_it(pipeline, strategy, monkeypatch):
     assert xla[0] == pytest.approx(plain[0], rel=1e-5)
     assert xla == pytest.approx(plain, rel=1e-4)
     assert xla_val == pytest.approx(plain_val, rel=1e-3)
+
+
+def test_weight_decay_is_lambda_times_w_on_kernels_only(pipeline, strategy):
+    # One SGD step (momentum 0) on one batch, with and without weight decay λ, from the
+    # same weights: the difference must be -lr·λ·w on every conv and dense kernel, and
+    # nothing on biases and BatchNorm (γ, β and the moving statistics).
+    from lth_keras.datasets import Split
+
+    train = pipeline.dataset.train
+    one_batch = dataclasses.replace(pipeline.dataset,
+                                    train=Split(train.images[:32], train.labels[:32]))
+    plan = InputPlan(one_batch, image_size=16, batch_size=32, seed=0)
+    assert plan.steps_per_epoch == 1
+    lr, decay = 0.1, 0.01
+    start, after = None, {}
+    for wd in (0.0, decay):
+        model = _model(strategy, "resnet20")
+        start = start or weights.snapshot(model)
+        config = training.TrainingConfig(learning_rate=lr, momentum=0.0, weight_decay=wd,
+                                         max_epochs=1)
+        training.Trainer(model, plan, config, strategy, verbose=False).loop.train_epoch(0)
+        after[wd] = weights.snapshot(model)
+    kernels = [p for p in start if p.endswith("/kernel")]
+    assert kernels and any(p.endswith("/gamma") for p in start)
+    for path, w in start.items():
+        difference = after[decay][path] - after[0.0][path]
+        if path in kernels:
+            np.testing.assert_allclose(difference, -lr * decay * w, rtol=1e-3, atol=1e-7,
+                                       err_msg=path)
+        else:
+            np.testing.assert_array_equal(difference, 0, err_msg=path)
+
+
+def test_tensorboard_shows_each_epoch_once_after_a_resume(pipeline, strategy, tmp_path):
+    # A run logs epochs 1-2 but its last checkpoint is after epoch 1 (it was killed before
+    # the next): resumed, it logs epoch 2 again. TensorBoard must show each epoch once.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board, ckpt = str(tmp_path / "board"), str(tmp_path / "ckpt.npz")
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=1, patience=5,
+                                     checkpoint_every=0)
+    model = _model(strategy, "lenet_300_100", seed=2)
+
+    def fit(max_epochs):
+        return training.Trainer(model, pipeline, dataclasses.replace(config, max_epochs=max_epochs),
+                                strategy, verbose=False,
+                                tensorboard_dir=board).fit(checkpoint_path=ckpt)
+
+    fit(1)
+    after_epoch_1 = open(ckpt, "rb").read()
+    fit(2)  # logs epoch 2, then "dies": its epoch-2 checkpoint is lost
+    with open(ckpt, "wb") as f:
+        f.write(after_epoch_1)
+    result = fit(3)
+    reader = EventAccumulator(board)
+    reader.Reload()
+    points = [(s.step, s.value) for s in reader.Scalars("val/loss")]
+    assert [step for step, _ in points] == [1, 2, 3], points
+    assert [value for _, value in points] == pytest.approx(
+        [h["val_loss"] for h in result.history])

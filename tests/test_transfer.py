@@ -1,4 +1,5 @@
-"""Transfer of tiny Fashion-MNIST tickets to the real histology target, and its controls."""
+"""Transfer of tiny Fashion-MNIST tickets to a small image-folder target, and its controls
+(the real histology target too, when ../shared/data is beside the repository)."""
 
 import json
 import os
@@ -11,14 +12,21 @@ from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, needs_his
                       run_binary)
 from lth_keras import artifacts, fine_tuning, weights
 
-pytestmark = [pytest.mark.slow, needs_histology]
+pytestmark = pytest.mark.slow
 
 RECIPE = ["--max_epochs=2", "--patience=2", "--batch_size=32", "--learning_rate=0.01",
-          "--train_fraction=0.1", "--deterministic", "--seed=5"]
+          "--deterministic", "--seed=5"]
+TARGET = None  # the generated colour folder (conftest.colour_target), set below
 
 
-def _transfer(tickets, output_dir, *extra, target=HISTOLOGY):
-    args = [f"--target={target}", f"--output_dir={output_dir}", *RECIPE, *extra]
+@pytest.fixture(scope="module", autouse=True)
+def _target(colour_target):
+    global TARGET
+    TARGET = colour_target
+
+
+def _transfer(tickets, output_dir, *extra, target=None):
+    args = [f"--target={target or TARGET}", f"--output_dir={output_dir}", *RECIPE, *extra]
     if tickets is not None:
         args.insert(0, f"--tickets={tickets}")
     return run_binary("lth_keras.transfer", *args)
@@ -222,3 +230,15 @@ def test_corrupt_target_image_is_refused_by_name(tiny_tickets, tmp_path):
     out = str(tmp_path / "never")
     _refused(_transfer(tiny_tickets.path, out, "--train_fraction=1", target=str(target)), out,
              "broken.png")
+
+
+@needs_histology
+def test_transfer_to_the_real_histology_target(tiny_tickets, tmp_path):
+    out = str(tmp_path / "histology")
+    proc = _transfer(tiny_tickets.path, out, "--levels=1", "--max_epochs=1",
+                     "--train_fraction=0.1", target=HISTOLOGY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = fine_tuning.TransferRun(out)
+    assert run.finished_levels() == [1]
+    assert run.weights(1)["head/kernel"].shape == (100, 4)
+    np.testing.assert_array_equal(run.weights(1)["fc1/mask"], tiny_tickets.mask(1)["fc1/kernel"])

@@ -8,8 +8,11 @@
    with SIGKILL: at seeded random times over the reference's training time (so
    across epochs and levels), and right after a pruning boundary (a level's
    mask.npz appears). Between kills, every artifact must be readable.
-3. A last start finishes the run. Its masks must equal the reference's bit for
-   bit, and its metrics must be equal but for wall-clock fields.
+   Only kills that land count: the loop goes on until --kills have, and fails if
+   the run finished first.
+3. A last start finishes the run. Every artifact (θ_0, θ_k, each level's mask and
+   θ_i) must equal the reference's bit for bit, and its metrics must be equal but
+   for wall-clock fields.
 Exit status 0 when all holds; the report goes to <workdir>/chaos.json.
 """
 
@@ -67,6 +70,8 @@ def check_readable(run_dir):
 def _comparable(metrics):
     """Metrics without wall-clock fields."""
     metrics = dict(metrics)
+    if "history" not in metrics:  # not a level's metrics
+        return metrics
     metrics["history"] = [{k: v for k, v in epoch.items() if k != "seconds"}
                           for epoch in metrics["history"]]
     if "cost" in metrics:
@@ -74,20 +79,34 @@ def _comparable(metrics):
     return metrics
 
 
+def _artifacts(run_dir):
+    """The relative paths of every artifact of a finished run (θ_0, θ_k, and each level's
+    mask, trained weights and metrics)."""
+    found = []
+    for root, _, files in os.walk(run_dir):
+        if "tensorboard" in os.path.relpath(root, run_dir).split(os.sep):
+            continue
+        found += [os.path.relpath(os.path.join(root, f), run_dir) for f in files
+                  if f.endswith((".npz", ".json")) and f != "config.json"]
+    return sorted(found)
+
+
 def compare(reference_dir, chaos_dir):
+    """Every artifact of the two runs: arrays by digest, metrics without wall-clock fields."""
+    names = _artifacts(reference_dir)
+    if names != _artifacts(chaos_dir):
+        return [f"artifacts differ: {sorted(set(names) ^ set(_artifacts(chaos_dir)))}"]
     differences = []
-    levels = sorted(os.listdir(os.path.join(reference_dir, "levels")))
-    if levels != sorted(os.listdir(os.path.join(chaos_dir, "levels"))):
-        return [f"levels differ: {levels}"]
-    for level in levels:
-        a = artifacts.read_arrays(os.path.join(reference_dir, "levels", level, "mask.npz"))
-        b = artifacts.read_arrays(os.path.join(chaos_dir, "levels", level, "mask.npz"))
-        if a.keys() != b.keys() or any((a[k] != b[k]).any() for k in a):
-            differences.append(f"{level}: masks differ")
-        ma = artifacts.read_json(os.path.join(reference_dir, "levels", level, "metrics.json"))
-        mb = artifacts.read_json(os.path.join(chaos_dir, "levels", level, "metrics.json"))
-        if _comparable(ma) != _comparable(mb):
-            differences.append(f"{level}: metrics differ")
+    for name in names:
+        a, b = (os.path.join(d, name) for d in (reference_dir, chaos_dir))
+        if name.endswith(".npz"):
+            x, y = artifacts.read_arrays(a), artifacts.read_arrays(b)
+            same = x.keys() == y.keys() and all(
+                artifacts.array_digest(x[k]) == artifacts.array_digest(y[k]) for k in x)
+        else:
+            same = _comparable(artifacts.read_json(a)) == _comparable(artifacts.read_json(b))
+        if not same:
+            differences.append(f"{name} differs")
     return differences
 
 
@@ -115,31 +134,40 @@ def main():
         sys.exit(f"chaos: the reference run failed: {stderr.strip().splitlines()[-1:]}")
     training_seconds = time.time() - started
 
-    # 2. Kills: one right after the first pruning boundary, the rest at random times.
+    # 2. Kills: one right after the first pruning boundary, the rest at random times within
+    # a share of the training time, so that --kills of them land before the run is done.
+    # Only kills that land count; a start that finishes before its kill is no kill.
     report = {"kills": [], "training_seconds": training_seconds}
-    for i in range(options.kills):
+    landed = 0
+    for attempt in range(4 * options.kills):
+        if landed == options.kills:
+            break
         proc = subprocess.Popen(_command(options.find_tickets_args, chaos_dir), cwd=REPO,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not _wait_for(os.path.join(chaos_dir, "theta_0.npz"), proc, 600):
             break  # finished (or failed) before training started: nothing left to kill
-        if i == 0:
+        if attempt == 0:
             point = "after the pruning of level 1"
             _wait_for(os.path.join(chaos_dir, "levels", "level_01", "mask.npz"), proc, 600)
         else:
-            delay = rng.uniform(0, training_seconds)
+            delay = rng.uniform(0, training_seconds / options.kills)
             point = f"{delay:.2f} s into training"
             time.sleep(delay)
         if proc.poll() is not None:
             report["kills"].append({"point": point, "killed": False})
+            if proc.returncode == 0:
+                break  # the run is done: no kill can land any more
             continue
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        landed += 1
         levels = sorted(glob.glob(os.path.join(chaos_dir, "levels", "level_*", "metrics.json")))
         problems = check_readable(chaos_dir)
         report["kills"].append({"point": point, "killed": True,
                                 "finished_levels": len(levels), "unreadable": problems})
-        print(f"kill {i + 1}: {point}, {len(levels)} level(s) finished, "
+        print(f"kill {landed}: {point}, {len(levels)} level(s) finished, "
               f"{len(problems)} unreadable artifact(s)", flush=True)
+    report["kills_landed"] = landed
 
     # 3. Finish and compare.
     done = subprocess.run(_command(options.find_tickets_args, chaos_dir), cwd=REPO,
@@ -150,13 +178,16 @@ def main():
         f"{path}: a temp file outlived its writer"
         for path in glob.glob(os.path.join(chaos_dir, "**", ".*.tmp"), recursive=True)]
     report["differences"] = compare(reference_dir, chaos_dir)
-    ok = not report["differences"] and not report["unreadable_at_end"] and not any(
-        k.get("unreadable") for k in report["kills"])
-    report["identical"] = ok
+    report["identical"] = not report["differences"]
+    ok = report["identical"] and not report["unreadable_at_end"] and not any(
+        k.get("unreadable") for k in report["kills"]) and landed == options.kills
     artifacts.write_json(os.path.join(options.workdir, "chaos.json"), report)
-    print(f"{sum(k['killed'] for k in report['kills'])} kills; final masks and metrics "
-          f"{'identical to' if not report['differences'] else 'DIFFERENT from'} the "
-          f"uninterrupted run; report: {os.path.join(options.workdir, 'chaos.json')}")
+    print(f"{landed} of {options.kills} kills landed; every artifact "
+          f"{'identical to' if report['identical'] else 'DIFFERENT from'} the "
+          f"uninterrupted run's; report: {os.path.join(options.workdir, 'chaos.json')}")
+    if landed < options.kills:
+        print(f"chaos: only {landed} of {options.kills} kills landed before the run finished: "
+              "give it a longer run (more rounds or epochs) or fewer --kills", file=sys.stderr)
     sys.exit(0 if ok else 1)
 
 
