@@ -328,7 +328,15 @@ def experiment(preset=None, *, list_only=False, **options):
     groups = resolve(settings.EXPERIMENT, (), preset, options)
     forwarded = [f"--{name}={_flag_text(value)}" for name, value in sorted(options.items())
                  if name in grid.forwarded_fields()]
-    return grid.run_grid(groups[settings.Grid], groups[Run], forwarded, list_only=list_only)
+    # The grid presets name their run presets relative to the project ("flags/quick.cfg"):
+    # found from any working directory, as a notebook's may be elsewhere.
+    spec, project = groups[settings.Grid], os.path.dirname(FLAGS_DIR)
+    found = {name: os.path.join(project, getattr(spec, name))
+             for name in ("tickets_flagfile", "transfer_flagfile")
+             if not os.path.isfile(getattr(spec, name))
+             and os.path.isfile(os.path.join(project, getattr(spec, name)))}
+    return grid.run_grid(dataclasses.replace(spec, **found), groups[Run], forwarded,
+                         list_only=list_only)
 
 
 def _flag_text(value):

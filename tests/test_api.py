@@ -134,3 +134,14 @@ def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_tickets, tin
     proc = find_tiny_tickets(tiny_fashion_dir, str(tmp_path / "second"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert os.stat(last).st_mtime_ns == stamp
+
+
+def test_the_grid_lists_from_python_in_any_directory(tmp_path, monkeypatch, capsys):
+    import lth_keras
+
+    monkeypatch.chdir(tmp_path)  # a notebook's directory, not the project's
+    rows = lth_keras.experiment("quick_grid", list_only=True, seeds=[0])
+    assert len(rows) == 7 and {r["state"] for r in rows} == {"pending"}
+    assert rows[0] == {"run": "tickets/fashion_mnist-seed0", "binary": "find_tickets",
+                       "state": "pending", "task": 0, "needs": []}
+    assert "7 runs: 0 done, 0 partial, 7 pending" in capsys.readouterr().out
