@@ -308,7 +308,10 @@ def run_transfer(groups, verbose=True):
         logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
         fine_tuning.fine_tune(run, source_model, target_model, plan, rt, recipe,
                               condition=condition, levels=levels,
-                              start_for_level=start_for_level, verbose=verbose)
+                              start_for_level=start_for_level,
+                              mask_for_level=lambda level: (None if condition == "scratch"
+                                                            else ticket_run.mask(level)),
+                              verbose=verbose)
     return run
 
 

@@ -91,10 +91,12 @@ def load_start(source_model, theta, mask):
 
 
 def fine_tune(run, source_model, target_model, plan, runtime, training_config, *,
-              condition, levels, start_for_level, verbose=True):
+              condition, levels, start_for_level, mask_for_level, verbose=True):
     """Fine-tunes every level of `levels` not finished yet into `run`.
 
-    `start_for_level(level)` gives (θ, mask) for the level; θ fits `source_model`
+    `mask_for_level(level)` is the ticket's mask of a level (None: dense), which a
+    finished level is checked against; `start_for_level(level)` gives (θ, mask) for a
+    level to train; θ fits `source_model`
     (whose head the target head replaces). Every level starts from the same
     fresh head. Returns the summary rows.
     """
@@ -104,8 +106,8 @@ def fine_tune(run, source_model, target_model, plan, runtime, training_config, *
     runtime.check_workers_agree(sum(map(run.is_finished, levels)), "the finished levels")
     run.remove_stale_checkpoints([level for level in levels if run.is_finished(level)])
     for level in levels:
-        start, ticket_mask = start_for_level(level)
         if run.is_finished(level):
+            ticket_mask = mask_for_level(level)
             try:
                 recorded = run.checked_metrics(level).get("mask_digest")
                 if (recorded is not None and ticket_mask is not None  # scratch: dense
@@ -118,7 +120,7 @@ def fine_tune(run, source_model, target_model, plan, runtime, training_config, *
             except artifacts.ArtifactError as e:  # damaged or stale: recomputed, never used
                 logging.warning("%s; fine-tuning level %d again", e, level)
                 artifacts.remove_tree(run.level_dir(level))
-        mask = load_start(source_model, start, ticket_mask)
+        mask = load_start(source_model, *start_for_level(level))
         weights.assign(target_model, head_init,
                        skip={v.path for v in target_model.variables} - set(head_init))
         start_digest = weights.digest(weights.snapshot(target_model))

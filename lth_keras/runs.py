@@ -9,9 +9,7 @@ directory must have the same identity, or it is refused.
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
-import json
 import os
 import re
 
@@ -226,9 +224,9 @@ def default_dir(kind, name):
 
 
 def hparams_hash(values):
-    """The hash of a run before identity version 2: every result flag as spelled."""
-    text = json.dumps(values, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """The hash of a run before identity version 2: every result flag as spelled, hashed
+    as identities are."""
+    return settings.identity_hash(values)
 
 
 # Before identity version 2 (lth_keras 0.2), a run was named by the hash of these flags'
