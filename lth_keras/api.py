@@ -204,10 +204,12 @@ def _ticket_run(groups):
     groups = {**groups, Model: dataclasses.replace(model_settings, model=hparams["model"],
                                                    image_size=hparams["image_size"])}
     available = ticket_run.finished_levels()
-    if not available:
+    if spec.condition == "scratch":  # θ_0 alone: it exists from the ticket run's start
+        levels = [0]
+    elif not available:
         raise SettingsError(f"{spec.tickets} has no finished levels; run find_tickets first")
-    levels = ([0] if spec.condition == "scratch"
-              else _parse_levels(spec.levels, available, spec.tickets))
+    else:
+        levels = _parse_levels(spec.levels, available, spec.tickets)
     needed = ["theta_0.npz"] + (["theta_k.npz"] if spec.condition == "rewind" else [])
     if spec.condition != "scratch":
         needed += [os.path.join("levels", f"level_{level:02d}", name) for level in levels
@@ -274,13 +276,13 @@ def run_transfer(groups, verbose=True):
 
     with rt.scope():
         source_model, target_model = fine_tuning.build_target_model(
-            model_config, dataset.num_classes, seed=training.seed)
+            model_config, dataset.num_classes, fine_tuning.head_seed(training.seed, dataset.name))
         fresh_init = None
         if condition == "reinit":
             fresh_config = dict(model_config, seed=fine_tuning.reinit_seed(model_config["seed"],
                                                                            training.seed))
             fresh_init = weights.snapshot(fine_tuning.build_target_model(
-                fresh_config, dataset.num_classes, training.seed)[0])
+                fresh_config, dataset.num_classes, head_seed=0)[0])  # the body only
     theta_0 = ticket_run.theta("0") if ticket_run else weights.snapshot(source_model)
 
     def start_for_level(level):
@@ -298,7 +300,8 @@ def run_transfer(groups, verbose=True):
                    "hparams_hash": runs.run_id(ticket_config),
                    "source": ticket_config["dataset"]["name"],
                    "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
-    identity_extra = {"condition": condition, "tickets_hash": tickets and tickets["hparams_hash"]}
+    identity_extra = {"condition": condition, "tickets_hash": tickets and tickets["hparams_hash"],
+                      "head": fine_tuning.HEAD_RULE}
     with runs.locked(run.path):
         runs.start(run.config_path, kind="transfer", groups=groups, dataset=dataset, plan=plan,
                    runtime=rt, extra={"condition": condition, "tickets": tickets,

@@ -103,7 +103,7 @@ def load_run_model(run_path, level):
     from lth_keras import fine_tuning, models, weights
     if kind == "transfer":
         stored = run.weights(level)
-        model = fine_tuning.build_target_model(model_config, num_classes, seed=0)[1]
+        model = fine_tuning.build_target_model(model_config, num_classes, head_seed=0)[1]
     else:
         stored = run.theta_i(level)
         model = models.build_model(model_config["model"],

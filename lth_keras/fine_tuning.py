@@ -54,18 +54,32 @@ def reinit_seed(ticket_seed, seed):
     return derived if derived != ticket_seed else derived + 1
 
 
-def build_target_model(model_config, num_classes, seed):
+def head_seed(seed, target):
+    """The seed of a transfer's fresh head: a stream of its own, (transfer seed, target,
+    "head"). θ_0's head was drawn from (model seed, "head"); drawing the transfer head
+    from that rule made it θ_0's head again whenever the class counts matched (the grid
+    gives a transfer its ticket's seed), so a rewind would have rewound the head too."""
+    return zlib.crc32(f"transfer/{seed}/{target}/head".encode()) & 0x7FFFFFFF
+
+
+# The rule a transfer's head is drawn with, in every transfer's identity: heads drawn by
+# another rule (lth_keras <= 0.3 used θ_0's) are other runs, never resumed as these.
+HEAD_RULE = "transfer seed/target/head"
+
+
+def build_target_model(model_config, num_classes, head_seed):
     """(source-shaped model, target model sharing its body with a fresh head).
 
     Tickets are stored with the source head; they load into the first model,
-    and the second is the one trained. Call under `runtime.scope()`.
+    and the second is the one trained; its head kernel is drawn from `head_seed`
+    (see `head_seed`). Call under `runtime.scope()`.
     """
     source = models.build_model(model_config["model"],
                                 input_shape=(model_config["image_size"],) * 2 + (3,),
                                 num_classes=model_config["source_classes"],
                                 seed=model_config["seed"],
                                 bn_momentum=model_config["bn_momentum"])
-    return source, models.replace_head(source, num_classes, seed)
+    return source, models.replace_head(source, num_classes, head_seed)
 
 
 def starting_point(condition, level, ticket_run=None, theta_0=None, fresh_init=None):

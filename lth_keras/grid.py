@@ -37,10 +37,19 @@ class Run:
     binary: str               # "find_tickets" or "transfer"
     args: tuple               # flags of the binary, but --tickets and --output_dir
     tickets: str = None       # name of the find_tickets run a transfer reads
+    only_theta_0: bool = False  # it reads only θ_0 of those tickets (scratch)
 
     @property
     def needs(self):
         return (self.tickets,) if self.tickets else ()
+
+    def can_start(self, root, state_of):
+        """Whether what this run reads exists: θ_0 for scratch (written when its ticket run
+        starts), every level of the ticket run otherwise."""
+        if self.only_theta_0:
+            return all(os.path.exists(os.path.join(root, name, "theta_0.npz"))
+                       for name in self.needs)
+        return all(state_of(name) == DONE for name in self.needs)
 
     def directory(self, root):
         return os.path.join(root, self.name)
@@ -90,7 +99,8 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
                  "scratch": ["--scratch"]}.get(condition, [])
         if condition != "scratch" and transfer_levels != "all":
             args.append(f"--levels={transfer_levels}")
-        runs.setdefault(name, Run(name, "transfer", tuple(args), tickets=ticket_run))
+        runs.setdefault(name, Run(name, "transfer", tuple(args), tickets=ticket_run,
+                                  only_theta_0=condition == "scratch"))
 
     for seed in seeds:
         natural = ({source: tickets(source, seed) for source in sources}
@@ -201,12 +211,14 @@ def _die_with_parent():
         pass
 
 
-def _wait_for(needs, is_done, deadline):
-    """The needed runs not done by the deadline (polling while another task works)."""
+def _wait_for(run, can_start, deadline):
+    """The runs `run` needs, if it cannot start by the deadline (polling while another
+    task works), else []."""
     while True:
-        missing = [n for n in needs if not is_done(n)]
-        if not missing or time.time() >= deadline:
-            return missing
+        if can_start():
+            return []
+        if time.time() >= deadline:
+            return list(run.needs)
         time.sleep(min(30.0, max(0.0, deadline - time.time())))
 
 
@@ -218,11 +230,12 @@ def _execute(mine, root, states, presets, forwarded, wait_for_inputs):
         if states(run.name) == DONE:
             print(f"{tag}: done, skipped", flush=True)
             continue
-        missing = _wait_for(run.needs, lambda n: states(n) == DONE,
+        missing = _wait_for(run, lambda: run.can_start(root, states),
                             time.time() + wait_for_inputs)
         if missing:
             reason = ("failed above" if any(m in failed for m in missing)
-                      else "not finished yet (another task makes it); re-run this task later")
+                      else f"not {'started' if run.only_theta_0 else 'finished'} yet (another "
+                           "task makes it); re-run this task later")
             print(f"{tag}: skipped, its tickets {', '.join(missing)} are {reason}", flush=True)
             waiting.append(run.name)
             continue

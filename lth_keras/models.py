@@ -279,17 +279,19 @@ def head_layer(model):
     return model.get_layer(HEAD_NAME)
 
 
-def replace_head(model, num_classes, seed):
+def replace_head(model, num_classes, kernel_seed):
     """A new model sharing every layer of `model` but the head, which is fresh.
 
     The body's layers (hence its variable objects, masks included) are shared,
     not copied: training the new model changes `model`'s body too. The new
-    head is a plain Glorot-uniform Dense seeded by (seed, HEAD_NAME).
+    head is a plain Dense whose Glorot-uniform kernel is drawn from `kernel_seed`
+    itself (a transfer's own stream, fine_tuning.head_seed), not from the model
+    seed's per-layer stream that θ_0's head came from.
     """
     features = head_layer(model).input
     head = _head(num_classes)
     outputs = head(features)
-    _initialise_kernels([head], seed)
+    head.kernel.assign(glorot_uniform(tuple(head.kernel.shape), kernel_seed, head.kernel.dtype))
     # model.input (not .inputs) keeps the input structure: a single tensor stays
     # a single tensor, so calling the new model does not warn.
     return keras.Model(model.input, outputs, name=model.name)

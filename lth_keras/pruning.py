@@ -62,8 +62,8 @@ def prune(kernels, masks, rate, mode="global"):
 def density_report(masks, total_params=None):
     """Per-layer and overall density of the prunable weights.
 
-    `total_params` (every parameter of the model, masks excluded) adds the
-    fraction pruned over all parameters, which the paper's Table 3 leaves open.
+    `total_params` (the model's trainable parameters, weights.count_parameters) adds
+    the fraction pruned over all parameters, which the paper's Table 3 leaves open.
     """
     layers = {}
     alive_total = size_total = 0
@@ -82,5 +82,6 @@ def density_report(masks, total_params=None):
     }
     if total_params is not None:
         pruned = size_total - alive_total
+        report["parameters"] = int(total_params)
         report["fraction_pruned_all_params"] = pruned / total_params
     return report

@@ -272,6 +272,11 @@ def _resumed_record(stored, record, where, identity_extra, legacy, extra):
             changed = sorted(k for k in {**old["changed"], **new["changed"]}
                              if old["changed"].get(k) != new["changed"].get(k))
             changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
+            if "head" in changed:
+                raise UserError(f"{where} was fine-tuned with a head drawn by an earlier rule "
+                                "(lth_keras <= 0.3 drew it from θ_0's own seed stream), so its "
+                                "numbers are not this run's: move it away or choose another "
+                                "--output_dir")
             raise UserError(f"{where} holds a run with other settings (differs in: "
                             f"{', '.join(changed) or 'identity version'}); choose another "
                             "--output_dir")

@@ -78,9 +78,9 @@ def load_ticket(model, start_weights, masks, skip=()):
 
 
 def count_parameters(model):
-    """Every parameter except the masks (which are bookkeeping, not parameters)."""
-    masks = set(mask_paths(model))
-    return int(sum(np.prod(v.shape) for v in model.variables if v.path not in masks))
+    """The trainable parameters: not the masks (bookkeeping) and not BN's moving
+    statistics (running averages, not learnt), as a model's parameter count is read."""
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
 def digest(weights_by_path):

@@ -114,7 +114,9 @@ def expected_start_digest(run, body, mask):
     config = run.config()
     source, target = fine_tuning.build_target_model(config["model"],
                                                     config["dataset"]["num_classes"],
-                                                    seed=config["hparams"]["seed"])
+                                                    fine_tuning.head_seed(
+                                                        config["hparams"]["seed"],
+                                                        config["dataset"]["name"]))
     weights.load_ticket(source, body, mask)
     return weights.digest(weights.snapshot(target))
 

@@ -86,7 +86,7 @@ def test_reinit_changes_the_weights_but_not_the_mask(tiny_tickets, transfers):
     fresh = fine_tuning.build_target_model(
         dict(config["model"], seed=fine_tuning.reinit_seed(config["model"]["seed"],
                                                            config["hparams"]["seed"])),
-        4, seed=0)[0]
+        4, head_seed=0)[0]
     theta_fresh = weights.snapshot(fresh)
     theta_0, theta_k = tiny_tickets.theta("0"), tiny_tickets.theta("k")
     kernel = next(iter(tiny_tickets.mask(0)))
