@@ -68,10 +68,23 @@ def load_dataset(name, groups):
     data, training = groups[Data], groups[Training]
     return datasets.load_dataset(
         name, data_dir=data.data_dir, seed=training.seed, val_fraction=data.val_fraction,
-        train_fraction=data.train_fraction, image_size=groups[Model].image_size,
+        train_fraction=data.train_fraction, image_size=groups[Model].image_size, crop=data.crop,
         split=data.split and [str(f) for f in data.split],
         skip_bad_images=data.skip_bad_images,
         cache_dir=datasets.cache.default_dir() if data.cache_dir is None else data.cache_dir)
+
+
+def input_plan(dataset, groups, channels=None):
+    """The InputPlan of `dataset` as `groups` say; `channels` (a count) overrides the
+    channels setting (a transfer feeds its ticket's count)."""
+    from lth_keras.datasets import InputPlan
+
+    data, training = groups[Data], groups[Training]
+    if channels is None:
+        channels = 3 if data.channels == "3" else None
+    return InputPlan(dataset, image_size=groups[Model].image_size,
+                     batch_size=training.batch_size, seed=training.seed, crop=data.crop,
+                     channels=channels)
 
 
 def start_framework():
@@ -117,14 +130,12 @@ def run_find_tickets(groups, verbose=True):
     from absl import logging
 
     from lth_keras import lottery, models, runs
-    from lth_keras.datasets import InputPlan
 
     model_settings, training, pruning = groups[Model], groups[Training], groups[Pruning]
     recipe = training.recipe(groups[Run])
     dataset = load_dataset(pruning.source, groups)
+    plan = input_plan(dataset, groups)
     rt = runtime(groups)
-    plan = InputPlan(dataset, image_size=model_settings.image_size,
-                     batch_size=training.batch_size, seed=training.seed)
     output_dir = groups[Run].output_dir or runs.default_dir(
         "tickets", f"{dataset.name}-{model_settings.model}-{model_settings.image_size}px"
                    f"-seed{training.seed}")
@@ -135,7 +146,7 @@ def run_find_tickets(groups, verbose=True):
         logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
         with rt.scope():
             model = models.build_model(model_settings.model,
-                                       input_shape=(model_settings.image_size,) * 2 + (3,),
+                                       input_shape=(plan.image_size,) * 2 + (plan.channels,),
                                        num_classes=dataset.num_classes, seed=training.seed,
                                        bn_momentum=model_settings.bn_momentum)
         lottery.find_tickets(run, model, plan, rt, recipe, rounds=pruning.rounds,
@@ -160,7 +171,11 @@ def transfer(*objects, preset=None, verbose=True, **options):
         options["tickets"] = options["tickets"].path
     if isinstance(options.get("levels"), (list, tuple)):
         options["levels"] = ",".join(str(level) for level in options["levels"])
-    return run_transfer(resolve(settings.TRANSFER, objects, preset, options), verbose=verbose)
+    given = (settings.given(settings.TRANSFER, [f"--flagfile={preset_path(preset)}"])
+             if preset else set())
+    given |= {f.name for obj in objects for f in dataclasses.fields(obj)} | set(options)
+    return run_transfer(resolve(settings.TRANSFER, objects, preset, options), verbose=verbose,
+                        given=given)
 
 
 def _parse_levels(text, available, where):
@@ -179,14 +194,46 @@ def _parse_levels(text, available, where):
     return levels
 
 
-def _ticket_run(groups):
-    """(ticket run directory or None, levels, groups with the ticket's model) for the
-    transfer; read before anything heavy is imported, so that a bad one is reported at once."""
+def _default(name):
+    return next(f.default for group in settings.TRANSFER for f in dataclasses.fields(group)
+                if f.name == name)
+
+
+def _from_tickets(groups, hparams, given, where):
+    """(groups with the ticket run's architecture and input, and its recipe where `given`
+    names no other, {recipe field: {"tickets": value, "transfer": value}} for those given
+    otherwise). An architecture setting given otherwise is refused."""
+    values = settings.typed_values(hparams)
+    owners = {f.name: (group, f) for group in groups for f in dataclasses.fields(group)}
+    updates, overrides = {}, {}
+    for name in settings.ARCHITECTURE + settings.RECIPE:
+        group, field = owners[name]
+        current = getattr(groups[group], name)
+        # Runs from before a setting existed had its default.
+        ticket = values.get(name, field.default)
+        ticket = tuple(ticket) if isinstance(ticket, list) else ticket
+        if name not in given:
+            updates.setdefault(group, {})[name] = ticket
+        elif current != ticket and name in settings.ARCHITECTURE:
+            raise SettingsError(f"--{name}={current} but the tickets in {where} are for {name} "
+                                f"{ticket}; leave --{name} out to use the ticket's")
+        elif current != ticket:
+            overrides[name] = {"tickets": settings.json_value(ticket),
+                               "transfer": settings.json_value(current)}
+    groups = {group: dataclasses.replace(obj, **updates.get(group, {}))
+              for group, obj in groups.items()}
+    return groups, overrides
+
+
+def _ticket_run(groups, given):
+    """(ticket run directory or None, levels, groups with the ticket's model, input and
+    recipe, recipe overrides) for the transfer; read before anything heavy is imported,
+    so that a bad one is reported at once."""
     from lth_keras import runs
 
-    spec, model_settings = groups[Transfer], groups[Model]
+    spec = groups[Transfer]
     if not spec.tickets:  # scratch without tickets: the settings name the model
-        return None, [0], groups
+        return None, [0], groups, {}
     if not os.path.isdir(spec.tickets):
         raise SettingsError(f"--tickets={spec.tickets}: no such directory")
     ticket_run = runs.RunDirectory(spec.tickets)
@@ -194,15 +241,7 @@ def _ticket_run(groups):
     if config.get("kind") != "find_tickets":
         raise SettingsError(f"{spec.tickets} is a {config.get('kind')} run, not a find_tickets "
                             "run")
-    hparams = config["hparams"]
-    for name in ("model", "image_size"):
-        value, default = getattr(model_settings, name), Model.__dataclass_fields__[name].default
-        if value not in (default, hparams[name]):
-            raise SettingsError(f"--{name}={value} but the tickets in {spec.tickets} are for "
-                                f"{name} {hparams[name]}; leave --{name} out to use the "
-                                "ticket's")
-    groups = {**groups, Model: dataclasses.replace(model_settings, model=hparams["model"],
-                                                   image_size=hparams["image_size"])}
+    groups, overrides = _from_tickets(groups, config["hparams"], given, spec.tickets)
     available = ticket_run.finished_levels()
     if spec.condition == "scratch":  # θ_0 alone: it exists from the ticket run's start
         levels = [0]
@@ -219,7 +258,7 @@ def _ticket_run(groups):
     if missing:
         raise SettingsError(f"{spec.tickets} lacks {', '.join(missing)}: its find_tickets run "
                             "is incomplete or damaged; run its command again to repair it")
-    return ticket_run, levels, groups
+    return ticket_run, levels, groups, overrides
 
 
 def transfer_dir(ticket_run, ticket_config, groups, dataset_name):
@@ -249,26 +288,36 @@ def transfer_dir(ticket_run, ticket_config, groups, dataset_name):
                                                      name))
 
 
-def run_transfer(groups, verbose=True):
+def run_transfer(groups, verbose=True, given=None):
+    """`given`: the settings named explicitly (the rest of the recipe is the ticket run's);
+    None counts every setting that differs from its default as given."""
     check(groups)  # before the heavy imports: a bad setting is reported at once
     spec = groups[Transfer]
     condition = spec.condition
-    ticket_directory, levels, groups = _ticket_run(groups)
+    if given is None:
+        given = {name for name, value in settings.result_values(groups).items()
+                 if value != settings.json_value(_default(name))}
+    ticket_directory, levels, groups, overrides = _ticket_run(groups, given)
     start_framework()
     from absl import logging
 
     from lth_keras import fine_tuning, lottery, runs, weights
-    from lth_keras.datasets import InputPlan
 
     ticket_run = ticket_directory and lottery.TicketRun(ticket_directory.path)
     model_settings, training = groups[Model], groups[Training]
     recipe = training.recipe(groups[Run])
-    dataset = load_dataset(spec.target, groups)
-    rt = runtime(groups)
-    plan = InputPlan(dataset, image_size=model_settings.image_size,
-                     batch_size=training.batch_size, seed=training.seed)
     ticket_config = ticket_run.config() if ticket_run else None
+    dataset = load_dataset(spec.target, groups)
+    # The target feeds the ticket's channel count (a grayscale target is replicated to 3;
+    # a ticket of 1-channel images cannot take a colour target: one line, nothing written).
+    plan = input_plan(dataset, groups,
+                      channels=ticket_config["input"].get("channels", 3) if ticket_run else None)
+    if overrides:
+        logging.warning("the fine-tuning recipe differs from the ticket run's: %s", ", ".join(
+            f"{name} {v['transfer']} (tickets: {v['tickets']})" for name, v in overrides.items()))
+    rt = runtime(groups)
     model_config = {"model": model_settings.model, "image_size": model_settings.image_size,
+                    "channels": plan.channels,
                     "source_classes": (ticket_config["dataset"]["num_classes"] if ticket_run
                                        else dataset.num_classes),
                     "seed": ticket_config["hparams"]["seed"] if ticket_run else training.seed,
@@ -305,7 +354,8 @@ def run_transfer(groups, verbose=True):
     with runs.locked(run.path):
         runs.start(run.config_path, kind="transfer", groups=groups, dataset=dataset, plan=plan,
                    runtime=rt, extra={"condition": condition, "tickets": tickets,
-                                      "model": model_config, "levels": levels},
+                                      "model": model_config, "levels": levels,
+                                      "recipe_overrides": overrides},
                    identity_extra=identity_extra,
                    legacy=runs.legacy_hparams("transfer", groups, identity_extra))
         logging.info("run directory: %s (engine: %s)", output_dir, rt.name)

@@ -35,14 +35,14 @@ def from_flags(groups):
     return settings.from_flags(groups)
 
 
-def train(argv, groups, run_function):
+def train(argv, groups, run_function, **kwargs):
     """The main() of find_tickets and transfer: `api.<run_function>` on the settings the
-    flags give, then the run's summary and where its artifacts are."""
+    flags give (and `kwargs`), then the run's summary and where its artifacts are."""
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     from lth_keras import api, runs
 
-    run = getattr(api, run_function)(from_flags(groups))
+    run = getattr(api, run_function)(from_flags(groups), **kwargs)
     print(runs.format_summary(run.summary(), title=run.title()), end="")
     print(f"artifacts: {run.path}")
 

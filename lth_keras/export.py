@@ -80,6 +80,7 @@ def load_run_model(run_path, level):
         else:
             hp = config["hparams"]
             model_config = {"model": hp["model"], "image_size": hp["image_size"],
+                            "channels": config["input"].get("channels", 3),
                             "source_classes": num_classes, "seed": hp["seed"],
                             "bn_momentum": hp["bn_momentum"]}
     except (KeyError, TypeError) as e:
@@ -107,7 +108,8 @@ def load_run_model(run_path, level):
     else:
         stored = run.theta_i(level)
         model = models.build_model(model_config["model"],
-                                   input_shape=(model_config["image_size"],) * 2 + (3,),
+                                   input_shape=(model_config["image_size"],) * 2
+                                   + (model_config.get("channels", 3),),
                                    num_classes=num_classes, seed=model_config["seed"],
                                    bn_momentum=model_config["bn_momentum"])
     weights.assign(model, stored)

@@ -75,7 +75,8 @@ def build_target_model(model_config, num_classes, head_seed):
     (see `head_seed`). Call under `runtime.scope()`.
     """
     source = models.build_model(model_config["model"],
-                                input_shape=(model_config["image_size"],) * 2 + (3,),
+                                input_shape=(model_config["image_size"],) * 2
+                                + (model_config.get("channels", 3),),  # 3 before it was recorded
                                 num_classes=model_config["source_classes"],
                                 seed=model_config["seed"],
                                 bn_momentum=model_config["bn_momentum"])

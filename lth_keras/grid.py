@@ -198,8 +198,9 @@ def runs_of(grid):
 
 
 def _command(run, root, presets, forwarded):
-    return [sys.executable, "-m", f"lth_keras.{run.binary}",
-            f"--flagfile={presets[run.binary]}", *forwarded, *run.command_args(root)]
+    preset = [f"--flagfile={presets[run.binary]}"] if presets[run.binary] else []
+    return [sys.executable, "-m", f"lth_keras.{run.binary}", *preset, *forwarded,
+            *run.command_args(root)]
 
 
 def _die_with_parent():
@@ -271,6 +272,9 @@ def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
     for binary, flag in (("find_tickets", "tickets_flagfile"),
                          ("transfer", "transfer_flagfile")):
         path = getattr(grid, flag)
+        if binary == "transfer" and not path:  # no preset: the ticket runs' recipe
+            presets[binary] = None
+            continue
         if not os.path.isfile(path):
             raise settings.SettingsError(f"--{flag}={path}: no such file")
         presets[binary] = os.path.abspath(path)

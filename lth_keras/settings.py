@@ -51,6 +51,16 @@ class Data:
     split: tuple = option(None, "For an image folder without val/ or test/: seeded stratified "
                                 "train,val,test fractions to carve, e.g. 0.7,0.1,0.2.",
                           item=float)
+    # How images reach the model (datasets/plan.py); a transfer takes both from its tickets.
+    crop: str = option("random", "random: resize to image_size·256/224 and crop image_size, "
+                                 "at random for training and in the centre for evaluation (the "
+                                 "paper's); none: the stored pixels as they are, no resize and "
+                                 "no crop (--image_size is then the data's own size; image "
+                                 "folders are stored at it).", choices=("random", "none"))
+    channels: str = option("3", "3: grayscale images are replicated to 3 channels (the "
+                                "paper's, so tickets fit RGB targets); own: each dataset's own "
+                                "channel count (1 for Fashion-MNIST, so LeNet's first layer has "
+                                "a third of the weights).", choices=("3", "own"))
     # The data fingerprint covers what these two change.
     skip_bad_images: bool = option(False, "Skip (and count) unreadable images in image folders "
                                           "instead of failing.", result=False)
@@ -235,7 +245,8 @@ class Grid:
                                          "list (e.g. 0,2,4,6).", result=False)
     tickets_flagfile: str = option("flags/paper.cfg", "Preset of every find_tickets run.",
                                    result=False)
-    transfer_flagfile: str = option("flags/paper_transfer.cfg", "Preset of every transfer run.",
+    transfer_flagfile: str = option("flags/paper_transfer.cfg", "Preset of every transfer run "
+                                    "('': none, every transfer takes its ticket run's recipe).",
                                     result=False)
     task_index: int = option(None, "This task's index (default $SLURM_ARRAY_TASK_ID).",
                              result=False)
@@ -254,6 +265,13 @@ class Grid:
         _check(self.targets or not (set(self.conditions) - {"related"}),
                "--targets is empty: name the targets (e.g. human_lba or a folder path)")
 
+
+# The fine-tuning recipe: what a transfer takes from its ticket run unless it is given
+# (the transfer seed too, so that a transfer pairs with its tickets, as in the grid).
+RECIPE = ("seed", "batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay",
+          "lr_boundaries", "max_epochs", "patience", "mixed_precision", "bn_momentum")
+# What a transfer's input and architecture are: always the ticket run's.
+ARCHITECTURE = ("model", "image_size", "crop", "channels")
 
 # The groups every training binary shares, and each binary's own. The grid also takes
 # the common groups, to forward what is given to every run.
@@ -330,10 +348,7 @@ def from_flags(groups, flag_values=None):
                             for f in dataclasses.fields(group)}) for group in groups}
 
 
-def parse(groups, args=()):
-    """{group: settings object} from command-line arguments such as
-    ["--flagfile=flags/quick.cfg", "--seed=1"], without touching the global flags.
-    Flags that no group defines are an error."""
+def _parsed(groups, args):
     from absl import flags
 
     flag_values = flags.FlagValues()
@@ -342,7 +357,25 @@ def parse(groups, args=()):
         flag_values(["lth_keras", *args], known_only=False)
     except flags.Error as e:
         raise SettingsError(str(e).splitlines()[0]) from None
-    return from_flags(groups, flag_values)
+    return flag_values
+
+
+def parse(groups, args=()):
+    """{group: settings object} from command-line arguments such as
+    ["--flagfile=flags/quick.cfg", "--seed=1"], without touching the global flags.
+    Flags that no group defines are an error."""
+    return from_flags(groups, _parsed(groups, args))
+
+
+def given(groups, args=(), flag_values=None):
+    """The names of the fields that `args` (or the parsed `flag_values`, default the
+    global FLAGS when no args) set explicitly, flagfiles included."""
+    from absl import flags
+
+    if flag_values is None:
+        flag_values = _parsed(groups, args) if args else flags.FLAGS
+    return {f.name for group in groups for f in dataclasses.fields(group)
+            if flag_values[f.name].present}
 
 
 def with_options(settings, options):
@@ -369,20 +402,20 @@ def with_options(settings, options):
 
 # --- records and identity -------------------------------------------------------------
 
-def _json_value(value):
+def json_value(value):
     return list(value) if isinstance(value, tuple) else value
 
 
 def record(settings):
     """Every field of every group, as JSON: {group name: {field: value}}."""
-    return {group.__name__.lower(): {k: _json_value(v)
+    return {group.__name__.lower(): {k: json_value(v)
                                      for k, v in dataclasses.asdict(obj).items()}
             for group, obj in settings.items()}
 
 
 def result_values(settings):
     """{field: value} of every result-defining field (what a run's record lists)."""
-    return {f.name: _json_value(getattr(obj, f.name))
+    return {f.name: json_value(getattr(obj, f.name))
             for obj in settings.values() for f in dataclasses.fields(obj)
             if f.metadata["result"]}
 
@@ -404,7 +437,7 @@ def identity(settings, fingerprint, **extra):
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             if f.metadata["result"] and value != f.default:
-                changed[f.name] = _json_value(value)
+                changed[f.name] = json_value(value)
     return {"version": IDENTITY_VERSION, "changed": changed, "fingerprint": fingerprint,
             **extra}
 

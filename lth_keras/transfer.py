@@ -17,7 +17,8 @@ settings.define_flags([settings.Transfer])
 
 
 def main(argv):
-    cli.train(argv, settings.TRANSFER, "run_transfer")
+    # What the command line names is kept; the rest of the recipe is the ticket run's.
+    cli.train(argv, settings.TRANSFER, "run_transfer", given=settings.given(settings.TRANSFER))
 
 
 if __name__ == "__main__":

@@ -53,15 +53,16 @@ def __getattr__(name):
 
 def load_dataset(name_or_path, *, data_dir=None, seed=0, val_fraction=0.1, train_fraction=1.0,
                  image_size=None, split=None, skip_bad_images=False,
-                 cache_dir=None) -> ImageDataset:
+                 cache_dir=None, crop="random") -> ImageDataset:
     """Load a source, a Table-1 target or an image folder by name or path.
 
     - a source name (fashion_mnist, cifar10, cifar100): `load_source`;
     - a target name (human_lba, ...): `load_target` from `<data_dir>/<name>/`;
     - an existing directory: `load_image_folder`.
     Folder images are stored at `resize_size(image_size)` so that the pipeline's
-    crops fit, and kept decoded in `cache_dir` (memory-mapped, shared across runs);
-    sources keep their native size (the pipeline resizes them).
+    crops fit (at `image_size` itself with crop "none", which feeds them uncropped), and
+    kept decoded in `cache_dir` (memory-mapped, shared across runs); sources keep their
+    native size (the pipeline resizes them).
     """
     name = os.fspath(name_or_path)
     if name in SOURCES:
@@ -69,7 +70,8 @@ def load_dataset(name_or_path, *, data_dir=None, seed=0, val_fraction=0.1, train
             raise DataError(f"{name}: --split applies to image folders; a source has a fixed test split")
         return load_source(name, data_dir=data_dir, seed=seed, val_fraction=val_fraction,
                            train_fraction=train_fraction)
-    storage_size = None if image_size is None else resize_size(image_size)
+    storage_size = (None if image_size is None
+                    else resize_size(image_size) if crop == "random" else image_size)
     kwargs = dict(seed=seed, storage_size=storage_size, split=split, val_fraction=val_fraction,
                   train_fraction=train_fraction, skip_bad_images=skip_bad_images,
                   cache_dir=cache_dir)

@@ -24,11 +24,12 @@ STREAM_BYTES = 256 << 20
 
 
 class InputPipeline(InputPlan):
-    """tf.data batches of (float32 images (B, S, S, 3) normalised, int64 labels (B,))."""
+    """tf.data batches of (float32 images (B, S, S, C) normalised, int64 labels (B,))."""
 
-    def __init__(self, dataset, *, image_size, batch_size, seed, stats=None):
+    def __init__(self, dataset, *, image_size, batch_size, seed, stats=None, crop="random",
+                 channels=3):
         super().__init__(dataset, image_size=image_size, batch_size=batch_size, seed=seed,
-                         stats=stats)
+                         stats=stats, crop=crop, channels=channels)
         self._tensors = {}   # split -> (gather, labels, channels), made once per split
         self._evaluation = {}
         self._options = tf.data.Options()
@@ -40,7 +41,8 @@ class InputPipeline(InputPlan):
         if isinstance(plan, cls):
             return plan
         return cls(plan.dataset, image_size=plan.image_size, batch_size=plan.batch_size,
-                   seed=plan.seed, stats=(plan.mean, plan.std))
+                   seed=plan.seed, stats=(plan.mean, plan.std), crop=plan.crop,
+                   channels=plan.channels)
 
     # -- the batch function -------------------------------------------------
 
@@ -74,9 +76,9 @@ class InputPipeline(InputPlan):
     def _batch_fn(self, split: str):
         gather, labels_t, channels = self._split_gather(split)
         size = [self.image_size, self.image_size]
-        grayscale = channels == 1
-        mean = tf.constant(self.mean.reshape(1, 1, 1, 3))
-        std = tf.constant(self.std.reshape(1, 1, 1, 3))
+        replicate = channels == 1 and self.channels == 3
+        mean = tf.constant(self.mean.reshape(1, 1, 1, self.channels))
+        std = tf.constant(self.std.reshape(1, 1, 1, self.channels))
 
         def make_batch(indices, boxes):
             # float32 before cropping: grappler's cost model has no uint8 CropAndResize
@@ -85,7 +87,7 @@ class InputPipeline(InputPlan):
             crops = tf.image.crop_and_resize(
                 images, boxes, tf.range(tf.shape(indices)[0]), size, method="bilinear"
             )  # float32 on the 0..255 scale
-            if grayscale:
+            if replicate:
                 crops = tf.repeat(crops, 3, axis=-1)
             return (crops / 255.0 - mean) / std, tf.gather(labels_t, indices)
 

@@ -1,10 +1,13 @@
 """The epoch plan shared by both engines: which images, which crops, which normalisation.
 
-Conceptually every image is resized to `resize_size` (so that a crop of
-`image_size` fits, as 224 fits in 256), then cropped to `image_size`: at random
-for training, in the centre for evaluation. No other augmentation. Grayscale
-becomes 3 channels; each channel is normalised with the training split's mean
-and std.
+With crop "random" (the paper's), every image is conceptually resized to
+`resize_size` (so that a crop of `image_size` fits, as 224 fits in 256), then
+cropped to `image_size`: at random for training, in the centre for evaluation.
+With crop "none" the stored pixels are fed as they are: the images must be
+`image_size` square, and the one box covers each image exactly (sampled at whole
+pixels, so the values are the stored ones bit for bit). No other augmentation.
+With 3 channels grayscale is replicated to RGB; otherwise a dataset keeps its own
+channel count. Each channel is normalised with the training split's mean and std.
 
 Crops are given as corner-aligned boxes (0 and 1 are the centres of the first
 and last pixel, as tf.image.crop_and_resize reads them): a box from k/(R-1) to
@@ -40,11 +43,15 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-channel mean and std on the [0, 1] scale, as float32 arrays of length 3.
+CROPS = ("random", "none")
+
+
+def channel_stats(images: np.ndarray, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel mean and std on the [0, 1] scale, as float32 arrays of length
+    `channels` (the channels fed to the model).
 
     Uses a 256-bin histogram per channel: exact, and no float copy of the
-    dataset. Grayscale statistics are replicated to the 3 output channels.
+    dataset. Grayscale statistics are replicated to 3 fed channels.
     """
     n, h, w, c = images.shape
     counts = np.zeros((c, 256), np.int64)
@@ -60,9 +67,33 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std = np.sqrt(np.maximum(var, 0.0))
     # A constant channel would divide by zero; its centred values are all 0 anyway.
     std = np.maximum(std, 1e-6)
-    if c == 1:
+    if c == 1 and channels == 3:
         mean, std = np.repeat(mean, 3), np.repeat(std, 3)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _fed_channels(dataset: ImageDataset, channels: int | None) -> int:
+    """The channel count fed to the model: `channels`, or the dataset's own if None; a
+    grayscale dataset feeds 3 by replication, and nothing else is converted."""
+    own = dataset.train.images.shape[-1]
+    fed = own if channels is None else int(channels)
+    if fed != own and not (own == 1 and fed == 3):
+        raise DataError(f"{dataset.name} has {own}-channel images but the model takes {fed} "
+                        "channels" + (" (tickets found with --channels=own on grayscale data "
+                                      "cannot be fed colour images)" if fed == 1 else ""))
+    return fed
+
+
+def _check_stored_size(dataset: ImageDataset, image_size: int) -> None:
+    """With no crop the model sees the stored images: they must be image_size square."""
+    for split in SPLITS:
+        images = dataset.split(split).images
+        if len(images) and tuple(images.shape[1:3]) != (image_size, image_size):
+            h, w = images.shape[1:3]
+            raise DataError(f"{dataset.name} images are {h}x{w} but --crop=none feeds them as "
+                            f"they are: set --image_size={h}" if h == w else
+                            f"{dataset.name} images are {h}x{w}, not square: --crop=none "
+                            "cannot feed them (use --crop=random)")
 
 
 class InputPlan:
@@ -72,25 +103,34 @@ class InputPlan:
     cropped by its box; the last partial batch of an epoch is dropped.
     Evaluation batches: every image of a split in order, centre-cropped, the last
     one padded (weight 0) to the batch size.
-    Images are float32 (B, S, S, 3), normalised; labels are class indices.
+    Images are float32 (B, S, S, C), normalised, with C = `channels` (3: grayscale is
+    replicated; None: the dataset's own); labels are class indices.
     """
 
     def __init__(self, dataset: ImageDataset, *, image_size: int, batch_size: int, seed: int,
-                 stats: tuple[np.ndarray, np.ndarray] | None = None):
+                 stats: tuple[np.ndarray, np.ndarray] | None = None, crop: str = "random",
+                 channels: int | None = 3):
         if int(image_size) < 2:
             raise ValueError(f"image_size must be at least 2, got {image_size}")
         if int(seed) < 0:
             raise ValueError(f"seed must be non-negative, got {seed}")
+        if crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         n = len(dataset.train)
         if not 1 <= int(batch_size) <= n:
             raise DataError(f"{dataset.name}: batch_size {batch_size} does not fit the {n} training examples")
         self.dataset = dataset
         self.image_size = int(image_size)
-        self.resize_size = resize_size(self.image_size)
+        self.crop = crop
+        self.resize_size = resize_size(self.image_size) if crop == "random" else self.image_size
+        self.channels = _fed_channels(dataset, channels)
+        if crop == "none":
+            _check_stored_size(dataset, self.image_size)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.steps_per_epoch = n // self.batch_size  # training drops the last partial batch
-        self.mean, self.std = stats if stats is not None else channel_stats(dataset.train.images)
+        self.mean, self.std = (stats if stats is not None
+                               else channel_stats(dataset.train.images, self.channels))
 
     # -- crop geometry ------------------------------------------------------
 
@@ -98,7 +138,9 @@ class InputPlan:
         """float32 [y1, x1, y2, x2] boxes for integer (y, x) pixel offsets in the R x R image."""
         r, s = self.resize_size, self.image_size
         start = offsets.astype(np.float64) / (r - 1)
-        end = (offsets + s - 1).astype(np.float64) / (r - 1) - _EDGE_EPS
+        # Without a crop the box is the whole image, [0, 1] exactly: every sample falls on
+        # a whole pixel, with no float error for the edge pull to guard against.
+        end = (offsets + s - 1).astype(np.float64) / (r - 1) - (_EDGE_EPS if r != s else 0.0)
         return np.concatenate([start, end], axis=-1).astype(np.float32)
 
     def centre_box(self) -> np.ndarray:
@@ -168,7 +210,9 @@ class InputPlan:
         """A JSON-serialisable record of the input settings."""
         return {
             "image_size": self.image_size,
+            "crop": self.crop,
             "resize_size": self.resize_size,
+            "channels": self.channels,
             "mean": [float(m) for m in self.mean],
             "std": [float(s) for s in self.std],
             "batch_size": self.batch_size,

@@ -299,12 +299,12 @@ def _divide(numerator, denominator):
 
 
 def make_batch(plan, images, labels, indices, rows, columns, zero):
-    """The plan's normalised float32 batch (B, S, S, 3) and its labels, on the device."""
+    """The plan's normalised float32 batch (B, S, S, C) and its labels, on the device."""
     crops = crop_and_resize(images, indices, rows, columns, zero)
-    if crops.shape[-1] == 1:
+    if crops.shape[-1] == 1 and plan.channels == 3:
         crops = jnp.repeat(crops, 3, axis=-1)
-    mean = jnp.asarray(plan.mean.reshape(1, 1, 1, 3))
-    std = jnp.asarray(plan.std.reshape(1, 1, 1, 3))
+    mean = jnp.asarray(plan.mean.reshape(1, 1, 1, plan.channels))
+    std = jnp.asarray(plan.std.reshape(1, 1, 1, plan.channels))
     return _divide(_divide(crops, jnp.float32(255.0)) - mean, std), labels[indices]
 
 
