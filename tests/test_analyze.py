@@ -198,6 +198,32 @@ def test_table2_picks_by_validation_and_reports_test(analysis):
     assert r"\cellcolor{yellow!25}62.00 $\pm$ 2.83" in tex
 
 
+def test_the_paired_t_test_against_hand_computed_numbers(analysis):
+    import math
+
+    from lth_keras.analysis import tables
+
+    # Differences 0.02, 0.05, 0.01: mean 0.02667, sd 0.02082, t = 2.2188 on 2 degrees of
+    # freedom, where the two-sided p is 1 - t / sqrt(2 + t^2) = 0.15673.
+    t, p, n = tables.paired({0: 0.80, 1: 0.85, 2: 0.83, 7: 0.9}, {0: 0.78, 1: 0.80, 2: 0.82})
+    assert n == 3  # seed 7 has no partner
+    assert t == pytest.approx(2.21880078, rel=1e-6)
+    assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert p == pytest.approx(0.156726, abs=1e-6)
+    assert all(math.isnan(x) for x in tables.paired({0: 0.8}, {0: 0.7})[:2])
+    # In Table 2: cifar10 tickets on human_lba, level 1, test 0.60 / 0.64 for seeds 0 / 1,
+    # scratch 0.55 / 0.57: differences 0.05, 0.07, t = 6 on 1 degree of freedom, where the
+    # two-sided p is 1 - 2 atan(t) / pi = 0.1051.
+    row = _csv_rows(analysis["table2.csv"])[("human_lba", "cifar10")]
+    assert float(row["paired_t"]) == pytest.approx(6.0, rel=1e-9)
+    assert float(row["paired_p"]) == pytest.approx(1 - 2 * math.atan(6) / math.pi, rel=1e-9)
+    assert row["paired_n"] == "2"
+    md = analysis["table2.md"].decode()
+    paired_row = next(line for line in md.split("## Paired")[1].splitlines()
+                      if line.startswith("| human_lba |"))
+    assert f"{1 - 2 * math.atan(6) / math.pi:.3g} (n=2)" in paired_row
+
+
 def test_partial_results_show_dashes(analysis):
     out = analysis
     md = out["table2.md"].decode()
@@ -341,3 +367,23 @@ def test_analysis_does_not_import_tensorflow():
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_levels_table_lists_every_line_at_every_level(results, analysis):
+    rows = list(csv.DictReader(io.StringIO(analysis["levels.csv"].decode())))
+    rewind = [r for r in rows if r["target"] == "human_lba" and r["role"] == "source"
+              and r["line"] == "cifar10"]
+    # Seed 0 finished levels 0-3 and seed 1 levels 0-2 (its level 3 is in progress).
+    assert sorted((r["seed"], r["level"]) for r in rewind) == [
+        ("0", "0"), ("0", "1"), ("0", "2"), ("0", "3"), ("1", "0"), ("1", "1"), ("1", "2")]
+    level1 = {r["seed"]: float(r["test_accuracy"]) for r in rewind if r["level"] == "1"}
+    assert level1 == {"0": 0.60, "1": 0.64}
+    md = analysis["levels.md"].decode()
+    section = md.split("## human_lba")[1].split("## ")[0]
+    header = [c.strip() for c in section.splitlines()[2].strip("|").split("|")]
+    assert {"scratch", "cifar10", "target tickets"} <= set(header)
+    row1 = dict(zip(header, (c.strip() for c in next(
+        line for line in section.splitlines() if line.startswith("| 1 |")).strip("|").split("|"))))
+    assert row1["cifar10"] == _pct([0.60, 0.64])
+    assert row1["scratch"] == "—"
+    assert row1["level"] == "1" and row1["density"] == "0.8000"

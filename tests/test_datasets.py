@@ -471,7 +471,8 @@ def test_pipeline_shapes_and_normalisation():
     ds = make_dataset()  # 9 x 9 images are already resize_size(8): crops are exact pixels
     p = InputPipeline(ds, image_size=8, batch_size=16, seed=0)
     assert p.steps_per_epoch == 6
-    assert p.describe() == {"image_size": 8, "resize_size": 9, "mean": [float(m) for m in p.mean],
+    assert p.describe() == {"image_size": 8, "crop": "random", "resize_size": 9, "channels": 3,
+                            "mean": [float(m) for m in p.mean],
                             "std": [float(s) for s in p.std], "batch_size": 16, "steps_per_epoch": 6}
     np.testing.assert_allclose(p.mean, (ds.train.images / 255.0).mean(axis=(0, 1, 2)), rtol=1e-5)
     np.testing.assert_allclose(p.std, (ds.train.images / 255.0).std(axis=(0, 1, 2)), rtol=1e-5)

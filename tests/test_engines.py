@@ -15,7 +15,7 @@ import pytest
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, expected_start_digest,
                       kill_find_tickets_mid_level, needs_histology, run_binary)
 from lth_keras import fine_tuning, lottery, pruning
-from lth_keras.datasets import ImageDataset, InputPipeline, Split
+from lth_keras.datasets import DataError, ImageDataset, InputPipeline, Split
 
 jax = pytest.importorskip("jax", reason="the JAX engine needs jax (pip install -e '.[dev]')")
 
@@ -67,6 +67,50 @@ def _dataset(size, channels, n=40, seed=0):
                      np.arange(m) % 4)
 
     return ImageDataset("pixels", ("a", "b", "c", "d"), split(n), split(13), split(11))
+
+
+@pytest.mark.parametrize("stored,fed", [(1, None), (1, 3), (3, None)])
+def test_without_a_crop_both_engines_feed_the_stored_pixels_bit_for_bit(stored, fed):
+    """crop=none: no resize and no crop; the batch is (pixels / 255 - mean) / std in float32,
+    exactly, with 1 channel kept (fed=None: the data's own) or replicated to 3."""
+    import jax.numpy as jnp
+
+    from lth_keras.engines.jax_engine import make_batch
+
+    dataset = _dataset(28, stored)
+    plan = InputPipeline(dataset, image_size=28, batch_size=8, seed=3, crop="none", channels=fed)
+    channels = fed or stored
+    assert plan.channels == channels and plan.mean.shape == (channels,)
+
+    def expected(images):
+        pixels = images.astype(np.float32)
+        if pixels.shape[-1] != channels:
+            pixels = np.repeat(pixels, channels, axis=-1)
+        return (pixels / np.float32(255) - plan.mean) / plan.std
+
+    order, boxes = plan.train_plan(1)
+    rows, columns = plan.sample_positions(boxes)
+    make = jax.jit(lambda images, labels, indices, rows, columns, position: make_batch(
+        plan, images, labels, indices, rows, columns, jnp.minimum(position, 0)))
+    train = plan.split("train")
+    for step, (x_tf, _) in enumerate(plan.train_epoch(1)):
+        want = expected(train.images[order[step]])
+        assert x_tf.shape == (8, 28, 28, channels)
+        np.testing.assert_array_equal(x_tf.numpy(), want)
+        x_jax, _ = make(train.images, train.labels, order[step], rows[step], columns[step],
+                        np.int32(step))
+        np.testing.assert_array_equal(np.asarray(x_jax), want)
+    n = len(plan.split("val"))
+    x_eval = np.concatenate([x.numpy() for x, _, _ in plan.evaluation("val")])[:n]
+    np.testing.assert_array_equal(x_eval, expected(plan.split("val").images))
+
+
+def test_without_a_crop_the_images_must_be_the_model_size():
+    with pytest.raises(DataError, match="set --image_size=28"):
+        InputPipeline(_dataset(28, 1), image_size=16, batch_size=8, seed=0, crop="none")
+    with pytest.raises(DataError, match="3-channel images but the model takes 1"):
+        InputPipeline(_dataset(28, 3), image_size=28, batch_size=8, seed=0, crop="none",
+                      channels=1)
 
 
 @pytest.mark.parametrize("size,channels,image_size", [(28, 1, 16), (37, 3, 32), (9, 3, 8),

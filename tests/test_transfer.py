@@ -242,3 +242,75 @@ def test_transfer_to_the_real_histology_target(tiny_tickets, tmp_path):
     assert run.finished_levels() == [1]
     assert run.weights(1)["head/kernel"].shape == (100, 4)
     np.testing.assert_array_equal(run.weights(1)["fc1/mask"], tiny_tickets.mask(1)["fc1/kernel"])
+
+
+# ---- the fine-tuning recipe is the ticket run's unless given -------------------------
+
+def _bare_transfer(tickets, output_dir, *extra, target=None):
+    """A transfer naming no recipe setting (only --deterministic, which is not one)."""
+    return run_binary("lth_keras.transfer", f"--tickets={tickets}", f"--target={target or TARGET}",
+                      f"--output_dir={output_dir}", "--levels=1", "--deterministic", *extra)
+
+
+def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, tmp_path):
+    out = str(tmp_path / "inherited")
+    proc = _bare_transfer(tiny_tickets.path, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "differs from the ticket run's" not in proc.stderr
+    config, ticket = fine_tuning.TransferRun(out).config(), tiny_tickets.config()
+    for name in ("batch_size", "learning_rate", "max_epochs", "patience", "seed",
+                 "weight_decay", "momentum", "lr_boundaries", "bn_momentum"):
+        assert config["hparams"][name] == ticket["hparams"][name], name
+    # The tiny tickets' recipe is not the defaults': it was taken, not defaulted.
+    assert (config["hparams"]["learning_rate"], config["hparams"]["seed"],
+            config["hparams"]["batch_size"]) == (0.01, 3, 32)
+    assert config["recipe_overrides"] == {}
+    assert fine_tuning.TransferRun(out).metrics(1)["epochs"] <= 3  # the ticket's max_epochs
+
+
+def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp_path):
+    out = str(tmp_path / "overridden")
+    proc = _bare_transfer(tiny_tickets.path, out, "--learning_rate=0.02", "--max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    notice = [line for line in proc.stderr.splitlines() if "differs from the ticket run's" in line]
+    assert len(notice) == 1
+    assert "learning_rate 0.02 (tickets: 0.01)" in notice[0]
+    assert "max_epochs 1 (tickets: 3)" in notice[0]
+    config = fine_tuning.TransferRun(out).config()
+    assert config["recipe_overrides"] == {"learning_rate": {"tickets": 0.01, "transfer": 0.02},
+                                          "max_epochs": {"tickets": 3, "transfer": 1}}
+    assert config["hparams"]["learning_rate"] == 0.02
+    assert config["hparams"]["batch_size"] == 32  # not given: still the ticket's
+    assert fine_tuning.TransferRun(out).metrics(1)["epochs"] == 1
+
+
+# ---- tickets of another input pipeline ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gray_tickets(tiny_fashion_dir, tmp_path_factory):
+    """Tiny tickets on the stored 28 px, 1-channel pixels (no crop)."""
+    from conftest import find_tiny_tickets
+    from lth_keras import lottery
+
+    out = str(tmp_path_factory.mktemp("gray") / "tickets")
+    proc = find_tiny_tickets(tiny_fashion_dir, out, "--image_size=28", "--crop=none",
+                             "--channels=own", "--rounds=1", "--max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return lottery.TicketRun(out)
+
+
+def test_one_channel_tickets_transfer_to_grayscale_and_refuse_colour(gray_tickets,
+                                                                     tiny_fashion_dir, tmp_path):
+    assert gray_tickets.theta("0")["fc1/kernel"].shape[0] == 28 * 28  # not 3 * 28 * 28
+    out = str(tmp_path / "gray")
+    proc = _bare_transfer(gray_tickets.path, out, f"--data_dir={tiny_fashion_dir}",
+                          target="fashion_mnist")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = fine_tuning.TransferRun(out).config()
+    assert config["input"]["channels"] == 1 and config["input"]["crop"] == "none"
+    assert config["hparams"]["crop"] == "none" and config["hparams"]["channels"] == "own"
+    never = str(tmp_path / "colour")
+    _refused(_bare_transfer(gray_tickets.path, never), never,
+             "3-channel images but the model takes 1")
+    _refused(_bare_transfer(gray_tickets.path, never, "--crop=random"), never,
+             "--crop=random but the tickets", "are for crop none")

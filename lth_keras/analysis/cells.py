@@ -64,6 +64,11 @@ class Cell:
         return np.array([getattr(r.levels[level], attribute) for r in self.runs
                          if level in r.levels])
 
+    def by_seed(self, level, attribute):
+        """{seed: value} of a Level attribute, for the seeds that have finished `level`."""
+        return {r.seed: float(getattr(r.levels[level], attribute)) for r in self.runs
+                if level in r.levels}
+
     def stat(self, level, attribute):
         return summarize(self.values(level, attribute))
 

@@ -46,6 +46,8 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
     files["table3.md"] = tables.table3_markdown(table).encode()
     files["table3.csv"] = tables.table3_csv(table).encode()
     files["table3.tex"] = tables.table3_latex(table).encode()
+    files["levels.md"] = tables.levels_markdown(views).encode()
+    files["levels.csv"] = tables.levels_csv(views).encode()
     if not views:
         notes.append("no target (no transfer run, no ticket run on a non-natural dataset): "
                      "tables are empty")
@@ -70,7 +72,8 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
         figs[file_name.removesuffix(".png")] = fig
         files[file_name] = figures.render(fig, ("png",))["png"]
 
-    rows = {"table2": tables.table2_rows(table), "table3": tables.table3_rows(table)}
+    rows = {"table2": tables.table2_rows(table), "table3": tables.table3_rows(table),
+            "levels": tables.levels_rows(views)}
     if overlap:
         rows["mask_overlap"] = masks.mask_overlap(runs, overlap_levels)
         files["mask_overlap.csv"] = masks.overlap_csv(rows["mask_overlap"]).encode()

@@ -15,7 +15,12 @@ paper does not say how it picked. Scratch is the dense level 0.
 
 Each pruned cell is compared with the target's scratch baseline by Welch's
 t-test (two-sided, unequal variances) on the per-seed test accuracies; NaN
-when either side has fewer than two seeds. Best and second best are ranked
+when either side has fewer than two seeds. Beside it, a paired t-test on the
+per-seed differences over the seeds both have: every run of a seed starts from
+the same θ_0 (drawn from the seed alone, whatever the dataset) and sees the
+same target carve and data order, so the two samples are paired, not
+independent. Neither test accounts for the level having been picked on the
+same seeds' validation accuracy. Best and second best are ranked
 per target row by the reported test mean, scratch included; equal means share
 a rank. Markdown marks them **bold** and _italic_, LaTeX with
 \\cellcolor{green!25} and \\cellcolor{yellow!25} (the paper's green and yellow
@@ -52,6 +57,7 @@ class Pick:
     density: float  # the seeds share the level's sparsity; these are means
     fraction_pruned: float
     fraction_pruned_all_params: float
+    test_by_seed: dict = dataclasses.field(default_factory=dict)  # {seed: test accuracy}
 
 
 def summarize_level(cell, level):
@@ -60,7 +66,8 @@ def summarize_level(cell, level):
                 density=float(np.mean(cell.values(level, "density"))),
                 fraction_pruned=float(np.mean(cell.values(level, "fraction_pruned"))),
                 fraction_pruned_all_params=float(
-                    np.mean(cell.values(level, "fraction_pruned_all_params"))))
+                    np.mean(cell.values(level, "fraction_pruned_all_params"))),
+                test_by_seed=cell.by_seed(level, "test_accuracy"))
 
 
 def pick_level(cell, by="val_accuracy"):
@@ -92,6 +99,18 @@ def welch(a, b):
     return float(result.statistic), float(result.pvalue)
 
 
+def paired(a_by_seed, b_by_seed):
+    """(t, p, n) of the two-sided paired t-test of a - b over the n seeds both have
+    ({seed: value} each), or (NaN, NaN, n) when n < 2 or the differences are constant."""
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    if len(seeds) < 2:
+        return math.nan, math.nan, len(seeds)
+    with warnings.catch_warnings():  # constant differences: scipy warns, gives NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds])
+    return float(result.statistic), float(result.pvalue), len(seeds)
+
+
 @dataclasses.dataclass
 class Entry:
     """One cell of Table 2 / Table 3: a line of a target view, with its picks."""
@@ -104,6 +123,7 @@ class Entry:
     scratch: Pick | None  # the view's baseline
     welch: tuple = (math.nan, math.nan)
     optimistic_welch: tuple = (math.nan, math.nan)
+    paired: tuple = (math.nan, math.nan, 0)  # (t, p, n seeds)
     rank: str = ""
     optimistic_rank: str = ""
 
@@ -135,6 +155,8 @@ def build_table(views):
                 for pick, attr in ((entry.pick, "welch"), (entry.optimistic, "optimistic_welch")):
                     if pick:
                         setattr(entry, attr, welch(pick.test.values, scratch.test.values))
+                if entry.pick:
+                    entry.paired = paired(entry.pick.test_by_seed, scratch.test_by_seed)
             cells[line.label] = entry
         for entry in cells.values():
             order.setdefault(entry.column, _column_key(entry, view))
@@ -235,6 +257,17 @@ def table2_markdown(table):
         f"scratch; {MISSING} when either side has fewer than 2 seeds.",
         "",
         _markdown_table(table, lambda e: _p_value(e.welch[1]), pruned),
+        "## Paired t-test: best pruned model vs scratch (p-value, n seeds)",
+        "",
+        "Two-sided, on the per-seed differences over the seeds both have: a seed's runs start "
+        "from the same θ_0 and see the same target carve and data order, so the samples are "
+        "paired (Welch's test above treats them as independent). Caveat: neither test accounts "
+        "for the level having been picked on these seeds' validation accuracy, and with 3-4 "
+        f"seeds either has little power. {MISSING} when fewer than 2 seeds are shared or the "
+        "differences are constant.",
+        "",
+        _markdown_table(table, lambda e: (f"{_p_value(e.paired[1])} (n={e.paired[2]})"
+                                          if not math.isnan(e.paired[1]) else MISSING), pruned),
         "## Picked by test (optimistic)",
         "",
         "The same, but the level is picked by mean *test* accuracy. This uses the test set for "
@@ -268,7 +301,8 @@ def table3_markdown(table):
 
 TABLE2_CSV = ("target", "column", "role", "condition", "source", "model", "image_size",
               "seeds", "level", "n", "val_accuracy_mean", "test_accuracy_mean",
-              "test_accuracy_std", "rank", "welch_t", "welch_p", "optimistic_level",
+              "test_accuracy_std", "rank", "welch_t", "welch_p", "paired_t", "paired_p",
+              "paired_n", "optimistic_level",
               "optimistic_n", "optimistic_test_accuracy_mean", "optimistic_test_accuracy_std",
               "optimistic_rank", "optimistic_welch_p", "scratch_test_accuracy_mean",
               "scratch_test_accuracy_std", "scratch_n")
@@ -311,6 +345,7 @@ def table2_rows(table):
             "level": p and p.level, "n": p and p.test.n, "val_accuracy_mean": p and p.val.mean,
             "test_accuracy_mean": p and p.test.mean, "test_accuracy_std": p and p.test.std,
             "rank": e.rank, "welch_t": e.welch[0], "welch_p": e.welch[1],
+            "paired_t": e.paired[0], "paired_p": e.paired[1], "paired_n": e.paired[2] or None,
             "optimistic_level": o and o.level, "optimistic_n": o and o.test.n,
             "optimistic_test_accuracy_mean": o and o.test.mean,
             "optimistic_test_accuracy_std": o and o.test.std, "optimistic_rank": e.optimistic_rank,
@@ -405,3 +440,48 @@ def table3_latex(table):
         _tex_tabular(table, lambda e: sparsity(e.optimistic), pruned,
                      "picked by test accuracy (optimistic)"),
     ])
+
+
+# --- every level (Fig. 3 and 4 as numbers) ----------------------------------------
+
+LEVELS_CSV = ("target", "model", "image_size", "line", "role", "seed", "level", "density",
+              "val_accuracy", "test_accuracy")
+
+
+def _view_lines(view):
+    return view.scratch + view.fig3_lines() + view.final + view.train_fractions
+
+
+def levels_rows(views):
+    """One dict per (line, seed, finished level) of every target view: the numbers behind
+    Fig. 3 and Fig. 4 (the columns of levels.csv)."""
+    return [{"target": view.title, "model": view.model, "image_size": view.image_size,
+             "line": line.label, "role": line.role, "seed": run.seed, "level": level,
+             "density": found.density, "val_accuracy": found.val_accuracy,
+             "test_accuracy": found.test_accuracy}
+            for view in views for line in _view_lines(view)
+            for run in line.cell.runs for level, found in sorted(run.levels.items())]
+
+
+def levels_csv(views):
+    return _csv(LEVELS_CSV, levels_rows(views))
+
+
+def levels_markdown(views):
+    """Per target view, test accuracy (mean ± std over seeds) of every line at every level."""
+    out = ["# Test accuracy at every level (%)", "",
+           "Mean ± sample std (ddof=1) over the n seeds that finished the level; density is "
+           f"the fraction of prunable weights left. {MISSING}: no finished run.", ""]
+    for view in views:
+        lines = _view_lines(view)
+        levels = sorted({level for line in lines for level in line.cell.levels()})
+        out += [f"## {view.title} ({view.model}, {view.image_size} px)", "",
+                "| level | density | " + " | ".join(line.label for line in lines) + " |",
+                "|---:|---:|" + "---:|" * len(lines)]
+        for level in levels:
+            density = next(float(np.mean(line.cell.values(level, "density"))) for line in lines
+                           if line.cell.n_at(level))
+            texts = [_accuracy(line.cell.stat(level, "test_accuracy")) for line in lines]
+            out.append(f"| {level} | {density:.4f} | " + " | ".join(texts) + " |")
+        out.append("")
+    return "\n".join(out)
