@@ -50,6 +50,22 @@ def test_grid_expands_to_the_expected_runs():
     assert all(position[n] < position[run.name] for run in runs for n in run.needs)
 
 
+def test_scratch_starts_once_theta_0_exists_other_transfers_wait_for_every_level(tmp_path):
+    by_name = {run.name: run for run in grid.expand(**SMALL)}
+    scratch = by_name["transfer/human_lba/dense-scratch-seed0"]
+    rewind = by_name["transfer/human_lba/fashion_mnist-rewind-seed0"]
+    assert scratch.needs == rewind.needs == ("tickets/fashion_mnist-seed0",)
+    root = str(tmp_path)
+    states = {"tickets/fashion_mnist-seed0": grid.PARTIAL}
+    assert not scratch.can_start(root, states.get) and not rewind.can_start(root, states.get)
+    # A ticket run writes θ_0 when it starts, long before its last level.
+    os.makedirs(os.path.join(root, "tickets/fashion_mnist-seed0"))
+    open(os.path.join(root, "tickets/fashion_mnist-seed0", "theta_0.npz"), "wb").close()
+    assert scratch.can_start(root, states.get) and not rewind.can_start(root, states.get)
+    states["tickets/fashion_mnist-seed0"] = grid.DONE
+    assert rewind.can_start(root, states.get)
+
+
 def test_grid_refuses_impossible_conditions():
     with pytest.raises(ValueError, match="target_tickets"):
         grid.expand(**dict(SMALL, conditions=["reinit"]))

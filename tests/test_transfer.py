@@ -314,3 +314,20 @@ def test_one_channel_tickets_transfer_to_grayscale_and_refuse_colour(gray_ticket
              "3-channel images but the model takes 1")
     _refused(_bare_transfer(gray_tickets.path, never, "--crop=random"), never,
              "--crop=random but the tickets", "are for crop none")
+
+
+def test_a_transfer_of_the_old_head_rule_is_not_resumed(tiny_tickets, transfers, tmp_path):
+    from lth_keras import settings
+
+    old = _copy_run(transfers["rewind"], tmp_path / "old")
+    config = artifacts.read_json(os.path.join(old, "config.json"))
+    for record in (config["identity"], config["hparams"]):
+        del record["head"]  # as lth_keras <= 0.3 wrote it
+    config["hparams_hash"] = settings.identity_hash(config["identity"])
+    artifacts.write_json(os.path.join(old, "config.json"), config)
+    before = sorted(os.listdir(os.path.join(old, "levels")))
+    proc = _transfer(tiny_tickets.path, old)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "a head drawn by an earlier rule" in last and last.startswith("transfer: error:")
+    assert sorted(os.listdir(os.path.join(old, "levels"))) == before
