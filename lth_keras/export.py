@@ -80,7 +80,7 @@ def load_run_model(run_path, level):
         else:
             hp = config["hparams"]
             model_config = {"model": hp["model"], "image_size": hp["image_size"],
-                            "channels": config["input"].get("channels", 3),
+                            "channels": config.get("input", {}).get("channels", 3),
                             "source_classes": num_classes, "seed": hp["seed"],
                             "bn_momentum": hp["bn_momentum"]}
     except (KeyError, TypeError) as e:

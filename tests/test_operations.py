@@ -106,8 +106,9 @@ def test_the_transfer_printout_names_its_condition(tiny_tickets, tiny_fashion_di
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_quiet_start(proc.stderr)
     title = proc.stdout.strip().splitlines()[0]
+    # Seed 3: the ticket run's, which a transfer takes unless given.
     assert title == ("transfer to fashion_mnist: reinit of tickets from fashion_mnist, "
-                     "lenet_300_100 at 16 px, seed 0"), title
+                     "lenet_300_100 at 16 px, seed 3"), title
     assert json.loads(open(os.path.join(out, "config.json")).read())["condition"] == "reinit"
 
 
