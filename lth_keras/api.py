@@ -162,8 +162,10 @@ def transfer(*objects, preset=None, verbose=True, **options):
 
     Example: transfer(tickets=run, target="human_lba", preset="quick_transfer",
     levels=[0, 2], reinit=True). `tickets` is a run directory or a TicketRun;
-    `levels` "all", a list or a comma string. The model and input size are the
-    ticket's.
+    `levels` "all", a list or a comma string. The model, input size and pipeline are
+    the ticket's, and so is the recipe (seed included) but for what the preset, the
+    options or a settings object name: an object passed (Training(...)) counts as
+    naming every field it has.
     """
     from lth_keras import runs
 
