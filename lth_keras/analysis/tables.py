@@ -289,7 +289,8 @@ def table3_markdown(table):
     return "\n".join([
         "# Table 3: sparsity of the best pruned models of Table 2",
         "",
-        "Fraction of prunable weights pruned / fraction of all parameters pruned (level L), "
+        "Fraction of prunable weights pruned / fraction of all trainable parameters pruned "
+        "(level L), "
         "for the level picked by validation accuracy. Scratch models are dense and not shown.",
         "",
         _markdown_table(table, lambda e: sparsity(e, e.pick), pruned),
