@@ -435,8 +435,8 @@ def table3_latex(table):
 
     pruned = _pruned_columns(table)
     return "\n".join([
-        "% Table 3 (lth_keras.analyze): fraction of prunable weights pruned / of all trainable parameters",
-        "% pruned, for the best pruned models of Table 2.",
+        "% Table 3 (lth_keras.analyze): fraction of prunable weights pruned / of all trainable",
+        "% parameters pruned, for the best pruned models of Table 2.",
         _tex_tabular(table, lambda e: sparsity(e.pick), pruned, "picked by validation accuracy"),
         _tex_tabular(table, lambda e: sparsity(e.optimistic), pruned,
                      "picked by test accuracy (optimistic)"),
