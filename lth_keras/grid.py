@@ -140,24 +140,40 @@ def state(run, root, rounds=None):
     A find_tickets run is done when its levels 0..rounds are finished, with rounds the
     larger of what its record says (a resumed run records its latest) and `rounds` (the
     grid's preset: raising it there extends every ticket run); a transfer run is done
-    when every level it chose is.
+    when every level it chose is, and a transfer of every level (no --levels) also wants
+    the levels its ticket run is to reach, so that it grows with its tickets.
     """
     path = run.directory(root)
     if not os.path.exists(os.path.join(path, "config.json")):
         return PARTIAL if os.path.isdir(path) and os.listdir(path) else PENDING
     directory = RunDirectory(path)
-    try:
-        config = directory.config()
-        if run.binary == "find_tickets":
-            recorded = (config["settings"]["pruning"]["rounds"] if "settings" in config
-                        else config["flags"]["rounds"])  # records before identity version 2
-            wanted = range(max(recorded, rounds or 0) + 1)
-        else:
-            wanted = config["levels"]
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
-        raise artifacts.ArtifactError(f"{path}: unreadable run record ({e})")
+    if run.binary == "find_tickets":
+        wanted = set(_ticket_levels(directory, rounds))
+    else:
+        wanted = set(_record(directory, lambda config: config["levels"]))
+        if not run.only_theta_0 and not any(a.startswith("--levels=") for a in run.args):
+            tickets = RunDirectory(os.path.join(root, run.tickets))
+            if os.path.exists(tickets.config_path):
+                wanted |= set(_ticket_levels(tickets, rounds))
     finished = set(directory.finished_levels())
-    return DONE if set(wanted) <= finished else PARTIAL
+    return DONE if wanted <= finished else PARTIAL
+
+
+def _record(directory, read):
+    """read(config) of a run directory, or ArtifactError naming it."""
+    try:
+        return read(directory.config())
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        raise artifacts.ArtifactError(f"{directory.path}: unreadable run record ({e})")
+
+
+def _ticket_levels(directory, rounds):
+    """The levels a ticket run is to reach: 0..the larger of its recorded rounds and the
+    grid's."""
+    recorded = _record(directory, lambda config: (
+        config["settings"]["pruning"]["rounds"] if "settings" in config
+        else config["flags"]["rounds"]))  # records before identity version 2
+    return range(max(recorded, rounds or 0) + 1)
 
 
 # --- running the grid -----------------------------------------------------------------

@@ -66,6 +66,40 @@ def test_scratch_starts_once_theta_0_exists_other_transfers_wait_for_every_level
     assert rewind.can_start(root, states.get)
 
 
+def test_a_transfer_of_every_level_grows_with_its_ticket_run(tmp_path):
+    """Raising the rounds of a finished grid extends its ticket runs, and the transfers of
+    every level (no --levels) must then be partial too, not left at the old levels."""
+    import json
+
+    runs = {run.name: run for run in grid.expand(
+        sources=["fashion_mnist"], targets=["colours"], seeds=[0],
+        conditions=["rewind", "scratch"], transfer_levels="all")}
+    tickets = runs["tickets/fashion_mnist-seed0"]
+    rewind = runs["transfer/colours/fashion_mnist-rewind-seed0"]
+    scratch = runs["transfer/colours/dense-scratch-seed0"]
+    root = str(tmp_path)
+
+    def fabricate(run, config, levels):
+        path = run.directory(root)
+        for level in levels:
+            os.makedirs(os.path.join(path, "levels", f"level_{level:02d}"))
+            open(os.path.join(path, "levels", f"level_{level:02d}", "metrics.json"), "w").close()
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(config, f)
+
+    fabricate(tickets, {"settings": {"pruning": {"rounds": 2}}}, [0, 1, 2])
+    fabricate(rewind, {"levels": [0, 1, 2]}, [0, 1, 2])
+    fabricate(scratch, {"levels": [0]}, [0])
+    assert [grid.state(r, root, rounds=2) for r in (tickets, rewind, scratch)] == [grid.DONE] * 3
+    # The preset now asks for 3 rounds: the tickets and the transfer of every level are
+    # partial; scratch (level 0 only) stays done.
+    assert [grid.state(r, root, rounds=3) for r in (tickets, rewind, scratch)] == [
+        grid.PARTIAL, grid.PARTIAL, grid.DONE]
+    # A transfer of chosen levels wants only those.
+    chosen = grid.Run(rewind.name, "transfer", rewind.args + ("--levels=0,2",), rewind.tickets)
+    assert grid.state(chosen, root, rounds=3) == grid.DONE
+
+
 def test_grid_refuses_impossible_conditions():
     with pytest.raises(ValueError, match="target_tickets"):
         grid.expand(**dict(SMALL, conditions=["reinit"]))
