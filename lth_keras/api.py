@@ -196,11 +196,6 @@ def _parse_levels(text, available, where):
     return levels
 
 
-def _default(name):
-    return next(f.default for group in settings.TRANSFER for f in dataclasses.fields(group)
-                if f.name == name)
-
-
 def _from_tickets(groups, hparams, given, where):
     """(groups with the ticket run's architecture and input, and its recipe where `given`
     names no other, {recipe field: {"tickets": value, "transfer": value}} for those given
@@ -297,8 +292,7 @@ def run_transfer(groups, verbose=True, given=None):
     spec = groups[Transfer]
     condition = spec.condition
     if given is None:
-        given = {name for name, value in settings.result_values(groups).items()
-                 if value != settings.json_value(_default(name))}
+        given = set(settings.changed(groups))
     ticket_directory, levels, groups, overrides = _ticket_run(groups, given)
     start_framework()
     from absl import logging

@@ -367,13 +367,12 @@ def parse(groups, args=()):
     return from_flags(groups, _parsed(groups, args))
 
 
-def given(groups, args=(), flag_values=None):
-    """The names of the fields that `args` (or the parsed `flag_values`, default the
-    global FLAGS when no args) set explicitly, flagfiles included."""
+def given(groups, args=()):
+    """The names of the fields that `args` (without args: the global flags' command line)
+    set explicitly, flagfiles included."""
     from absl import flags
 
-    if flag_values is None:
-        flag_values = _parsed(groups, args) if args else flags.FLAGS
+    flag_values = _parsed(groups, args) if args else flags.FLAGS
     return {f.name for group in groups for f in dataclasses.fields(group)
             if flag_values[f.name].present}
 
@@ -429,17 +428,18 @@ def typed_values(values):
             for k, v in values.items()}
 
 
+def changed(settings):
+    """{field: value} of the result-defining fields that differ from their defaults."""
+    return {f.name: json_value(getattr(obj, f.name))
+            for obj in settings.values() for f in dataclasses.fields(obj)
+            if f.metadata["result"] and getattr(obj, f.name) != f.default}
+
+
 def identity(settings, fingerprint, **extra):
     """What names a run: the result-defining fields that differ from their defaults, the
     data fingerprint and `extra` (a transfer's condition and ticket run)."""
-    changed = {}
-    for obj in settings.values():
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if f.metadata["result"] and value != f.default:
-                changed[f.name] = json_value(value)
-    return {"version": IDENTITY_VERSION, "changed": changed, "fingerprint": fingerprint,
-            **extra}
+    return {"version": IDENTITY_VERSION, "changed": changed(settings),
+            "fingerprint": fingerprint, **extra}
 
 
 def identity_hash(ident):
