@@ -7,8 +7,13 @@ Its own light module: the binaries install the handlers before anything heavy
 from absl import logging
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM (Slurm's preemption) stopped the run; `checkpoint` holds its state."""
+class TrainingInterrupted(BaseException):
+    """SIGINT or SIGTERM (Slurm's preemption) stopped the run; `checkpoint` holds its state.
+
+    A BaseException, like KeyboardInterrupt: the handler raises it wherever the program
+    is, and an `except Exception` there (an image decoder's, a framework's import) must
+    not turn it into a bad-file error or swallow it.
+    """
 
     def __init__(self, signum, checkpoint=None):
         import signal
@@ -27,7 +32,10 @@ class _Interruptions:
     step (or steps_per_execution steps) in flight, the Trainer writes the
     checkpoint and raises TrainingInterrupted. Elsewhere (loading data, pruning)
     the signal raises TrainingInterrupted at once; atomic writes leave no half
-    file. A second Ctrl-C while training stops at once too.
+    file. A second Ctrl-C while training stops at once too. The first signal is
+    remembered either way, so one whose exception was lost (raised inside a
+    garbage-collector callback, which Python only prints) still stops the run when
+    training starts.
     """
 
     def __init__(self):
@@ -43,8 +51,10 @@ class _Interruptions:
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        if self.training and self.signum is None:
+        first = self.signum is None
+        if first:
             self.signum = signum
+        if self.training and first:
             logging.warning("%s: stopping after the steps in flight and saving the state",
                             __import__("signal").Signals(signum).name)
             return

@@ -163,6 +163,21 @@ def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_bit_identical(
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_a_signal_that_came_before_training_stops_it_before_a_step(pipeline, strategy,
+                                                                    monkeypatch):
+    from lth_keras import signals
+
+    model = _model(strategy, "lenet_300_100")
+    before = weights.snapshot(model)
+    monkeypatch.setattr(signals.interruptions, "signum", signal.SIGTERM)
+    config = training.TrainingConfig(learning_rate=0.01, max_epochs=1)
+    with pytest.raises(training.TrainingInterrupted, match="SIGTERM"):
+        training.Trainer(model, pipeline, config, strategy, verbose=False).fit()
+    after = weights.snapshot(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert not signals.interruptions.training
+
+
 def test_xla_trains_like_the_graph_without_it(pipeline, strategy, monkeypatch):
     # --jit_compile=on on a CPU (auto leaves it off there): the same arithmetic fused by
     # another compiler. From the same θ_0 on the same batches, the first steps' losses and
