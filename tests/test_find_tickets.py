@@ -211,13 +211,15 @@ def test_sigterm_saves_the_state_and_the_run_resumes_identically(tiny_run, tiny_
             "--checkpoint_every=3600", "--steps_per_execution=1"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
-    started = out / "tensorboard" / "level_01"  # its Trainer exists: training begins
-    deadline = time.time() + 240
-    while not started.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)
+    # After level 1's first epoch, two remain (patience 2 cannot stop it sooner).
+    before = []
+    for line in proc.stderr:
+        before.append(line)
+        if "level 1: epoch 1:" in line:
+            break
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    err = "".join(before) + err
     assert proc.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
     checkpoint = out / "levels" / "level_01" / "checkpoint.npz"
