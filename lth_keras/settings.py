@@ -419,13 +419,25 @@ def result_values(settings):
             if f.metadata["result"]}
 
 
+# lth_keras 0.1 recorded --mixed_precision as a bool; True was bfloat16.
+_OLD_SPELLINGS = {"mixed_precision": {False: "off", True: "bfloat16"}}
+
+
 def typed_values(values):
-    """{field: value} with list settings as their items' type (records from before
-    identity version 2 kept them as the flags' strings)."""
+    """{field: value} as the settings type them: list settings as their items' type
+    (records from before identity version 2 kept the flags' strings), and values an
+    earlier version spelled otherwise in today's spelling."""
     items = {f.name: f.metadata["item"] for group in FIND_TICKETS + (Transfer, Grid)
              for f in dataclasses.fields(group) if f.metadata["item"] is not None}
-    return {k: [items[k](x) for x in v] if k in items and isinstance(v, list) else v
-            for k, v in values.items()}
+
+    def typed(name, value):
+        if name in items and isinstance(value, list):
+            return [items[name](x) for x in value]
+        if isinstance(value, bool) and name in _OLD_SPELLINGS:
+            return _OLD_SPELLINGS[name][value]
+        return value
+
+    return {k: typed(k, v) for k, v in values.items()}
 
 
 def changed(settings):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, needs_histology,
                       run_binary)
-from lth_keras import artifacts, fine_tuning, weights
+from lth_keras import artifacts, fine_tuning, settings, weights
 
 pytestmark = pytest.mark.slow
 
@@ -282,6 +282,27 @@ def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp
     assert config["hparams"]["learning_rate"] == 0.02
     assert config["hparams"]["batch_size"] == 32  # not given: still the ticket's
     assert fine_tuning.TransferRun(out).metrics(1)["epochs"] == 1
+
+
+def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_path):
+    # 0.1 wrote --mixed_precision as a bool and list flags as strings; its tickets are
+    # still tickets, and a transfer from them takes their recipe in today's spelling.
+    old = tmp_path / "tickets_0.1"
+    shutil.copytree(tiny_tickets.path, old)
+    with open(old / "config.json") as f:
+        config = json.load(f)
+    config["hparams"].update(mixed_precision=False,
+                             lr_boundaries=[str(x) for x in config["hparams"]["lr_boundaries"]])
+    with open(old / "config.json", "w") as f:
+        json.dump(config, f)
+    out = str(tmp_path / "from_0.1")
+    proc = _bare_transfer(str(old), out, "--max_epochs=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    transferred = fine_tuning.TransferRun(out).config()
+    assert transferred["hparams"]["mixed_precision"] == "off"
+    assert transferred["hparams"]["lr_boundaries"] == tiny_tickets.config()["hparams"]["lr_boundaries"]
+    assert transferred["recipe_overrides"] == {"max_epochs": {"tickets": 3, "transfer": 1}}
+    assert settings.typed_values({"mixed_precision": True}) == {"mixed_precision": "bfloat16"}
 
 
 # ---- tickets of another input pipeline ------------------------------------------------
