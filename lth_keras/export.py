@@ -101,17 +101,13 @@ def load_run_model(run_path, level):
     cli.check(level in finished, f"level {level} of {run_path} is not finished; finished "
                                  f"levels: {_levels_text(finished)}")
 
-    from lth_keras import fine_tuning, models, weights
+    from lth_keras import fine_tuning, weights
     if kind == "transfer":
         stored = run.weights(level)
         model = fine_tuning.build_target_model(model_config, num_classes, head_seed=0)[1]
-    else:
+    else:  # model_config describes the ticket run itself: its source classes are its own
         stored = run.theta_i(level)
-        model = models.build_model(model_config["model"],
-                                   input_shape=(model_config["image_size"],) * 2
-                                   + (model_config.get("channels", 3),),
-                                   num_classes=num_classes, seed=model_config["seed"],
-                                   bn_momentum=model_config["bn_momentum"])
+        model = fine_tuning.build_source_model(model_config)
     weights.assign(model, stored)
     description = {"run": os.path.abspath(run_path), "kind": kind, "level": level,
                    "condition": config.get("condition"), "model": model_config,

@@ -67,6 +67,17 @@ def head_seed(seed, target):
 HEAD_RULE = "transfer seed/target/head"
 
 
+def build_source_model(model_config):
+    """The ticket run's model as `model_config` (a transfer's record) describes it: θ_0's
+    architecture, input and head. Call under `runtime.scope()`."""
+    return models.build_model(model_config["model"],
+                              input_shape=(model_config["image_size"],) * 2
+                              + (model_config.get("channels", 3),),  # 3 before it was recorded
+                              num_classes=model_config["source_classes"],
+                              seed=model_config["seed"],
+                              bn_momentum=model_config["bn_momentum"])
+
+
 def build_target_model(model_config, num_classes, head_seed):
     """(source-shaped model, target model sharing its body with a fresh head).
 
@@ -74,12 +85,7 @@ def build_target_model(model_config, num_classes, head_seed):
     and the second is the one trained; its head kernel is drawn from `head_seed`
     (see `head_seed`). Call under `runtime.scope()`.
     """
-    source = models.build_model(model_config["model"],
-                                input_shape=(model_config["image_size"],) * 2
-                                + (model_config.get("channels", 3),),  # 3 before it was recorded
-                                num_classes=model_config["source_classes"],
-                                seed=model_config["seed"],
-                                bn_momentum=model_config["bn_momentum"])
+    source = build_source_model(model_config)
     return source, models.replace_head(source, num_classes, head_seed)
 
 

@@ -11,7 +11,7 @@ class TrainingInterrupted(BaseException):
     """SIGINT or SIGTERM (Slurm's preemption) stopped the run; `checkpoint` holds its state.
 
     A BaseException, like KeyboardInterrupt: the handler raises it wherever the program
-    is, and an `except Exception` there (an image decoder's, a framework's import) must
+    is, and an `except Exception` there (a file reader's, a framework's import) must
     not turn it into a bad-file error or swallow it.
     """
 
@@ -51,13 +51,12 @@ class _Interruptions:
                 signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
-        first = self.signum is None
-        if first:
+        if self.signum is None:
             self.signum = signum
-        if self.training and first:
-            logging.warning("%s: stopping after the steps in flight and saving the state",
-                            __import__("signal").Signals(signum).name)
-            return
+            if self.training:
+                logging.warning("%s: stopping after the steps in flight and saving the state",
+                                __import__("signal").Signals(signum).name)
+                return
         raise TrainingInterrupted(signum)
 
     def requested(self):
