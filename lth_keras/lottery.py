@@ -3,7 +3,7 @@
 A ticket run directory holds:
   config.json               flags, hparams (+ their hash), versions, data fingerprint
   theta_0.npz, theta_k.npz  weights at initialisation and after epoch k of level 0
-  levels/level_LL/          mask.npz (m_L), theta_i.npz (θ_i(L)), metrics.json;
+  levels/level_LL/          mask.npz (m_L, bool), theta_i.npz (θ_i(L)), metrics.json;
                             checkpoint.npz only while the level is in progress
   summary.csv, summary.md   one row per finished level
   tensorboard/level_LL/     curves
@@ -27,7 +27,10 @@ class TicketRun(runs.RunDirectory):
     """A find_tickets run directory."""
 
     def mask(self, level):
-        return artifacts.read_arrays(self.level_file(level, "mask.npz"))
+        """m_L as float32 0/1 arrays (stored as bool since lth_keras 0.5, a quarter of
+        the bytes; earlier runs stored float32, which reads the same)."""
+        return {k: np.asarray(v, np.float32)
+                for k, v in artifacts.read_arrays(self.level_file(level, "mask.npz")).items()}
 
     def theta_i(self, level):
         return artifacts.read_arrays(self.level_file(level, "theta_i.npz"))
@@ -74,7 +77,8 @@ def find_tickets(run, model, plan, runtime, training_config, *, rounds, prune_ra
             kernels = {k: previous[k] for k in weights.get_masks(model)}
             masks = pruning.prune(kernels, run.mask(level - 1), prune_rate, pruning_mode)
             start = run.theta("k")  # written in level 0, checked on start
-        artifacts.write_arrays(run.level_file(level, "mask.npz"), masks)
+        artifacts.write_arrays(run.level_file(level, "mask.npz"),
+                               {k: np.asarray(m, bool) for k, m in masks.items()})
         weights.load_ticket(model, start, masks)
         # Recorded so that anyone can check which weights a level started from.
         start_digest = weights.digest(weights.snapshot(model))

@@ -17,13 +17,32 @@ def survivors(num_alive, rate):
 
 
 def _keep_largest(magnitudes, alive, keep):
-    """A boolean mask keeping the `keep` largest alive magnitudes (stable ties)."""
-    candidates = np.flatnonzero(alive)
-    # A stable sort on -|w| keeps the lower index first among equal magnitudes.
-    order = np.argsort(-magnitudes[candidates], kind="stable")
+    """A boolean mask keeping the `keep` largest alive magnitudes; among equal magnitudes
+    the lower index survives (what a stable sort on -|w| would keep).
+
+    A selection, not a sort: the keep-th largest alive magnitude is found with
+    np.partition in linear time, everything above it survives, and of the weights
+    equal to it the first ones in index order fill the count. (A stable argsort of
+    ResNet-50's 23.5M weights took 7 s a level on a CPU core.)"""
     kept = np.zeros(magnitudes.shape, dtype=bool)
-    kept[candidates[order[:keep]]] = True
+    candidates = np.flatnonzero(alive)
+    if keep <= 0:
+        return kept
+    if keep >= len(candidates):
+        kept[candidates] = True
+        return kept
+    values = magnitudes[candidates]
+    threshold = np.partition(values, len(values) - keep)[len(values) - keep]
+    above = values > threshold
+    ties = np.flatnonzero(values == threshold)[:keep - int(above.sum())]
+    kept[candidates[above]] = True
+    kept[candidates[ties]] = True
     return kept
+
+
+def _floating(array):
+    array = np.asarray(array)
+    return array if np.issubdtype(array.dtype, np.floating) else array.astype(np.float64)
 
 
 def prune(kernels, masks, rate, mode="global"):
@@ -44,7 +63,8 @@ def prune(kernels, masks, rate, mode="global"):
     if list(kernels) != list(masks):
         raise ValueError("kernels and masks must name the same layers in the same order")
     names = list(kernels)
-    flat_mag = [np.abs(np.asarray(kernels[n], np.float64)).ravel() for n in names]
+    # |w| in the kernels' own float type (float32 magnitudes order as float64 ones do).
+    flat_mag = [np.abs(_floating(kernels[n])).ravel() for n in names]
     flat_alive = [np.asarray(masks[n]).ravel() != 0 for n in names]
 
     if mode == "global":

@@ -89,3 +89,22 @@ def test_bad_rate_is_refused(rate):
     kernels, masks = _layers()
     with pytest.raises(ValueError, match="prune rate"):
         pruning.prune(kernels, masks, rate)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_selection_keeps_what_a_stable_sort_keeps(seed):
+    """The linear-time selection against the definition: sort the alive weights by
+    descending magnitude, stably (lower index first among equals), keep the first
+    round(0.8 N). Magnitudes drawn from a few values, so that ties cross the threshold."""
+    rng = np.random.default_rng(seed)
+    shapes = {"a/kernel": (7, 5), "b/kernel": (3, 3, 4, 6), "c/kernel": (40,)}
+    kernels = {k: rng.integers(-4, 5, size=s).astype(np.float32) * 0.5 for k, s in shapes.items()}
+    masks = {k: (rng.random(s) < 0.7).astype(np.float32) for k, s in shapes.items()}
+    new = pruning.prune(kernels, masks, 0.2)
+    magnitudes = np.concatenate([np.abs(kernels[k]).ravel() for k in shapes])
+    alive = np.flatnonzero(np.concatenate([masks[k].ravel() for k in shapes]))
+    order = alive[np.argsort(-magnitudes[alive], kind="stable")]
+    expected = np.zeros(magnitudes.size, bool)
+    expected[order[:pruning.survivors(len(alive), 0.2)]] = True
+    got = np.concatenate([new[k].ravel() for k in shapes]) != 0
+    np.testing.assert_array_equal(got, expected)
