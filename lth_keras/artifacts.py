@@ -128,9 +128,36 @@ def array_digest(*arrays):
     return h.hexdigest()
 
 
+# The instruction sets that oneDNN's and XLA's CPU kernels choose their code paths by (a
+# virtual machine's model name is often only "Intel Xeon Processor").
+CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
+                "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve")
+
+
+def cpu_description():
+    """{"cpu": model name, "cpu_features": the CPU_FEATURES it has} from /proc/cpuinfo
+    (Linux), else what Python knows. float32 results differ between processors (their
+    convolution kernels round differently), so every run records which one it ran on."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key in ("model name", "Model", "Hardware") and value and model is None:
+                    model = value
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": model or platform.processor() or platform.machine() or "unknown",
+            "cpu_features": [name for name in CPU_FEATURES if name in flags]}
+
+
 def environment_record(runtime):
     """Package versions and machine facts stored with every run; `runtime` (the
-    engine's) adds the engine, its framework's versions and the devices."""
+    engine's) adds the engine, its framework's versions, the devices and the
+    accelerators' models."""
     import absl
     import keras
 
@@ -146,6 +173,8 @@ def environment_record(runtime):
         "numpy": np.__version__,
         "absl": version(absl),
         "platform": platform.platform(),
+        **cpu_description(),
+        "cpu_count": os.cpu_count(),
         **runtime.environment(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -269,3 +269,28 @@ def test_batchnorm_statistics_are_rewound_with_the_weights(tiny_fashion_dir, tmp
         run.metrics(1)["start_digest"]
     assert lottery.expected_start_digest(theta_i, run.mask(1)) != \
         run.metrics(1)["start_digest"]
+
+
+def test_the_run_records_the_processor_and_accelerators_it_ran_on(tiny_run):
+    """float32 results differ between processors: config.json names the one it ran on."""
+    environment = tiny_run.config()["environment"]
+    with open("/proc/cpuinfo") as f:
+        info = f.read()
+    model = next(line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name"))
+    flags = set(next(line.split(":", 1)[1].split() for line in info.splitlines()
+                     if line.startswith("flags")))
+    assert environment["cpu"] == model
+    assert environment["cpu_features"] and set(environment["cpu_features"]) <= flags
+    assert environment["cpu_count"] == os.cpu_count()
+    assert environment["accelerators"] == []  # no GPU here
+
+
+def test_masks_are_stored_as_bool_and_read_as_float32(tiny_run):
+    with np.load(tiny_run.level_file(1, "mask.npz")) as stored:
+        assert {stored[k].dtype for k in stored.files} == {np.dtype(bool)}
+    masks = tiny_run.mask(1)
+    assert {m.dtype for m in masks.values()} == {np.dtype(np.float32)}
+    theta_i = tiny_run.theta_i(1)
+    for path, mask in masks.items():  # θ_i keeps its float32 mask variables
+        np.testing.assert_array_equal(theta_i[path.rsplit("/", 1)[0] + "/mask"], mask)
