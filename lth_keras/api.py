@@ -108,7 +108,8 @@ def runtime(groups):
                                mixed_precision=training.mixed_precision, strategy=run.strategy,
                                cpu_devices=run.cpu_devices, worker_timeout=run.worker_timeout,
                                jit_compile=run.jit_compile,
-                               steps_per_execution=run.steps_per_execution)
+                               steps_per_execution=run.steps_per_execution,
+                               compilation_cache=run.compilation_cache)
 
 
 # --- find_tickets ----------------------------------------------------------------------
@@ -398,10 +399,12 @@ def _flag_text(value):
 
 
 def analyze(runs, *, natural_sources=None, density_run=None, mask_overlap=True,
-            overlap_levels=None, output_dir=None):
+            overlap_levels=None, output_dir=None, primary_level=None):
     """Tables and figures of the run directories under `runs` (a path or a list).
 
-    Returns a Report: tables {"table2", "table3", "mask_overlap": list of row dicts},
+    `primary_level`: the level of the primary result (default: the one the grids under
+    `runs` named). Returns a Report: tables {"table2", "table3", "levels", "primary",
+    "mask_overlap": list of row dicts},
     figures {"fig3", "fig4", "density_<run>": matplotlib Figure}, notes, and files
     {name: bytes}, which are written to `output_dir` when it is given.
     """
@@ -412,7 +415,8 @@ def analyze(runs, *, natural_sources=None, density_run=None, mask_overlap=True,
     roots = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs)
     result = report.analyze(roots, natural=natural_sources or NATURAL_SOURCES,
                             density_runs=[density_run] if density_run else None,
-                            overlap=mask_overlap, overlap_levels=overlap_levels)
+                            overlap=mask_overlap, overlap_levels=overlap_levels,
+                            primary_level=primary_level)
     if output_dir:
         for name, data in result.files.items():
             artifacts.write_bytes(os.path.join(output_dir, name), data)

@@ -68,7 +68,8 @@ USER_ERRORS = {
 }
 
 
-def _user_error(e):
+def is_user_error(e):
+    """Whether `e` is a problem the user can act on (printed as one line, no traceback)."""
     kinds = [UserError, settings.SettingsError]
     for module, names in USER_ERRORS.items():
         if module in sys.modules:
@@ -104,7 +105,7 @@ def run(main):
             print(f"{program}: {e}", file=sys.stderr)
             sys.exit(128 + e.signum)
         except Exception as e:
-            if _user_error(e):
+            if is_user_error(e):
                 fail(e)
             if isinstance(e, OSError) and e.errno is not None:
                 # Disk full, read-only file systems, permissions: the OS's words and the path.

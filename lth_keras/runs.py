@@ -113,9 +113,10 @@ class RunDirectory:
         checkpoint = self.level_file(level, "checkpoint.npz")
         if os.path.exists(checkpoint):
             os.remove(checkpoint)
-        warning = chance_warning(level, metrics, self.config()["dataset"]["num_classes"])
-        if warning:
-            logging.warning("%s", warning)
+        for warning in (chance_warning(level, metrics, self.config()["dataset"]["num_classes"]),
+                        noisy_stop_warning(level, metrics)):
+            if warning:
+                logging.warning("%s", warning)
         return self.write_summary()
 
     def title(self):
@@ -157,6 +158,22 @@ def chance_warning(level, metrics, num_classes):
     return (f"level {level} ended at chance accuracy (val {metrics['val']['accuracy']:.4f}, "
             f"test {metrics['test']['accuracy']:.4f}; chance is {chance:.4f} with "
             f"{num_classes} classes): check the learning rate and the data")
+
+
+def noisy_stop_warning(level, metrics):
+    """A warning when early stopping fired on noise (training.noisy_stop; metrics.json
+    "noisy_stop"), or None: the kept weights are then those of an early epoch, and the
+    level's numbers say more about its validation split than about its network."""
+    if not metrics.get("noisy_stop"):
+        return None
+    history, best = metrics["history"], metrics["best_epoch"]
+    return (f"level {level} stopped early on a noisy validation loss: its best epoch was "
+            f"{best} of {metrics['epochs']} while training accuracy rose from "
+            f"{history[best - 1]['train_accuracy']:.4f} to {history[-1]['train_accuracy']:.4f} "
+            "(validation loss by epoch: "
+            + ", ".join(f"{r['val_loss']:.3g}" for r in history)
+            + "); BatchNorm statistics that lag the weights do this on small data: "
+              "--precise_bn re-estimates them before each validation")
 
 
 # What every finished level's metrics.json records.

@@ -115,6 +115,12 @@ class Training:
         "off", "Mixed-precision compute (GPUs): bfloat16 (Ampere and later; no loss scaling) "
                "or float16 (with loss scaling; TensorFlow engine only). Variables and masks "
                "stay float32.", choices=("off", "bfloat16", "float16"))
+    precise_bn: int = option(0, "Precise BN: before each validation, re-estimate every "
+                                "BatchNormalization's moving mean and variance as the average "
+                                "of this many training batches' statistics at the current "
+                                "weights (the epoch's first batches, its crops). 0: the "
+                                "moving averages as trained (the paper's). Against early "
+                                "stops on a lagging validation loss (BUILD_NOTES.md).")
 
     def check(self):
         _check(self.batch_size >= 1, "--batch_size must be >= 1")
@@ -123,6 +129,7 @@ class Training:
         _check(self.patience >= 1, "--patience must be >= 1")
         _check(self.weight_decay >= 0 and self.lr_decay >= 0,
                "--weight_decay and --lr_decay must be >= 0")
+        _check(self.precise_bn >= 0, "--precise_bn must be >= 0 (training batches)")
 
     def recipe(self, run):
         """The TrainingConfig of this recipe, with `run`'s checkpoint interval."""
@@ -133,7 +140,8 @@ class Training:
                               lr_boundaries=tuple(self.lr_boundaries), lr_decay=self.lr_decay,
                               max_epochs=self.max_epochs, patience=self.patience,
                               mixed_precision=self.mixed_precision,
-                              checkpoint_every=run.checkpoint_every)
+                              checkpoint_every=run.checkpoint_every,
+                              precise_bn=self.precise_bn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,6 +218,12 @@ class Run:
     steps_per_execution: int = option(16, "Training steps per tf.function call (TensorFlow "
                                           "engine): the host reads no result between them.",
                                       result=False)
+    compilation_cache: str = option(None, "JAX engine: the persistent cache of compiled "
+                                          "steps, so that a new process with the same "
+                                          "shapes does not compile again (default: "
+                                          "$LTH_KERAS_COMPILATION_CACHE, else "
+                                          "~/.cache/lth_keras/jax); '' turns it off.",
+                                    result=False)
     checkpoint_every: float = option(600.0, "Seconds between epoch checkpoints of a level in "
                                             "progress (0: after every epoch). SIGINT/SIGTERM "
                                             "always write one, even mid-epoch.", result=False)
@@ -222,8 +236,8 @@ class Run:
         _check(self.steps_per_execution >= 1, "--steps_per_execution must be >= 1")
 
 
-GRID_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "scratch", "related",
-                   "train_fractions")
+GRID_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "source_reinit", "scratch",
+                   "related", "train_fractions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +249,11 @@ class Grid:
                             item=str, result=False)
     seeds: tuple = option((0, 1, 2, 3), "Seeds; each makes its own tickets and transfers.",
                           item=int, result=False)
+    transfer_seeds: tuple = option((), "Seeds of every transfer of each ticket run (head, data "
+                                       "order, θ'_0): each (seed, transfer seed) is one pair of "
+                                       "runs that share their tickets, θ_0 and the target's "
+                                       "batches. Default: the ticket run's own seed.",
+                                   item=int, result=False)
     conditions: tuple = option(GRID_CONDITIONS, f"Any of {', '.join(GRID_CONDITIONS)}.",
                                item=str, result=False)
     related: tuple = option((), "Related-source pairs SOURCE:TARGET, e.g. human_lba:mouse_lba.",
@@ -243,6 +262,21 @@ class Grid:
                                     "train_fractions condition.", item=float, result=False)
     transfer_levels: str = option("all", "Levels every transfer fine-tunes: 'all' or a comma "
                                          "list (e.g. 0,2,4,6).", result=False)
+    reinit_levels: str = option(None, "Levels of the reinit and source_reinit transfers "
+                                      "(default: --transfer_levels): the control is needed "
+                                      "only where the tickets are compared.", result=False)
+    primary_level: int = option(None, "The pruning level of the grid's primary result, named "
+                                      "before it runs: analyze then reports ticket - scratch "
+                                      "at this level (paired difference, 95% CI, p, the "
+                                      "effect detectable at 80% power), beside Table 2's "
+                                      "validation-picked best level.", result=False)
+    in_process: bool = option(False, "Run every run in this process through the Python API "
+                                     "(one engine start-up; compiled steps reused across runs "
+                                     "of the same shapes) instead of a child process each.",
+                              result=False)
+    tickets_dir: str = option(None, "Where the grid's find_tickets runs live (default: tickets/ "
+                                    "under --output_dir): another grid's, to fine-tune the same "
+                                    "tickets with another transfer preset.", result=False)
     tickets_flagfile: str = option("flags/paper.cfg", "Preset of every find_tickets run.",
                                    result=False)
     transfer_flagfile: str = option("flags/paper_transfer.cfg", "Preset of every transfer run "
@@ -264,12 +298,21 @@ class Grid:
         _check(self.seeds, "--seeds names no seed")
         _check(self.targets or not (set(self.conditions) - {"related"}),
                "--targets is empty: name the targets (e.g. human_lba or a folder path)")
+        _check(self.primary_level is None or self.primary_level >= 1,
+               "--primary_level must be a pruned level (>= 1)")
+        _check(len(set(self.transfer_seeds)) == len(self.transfer_seeds),
+               "--transfer_seeds names a seed twice")
+        listed = self.transfer_levels.strip()
+        _check(self.primary_level is None or listed == "all"
+               or str(self.primary_level) in [x.strip() for x in listed.split(",")],
+               f"--primary_level={self.primary_level} is not one of --transfer_levels={listed}")
 
 
 # The fine-tuning recipe: what a transfer takes from its ticket run unless it is given
 # (the transfer seed too, so that a transfer pairs with its tickets, as in the grid).
 RECIPE = ("seed", "batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay",
-          "lr_boundaries", "max_epochs", "patience", "mixed_precision", "bn_momentum")
+          "lr_boundaries", "max_epochs", "patience", "mixed_precision", "bn_momentum",
+          "precise_bn")
 # What a transfer's input and architecture are: always the ticket run's.
 ARCHITECTURE = ("model", "image_size", "crop", "channels")
 

@@ -9,6 +9,7 @@ come from the engine (lth_keras.engines): a tf.function loop under
 tf.distribute, or a jitted JAX step.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,6 +49,8 @@ class TrainingConfig:
     patience: int = 5
     mixed_precision: str = "off"        # off, bfloat16 or float16
     checkpoint_every: float = 600.0     # seconds between epoch checkpoints (0: every epoch)
+    precise_bn: int = 0                 # training batches BN statistics are re-estimated
+                                        # from before each evaluation (0: EMA, the paper's)
 
 
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -90,6 +93,7 @@ class TrainingResult:
     stopped_early: bool
     val: dict              # {"loss", "accuracy"} of the kept weights
     test: dict
+    noisy_stop: bool = False  # see noisy_stop()
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -216,6 +220,10 @@ class Trainer:
                     checkpoint()
                     raise TrainingInterrupted(interruptions.signum, checkpoint_path)
                 state.update(step=0, sums=None)
+                if cfg.precise_bn:
+                    # The moving statistics of a fast-moving network lag its weights; the
+                    # validation loss (early stopping's signal) is then the lag's.
+                    self.loop.recompute_batchnorm(epoch, cfg.precise_bn)
                 val = self.evaluate("val")
                 record = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[0] / sums[2],
                           "train_accuracy": sums[1] / sums[2], "val_loss": val["loss"],
@@ -246,11 +254,14 @@ class Trainer:
                 f"the validation loss was never finite in {state['epoch']} epochs")
         weights.assign(self.model, best)
         kept = state["history"][state["best_epoch"] - 1]
+        stopped = stopped_early or state["wait"] >= cfg.patience
         result = TrainingResult(
             history=state["history"], best_epoch=state["best_epoch"], epochs=state["epoch"],
-            stopped_early=stopped_early or state["wait"] >= cfg.patience,
+            stopped_early=stopped,
             val={"loss": kept["val_loss"], "accuracy": kept["val_accuracy"]},
-            test=self.evaluate("test"))
+            test=self.evaluate("test"),
+            noisy_stop=noisy_stop(state["history"], state["best_epoch"], stopped,
+                                  cfg.patience))
         if self._writer:
             self._writer.scalar("test/accuracy", result.test["accuracy"], result.best_epoch)
             self._writer.scalar("test/loss", result.test["loss"], result.best_epoch)
@@ -310,6 +321,45 @@ class Trainer:
         for v in self.optimizer.variables:
             v.assign(optimizer_values[v.path])
         return state, (part("best/") or None)
+
+
+def batchnorm_layers(model):
+    """The model's BatchNormalization layers, in a stable order."""
+    return [layer for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@contextlib.contextmanager
+def batch_statistics(layers):
+    """While a step is traced inside this block, a training-mode call of `layers` sets
+    their moving mean and variance to the batch's own statistics (momentum 0: the
+    update moving·0 + batch·1 is exact). An engine's precise-BN step averages those
+    over batches; the training step, traced outside, keeps the layers' momentum."""
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
+# How much training accuracy must still have risen after the best epoch for an early
+# stop to count as noisy: more than the epoch-to-epoch jitter of a converged run.
+NOISY_STOP_RISE = 0.02
+
+
+def noisy_stop(history, best_epoch, stopped_early, patience):
+    """Whether early stopping fired on noise: the kept (best-validation-loss) epoch came
+    within `patience` epochs of the start, and training accuracy rose by more than
+    NOISY_STOP_RISE after it. Then the validation loss went up while the network was
+    still learning, which on a small split with BatchNorm is most often the eval-mode
+    statistics lagging the weights (--precise_bn), not overfitting."""
+    if not stopped_early or not history or best_epoch > patience:
+        return False
+    rise = history[-1]["train_accuracy"] - history[best_epoch - 1]["train_accuracy"]
+    return bool(rise > NOISY_STOP_RISE)
 
 
 def loss_dtype():

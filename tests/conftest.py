@@ -12,8 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests never reach the network: tfds would hang ~200 s offline.
 os.environ["LTH_KERAS_NO_NETWORK"] = "1"
 # Decoded image folders are cached per test session, not in the user's ~/.cache.
-os.environ["LTH_KERAS_CACHE"] = os.path.join(
-    __import__("tempfile").mkdtemp(prefix="lth_keras_test_cache_"), "images")
+_CACHE = __import__("tempfile").mkdtemp(prefix="lth_keras_test_cache_")
+os.environ["LTH_KERAS_CACHE"] = os.path.join(_CACHE, "images")
+# ... and so is the JAX engine's persistent compilation cache.
+os.environ["LTH_KERAS_COMPILATION_CACHE"] = os.path.join(_CACHE, "jax")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

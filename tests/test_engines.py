@@ -160,12 +160,19 @@ def _engine_worker(task, out, backend, env=None):
     return dict(np.load(out))
 
 
-def test_both_engines_train_resnet20_alike_in_float64(tmp_path):
+@pytest.fixture(scope="module")
+def float64_runs(tmp_path_factory):
+    """engine_worker.py float64 under each engine (one process each, for both tests)."""
+    folder = tmp_path_factory.mktemp("float64")
+    return {backend: _engine_worker("float64", folder / f"{backend}.npz", backend)
+            for backend in ("tensorflow", "jax")}
+
+
+def test_both_engines_train_resnet20_alike_in_float64(float64_runs):
     # From the same θ_0, five steps (five one-step epochs) with momentum, weight decay,
     # BatchNormalization and the epoch plan's batches: the same losses to 1e-8 and the
     # same validation metrics after each step.
-    tf_run = _engine_worker("float64", tmp_path / "tf.npz", "tensorflow")
-    jax_run = _engine_worker("float64", tmp_path / "jax.npz", "jax")
+    tf_run, jax_run = float64_runs["tensorflow"], float64_runs["jax"]
     assert tf_run["theta_0"] == jax_run["theta_0"]
     assert len(tf_run["train_loss"]) == 5
     np.testing.assert_allclose(jax_run["train_loss"], tf_run["train_loss"], rtol=0, atol=1e-8)
@@ -174,6 +181,28 @@ def test_both_engines_train_resnet20_alike_in_float64(tmp_path):
     assert len(set(np.round(tf_run["train_loss"], 6))) == 5  # it did train
     for key in (k for k in tf_run if k.startswith("w/")):
         np.testing.assert_allclose(jax_run[key], tf_run[key], rtol=0, atol=1e-9, err_msg=key)
+
+
+def test_precise_bn_is_the_average_of_the_batches_statistics_on_both_engines(float64_runs):
+    """--precise_bn: each BN layer's moving mean and variance become the mean, over the
+    batches, of its input's batch mean and variance in training mode (computed here from
+    the raw pixels), on either engine alike, and the layers keep their momentum."""
+    runs = {backend: {k[len("precise_bn/"):]: v for k, v in run.items()
+                      if k.startswith("precise_bn/")} for backend, run in float64_runs.items()}
+    for backend, run in runs.items():
+        np.testing.assert_array_equal(run["momenta_after"], run["momenta_before"])
+        names = [k[len("mean/"):] for k in run if k.startswith("mean/")]
+        assert len(names) == 21  # every BN layer of ResNet-20 (19 + 2 projections)
+        for name in names:
+            for stat in ("mean", "var"):
+                # float64 up to the summation orders of two convolution libraries; the
+                # moving average it replaces differs by 1e-2 here.
+                np.testing.assert_allclose(run[f"engine_{stat}/{name}"], run[f"{stat}/{name}"],
+                                           rtol=1e-6, atol=1e-8, err_msg=f"{backend} {name}")
+    # Across engines, after an epoch of training in float64 (weights equal to 1e-9).
+    for key in runs["jax"]:
+        np.testing.assert_allclose(runs["jax"][key], runs["tensorflow"][key], rtol=1e-5,
+                                   atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow"])

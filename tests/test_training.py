@@ -259,3 +259,48 @@ def test_tensorboard_shows_each_epoch_once_after_a_resume(pipeline, strategy, tm
     assert [step for step, _ in points] == [1, 2, 3], points
     assert [value for _, value in points] == pytest.approx(
         [h["val_loss"] for h in result.history])
+
+
+def test_noisy_stop_is_read_from_the_curves():
+    def history(train, val):
+        return [{"train_accuracy": a, "val_loss": v} for a, v in zip(train, val)]
+
+    # Best at epoch 1 of 3 with patience 2, training accuracy 0.47 -> 0.97: flagged.
+    assert training.noisy_stop(history([0.47, 0.58, 0.97], [1, 2, 3]), 1, True, 2)
+    # The same curves but the run did not stop early (it reached max_epochs): not.
+    assert not training.noisy_stop(history([0.47, 0.58, 0.97], [1, 2, 3]), 1, False, 2)
+    # Best epoch beyond patience: an ordinary stop.
+    assert not training.noisy_stop(history([0.4, 0.5, 0.6, 0.7, 0.8], [5, 4, 3, 4, 5]), 3, True, 2)
+    # Training accuracy flat after the best epoch (it had converged): not noise.
+    assert not training.noisy_stop(history([0.90, 0.91, 0.905], [1, 2, 3]), 1, True, 2)
+
+
+@pytest.mark.slow
+def test_a_stop_on_a_lagging_validation_loss_is_flagged_and_precise_bn_prevents_it(
+        colour_target, tmp_path):
+    """A run built to stop on lagging BatchNorm statistics: ResNet-20 with Keras's default BN
+    momentum 0.99 at lr 0.1 on a 64-image target (4 steps an epoch), so the eval-mode
+    validation loss explodes while the network learns. It stops at epoch 3 with its best
+    at epoch 1 and ends at chance: flagged in metrics.json and warned about. With
+    --precise_bn the statistics are re-estimated before each validation and the same run
+    trains on."""
+    from conftest import run_binary
+    from lth_keras import lottery
+
+    common = ["--model=resnet20", "--image_size=16", "--rounds=0", "--max_epochs=8",
+              "--patience=2", "--batch_size=16", "--learning_rate=0.1", "--bn_momentum=0.99",
+              "--deterministic", f"--source={colour_target}"]
+    runs = {}
+    for name, extra in (("lagging", []), ("precise", ["--precise_bn=4"])):
+        out = str(tmp_path / name)
+        proc = run_binary("lth_keras.find_tickets", *common, *extra, f"--output_dir={out}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = (lottery.TicketRun(out).metrics(0), proc.stderr)
+    lagging, stderr = runs["lagging"]
+    assert lagging["noisy_stop"] is True and lagging["best_epoch"] == 1
+    assert lagging["stopped_early"] and lagging["epochs"] == 3
+    assert "level 0 stopped early on a noisy validation loss" in stderr
+    precise, stderr = runs["precise"]
+    assert precise["noisy_stop"] is False and "noisy validation loss" not in stderr
+    assert precise["best_epoch"] > 3
+    assert precise["test"]["accuracy"] > lagging["test"]["accuracy"] + 0.5

@@ -71,7 +71,8 @@ JIT_COMPILE = ("auto", "on", "off")
 
 
 def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default",
-          cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
+          cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
+          compilation_cache=None):
     """The Runtime of the engine KERAS_BACKEND names; call once per process, before any model.
 
     strategy: default (every local accelerator, or one CPU device), mirrored (every
@@ -81,6 +82,8 @@ def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default
     jit_compile: XLA on the TensorFlow engine; auto is on with GPUs, off on CPUs (the
     JAX engine always compiles).
     steps_per_execution: training steps per tf.function call (TensorFlow engine).
+    compilation_cache: the JAX engine's persistent compilation cache (None: the default
+    directory, compilation_cache_dir(); "": none).
     """
     if mixed_precision not in PRECISIONS:
         raise ConfigurationError(f"--mixed_precision must be one of {', '.join(PRECISIONS)}, "
@@ -101,7 +104,18 @@ def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default
     return engine.Runtime(seed=seed, deterministic=deterministic,
                           mixed_precision=mixed_precision, strategy=strategy,
                           cpu_devices=cpu_devices, worker_timeout=worker_timeout,
-                          jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+                          jit_compile=jit_compile, steps_per_execution=steps_per_execution,
+                          compilation_cache=compilation_cache)
+
+
+def compilation_cache_dir(setting=None):
+    """The persistent compilation cache's directory: `setting`, else
+    $LTH_KERAS_COMPILATION_CACHE, else ~/.cache/lth_keras/jax; "" (either way) is none."""
+    if setting is None:
+        setting = os.environ.get("LTH_KERAS_COMPILATION_CACHE")
+    if setting is None:
+        setting = os.path.join(os.path.expanduser("~"), ".cache", "lth_keras", "jax")
+    return setting or None
 
 
 def set_precision(mixed_precision):
@@ -121,13 +135,15 @@ def process_runtime():
 
 
 def runtime(*, seed, deterministic=False, mixed_precision="off", strategy="default",
-            cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
+            cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
+            compilation_cache=None):
     """This process's Runtime: `setup` on the first call; later calls (a notebook's next
     run) reuse it with their own seed, precision and compilation settings. Its devices
     are fixed for the process: a later call that asks for others is refused."""
     global _process_runtime
     devices = {"strategy": strategy, "cpu_devices": cpu_devices,
-               "worker_timeout": worker_timeout, "deterministic": deterministic}
+               "worker_timeout": worker_timeout, "deterministic": deterministic,
+               "compilation_cache": compilation_cache}
     per_run = dict(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
                    steps_per_execution=steps_per_execution)
     if _process_runtime is None:

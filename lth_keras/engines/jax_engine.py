@@ -18,6 +18,7 @@ Imported only when KERAS_BACKEND=jax; needs keras and JAX, never TensorFlow.
   only process 0 writes.
 """
 
+import json
 import os
 import random
 
@@ -31,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 from lth_keras import engines
 from lth_keras.engines import ConfigurationError
 from lth_keras.layers import gradient_masks, mask_gradients
-from lth_keras.training import WorkerError, loss_dtype
+from lth_keras.training import WorkerError, batch_statistics, batchnorm_layers, loss_dtype
 
 STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
 _PROGRESS_READS = 20  # host reads of the running metrics per epoch, on a terminal only
@@ -43,9 +44,13 @@ class Runtime(engines.Runtime):
     name = "jax"
 
     def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
-                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
+                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
+                 compilation_cache=None):
         super().__init__()
         self._device_data = {}
+        # Compiled steps by step_signature: kept across the runs of a process (release()
+        # forgets models and data, not compilations).
+        self._compiled = {}
         if strategy not in STRATEGIES:
             raise ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.configure(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
@@ -60,6 +65,13 @@ class Runtime(engines.Runtime):
         if deterministic:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_gpu_deterministic_ops=true").strip()
+        cache = engines.compilation_cache_dir(compilation_cache)
+        if cache:
+            # Every step of a run compiles in seconds (ResNet-50: 20 s on an H200), and a
+            # grid starts many processes of the same shapes: the second one loads them.
+            jax.config.update("jax_compilation_cache_dir", cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        self.compilation_cache = cache
         if keras.config.floatx() == "float64":
             _enable_float64()
         if strategy == "multi_worker":
@@ -143,12 +155,20 @@ class Runtime(engines.Runtime):
     def epoch_loop(self, model, optimizer, plan, config):
         return EpochLoop(self, model, optimizer, plan, config)
 
+    def compiled_steps(self, model, optimizer, plan, config):
+        """The CompiledSteps of this model's signature, made on its first use."""
+        key = step_signature(model, optimizer, plan, config)
+        if key not in self._compiled:
+            self._compiled[key] = CompiledSteps(model, optimizer, plan, config)
+        return self._compiled[key]
+
     def environment(self):
         import jaxlib
 
         return {"engine": self.name, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
                 "devices": [f"{d.platform}:{d.id} ({d.device_kind})" for d in self.devices],
-                "processes": jax.process_count()}
+                "accelerators": [d.device_kind for d in self.devices if d.platform != "cpu"],
+                "processes": jax.process_count(), "compilation_cache": self.compilation_cache}
 
 
 def _enable_float64():
@@ -215,6 +235,8 @@ class DeviceData:
         self.plan = plan
         self._splits = {}
         self._evaluation = {}
+        self.normalisation = (runtime.replicated(np.asarray(plan.mean, np.float32)),
+                              runtime.replicated(np.asarray(plan.std, np.float32)))
 
     def split(self, name):
         if name not in self._splits:
@@ -298,13 +320,15 @@ def _divide(numerator, denominator):
         jnp.broadcast_to(denominator, numerator.shape).astype(numerator.dtype))
 
 
-def make_batch(plan, images, labels, indices, rows, columns, zero):
-    """The plan's normalised float32 batch (B, S, S, C) and its labels, on the device."""
+def make_batch(plan, images, labels, indices, rows, columns, zero, mean=None, std=None):
+    """The plan's normalised float32 batch (B, S, S, C) and its labels, on the device.
+    `mean`, `std`: the normalisation as arrays (the steps pass them in, so that one
+    compiled step serves datasets of other statistics); default the plan's."""
     crops = crop_and_resize(images, indices, rows, columns, zero)
     if crops.shape[-1] == 1 and plan.channels == 3:
         crops = jnp.repeat(crops, 3, axis=-1)
-    mean = jnp.asarray(plan.mean.reshape(1, 1, 1, plan.channels))
-    std = jnp.asarray(plan.std.reshape(1, 1, 1, plan.channels))
+    mean = jnp.asarray(plan.mean if mean is None else mean).reshape(1, 1, 1, plan.channels)
+    std = jnp.asarray(plan.std if std is None else std).reshape(1, 1, 1, plan.channels)
     return _divide(_divide(crops, jnp.float32(255.0)) - mean, std), labels[indices]
 
 
@@ -319,38 +343,54 @@ def _batch_sums(per_example_loss, logits, labels, weight=None):
                       jnp.sum(weight)])
 
 
-class EpochLoop:
-    """The jitted train and eval steps of one model, and epochs over the device data."""
+def step_signature(model, optimizer, plan, config):
+    """Everything the compiled steps of `model` depend on beyond their arguments' shapes:
+    the architecture (layer configs: names, sizes, BN momentum, dtype policies), the
+    variables, the optimizer (its schedule: base LR, steps per epoch, boundaries), the
+    fed channels, the batch, the weight decay and the loss dtype. Models that agree on
+    it compute the same function of the same values, so they share one compilation."""
+    return json.dumps({
+        "model": model.get_config(),
+        "variables": [(v.path, tuple(v.shape), str(v.dtype), v.trainable)
+                      for v in model.variables],
+        "optimizer": optimizer.get_config(), "channels": plan.channels,
+        "batch": plan.batch_size, "weight_decay": config.weight_decay,
+        "loss": loss_dtype()}, sort_keys=True, default=str)
 
-    def __init__(self, runtime, model, optimizer, plan, config):
-        self.runtime = runtime
-        self.model = model
-        self.optimizer = optimizer
-        self.plan = plan
-        self.data = runtime.device_data(plan)
-        self._train_step, self._eval_step = self._compile(model, optimizer, plan, config)
 
-    @staticmethod
-    def _compile(model, optimizer, plan, config):
+class CompiledSteps:
+    """The jitted train, evaluation and precise-BN steps of one architecture and recipe.
+
+    They are pure functions of the values passed in (variables, optimizer state,
+    device data, normalisation), traced once from the first model of a signature
+    (`step_signature`); every later model with that signature, in any later run of
+    the process, reuses them and their compilations.
+    """
+
+    def __init__(self, model, optimizer, plan, config):
         dtype = loss_dtype()
         kernels = [i for i, v in enumerate(model.trainable_variables)
                    if v.path.endswith("/kernel")]
         wd = config.weight_decay
         batch = plan.batch_size
-        # Where each trainable kernel's mask sits among the non-trainable values.
+        # Where each trainable kernel's mask, and each BN moving statistic, sits among the
+        # non-trainable values.
         position_of = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
         masks = [None if m is None else position_of[id(m)]
                  for m in gradient_masks(model, model.trainable_variables)]
+        self._batchnorm = batchnorm_layers(model)
+        self.statistics = [position_of[id(v)] for layer in self._batchnorm
+                           for v in (layer.moving_mean, layer.moving_variance)]
 
         def per_example(labels, logits):
             return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
-        def train_step(state, images, labels, order, rows, columns):
+        def train_step(state, images, labels, mean, std, order, rows, columns):
             trainable, non_trainable, optimizer_values, sums, position = state
             # The position is never negative: its minimum with 0 is a zero the
             # compiler cannot fold (see _round_float32).
             x, y = make_batch(plan, images, labels, order[position], rows[position],
-                              columns[position], jnp.minimum(position, 0))
+                              columns[position], jnp.minimum(position, 0), mean, std)
 
             def loss_fn(trainable):
                 logits, new_non_trainable = model.stateless_call(
@@ -371,32 +411,71 @@ class EpochLoop:
             sums = sums + _batch_sums(losses, logits, y)
             return (new_trainable, new_non_trainable, new_optimizer_values, sums, position + 1)
 
-        def eval_step(state, trainable, non_trainable, images, labels, order, valid, rows,
-                      columns):
+        def eval_step(state, trainable, non_trainable, images, labels, mean, std, order, valid,
+                      rows, columns):
             sums, position = state
             x, y = make_batch(plan, images, labels, order[position], rows, columns,
-                              jnp.minimum(position, 0))
+                              jnp.minimum(position, 0), mean, std)
             logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
             logits = logits.astype(dtype)
             losses = per_example(y, logits).astype(dtype)
             return sums + _batch_sums(losses, logits, y, valid[position]), position + 1
 
+        def statistics_step(state, trainable, non_trainable, images, labels, mean, std, order,
+                            rows, columns):
+            # Traced under training.batch_statistics: a training-mode call leaves each
+            # BN layer's moving mean and variance at this batch's own.
+            sums, position = state
+            x, _ = make_batch(plan, images, labels, order[position], rows[position],
+                              columns[position], jnp.minimum(position, 0), mean, std)
+            _, new_non_trainable = model.stateless_call(trainable, non_trainable, x,
+                                                        training=True)
+            sums = [total + new_non_trainable[i].astype(jnp.float32)
+                    for total, i in zip(sums, self.statistics)]
+            return sums, position + 1
+
         # The carried state is donated: its buffers are reused by the next step.
-        return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step, donate_argnums=0)
+        self.train = jax.jit(train_step, donate_argnums=0)
+        self.evaluate = jax.jit(eval_step, donate_argnums=0)
+        self._statistics = jax.jit(statistics_step, donate_argnums=0)
+
+    def batch_statistics(self, *args):
+        with batch_statistics(self._batchnorm):
+            return self._statistics(*args)
+
+
+class EpochLoop:
+    """Epochs of one model over the device data, with the steps of its signature."""
+
+    def __init__(self, runtime, model, optimizer, plan, config):
+        self.runtime = runtime
+        self.model = model
+        self.optimizer = optimizer
+        self.plan = plan
+        self.data = runtime.device_data(plan)
+        self.steps = runtime.compiled_steps(model, optimizer, plan, config)
 
     def _zeros(self):
         return self.runtime.replicated(np.zeros(3, loss_dtype())), \
             self.runtime.replicated(np.zeros((), np.int32))
 
+    def _training_batches(self, epoch, steps=None):
+        """The device-side (order, rows, columns) of epoch `epoch`'s first `steps` batches."""
+        order, boxes = self.plan.train_plan(epoch)
+        if steps is not None:
+            order, boxes = order[:steps], boxes[:steps]
+        order = self.runtime.batch_sharded(order.astype(np.int32), axis=1)
+        rows, columns = (self.runtime.batch_sharded(p, axis=1)
+                         for p in self.plan.sample_positions(boxes))
+        return order, rows, columns
+
     def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None):
         """Trains epoch `epoch` from step `start_step` (with the sums so far); returns
         (sums: loss, correct, count, steps done), read once at its end. `stop()` true ends
         it early, after the step in flight."""
-        order, boxes = self.plan.train_plan(epoch)
-        order = self.runtime.batch_sharded(order.astype(np.int32), axis=1)
-        rows, columns = (self.runtime.batch_sharded(p, axis=1)
-                         for p in self.plan.sample_positions(boxes))
+        order, rows, columns = self._training_batches(epoch)
         images, labels = self.data.split("train")
+        mean, std = self.data.normalisation
         model, optimizer = self.model, self.optimizer
         state = ([v.value for v in model.trainable_variables],
                  [v.value for v in model.non_trainable_variables],
@@ -408,7 +487,7 @@ class EpochLoop:
         every = max(1, steps // _PROGRESS_READS)
         done = start_step
         while done < steps and not (stop and stop()):
-            state = self._train_step(state, images, labels, order, rows, columns)
+            state = self.steps.train(state, images, labels, mean, std, order, rows, columns)
             done += 1
             if progress and (done % every == 0 or done == steps):
                 totals = to_host(state[3])
@@ -422,15 +501,38 @@ class EpochLoop:
                 variable.assign(value)
         return to_host(sums).astype(np.float64), done
 
+    def recompute_batchnorm(self, epoch, batches):
+        """Precise BN: every BatchNormalization's moving mean and variance become the
+        average of their values over the first `batches` training batches of epoch
+        `epoch` (its crops), at the current weights."""
+        if not self.steps.statistics:
+            return
+        batches = min(int(batches), self.plan.steps_per_epoch)
+        order, rows, columns = self._training_batches(epoch, batches)
+        images, labels = self.data.split("train")
+        mean, std = self.data.normalisation
+        non_trainable = self.model.non_trainable_variables
+        trainable = [v.value for v in self.model.trainable_variables]
+        values = [v.value for v in non_trainable]
+        state = ([self.runtime.replicated(np.zeros(non_trainable[i].shape, np.float32))
+                  for i in self.steps.statistics],
+                 self.runtime.replicated(np.zeros((), np.int32)))
+        for _ in range(batches):
+            state = self.steps.batch_statistics(state, trainable, values, images, labels, mean,
+                                                std, order, rows, columns)
+        for i, total in zip(self.steps.statistics, state[0]):
+            non_trainable[i].assign((total / batches).astype(non_trainable[i].dtype))
+
     def evaluate(self, split):
         """{"loss", "accuracy"} on a split, in inference mode."""
         images, labels = self.data.split(split)
+        mean, std = self.data.normalisation
         batches, order, valid, rows, columns = self.data.evaluation(split)
         trainable = [v.value for v in self.model.trainable_variables]
         non_trainable = [v.value for v in self.model.non_trainable_variables]
         state = self._zeros()
         for _ in range(batches):
-            state = self._eval_step(state, trainable, non_trainable, images, labels, order, valid,
-                                    rows, columns)
+            state = self.steps.evaluate(state, trainable, non_trainable, images, labels, mean,
+                                        std, order, valid, rows, columns)
         totals = to_host(state[0]).astype(np.float64)
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}

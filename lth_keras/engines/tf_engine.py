@@ -11,9 +11,23 @@ import tensorflow as tf
 
 from lth_keras import engines
 from lth_keras.layers import gradient_masks, mask_gradients
-from lth_keras.training import WorkerError, loss_dtype
+from lth_keras.training import WorkerError, batch_statistics, batchnorm_layers, loss_dtype
 
 STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
+
+
+class _OwnRetracing:
+    """Drops TensorFlow's "triggered tf.function retracing" warning about this module's
+    loops: each run (and each model) makes its own EpochLoop, whose steps are traced once
+    each, which TensorFlow's detector counts as retracing of the same code. Warnings
+    about any other function still show."""
+
+    def filter(self, record):
+        message = record.getMessage()
+        return not ("triggered tf.function retracing" in message and "EpochLoop." in message)
+
+
+tf.get_logger().addFilter(_OwnRetracing())
 
 
 class Runtime(engines.Runtime):
@@ -22,8 +36,10 @@ class Runtime(engines.Runtime):
     name = "tensorflow"
 
     def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
-                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16):
+                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
+                 compilation_cache=None):
         super().__init__()
+        del compilation_cache  # the JAX engine's: TensorFlow retraces its loop per run
         self._pipelines = {}
         if deterministic:
             tf.config.experimental.enable_op_determinism()
@@ -76,8 +92,12 @@ class Runtime(engines.Runtime):
         return EpochLoop(self, model, optimizer, self.pipeline(plan), config)
 
     def environment(self):
+        accelerators = [tf.config.experimental.get_device_details(gpu).get("device_name",
+                                                                            gpu.name)
+                        for gpu in tf.config.list_physical_devices("GPU")]
         return {"engine": self.name, "tensorflow": tf.__version__,
                 "devices": [d.name for d in tf.config.list_logical_devices()],
+                "accelerators": accelerators,
                 "jit_compile": self.jit_compile, "steps_per_execution": self.steps_per_execution}
 
 
@@ -175,6 +195,10 @@ class EpochLoop:
         self._kernels = [v for v in model.trainable_variables if v.path.endswith("/kernel")]
         self._train_step, self._train_steps = self._make_train_steps()
         self._eval_steps = self._make_eval_steps()
+        self._batchnorm = batchnorm_layers(model)
+        self._statistics = [v for layer in self._batchnorm
+                            for v in (layer.moving_mean, layer.moving_variance)]
+        self._statistics_steps = self._make_statistics_steps()
 
     def _make_train_steps(self):
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
@@ -245,6 +269,40 @@ class EpochLoop:
             return sums
 
         return eval_steps
+
+    def _make_statistics_steps(self):
+        model, strategy, statistics = self.model, self.strategy, self._statistics
+
+        def forward(images):
+            model(images, training=True)
+
+        @tf.function
+        def statistics_steps(iterator, steps):
+            # Traced under training.batch_statistics: after each training-mode call the
+            # moving statistics are the batch's own (over the global batch: synchronized BN).
+            sums = [tf.zeros(v.shape, tf.float32) for v in statistics]
+            for _ in tf.range(steps):
+                images, _ = next(iterator)
+                strategy.run(forward, args=(images,))
+                sums = [total + tf.cast(v.value, tf.float32)
+                        for total, v in zip(sums, statistics)]
+            return sums
+
+        return statistics_steps
+
+    def recompute_batchnorm(self, epoch, batches):
+        """Precise BN: every BatchNormalization's moving mean and variance become the
+        average of their values over the first `batches` training batches of epoch
+        `epoch` (its crops), at the current weights."""
+        if not self._statistics:
+            return
+        batches = min(int(batches), self.pipeline.steps_per_epoch)
+        iterator = iter(self.strategy.experimental_distribute_dataset(
+            self.pipeline.train_epoch(epoch, 0)))
+        with batch_statistics(self._batchnorm):
+            sums = self._statistics_steps(iterator, tf.constant(batches))
+        for variable, total in zip(self._statistics, sums):
+            variable.assign(tf.cast(total / batches, variable.dtype))
 
     def evaluate(self, split):
         """{"loss", "accuracy"} on a split, in inference mode (one host read)."""
