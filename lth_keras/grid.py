@@ -2,14 +2,18 @@
 
 A run is one invocation of find_tickets or transfer with its own run directory.
 Runs that need tickets depend on the find_tickets run that makes them; every
-transfer from the same (source, seed) shares that run. Expansion is pure, so
---list, sharding and resuming all see the same runs in the same order.
+transfer from the same (source, seed) shares that run. With --transfer_seeds each
+ticket run is fine-tuned with several seeds, and the runs of one (seed, transfer
+seed) are a pair: the same tickets, θ_0, head and target batches. Expansion is
+pure, so --list, sharding and resuming all see the same runs in the same order.
 
 Conditions (PROTOCOL.md "Transfer"):
   target_tickets   find_tickets on each target (blue lines)
   rewind           natural-source tickets fine-tuned on each target, m_L ⊙ θ_k
   final            the same from m_L ⊙ θ_i(L) (Fig. 4, first row)
   reinit           target tickets with fresh weights (orange lines)
+  source_reinit    natural-source tickets' masks with fresh weights on each target
+                   (is it the mask or its weights that transfers?)
   scratch          the dense model trained on each target (dashed line)
   related          tickets of a related non-natural source (--related=A:B pairs)
   train_fractions  target tickets found on a fraction of the training split
@@ -32,6 +36,19 @@ DEFAULT_ROOT = os.path.join("outputs", "grid")
 
 
 @dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where a grid's runs live: every run under `root` by name, but the find_tickets runs
+    under `tickets_dir` when it is given (tickets shared with another grid)."""
+    root: str
+    tickets_dir: str = None
+
+    def directory(self, name):
+        if self.tickets_dir and name.startswith("tickets/"):
+            return os.path.join(self.tickets_dir, name[len("tickets/"):])
+        return os.path.join(self.root, name)
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
     name: str                 # unique, also the run directory below the grid root
     binary: str               # "find_tickets" or "transfer"
@@ -43,23 +60,30 @@ class Run:
     def needs(self):
         return (self.tickets,) if self.tickets else ()
 
-    def can_start(self, root, state_of):
+    def can_start(self, layout, state_of):
         """Whether what this run reads exists: θ_0 for scratch (written when its ticket run
         starts), every level of the ticket run otherwise."""
         if self.only_theta_0:
-            return all(os.path.exists(os.path.join(root, name, "theta_0.npz"))
+            return all(os.path.exists(os.path.join(_layout(layout).directory(name),
+                                                   "theta_0.npz"))
                        for name in self.needs)
         return all(state_of(name) == DONE for name in self.needs)
 
-    def directory(self, root):
-        return os.path.join(root, self.name)
+    def directory(self, layout):
+        return _layout(layout).directory(self.name)
 
-    def command_args(self, root):
-        """The binary's flags, with the run directories placed under `root`."""
-        args = [f"--output_dir={self.directory(root)}", *self.args]
+    def command_args(self, layout):
+        """The binary's flags, with the run directories placed by `layout`."""
+        layout = _layout(layout)
+        args = [f"--output_dir={self.directory(layout)}", *self.args]
         if self.tickets:
-            args.append(f"--tickets={os.path.join(root, self.tickets)}")
+            args.append(f"--tickets={layout.directory(self.tickets)}")
         return args
+
+
+def _layout(layout):
+    """A Layout, also from a plain root path."""
+    return layout if isinstance(layout, Layout) else Layout(layout)
 
 
 def dataset_label(name):
@@ -68,17 +92,22 @@ def dataset_label(name):
 
 
 def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(),
-           transfer_levels="all"):
+           transfer_levels="all", transfer_seeds=(), reinit_levels=None, tickets_first=True):
     """The grid's runs, each listed after the runs it needs.
 
     Natural sources keep the preset's --train_fraction; targets and related
-    sources are used whole, except by train_fractions.
+    sources are used whole, except by train_fractions. With `tickets_first` every
+    find_tickets run comes first (a sharded grid's tasks then start with tickets);
+    otherwise seed by seed, and within a seed transfer seed by transfer seed with
+    scratch first, so that a grid cut short leaves complete pairs.
     """
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
         raise ValueError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
     if "reinit" in conditions and "target_tickets" not in conditions:
         raise ValueError("reinit fine-tunes the target tickets: add target_tickets")
+    if "source_reinit" in conditions and not sources:
+        raise ValueError("source_reinit fine-tunes the natural sources' tickets: add sources")
     if "scratch" in conditions and not sources and "target_tickets" not in conditions:
         raise ValueError("scratch takes θ_0 from a ticket run: add sources or target_tickets")
     runs = {}
@@ -92,38 +121,48 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         runs.setdefault(name, Run(name, "find_tickets", tuple(args)))
         return name
 
-    def transfer(ticket_run, source_label, target, seed, condition):
+    def transfer(ticket_run, source_label, target, seed, transfer_seed, condition):
         name = f"transfer/{dataset_label(target)}/{source_label}-{condition}-seed{seed}"
-        args = [f"--target={target}", f"--seed={seed}", "--train_fraction=1"]
+        if transfer_seeds:
+            name += f"-t{transfer_seed}"
+        args = [f"--target={target}", f"--seed={transfer_seed}", "--train_fraction=1"]
         args += {"final": ["--init=final"], "reinit": ["--reinit"],
                  "scratch": ["--scratch"]}.get(condition, [])
-        if condition != "scratch" and transfer_levels != "all":
-            args.append(f"--levels={transfer_levels}")
+        levels = reinit_levels if condition == "reinit" and reinit_levels else transfer_levels
+        if condition != "scratch" and levels != "all":
+            args.append(f"--levels={levels}")
         runs.setdefault(name, Run(name, "transfer", tuple(args), tickets=ticket_run,
                                   only_theta_0=condition == "scratch"))
 
     for seed in seeds:
         natural = ({source: tickets(source, seed) for source in sources}
-                   if {"rewind", "final", "scratch"} & set(conditions) else {})
+                   if {"rewind", "final", "scratch", "source_reinit"} & set(conditions) else {})
         for target in targets:
             own = tickets(target, seed) if "target_tickets" in conditions else None
-            for source, ticket_run in natural.items():
-                for condition in ("rewind", "final"):
-                    if condition in conditions:
-                        transfer(ticket_run, dataset_label(source), target, seed, condition)
-            if "reinit" in conditions:
-                transfer(own, dataset_label(target), target, seed, "reinit")
-            if "scratch" in conditions:
-                # θ_0 depends on the model and seed only (the head is replaced).
-                transfer(next(iter(natural.values()), own), "dense", target, seed, "scratch")
+            for t in transfer_seeds or (seed,):
+                if "scratch" in conditions:
+                    # θ_0 depends on the model and seed only (the head is replaced).
+                    transfer(next(iter(natural.values()), own), "dense", target, seed, t,
+                             "scratch")
+                for source, ticket_run in natural.items():
+                    for condition in ("rewind", "final"):
+                        if condition in conditions:
+                            transfer(ticket_run, dataset_label(source), target, seed, t,
+                                     condition)
+                    if "source_reinit" in conditions:
+                        transfer(ticket_run, dataset_label(source), target, seed, t, "reinit")
+                if "reinit" in conditions:
+                    transfer(own, dataset_label(target), target, seed, t, "reinit")
             if "train_fractions" in conditions:
                 for fraction in train_fractions:
                     tickets(target, seed, fraction)
         if "related" in conditions:
             for source, target in related:
-                transfer(tickets(source, seed), dataset_label(source), target, seed, "rewind")
-    # Every find_tickets run first: a task of a sharded grid then starts with tickets,
-    # and transfers come once most inputs exist.
+                for t in transfer_seeds or (seed,):
+                    transfer(tickets(source, seed), dataset_label(source), target, seed, t,
+                             "rewind")
+    if not tickets_first:
+        return list(runs.values())
     return sorted(runs.values(), key=lambda run: run.binary != "find_tickets")
 
 
@@ -134,7 +173,7 @@ def shard(runs, task_index, num_tasks):
     return [run for i, run in enumerate(runs) if i % num_tasks == task_index]
 
 
-def state(run, root, rounds=None):
+def state(run, layout, rounds=None):
     """DONE, PARTIAL or PENDING, from what the run directory holds.
 
     A find_tickets run is done when its levels 0..rounds are finished, with rounds the
@@ -143,7 +182,7 @@ def state(run, root, rounds=None):
     when every level it chose is, and a transfer of every level (no --levels) also wants
     the levels its ticket run is to reach, so that it grows with its tickets.
     """
-    path = run.directory(root)
+    path = run.directory(layout)
     if not os.path.exists(os.path.join(path, "config.json")):
         return PARTIAL if os.path.isdir(path) and os.listdir(path) else PENDING
     directory = RunDirectory(path)
@@ -152,7 +191,7 @@ def state(run, root, rounds=None):
     else:
         wanted = set(_record(directory, lambda config: config["levels"]))
         if not run.only_theta_0 and not any(a.startswith("--levels=") for a in run.args):
-            tickets = RunDirectory(os.path.join(root, run.tickets))
+            tickets = RunDirectory(_layout(layout).directory(run.tickets))
             if os.path.exists(tickets.config_path):
                 wanted |= set(_ticket_levels(tickets, rounds))
     finished = set(directory.finished_levels())
@@ -201,22 +240,24 @@ def task(grid):
     return index, count
 
 
-def runs_of(grid):
+def runs_of(grid, tickets_first=True):
     grid.check()
     try:
         return expand(sources=grid.sources, targets=grid.targets, seeds=grid.seeds,
                       conditions=grid.conditions,
                       related=[tuple(pair.split(":")) for pair in grid.related],
                       train_fractions=grid.train_fractions,
-                      transfer_levels=grid.transfer_levels)
+                      transfer_levels=grid.transfer_levels, transfer_seeds=grid.transfer_seeds,
+                      reinit_levels=grid.reinit_levels, tickets_first=tickets_first)
     except ValueError as e:
         raise settings.SettingsError(str(e))
 
 
-def _command(run, root, presets, forwarded):
+def _arguments(run, layout, presets, forwarded):
+    """The run's command line after the binary: its preset, the grid's common settings,
+    its own flags."""
     preset = [f"--flagfile={presets[run.binary]}"] if presets[run.binary] else []
-    return [sys.executable, "-m", f"lth_keras.{run.binary}", *preset, *forwarded,
-            *run.command_args(root)]
+    return [*preset, *forwarded, *run.command_args(layout)]
 
 
 def _die_with_parent():
@@ -239,7 +280,55 @@ def _wait_for(run, can_start, deadline):
         time.sleep(min(30.0, max(0.0, deadline - time.time())))
 
 
-def _execute(mine, root, states, presets, forwarded, wait_for_inputs):
+def _in_child(run, arguments, log_path):
+    """(exit status, last line of its log) of the run as a child process of its binary."""
+    with open(log_path, "ab") as log:
+        code = subprocess.call([sys.executable, "-m", f"lth_keras.{run.binary}", *arguments],
+                               stdout=log, stderr=subprocess.STDOUT,
+                               preexec_fn=_die_with_parent)
+    if code == 0:
+        return 0, ""
+    with open(log_path, errors="replace") as log:
+        return code, ([line for line in log.read().splitlines() if line.strip()] or [""])[-1]
+
+
+def _in_this_process(run, arguments, log_path):
+    """(exit status, error line) of the run through the API in this process (the engine
+    runtime, and on JAX its compiled steps, carry over from run to run), its log lines
+    also written to `log_path`. A stop request (SIGINT/SIGTERM) ends the grid."""
+    import logging as std_logging
+    import traceback
+
+    from absl import logging
+
+    from lth_keras import api
+    from lth_keras.cli import is_user_error
+
+    groups = settings.FIND_TICKETS if run.binary == "find_tickets" else settings.TRANSFER
+    handler = std_logging.FileHandler(log_path)
+    handler.setFormatter(std_logging.Formatter("%(levelname).1s%(asctime)s %(message)s"))
+    logger = logging.get_absl_logger()
+    logger.addHandler(handler)
+    try:
+        parsed = settings.parse(groups, arguments)
+        if run.binary == "find_tickets":
+            api.run_find_tickets(parsed)
+        else:  # what the command line names is what a transfer does not take from its tickets
+            api.run_transfer(parsed, given=settings.given(groups, arguments))
+        return 0, ""
+    except Exception as e:  # noqa: BLE001 - one run's failure is reported; the grid goes on
+        message = f"{type(e).__name__}: {e}" if not is_user_error(e) else str(e)
+        with open(log_path, "a") as log:
+            log.write(traceback.format_exc() if not is_user_error(e) else f"error: {e}\n")
+        return 1, message.splitlines()[0] if message else type(e).__name__
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def _execute(mine, layout, states, presets, forwarded, wait_for_inputs, in_process,
+             timings):
+    root = layout.root
     os.makedirs(os.path.join(root, "logs"), exist_ok=True)
     failed, waiting = [], []
     for i, run in enumerate(mine, start=1):
@@ -247,7 +336,7 @@ def _execute(mine, root, states, presets, forwarded, wait_for_inputs):
         if states(run.name) == DONE:
             print(f"{tag}: done, skipped", flush=True)
             continue
-        missing = _wait_for(run, lambda: run.can_start(root, states),
+        missing = _wait_for(run, lambda: run.can_start(layout, states),
                             time.time() + wait_for_inputs)
         if missing:
             reason = ("failed above" if any(m in failed for m in missing)
@@ -259,17 +348,46 @@ def _execute(mine, root, states, presets, forwarded, wait_for_inputs):
         log_path = os.path.join(root, "logs", run.name.replace("/", "__") + ".log")
         print(f"{tag}: running {run.binary} (log: {log_path})", flush=True)
         start = time.time()
-        with open(log_path, "ab") as log:
-            code = subprocess.call(_command(run, root, presets, forwarded), stdout=log,
-                                   stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        execute = _in_this_process if in_process else _in_child
+        code, last = execute(run, _arguments(run, layout, presets, forwarded), log_path)
+        seconds = time.time() - start
+        timings.record(run.name, seconds, code)
         if code == 0:
-            print(f"{tag}: finished in {time.time() - start:.0f} s", flush=True)
+            print(f"{tag}: finished in {seconds:.0f} s", flush=True)
         else:
-            with open(log_path, errors="replace") as log:
-                last = ([line for line in log.read().splitlines() if line.strip()] or [""])[-1]
             print(f"{tag}: FAILED (exit {code}): {last}", flush=True)
             failed.append(run.name)
     return failed, waiting
+
+
+class Timings:
+    """Each run's wall time in this task, in <root>/logs/timings[-task<i>].json, rewritten
+    after every run (what a grid cut short by a time limit had done, and at what cost)."""
+
+    def __init__(self, root, index, count):
+        name = "timings.json" if count == 1 else f"timings-task{index}.json"
+        self.path = os.path.join(root, "logs", name)
+        self.start = time.time()
+        self.runs = {}
+
+    def record(self, name, seconds, code):
+        self.runs[name] = {"seconds": round(seconds, 3), "exit": code,
+                           "finished_after": round(time.time() - self.start, 3)}
+        artifacts.write_json(self.path, {"runs": self.runs})
+
+
+GRID_RECORD = "grid.json"
+
+
+def write_record(root, grid, run_settings):
+    """<root>/grid.json: the grid's settings (its primary level named before anything ran)
+    and lth_keras's version; `analyze` reads the primary level from it."""
+    from lth_keras import __version__
+
+    artifacts.write_json(os.path.join(root, GRID_RECORD), {
+        "kind": "grid", "lth_keras": __version__,
+        "settings": settings.record({settings.Grid: grid, settings.Run: run_settings}),
+        "primary_level": grid.primary_level})
 
 
 def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
@@ -278,9 +396,12 @@ def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
 
     `forwarded` are command-line settings for every run (see forwarded_fields).
     """
-    runs = runs_of(grid)
     index, count = task(grid)
+    # One task runs seed by seed (a grid cut short keeps complete pairs); several start
+    # with the tickets that the others' transfers wait for.
+    runs = runs_of(grid, tickets_first=count > 1)
     root = run_settings.output_dir or DEFAULT_ROOT
+    layout = Layout(root, grid.tickets_dir)
     by_name = {run.name: run for run in runs}
     task_of = {run.name: i % count for i, run in enumerate(runs)}
     mine = shard(runs, index, count)
@@ -297,9 +418,12 @@ def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
     # The rounds every ticket run is to reach: the tickets preset's, as the runs get it.
     rounds = settings.parse(settings.FIND_TICKETS, [f"--flagfile={presets['find_tickets']}",
                                                     *forwarded])[settings.Pruning].rounds
+    if grid.primary_level is not None and grid.primary_level > rounds:
+        raise settings.SettingsError(f"--primary_level={grid.primary_level} is beyond the "
+                                     f"tickets preset's {rounds} rounds")
 
     def states(name):
-        return state(by_name[name], root, rounds)
+        return state(by_name[name], layout, rounds)
 
     def rows():
         return [{"run": run.name, "binary": run.binary, "state": states(run.name),
@@ -317,10 +441,12 @@ def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
                                                 (DONE, PARTIAL, PENDING)))
         return table
 
-    print(f"grid: {len(runs)} runs under {root}; task {index} of {count} has {len(mine)}",
-          flush=True)
-    failed, waiting = _execute(mine, root, states, presets, list(forwarded),
-                               grid.wait_for_inputs)
+    print(f"grid: {len(runs)} runs under {root}; task {index} of {count} has {len(mine)}"
+          + (" (in this process)" if grid.in_process else ""), flush=True)
+    write_record(root, grid, run_settings)
+    failed, waiting = _execute(mine, layout, states, presets, list(forwarded),
+                               grid.wait_for_inputs, grid.in_process,
+                               Timings(root, index, count))
     if waiting:
         print(f"{len(waiting)} run(s) wait for tickets of other tasks: re-run this task "
               "when they are done (finished runs are skipped)")

@@ -28,6 +28,9 @@ def test_grid_expands_to_the_expected_runs():
         for target in ("human_lba", "my_slides"):
             expected |= {f"transfer/{target}/{src}-{c}-seed{s}" for src in
                          ("fashion_mnist", "cifar10") for c in ("rewind", "final")}
+            # source_reinit: the natural sources' masks on fresh weights.
+            expected |= {f"transfer/{target}/{src}-reinit-seed{s}"
+                         for src in ("fashion_mnist", "cifar10")}
             expected |= {f"transfer/{target}/{target}-reinit-seed{s}",
                          f"transfer/{target}/dense-scratch-seed{s}"}
         expected.add(f"transfer/mouse_lba/human_lba-rewind-seed{s}")
@@ -39,7 +42,8 @@ def test_grid_expands_to_the_expected_runs():
         "tickets/human_lba-seed0",)
     assert "--reinit" in by_name["transfer/human_lba/human_lba-reinit-seed0"].args
     # One find_tickets run per (dataset, seed, fraction), shared by every transfer from it.
-    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 6  # 2 targets × (rewind, final, scratch)
+    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 8
+    # (2 targets × rewind, final, scratch, source_reinit)
     # Targets are used whole; natural sources keep their preset's subset.
     assert "--train_fraction=1" in by_name["tickets/my_slides-seed0"].args
     assert not any(a.startswith("--train_fraction") for a in
@@ -138,10 +142,11 @@ def tiny_grid(tmp_path, tiny_fashion_dir):
 @pytest.mark.slow
 def test_interrupted_grid_resumes_without_redoing_finished_runs(tiny_grid):
     root, args = tiny_grid
-    # Task 1 of 2 holds a transfer whose tickets task 0 makes: it says so and skips it.
+    # Task 1 of 2 holds scratch, whose θ_0 task 0's tickets write: it says so and skips it.
     proc = run_binary("lth_keras.experiment", *args, "--task_index=1", "--num_tasks=2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "skipped, its tickets tickets/fashion_mnist-seed0 are not finished yet" in proc.stdout
+    assert ("dense-scratch-seed0: skipped, its tickets tickets/fashion_mnist-seed0 are not "
+            "started yet") in proc.stdout
 
     # Kill the whole grid (and its child) once the tickets are done.
     tickets = grid.Run("tickets/fashion_mnist-seed0", "find_tickets", ())
@@ -178,3 +183,78 @@ def test_grid_with_bad_flags_fails_with_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("experiment: error:")
     assert not (tmp_path / "never").exists()
+
+
+def test_transfer_seeds_make_pairs_in_an_order_that_keeps_them_whole():
+    runs = grid.expand(sources=["fashion_mnist"], targets=["histo"], seeds=[0, 1],
+                       conditions=["rewind", "source_reinit", "scratch"], transfer_levels="0,7",
+                       reinit_levels="7", transfer_seeds=[0, 1, 2], tickets_first=False)
+    names = [run.name for run in runs]
+    assert names[:4] == ["tickets/fashion_mnist-seed0", "transfer/histo/dense-scratch-seed0-t0",
+                         "transfer/histo/fashion_mnist-rewind-seed0-t0",
+                         "transfer/histo/fashion_mnist-reinit-seed0-t0"]
+    assert names[10] == "tickets/fashion_mnist-seed1" and len(names) == 20
+    by_name = {run.name: run for run in runs}
+    reinit = by_name["transfer/histo/fashion_mnist-reinit-seed1-t2"]
+    assert reinit.args == ("--target=histo", "--seed=2", "--train_fraction=1", "--reinit",
+                           "--levels=7")
+    assert reinit.needs == ("tickets/fashion_mnist-seed1",)
+    assert "--levels=0,7" in by_name["transfer/histo/fashion_mnist-rewind-seed1-t2"].args
+    assert by_name["transfer/histo/dense-scratch-seed1-t0"].needs == ("tickets/fashion_mnist-seed1",)
+    # Sharded, the tickets still come first.
+    sharded = grid.expand(sources=["fashion_mnist"], targets=["histo"], seeds=[0, 1],
+                          conditions=["rewind", "scratch"], transfer_seeds=[0, 1])
+    assert [run.binary for run in sharded[:2]] == ["find_tickets"] * 2
+
+
+def test_tickets_of_another_grid_are_read_where_they_are(tmp_path):
+    layout = grid.Layout(str(tmp_path / "b"), tickets_dir=str(tmp_path / "a" / "tickets"))
+    run = grid.Run("transfer/t/x-rewind-seed0", "transfer", ("--seed=0",),
+                   tickets="tickets/x-seed0")
+    assert run.command_args(layout) == [
+        f"--output_dir={tmp_path / 'b' / 'transfer/t/x-rewind-seed0'}", "--seed=0",
+        f"--tickets={tmp_path / 'a' / 'tickets' / 'x-seed0'}"]
+    assert grid.Run("tickets/x-seed0", "find_tickets", ()).directory(layout) == str(
+        tmp_path / "a" / "tickets" / "x-seed0")
+
+
+def test_a_primary_level_must_be_one_the_grid_trains(tmp_path):
+    proc = run_binary("lth_keras.experiment", "--targets=x", "--transfer_levels=0,6",
+                      "--primary_level=5", "--list", f"--output_dir={tmp_path / 'g'}")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "experiment: error: --primary_level=5 is not one of --transfer_levels=0,6")
+
+
+@pytest.mark.slow
+def test_a_grid_in_one_process_trains_as_child_processes_do(tiny_grid, tmp_path):
+    """--in_process on the JAX engine: the second transfer reuses the steps the first one
+    compiled (same architecture, other weights and seed), and must train exactly as the
+    same transfer alone in a fresh process. The grid records itself and its timings."""
+    import json
+
+    pytest.importorskip("jax")
+    root, args = tiny_grid
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = run_binary("lth_keras.experiment", *args, "--in_process", "--transfer_seeds=0,1",
+                      "--primary_level=1", env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "(in this process)" in proc.stdout
+    record = json.loads((root / "grid.json").read_text())
+    assert record["primary_level"] == 1 and record["settings"]["grid"]["in_process"] is True
+    timings = json.loads((root / "logs" / "timings.json").read_text())["runs"]
+    assert len(timings) == 5 and all(r["exit"] == 0 for r in timings.values())
+    in_grid = root / "transfer" / "colours" / "fashion_mnist-rewind-seed0-t1"
+    config = json.loads((in_grid / "config.json").read_text())
+    alone = tmp_path / "alone"
+    transfer_cfg = next(a for a in args if a.startswith("--transfer_flagfile=")).split("=", 1)[1]
+    proc = run_binary("lth_keras.transfer", f"--flagfile={transfer_cfg}",
+                      f"--tickets={root / 'tickets' / 'fashion_mnist-seed0'}",
+                      f"--target={config['settings']['transfer']['target']}", "--seed=1",
+                      "--train_fraction=1", f"--output_dir={alone}", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for level in (0, 1, 2):
+        a, b = (json.loads((d / "levels" / f"level_{level:02d}" / "metrics.json").read_text())
+                for d in (in_grid, alone))
+        assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+        assert a["test"] == b["test"] and a["start_digest"] == b["start_digest"]
