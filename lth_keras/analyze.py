@@ -3,7 +3,8 @@
   python -m lth_keras.analyze --runs=outputs/ --output_dir=outputs/analysis
 
 Writes fig3.png/.pdf, fig4.png/.pdf, table2.md/.csv/.tex, table3.md/.csv/.tex,
-density_<run>.png and mask_overlap.csv/.md. Partial results are fine: a level
+levels.md/.csv, density_<run>.png, mask_overlap.csv/.md, and primary.md/.csv when a
+primary level is named (the grid's, or --primary_level). Partial results are fine: a level
 still running is left out, a missing cell is "—". A malformed run directory is
 refused before anything is written. See lth_keras/analysis/tables.py for how
 the best level is picked.
@@ -28,6 +29,10 @@ flags.DEFINE_bool("mask_overlap", True,
                   "Compute the Jaccard overlap of ticket masks (reads every mask.npz).")
 flags.DEFINE_string("overlap_levels", "all",
                     "'all' or a comma list of levels at which to compare masks.")
+flags.DEFINE_integer("primary_level", None,
+                     "The level of the primary result (ticket - scratch, paired, with its CI "
+                     "and power). Default: the one the grid named before it ran "
+                     "(experiment --primary_level, in its grid.json); none, none.")
 
 FLAGS = flags.FLAGS
 
@@ -51,9 +56,12 @@ def main(argv):
     from lth_keras import api, runs
 
     output_dir = FLAGS.output_dir or os.path.join(runs.OUTPUT_ROOT, "analysis")
+    cli.check(FLAGS.primary_level is None or FLAGS.primary_level >= 1,
+              "--primary_level must be a pruned level (>= 1)")
     result = api.analyze(FLAGS.runs, natural_sources=FLAGS.natural_sources,
                          density_run=FLAGS.density_run, mask_overlap=FLAGS.mask_overlap,
-                         overlap_levels=levels, output_dir=output_dir)
+                         overlap_levels=levels, output_dir=output_dir,
+                         primary_level=FLAGS.primary_level)
     print(result.table2_markdown)
     for note in result.notes:
         print(f"note: {note}")

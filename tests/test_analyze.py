@@ -15,8 +15,8 @@ import pytest
 from scipy import stats
 
 from conftest import REPO, run_binary
-from lth_keras import artifacts, runs
-from lth_keras.analysis import cells, collect, figures, masks, report, targets
+from lth_keras import artifacts, runs, settings
+from lth_keras.analysis import cells, collect, figures, masks, report, statistics, targets
 
 LAYERS = {"fc1/kernel": (10, 10), "fc2/kernel": (10, 5)}
 SIZE = sum(int(np.prod(s)) for s in LAYERS.values())
@@ -31,7 +31,7 @@ def _mask(level, seed):
     return {k: p.reshape(s) for (k, s), p in zip(LAYERS.items(), parts)}
 
 
-def _metrics(level, val, test, mask, condition=None):
+def _metrics(level, val, test, mask, condition=None, noisy_stop=None):
     alive = int(sum(m.sum() for m in mask.values()))
     layers = {k: {"alive": int(m.sum()), "size": m.size, "density": float(m.sum()) / m.size}
               for k, m in mask.items()}
@@ -44,6 +44,8 @@ def _metrics(level, val, test, mask, condition=None):
                "val": {"loss": 1.0, "accuracy": val}, "test": {"loss": 1.0, "accuracy": test}}
     if condition is not None:
         metrics.update(condition=condition, mask_digest="1" * 64)
+    if noisy_stop is not None:
+        metrics["noisy_stop"] = noisy_stop
     return metrics
 
 
@@ -73,27 +75,46 @@ def make_tickets(root, dataset, seed, accuracies, train_fraction=1.0, in_progres
     return path
 
 
-def make_transfer(root, target, condition, seed, accuracies, tickets=None, in_progress=None):
-    """A transfer run from the ticket run at `tickets` (a path; None for plain scratch)."""
+CONDITION_FLAGS = {"rewind": [], "final": ["--init=final"], "reinit": ["--reinit"],
+                   "scratch": ["--scratch"]}
+
+
+def transfer_hparams(target, condition, seed, tickets_hash, recipe=()):
+    """A transfer's hparams as runs.start records them: every result-defining setting
+    (init, reinit and scratch among them) plus the identity's extras."""
+    groups = settings.parse(settings.TRANSFER, [
+        f"--target={target}", "--model=lenet_300_100", "--image_size=16", f"--seed={seed}",
+        "--learning_rate=0.01", *CONDITION_FLAGS[condition], *recipe])
+    return {**settings.result_values(groups), "condition": condition,
+            "tickets_hash": tickets_hash, "head": "transfer seed/target/head"}
+
+
+def make_transfer(root, target, condition, seed, accuracies, tickets=None, in_progress=None,
+                  levels=None, noisy=(), recipe=(), name=None):
+    """A transfer run from the ticket run at `tickets` (a path; None for plain scratch),
+    fine-tuned with `seed`; accuracies[i] = (val, test) of `levels`[i] (default 0, 1, ...);
+    `noisy`: the levels that stopped early on noise (the others record that they did not)."""
     ticket_info = None
-    model = {"model": "lenet_300_100", "image_size": 16, "source_classes": 3, "seed": seed,
-             "bn_momentum": 0.9}
+    tickets_seed = seed
     if tickets is not None:
         config = artifacts.read_json(os.path.join(tickets, "config.json"))
         ticket_info = {"path": os.path.abspath(tickets), "hparams_hash": config["hparams_hash"],
                        "source": config["dataset"]["name"], "source_fingerprint": "f"}
-    hparams = {"target": target, "model": "lenet_300_100", "image_size": 16, "seed": seed,
-               "train_fraction": 1.0, "learning_rate": 0.01, "condition": condition,
-               "tickets_hash": ticket_info and ticket_info["hparams_hash"]}
+        tickets_seed = config["hparams"]["seed"]
+    model = {"model": "lenet_300_100", "image_size": 16, "source_classes": 3,
+             "seed": tickets_seed, "bn_momentum": 0.9}
+    hparams = transfer_hparams(target, condition, seed, ticket_info and ticket_info["hparams_hash"],
+                               recipe)
     source = ticket_info["source"] if ticket_info else "none"
-    path = os.path.join(root, "transfer", f"{source}-{target}-{condition}-seed{seed}")
+    path = os.path.join(root, "transfer", name or f"{source}-{target}-{condition}-seed{seed}")
     artifacts.write_json(os.path.join(path, "config.json"), {
         "kind": "transfer", "condition": condition, "tickets": ticket_info, "hparams": hparams,
         "hparams_hash": runs.hparams_hash(hparams), "dataset": _dataset(target), "model": model})
-    for level, (val, test) in enumerate(accuracies):
+    for level, (val, test) in zip(levels or range(len(accuracies)), accuracies):
         mask = _mask(level, 0)
         artifacts.write_json(os.path.join(path, "levels", f"level_{level:02d}", "metrics.json"),
-                             _metrics(level, val, test, mask, condition))
+                             _metrics(level, val, test, mask, condition,
+                                      noisy_stop=level in noisy if levels else None))
     if in_progress is not None:
         artifacts.write_arrays(os.path.join(path, "levels", f"level_{in_progress:02d}",
                                             "checkpoint.npz"), {"x": np.zeros(1)})
@@ -387,3 +408,139 @@ def test_levels_table_lists_every_line_at_every_level(results, analysis):
     assert row1["cifar10"] == _pct([0.60, 0.64])
     assert row1["scratch"] == "—"
     assert row1["level"] == "1" and row1["density"] == "0.8000"
+
+
+def test_fig4_draws_the_theta_k_line_from_real_transfer_hparams(results):
+    """A rewind and a final transfer of the same tickets record init=rewind / init=final
+    (and reinit, scratch) in their hparams, as runs.start writes them: Fig. 4's θ_k-vs-θ_i
+    panel must still pair them and draw the ticket's line beside θ_i's."""
+    rewind = collect.read_run(os.path.join(results, "transfer", "cifar10-human_lba-rewind-seed0"))
+    final = collect.read_run(os.path.join(results, "transfer", "cifar10-human_lba-final-seed0"))
+    hparams = [artifacts.read_json(os.path.join(r.path, "config.json"))["hparams"]
+               for r in (rewind, final)]
+    assert (hparams[0]["init"], hparams[1]["init"]) == ("rewind", "final")
+    views = targets.build_views(cells.group_cells(collect.collect_runs([results])))
+    panel = next(a for a in figures.figure4(views).axes if a.get_title() == "θ_k vs θ_i: human_lba")
+    legend = [t.get_text() for t in panel.get_legend().get_texts()]
+    assert legend[:2] == ["cifar10 θ_k (ticket) (n=1-2)", "cifar10 θ_i (final weights) (n=2)"]
+    styles = sorted(line.get_linestyle() for line in panel.get_lines())
+    assert styles.count("-") == 1 and styles.count("--") >= 1
+
+
+# A grid with a primary level: tickets seeds 0 and 1, each fine-tuned with transfer seeds
+# 0-3 (8 pairs); rewind at levels 0 and 2, the reinit of level 2, scratch. The ticket's
+# differences from scratch are, pair by pair in replicate order (0/0, 0/1, ..., 1/3):
+DIFFERENCES = [0.01, 0.03, 0.02, 0.04, 0.00, 0.05, 0.02, 0.03]
+# Their mean is 0.025 and their sample sd sqrt(0.0018 / 7) = 0.0160357; t(0.975, 7) =
+# 2.364624 and sd / sqrt(8) = 0.00566947, so the 95% CI is 0.025 ± 0.0134062 =
+# [0.0115938, 0.0384062], and t = 0.025 / 0.00566947 = 4.40959.
+# The effect a paired t-test of 8 pairs detects with 80% power is 1.15603 sd (the
+# noncentral t's power integrated; 400,000 simulated studies at that effect rejected
+# 80.0% of the time), 0.0185377; the textbook approximation (t(0.975, 7) + t(0.80, 7)) /
+# sqrt(8) sd = (2.364624 + 0.896030) / 2.828427 sd = 1.152821 sd is 0.3% below it.
+
+
+def make_pairs_grid(root, primary_level=2, noisy_scratch=(("1/3"),)):
+    tickets = {s: make_tickets(root, "cifar10", s, [(0.5, 0.5)] * 3) for s in (0, 1)}
+    pairs = [(s, t) for s in (0, 1) for t in range(4)]
+    for (s, t), d in zip(pairs, DIFFERENCES):
+        scratch = 0.70 + 0.01 * t - 0.02 * s
+        label = f"{s}/{t}"
+        make_transfer(root, "histo", "scratch", t, [(0.6, scratch)], tickets[s], levels=[0],
+                      noisy=[0] if label in noisy_scratch else [], name=f"scratch-{s}-{t}")
+        # Level 0 (dense θ_k) is 0.01 below scratch; level 2 is the ticket.
+        make_transfer(root, "histo", "rewind", t, [(0.6, scratch - 0.01), (0.7, scratch + d)],
+                      tickets[s], levels=[0, 2], name=f"rewind-{s}-{t}")
+        make_transfer(root, "histo", "reinit", t, [(0.6, scratch + d - 0.02)], tickets[s],
+                      levels=[2], name=f"reinit-{s}-{t}")
+    if primary_level is not None:
+        artifacts.write_json(os.path.join(root, "grid.json"),
+                             {"kind": "grid", "primary_level": primary_level})
+    return root
+
+
+def test_minimum_detectable_effect_against_hand_computed_numbers():
+    from scipy import stats as sps
+
+    d = statistics.paired_difference(dict(enumerate(np.array(DIFFERENCES) + 0.7)),
+                                     dict(enumerate([0.7] * 8)))
+    assert d.n == 8 and d.mean == pytest.approx(0.025, abs=1e-12)
+    assert d.sd == pytest.approx(np.sqrt(0.0018 / 7), rel=1e-9)
+    assert d.ci == pytest.approx((0.0115938, 0.0384062), abs=1e-7)
+    assert d.t == pytest.approx(4.40959, rel=1e-5)
+    assert d.p == pytest.approx(2 * sps.t.sf(4.40959, 7), rel=1e-4)
+    assert d.mde == pytest.approx(1.15603 * d.sd, rel=1e-5)
+    assert d.mde == pytest.approx(1.152821 * d.sd, rel=0.005)
+    # At 3 pairs (2 degrees of freedom) the textbook approximation is 5% short: 3.0965 sd
+    # against 3.2640 (again confirmed by simulation).
+    assert statistics.minimum_detectable_effect(1.0, 3) == pytest.approx(3.26404, rel=1e-5)
+    assert np.isnan(statistics.paired_difference({0: 1.0}, {0: 0.5}).ci[0])
+    assert statistics.paired_difference({0: 1.0}, {1: 0.5}).n == 0
+
+
+def test_the_primary_result_named_by_the_grid(tmp_path):
+    root = make_pairs_grid(str(tmp_path / "grid"))
+    result = report.analyze([root], overlap=False)
+    rows = {r["contrast"]: r for r in result.tables["primary"]}
+    main = rows["ticket − scratch"]
+    assert main["primary"] and main["level"] == 2 and main["n"] == 8
+    assert main["pairs"] == "0 0/1 0/2 0/3 1/0 1 1/2 1/3"
+    assert main["mean"] == pytest.approx(0.025)
+    assert (main["ci_low"], main["ci_high"]) == pytest.approx((0.0115938, 0.0384062), abs=1e-7)
+    assert main["mde"] == pytest.approx(0.0185377, rel=1e-5)
+    assert (main["noisy_a"], main["noisy_b"]) == (0, 1)  # scratch 1/3 stopped on noise
+    assert rows["ticket − dense θ_k"]["mean"] == pytest.approx(0.035)
+    assert rows["dense θ_k − scratch"]["mean"] == pytest.approx(-0.01)
+    assert rows["dense θ_k − scratch"]["sd"] == pytest.approx(0, abs=1e-12)
+    assert rows["ticket − reinit"]["mean"] == pytest.approx(0.02)
+
+    md = result.files["table2.md"].decode()
+    assert md.startswith("# Primary result: ticket − scratch at level 2, named in advance")
+    line = next(x for x in md.splitlines() if "(primary)" in x)
+    assert "| 8 | +2.50 | [+1.16, +3.84] |" in line and "| 1.85 |" in line
+    assert "the interval excludes 0: ticket is better" in line
+    assert "# Table 2 (secondary)" in md
+    assert result.files["primary.csv"].decode().splitlines()[0].startswith("target,tickets,")
+    # Named on the command line instead: that level, and said so.
+    other = report.analyze([root], overlap=False, primary_level=1)
+    assert "--primary_level: --primary_level=1" in other.files["primary.md"].decode()
+    assert "absent: no pair has both sides" in other.files["primary.md"].decode()
+
+
+def test_tickets_seeds_fine_tuned_with_the_same_transfer_seeds_are_distinct_replicates(tmp_path):
+    root = make_pairs_grid(str(tmp_path / "grid"), primary_level=None)
+    result = report.analyze([root], overlap=False)
+    assert "primary.md" not in result.files and "Primary" not in result.table2_markdown
+    levels = list(csv.DictReader(io.StringIO(result.files["levels.csv"].decode())))
+    rewind2 = [(r["tickets_seed"], r["seed"]) for r in levels
+               if r["role"] == "source" and r["level"] == "2"]
+    assert sorted(rewind2) == [(str(s), str(t)) for s in (0, 1) for t in range(4)]
+    table2 = _csv_rows(result.files["table2.csv"])[("histo", "cifar10")]
+    assert table2["paired_n"] == "8" and table2["noisy_stops"] == "0"
+    assert table2["noisy_stops_recorded"] == "8"
+
+
+def test_lines_trained_with_different_recipes_are_named(tmp_path):
+    root = str(tmp_path / "grid")
+    tickets = make_tickets(root, "cifar10", 0, [(0.5, 0.5)] * 3)
+    make_transfer(root, "histo", "scratch", 0, [(0.6, 0.6)], tickets,
+                  recipe=["--max_epochs=10", "--patience=3"])
+    make_transfer(root, "histo", "rewind", 0, [(0.6, 0.6)] * 3, tickets,
+                  recipe=["--max_epochs=5", "--patience=3"])
+    result = report.analyze([root], overlap=False)
+    md = result.files["table2.md"].decode()
+    assert "**Recipes differ between the lines compared**" in md
+    assert "- histo: max_epochs 10 (scratch); 5 (cifar10)" in md
+    assert any(note.startswith("recipes differ: histo") for note in result.notes)
+
+
+def test_every_pruned_line_picks_among_the_same_levels(tmp_path):
+    """Target tickets with levels 1-3 and a transfer of level 2 only: the tickets' pick is
+    made among level 2 alone, as the transfer's is (more candidates win more by chance)."""
+    root = str(tmp_path / "grid")
+    cifar = make_tickets(root, "cifar10", 0, [(0.5, 0.5)] * 3)
+    make_tickets(root, "histo", 0, [(0.5, 0.5), (0.9, 0.9), (0.6, 0.6), (0.5, 0.5)])
+    make_transfer(root, "histo", "rewind", 0, [(0.6, 0.6), (0.7, 0.7)], cifar, levels=[0, 2])
+    rows = _csv_rows(report.analyze([root], overlap=False).files["table2.csv"])
+    assert rows[("histo", "target tickets")]["level"] == "2"
+    assert rows[("histo", "target tickets")]["candidates"] == "2"

@@ -1,9 +1,12 @@
-"""Cells: runs that differ only by their seed, summarised as mean ± std over seeds.
+"""Cells: runs that differ only by their seeds, summarised as mean ± std over them.
 
-The standard deviation is the sample one (numpy ddof=1) when a level has at
-least two seeds; with one seed it is NaN, and tables print "n=1" instead of a
-spread. Each level is summarised over the seeds that have finished it, and
-every statistic carries its n.
+A run's replicate is (tickets seed, seed) (collect.Run.replicate): with one seed
+per ticket run the two are equal and a replicate is "a seed"; a grid with
+--transfer_seeds fine-tunes each ticket run with several. The standard deviation
+is the sample one (numpy ddof=1) when a level has at least two replicates; with
+one it is NaN, and tables print "n=1" instead of a spread. Each level is
+summarised over the replicates that have finished it, and every statistic
+carries its n.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class Cell:
     """Runs with one setting and distinct seeds (see collect.Run.setting)."""
 
     def __init__(self, runs):
-        self.runs = sorted(runs, key=lambda r: r.seed)
+        self.runs = sorted(runs, key=lambda r: r.replicate)
         first = self.runs[0]
         self.kind, self.condition, self.dataset = first.kind, first.condition, first.dataset
         self.source, self.model, self.image_size = first.source, first.model, first.image_size
@@ -50,7 +53,8 @@ class Cell:
 
     @property
     def seeds(self):
-        return [r.seed for r in self.runs]
+        """Replicate labels: the seed, or "<tickets seed>/<seed>" where they differ."""
+        return [replicate_label(r.replicate) for r in self.runs]
 
     def levels(self):
         """Every level that at least one seed has finished, sorted."""
@@ -65,9 +69,16 @@ class Cell:
                          if level in r.levels])
 
     def by_seed(self, level, attribute):
-        """{seed: value} of a Level attribute, for the seeds that have finished `level`."""
-        return {r.seed: float(getattr(r.levels[level], attribute)) for r in self.runs
+        """{replicate: value} of a Level attribute, for the replicates that have finished
+        `level` (the keys pair runs of other cells: collect.Run.replicate)."""
+        return {r.replicate: float(getattr(r.levels[level], attribute)) for r in self.runs
                 if level in r.levels}
+
+    def noisy_stops(self, level):
+        """(flagged, recorded): the replicates whose `level` stopped early on noise, and
+        those whose metrics say either way (runs before lth_keras 0.5 do not)."""
+        flags = [r.levels[level].noisy_stop for r in self.runs if level in r.levels]
+        return sum(f is True for f in flags), sum(f is not None for f in flags)
 
     def stat(self, level, attribute):
         return summarize(self.values(level, attribute))
@@ -82,12 +93,19 @@ def group_cells(runs):
     for members in groups.values():
         by_seed = {}
         for run in members:
-            if run.seed in by_seed:
+            if run.replicate in by_seed:
                 raise AnalysisError(
-                    f"{run.path} and {by_seed[run.seed].path} hold the same experiment with the "
-                    f"same seed {run.seed}: pass only one of them (it would count twice)")
-            by_seed[run.seed] = run
+                    f"{run.path} and {by_seed[run.replicate].path} hold the same experiment "
+                    f"with the same seed {replicate_label(run.replicate)}: pass only one of "
+                    "them (it would count twice)")
+            by_seed[run.replicate] = run
     return [Cell(members) for _, members in sorted(groups.items(), key=lambda kv: kv[0])]
+
+
+def replicate_label(replicate):
+    """"3" for (3, 3); "0/2" for tickets seed 0 fine-tuned with seed 2."""
+    tickets_seed, seed = replicate
+    return str(seed) if tickets_seed == seed else f"{tickets_seed}/{seed}"
 
 
 def distinct_labels(cells, base_labels):

@@ -20,6 +20,9 @@ from lth_keras import artifacts, settings
 KINDS = ("find_tickets", "transfer")
 CONDITIONS = ("rewind", "final", "reinit", "scratch")  # as fine_tuning.CONDITIONS
 TICKETS = "tickets"  # the condition name given to find_tickets runs
+# The transfer settings that make its condition (rewind, final, reinit, scratch): the
+# condition stands for them, so that cells of two conditions compare on the rest.
+CONDITION_SETTINGS = ("condition", "init", "reinit", "scratch")
 _LEVEL_DIR = re.compile(r"level_(\d{2,})")
 
 
@@ -38,6 +41,9 @@ class Level:
     val_accuracy: float
     test_accuracy: float
     layer_density: dict  # {kernel path: density}; empty when not recorded
+    best_epoch: int = None
+    epochs: int = None
+    noisy_stop: bool = None  # early stopping fired on noise (None: not recorded, < 0.5)
 
 
 @dataclasses.dataclass
@@ -47,8 +53,11 @@ class Run:
     `dataset` is the dataset trained on: the searched dataset of a find_tickets
     run, the target of a transfer run. `source` is where the tickets come from
     (for find_tickets, the dataset itself; None for scratch without tickets).
-    `setting` is everything that defines the result except the seed, so runs
-    with equal settings are seeds of one experiment.
+    `setting` is everything that defines the result except the seeds (and, for a
+    transfer, the settings that make its condition, which `condition` names), so
+    runs with equal settings are replicates of one experiment. A replicate is
+    (tickets_seed, seed): a transfer's ticket run's seed and its own, which a grid
+    with --transfer_seeds varies independently.
     """
 
     path: str
@@ -66,6 +75,12 @@ class Run:
     tickets_hash: str | None = None  # transfer: hparams_hash of the ticket run
     tickets_path: str | None = None  # transfer: where the ticket run was
     legacy_hash: str | None = None   # its hash before identity version 2, if migrated
+    tickets_seed: int | None = None  # the ticket run's seed (find_tickets: its own)
+
+    @property
+    def replicate(self):
+        """(tickets seed, seed): what pairs this run with the runs of other conditions."""
+        return (self.seed if self.tickets_seed is None else self.tickets_seed, self.seed)
 
     @property
     def ids(self):
@@ -134,6 +149,7 @@ def read_run(path):
                   legacy_hash=config.get("legacy_hash"))
     if kind == "find_tickets":
         run = Run(condition=TICKETS, source=dataset_name, model=hp.get("model", str),
+                  tickets_seed=hp.get("seed", int),
                   image_size=hp.get("image_size", int),
                   train_fraction=hp.get("train_fraction", numbers.Real),
                   setting={"dataset": dataset_name, **_without(hparams, "seed", "source")},
@@ -158,10 +174,14 @@ def read_run(path):
         # are known by their source and architecture.
         ticket_setting = None if tickets is None else {
             "source": source, "model": model_name, "image_size": image_size}
+        # The transfer's θ_0 and tickets come from the ticket run's seed (model.seed).
+        tickets_seed = model.obj.get("seed", hp.get("seed", int))
         run = Run(condition=condition, source=source, model=model_name, image_size=image_size,
                   train_fraction=hp.get("train_fraction", numbers.Real),
+                  tickets_seed=tickets_seed if isinstance(tickets_seed, int) else None,
                   setting={"dataset": dataset_name,
-                           **_without(hparams, "seed", "tickets_hash", "target"),
+                           **_without(hparams, "seed", "tickets_hash", "target",
+                                      *CONDITION_SETTINGS),
                            "tickets": ticket_setting},
                   levels={}, tickets_hash=tickets_hash, tickets_path=tickets_path, **common)
     run.levels = _read_levels(run)
@@ -236,13 +256,16 @@ def _read_level(path, level, run):
     for name, info in layers.items():
         layer_density[name] = _Fields(path, info, prefix=f"density.layers.{name}.").get(
             "density", numbers.Real)
+    noisy = metrics.get("noisy_stop")
     return Level(level=level, density=float(density.get("density", numbers.Real)),
                  fraction_pruned=float(density.get("fraction_pruned", numbers.Real)),
                  fraction_pruned_all_params=float(
                      density.get("fraction_pruned_all_params", numbers.Real)),
                  val_accuracy=float(val.get("accuracy", numbers.Real)),
                  test_accuracy=float(test.get("accuracy", numbers.Real)),
-                 layer_density=layer_density)
+                 layer_density=layer_density, best_epoch=metrics.get("best_epoch"),
+                 epochs=metrics.get("epochs"),
+                 noisy_stop=noisy if isinstance(noisy, bool) else None)
 
 
 def _read_json(path):

@@ -217,10 +217,10 @@ def figure4(views):
 
 
 def _same_but_condition(a, b):
-    """Whether two transfer cells differ only in their condition (rewind vs final)."""
-    def strip(setting):
-        return {k: v for k, v in setting.items() if k != "condition"}
-    return strip(a.setting) == strip(b.setting)
+    """Whether two transfer cells differ only in their condition (rewind vs final): their
+    settings leave out what makes the condition (collect.CONDITION_SETTINGS: a final
+    transfer records init=final, a rewind init=rewind)."""
+    return a.setting == b.setting
 
 
 def density_figure(run, max_levels=4):

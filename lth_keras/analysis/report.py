@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from lth_keras.analysis import collect, figures, masks, tables
+from lth_keras.analysis import collect, figures, masks, primary, tables
 from lth_keras.analysis.cells import group_cells
 from lth_keras.analysis.targets import NATURAL_SOURCES, build_views
 
@@ -24,7 +24,7 @@ class Report:
 
 
 def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
-            overlap_levels=None):
+            overlap_levels=None, primary_level=None):
     """Reads the runs under `roots` and renders tables, figures and overlaps.
 
     Args:
@@ -34,12 +34,28 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
         every find_tickets run found).
       overlap: whether to compute mask overlaps (reads masks, the slow part).
       overlap_levels: levels to compare masks at (None: every pruned level).
+      primary_level: the level of the primary result (None: the one the grids under
+        `roots` named in their grid.json, if any).
     """
     runs = collect.collect_runs(roots)
     views = build_views(group_cells(runs), natural)
     table = tables.build_table(views)
     files, notes, figs = {}, [], {}
-    table2 = tables.table2_markdown(table)
+    rows = {}
+    named = "--primary_level"
+    if primary_level is None:
+        primary_level, named = primary.named_level(roots), "the grid's grid.json"
+    primary_text = None
+    if primary_level is not None:
+        contrasts = primary.contrasts(views, primary_level)
+        primary_text = primary.markdown(contrasts, primary_level,
+                                        f"{named}: --primary_level={primary_level}")
+        rows["primary"] = primary.rows(contrasts)
+        files["primary.md"] = primary_text.encode()
+        files["primary.csv"] = tables.csv_text(primary.CSV, rows["primary"]).encode()
+    recipe_notes = tables.recipe_differences(views)
+    notes += [f"recipes differ: {note}" for note in recipe_notes]
+    table2 = tables.table2_markdown(table, primary_text, recipe_notes)
     files["table2.md"] = table2.encode()
     files["table2.csv"] = tables.table2_csv(table).encode()
     files["table2.tex"] = tables.table2_latex(table).encode()
@@ -72,8 +88,8 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
         figs[file_name.removesuffix(".png")] = fig
         files[file_name] = figures.render(fig, ("png",))["png"]
 
-    rows = {"table2": tables.table2_rows(table), "table3": tables.table3_rows(table),
-            "levels": tables.levels_rows(views)}
+    rows.update({"table2": tables.table2_rows(table), "table3": tables.table3_rows(table),
+                 "levels": tables.levels_rows(views)})
     if overlap:
         rows["mask_overlap"] = masks.mask_overlap(runs, overlap_levels)
         files["mask_overlap.csv"] = masks.overlap_csv(rows["mask_overlap"]).encode()

@@ -4,7 +4,10 @@ The selection rule (PROTOCOL.md "Reporting"), for one cell (the seeds of one
 experiment):
   1. Candidates are the pruned levels L >= 1 finished by the most seeds of
      the cell (a seed still running does not make a level with fewer seeds
-     look better or worse).
+     look better or worse), and among them those that every pruned line of the
+     target has: a line with more candidates would otherwise win more often by
+     chance alone (the quick grid's target tickets had levels 1-6, its transfers
+     2, 4 and 6).
   2. Pick the candidate with the highest MEAN over seeds of the VALIDATION
      accuracy; on a tie, the lower level.
   3. Report that level's TEST accuracy, mean ± std over the seeds (std with
@@ -42,6 +45,7 @@ import numpy as np
 from scipy import stats
 
 from lth_keras.analysis.cells import Stat
+from lth_keras.analysis.statistics import paired_difference
 
 MISSING = "—"
 BEST, SECOND = "best", "second"
@@ -70,16 +74,33 @@ def summarize_level(cell, level):
                 test_by_seed=cell.by_seed(level, "test_accuracy"))
 
 
-def pick_level(cell, by="val_accuracy"):
-    """The best pruned level of `cell` by mean `by` (see the module docstring), or None."""
+def candidate_levels(cell):
+    """The pruned levels (L >= 1) finished by the most seeds of `cell`."""
     pruned = [level for level in cell.levels() if level >= 1]
     if not pruned:
-        return None
+        return []
     most = max(cell.n_at(level) for level in pruned)
+    return [level for level in pruned if cell.n_at(level) == most]
+
+
+def common_candidates(cells):
+    """The candidate levels that every one of `cells` has (empty when they share none)."""
+    sets = [set(candidate_levels(cell)) for cell in cells]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def pick_level(cell, by="val_accuracy", candidates=None):
+    """The best pruned level of `cell` by mean `by` (see the module docstring), or None.
+    `candidates`: the levels allowed (default: the cell's own candidates)."""
+    levels = candidate_levels(cell)
+    if candidates:
+        levels = [level for level in levels if level in candidates] or levels
+    if not levels:
+        return None
     best, best_mean = None, -math.inf
-    for level in pruned:  # ascending: a tie keeps the lower level
+    for level in levels:  # ascending: a tie keeps the lower level
         mean = float(np.mean(cell.values(level, by)))
-        if cell.n_at(level) == most and mean > best_mean:
+        if mean > best_mean:
             best, best_mean = level, mean
     return summarize_level(cell, best)
 
@@ -100,15 +121,11 @@ def welch(a, b):
 
 
 def paired(a_by_seed, b_by_seed):
-    """(t, p, n) of the two-sided paired t-test of a - b over the n seeds both have
-    ({seed: value} each), or (NaN, NaN, n) when n < 2 or the differences are constant."""
-    seeds = sorted(set(a_by_seed) & set(b_by_seed))
-    if len(seeds) < 2:
-        return math.nan, math.nan, len(seeds)
-    with warnings.catch_warnings():  # constant differences: scipy warns, gives NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_rel([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds])
-    return float(result.statistic), float(result.pvalue), len(seeds)
+    """(t, p, n) of the two-sided paired t-test of a - b over the n replicates both have
+    ({replicate: value} each), or (NaN, NaN, n) when n < 2 or the differences are
+    constant."""
+    difference = paired_difference(a_by_seed, b_by_seed)
+    return difference.t, difference.p, difference.n
 
 
 @dataclasses.dataclass
@@ -126,6 +143,12 @@ class Entry:
     paired: tuple = (math.nan, math.nan, 0)  # (t, p, n seeds)
     rank: str = ""
     optimistic_rank: str = ""
+    candidates: tuple = ()  # the levels the pick chose among
+
+    @property
+    def noisy_stops(self):
+        """(flagged, recorded) early stops on noise at the picked level."""
+        return self.line.cell.noisy_stops(self.pick.level) if self.pick else (0, 0)
 
 
 @dataclasses.dataclass
@@ -148,9 +171,14 @@ def build_table(views):
         for line in view.scratch:
             level0 = dense_level(line.cell)
             cells[line.label] = Entry(view.title, line.label, line, level0, level0, scratch)
-        for line in view.sources + view.target_tickets:
-            entry = Entry(view.title, line.label, line, pick_level(line.cell),
-                          pick_level(line.cell, "test_accuracy"), scratch)
+        pruned = view.sources + view.target_tickets
+        candidates = common_candidates([line.cell for line in pruned])
+        for line in pruned:
+            entry = Entry(view.title, line.label, line, pick_level(line.cell,
+                                                                   candidates=candidates),
+                          pick_level(line.cell, "test_accuracy", candidates), scratch,
+                          candidates=tuple(level for level in candidate_levels(line.cell)
+                                           if not candidates or level in candidates))
             if scratch:
                 for pick, attr in ((entry.pick, "welch"), (entry.optimistic, "optimistic_welch")):
                     if pick:
@@ -232,7 +260,10 @@ def _is_scratch_column(table, column):
     return any(cells[column].line.role == "scratch" for _, cells in table.rows if column in cells)
 
 
-def table2_markdown(table):
+def table2_markdown(table, primary=None, recipe_notes=()):
+    """Table 2 as Markdown; `primary` (primary.markdown's text) comes first when the grid
+    named a primary level, and Table 2 is then labelled secondary. `recipe_notes` say
+    where a target's lines were trained with different recipes."""
     def by_val(e):
         return _marked(_accuracy(e.pick.test) if e.pick else MISSING, e.rank)
 
@@ -240,17 +271,47 @@ def table2_markdown(table):
         return _marked(_accuracy(e.optimistic.test) if e.optimistic else MISSING,
                        e.optimistic_rank)
 
+    def candidates(e):
+        return ",".join(map(str, e.candidates)) or MISSING
+
+    def noisy(e):
+        flagged, recorded = e.noisy_stops
+        if not e.pick:
+            return MISSING
+        return f"{flagged} of {recorded}" if recorded else "not recorded"
+
     pruned = _pruned_columns(table)
-    return "\n".join([
-        "# Table 2: best pruned model vs scratch (test accuracy, %)",
+    scratch = [c for c in table.columns if c not in pruned]
+    title = ("# Table 2 (secondary): best pruned model vs scratch (test accuracy, %)"
+             if primary else "# Table 2: best pruned model vs scratch (test accuracy, %)")
+    parts = [primary] if primary else []
+    parts += [
+        title,
         "",
         "Each pruned cell is the level L >= 1 with the highest mean *validation* accuracy over "
-        "seeds (among the levels finished by the most seeds; ties: lower level); its *test* "
-        "accuracy is shown. Scratch is the dense model. Mean ± sample std (ddof=1) over n seeds; "
-        "n=1 has no spread. **Bold**: best in the row, _italic_: second best (scratch included). "
-        f"{MISSING}: no finished run.",
+        "seeds (among the levels finished by the most seeds, and of those the ones every pruned "
+        "line of the target has; ties: lower level); its *test* accuracy is shown. Scratch is "
+        "the dense model. Mean ± sample std (ddof=1) over n seeds (a seed \"0/2\" is tickets "
+        "seed 0 fine-tuned with seed 2); n=1 has no spread. **Bold**: best in the row, "
+        f"_italic_: second best (scratch included). {MISSING}: no finished run."
+        + (" Picking the best of several levels on the same seeds favours the pruned cells; "
+           "the primary result above names its level in advance." if primary else ""),
         "",
         _markdown_table(table, by_val),
+    ]
+    if recipe_notes:
+        parts += ["**Recipes differ between the lines compared** (a comparison of them mixes "
+                  "the recipe with the condition):", ""]
+        parts += [f"- {note}" for note in recipe_notes] + [""]
+    parts += [
+        "## Candidate levels and early stops on noise",
+        "",
+        "The levels each pick chose among, and at the picked level how many runs stopped "
+        "early on a noisy validation loss (best epoch within `patience` of the start while "
+        "training accuracy still rose: metrics.json `noisy_stop`) of those that record it.",
+        "",
+        _markdown_table(table, candidates, pruned),
+        _markdown_table(table, noisy, scratch + pruned),
         "## Welch's t-test: best pruned model vs scratch (p-value)",
         "",
         "Two-sided, unequal variances, on the per-seed test accuracies of the level above and of "
@@ -275,7 +336,42 @@ def table2_markdown(table):
         "not say how its best level was picked.",
         "",
         _markdown_table(table, by_test),
-    ])
+    ]
+    return "\n".join(parts)
+
+
+def recipe_differences(views):
+    """One line per target view whose lines were trained with different recipes (the
+    fine-tuning and search settings of settings.RECIPE but the seed): which setting, and
+    which lines had which value."""
+    from lth_keras import settings
+
+    defaults = {f.name: f.default for group in settings.FIND_TICKETS
+                for f in dataclasses.fields(group)}
+    fields = [name for name in settings.RECIPE if name != "seed"]
+    notes = []
+    for view in views:
+        lines = view.scratch + view.sources + view.target_tickets + view.reinit + view.final
+        differing = []
+        for name in fields:
+            by_value = {}
+            for line in lines:
+                value = line.cell.setting.get(name, defaults[name])
+                value = tuple(value) if isinstance(value, list) else value
+                by_value.setdefault(value, []).append(line.label)
+            if len(by_value) > 1:
+                differing.append(f"{name} " + "; ".join(
+                    f"{_short(value)} ({', '.join(labels)})" for value, labels in
+                    sorted(by_value.items(), key=lambda kv: str(kv[0]))))
+        if differing:
+            notes.append(f"{view.title}: " + " — ".join(differing))
+    return notes
+
+
+def _short(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def table3_markdown(table):
@@ -306,13 +402,15 @@ TABLE2_CSV = ("target", "column", "role", "condition", "source", "model", "image
               "paired_n", "optimistic_level",
               "optimistic_n", "optimistic_test_accuracy_mean", "optimistic_test_accuracy_std",
               "optimistic_rank", "optimistic_welch_p", "scratch_test_accuracy_mean",
-              "scratch_test_accuracy_std", "scratch_n")
+              "scratch_test_accuracy_std", "scratch_n", "candidates", "noisy_stops",
+              "noisy_stops_recorded")
 TABLE3_CSV = ("target", "column", "source", "model", "image_size", "level", "n", "density",
               "fraction_pruned", "fraction_pruned_all_params", "optimistic_level",
               "optimistic_fraction_pruned", "optimistic_fraction_pruned_all_params")
 
 
-def _csv(columns, rows):
+def csv_text(columns, rows):
+    """CSV of dict rows, NaN and None left empty."""
     def text(value):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return ""
@@ -332,7 +430,7 @@ def _identity(e):
 
 
 def table2_csv(table):
-    return _csv(TABLE2_CSV, table2_rows(table))
+    return csv_text(TABLE2_CSV, table2_rows(table))
 
 
 def table2_rows(table):
@@ -352,12 +450,15 @@ def table2_rows(table):
             "optimistic_test_accuracy_std": o and o.test.std, "optimistic_rank": e.optimistic_rank,
             "optimistic_welch_p": e.optimistic_welch[1],
             "scratch_test_accuracy_mean": s and s.test.mean,
-            "scratch_test_accuracy_std": s and s.test.std, "scratch_n": s and s.test.n})
+            "scratch_test_accuracy_std": s and s.test.std, "scratch_n": s and s.test.n,
+            "candidates": " ".join(map(str, e.candidates)),
+            "noisy_stops": e.noisy_stops[0] if p else None,
+            "noisy_stops_recorded": e.noisy_stops[1] if p else None})
     return rows
 
 
 def table3_csv(table):
-    return _csv(TABLE3_CSV, table3_rows(table))
+    return csv_text(TABLE3_CSV, table3_rows(table))
 
 
 def table3_rows(table):
@@ -421,6 +522,9 @@ def table2_latex(table):
                      "picked by validation accuracy"),
         _tex_tabular(table, lambda e: "--" if math.isnan(e.welch[1]) else f"{e.welch[1]:.3g}",
                      pruned, "Welch's t-test p-value, best pruned model vs scratch"),
+        _tex_tabular(table, lambda e: "--" if math.isnan(e.paired[1]) else
+                     f"{e.paired[1]:.3g} {{\\scriptsize (n={e.paired[2]})}}", pruned,
+                     "paired t-test p-value (n seeds shared), best pruned model vs scratch"),
         _tex_tabular(table, lambda e: coloured(e.optimistic, e.optimistic_rank), table.columns,
                      "picked by test accuracy (optimistic: the test set made the choice)"),
     ])
@@ -445,8 +549,8 @@ def table3_latex(table):
 
 # --- every level (Fig. 3 and 4 as numbers) ----------------------------------------
 
-LEVELS_CSV = ("target", "model", "image_size", "line", "role", "seed", "level", "density",
-              "val_accuracy", "test_accuracy")
+LEVELS_CSV = ("target", "model", "image_size", "line", "role", "tickets_seed", "seed", "level",
+              "density", "val_accuracy", "test_accuracy", "best_epoch", "epochs", "noisy_stop")
 
 
 def _view_lines(view):
@@ -457,15 +561,17 @@ def levels_rows(views):
     """One dict per (line, seed, finished level) of every target view: the numbers behind
     Fig. 3 and Fig. 4 (the columns of levels.csv)."""
     return [{"target": view.title, "model": view.model, "image_size": view.image_size,
-             "line": line.label, "role": line.role, "seed": run.seed, "level": level,
-             "density": found.density, "val_accuracy": found.val_accuracy,
-             "test_accuracy": found.test_accuracy}
+             "line": line.label, "role": line.role, "tickets_seed": run.replicate[0],
+             "seed": run.seed, "level": level, "density": found.density,
+             "val_accuracy": found.val_accuracy, "test_accuracy": found.test_accuracy,
+             "best_epoch": found.best_epoch, "epochs": found.epochs,
+             "noisy_stop": found.noisy_stop}
             for view in views for line in _view_lines(view)
             for run in line.cell.runs for level, found in sorted(run.levels.items())]
 
 
 def levels_csv(views):
-    return _csv(LEVELS_CSV, levels_rows(views))
+    return csv_text(LEVELS_CSV, levels_rows(views))
 
 
 def levels_markdown(views):
