@@ -217,6 +217,9 @@ def test_table2_picks_by_validation_and_reports_test(analysis):
     tex = out["table2.tex"].decode()
     assert r"\cellcolor{green!25}78.12 $\pm$ 4.42" in tex
     assert r"\cellcolor{yellow!25}62.00 $\pm$ 2.83" in tex
+    # The paired test's row, as in the Markdown: p and the number of seeds it pairs.
+    paired_p = float(cifar["paired_p"])
+    assert "paired t-test p-value" in tex and f"{paired_p:.3g} {{\\scriptsize (n=2)}}" in tex
 
 
 def test_the_paired_t_test_against_hand_computed_numbers(analysis):
