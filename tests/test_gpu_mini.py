@@ -1,0 +1,72 @@
+"""The one-GPU mini-paper's path, dry-run at CPU size (tools/gpu_mini.py --tiny): the data
+prepared here, the grid run as on the device (JAX, TensorFlow missing), what comes back
+within the device's limits, and the analysis here with its primary result."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import HISTOLOGY, REPO, needs_histology
+
+pytest.importorskip("jax", reason="the device runs the JAX engine")
+FASHION = "/usr/share/datasets/fashion-mnist"
+needs_fashion = pytest.mark.skipif(not os.path.isdir(FASHION),
+                                   reason="apt-get install dataset-fashion-mnist")
+
+
+def _tool(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, os.path.join(REPO, "tools", "gpu_mini.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env=env or os.environ)
+
+
+@pytest.mark.slow
+@needs_histology
+@needs_fashion
+def test_the_gpu_mini_paper_dry_run(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "returned"
+    proc = _tool("prepare", "--tiny", "--no_wheels", f"--out={data}", f"--histology={HISTOLOGY}",
+                 f"--fashion_dir={FASHION}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    prepared = json.loads(proc.stdout)
+    manifest = json.loads((data / "manifest.json").read_text())
+    # The pre-resized copy holds the original folder's pixels at the storage size.
+    assert manifest["histology"]["fingerprint"] == prepared["histology_fingerprint"]
+    assert manifest["storage_size"] == 18 and prepared["travel_bytes"] < 64 * 2**20
+    assert sorted(os.listdir(data / "fashion_mnist")) == sorted(
+        f for f in os.listdir(FASHION) if f.endswith("-ubyte.gz"))
+
+    shadow = tmp_path / "shadow" / "tensorflow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no tensorflow here (test)')\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "PYTHONPATH": os.pathsep.join([str(shadow.parent), REPO])}
+    proc = _tool("run", "--tiny", f"--data={data}", f"--out={out}", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = sorted(os.listdir(out))
+    assert files == ["gpu_mini_log.txt", "gpu_mini_report.json", "gpu_mini_runs.tar.gz"]
+    assert all(os.path.getsize(out / f) < 16 * 2**20 for f in files)
+    with tarfile.open(out / "gpu_mini_runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert names and not [n for n in names if n.endswith(".npz")]  # no weights come back
+    assert "gpu_mini/grid.json" in names
+    report = json.loads((out / "gpu_mini_report.json").read_text())
+    assert report["exit"] == 0 and not report["stopped_at_budget"]
+    assert len(report["runs"]) == 7 and set(report["stages"]) >= {"grid", "packing", "total"}
+
+    analysis = tmp_path / "analysis"
+    proc = _tool("analyze", str(out), f"--runs={tmp_path / 'runs'}", f"--output_dir={analysis}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO((analysis / "primary.csv").read_text())))
+    primary = next(r for r in rows if r["primary"] == "True")
+    assert (primary["contrast"], primary["level"], primary["n"]) == ("ticket − scratch", "1", "2")
+    assert primary["ci_low"] and primary["mde"]
+    assert "# Primary result: ticket − scratch at level 1" in proc.stdout
+    assert (analysis / "stages.md").read_text().startswith("# Wall time per stage")
+    assert (analysis / "fig3.png").stat().st_size > 1000

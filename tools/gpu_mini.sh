@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The one-GPU mini-paper (flags/gpu_mini_grid.cfg) on the borrowed H200, which has JAX but
+# no TensorFlow, no keras and no network (BUILD_NOTES "The paper's question on one GPU").
+#
+#   bash tools/gpu_mini.sh prepare [--tiny]    # here: .gpu_mini/ (data) and .whl/ (wheels)
+#   bash tools/gpu_mini.sh run [--tiny]        # there, through the device tool, with
+#                                              # carry=[".whl", ".gpu_mini"]: results in $OUT
+#   bash tools/gpu_mini.sh analyze DIR         # here, on what came back (its files_at):
+#                                              # outputs/reference/gpu_mini/
+#
+# `run` installs the wheels into /tmp/site where keras is missing, then runs
+# tools/gpu_mini.py run; `--tiny` runs the same path at CPU size (a dry run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+  prepare)
+    shift
+    python3 tools/gpu_mini.py prepare "$@"
+    ;;
+  run)
+    shift
+    if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine has none
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+      export PYTHONPATH="/tmp/site:$PWD"
+    fi
+    export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+    python3 tools/gpu_mini.py run "$@"
+    ;;
+  analyze)
+    shift
+    python3 tools/gpu_mini.py analyze "$@"
+    ;;
+  *)
+    echo "usage: bash tools/gpu_mini.sh prepare [--tiny] | run [--tiny] | analyze DIR" >&2
+    exit 2
+    ;;
+esac
