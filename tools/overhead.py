@@ -21,8 +21,11 @@ epoch's compilation counts as overhead, not as training.
    process (--in_process). Per run: the grid's wall time less the runs' training,
    over the number of runs: start-up (Python, Keras, JAX), loading the data,
    compilation, the levels' own overhead.
+3. A pruned level's own steps, timed one by one in this process on --model (this
+   checkout only): pruning, writing the mask, loading the ticket, the two snapshots,
+   the digest, the mask check and writing θ_i.
 
-With --before, both are also run with that checkout's lth_keras (it comes first on
+With --before, 1 and 2 are also run with that checkout's lth_keras (it comes first on
 PYTHONPATH), and the tables give the ratios. An older checkout has no in-process
 grid and no compilation cache: its children compile every time. Every figure comes
 from this one invocation (the machines are noisy: compare ratios, not seconds
@@ -49,6 +52,7 @@ flags.DEFINE_integer("image_size", 32, "Crop size of the per-level measurement."
 flags.DEFINE_integer("rounds", 3, "Pruned levels of the per-level measurement.")
 flags.DEFINE_integer("runs", 2, "Seeds of the per-run grid (three runs each).")
 flags.DEFINE_integer("images", 16, "Training images per class of the synthetic folder.")
+flags.DEFINE_bool("only_level_steps", False, "Measure only 3, a level's own steps.")
 flags.DEFINE_integer("timeout", 1800, "Seconds each binary may take.")
 FLAGS = flags.FLAGS
 
@@ -146,6 +150,44 @@ def per_run(checkout, folder, work, cache, in_process):
             "overhead_per_run_s": (wall - training) / len(runs)}
 
 
+def level_steps():
+    """Seconds of each step a pruned level takes outside training, on --model at
+    --image_size with 10 classes, as lottery.find_tickets does them; θ_i's size."""
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    from lth_keras import artifacts, models, pruning, weights
+
+    size = FLAGS.image_size
+    model = models.build_model(FLAGS.model, input_shape=(size, size, 3), num_classes=10,
+                               seed=0)
+    seconds = {}
+
+    def timed(name, step):
+        start = time.perf_counter()
+        out = step()
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="lth_overhead_steps_") as work:
+        theta = weights.snapshot(model)  # θ_i(L-1) and θ_k, kept in memory between levels
+        masks = weights.get_masks(model)
+        masks = timed("prune", lambda: pruning.prune({k: theta[k] for k in masks}, masks,
+                                                     0.2, "global"))
+        timed("write the mask", lambda: artifacts.write_arrays(
+            os.path.join(work, "mask.npz"), {k: m.astype(bool) for k, m in masks.items()}))
+        timed("load the ticket", lambda: weights.load_ticket(model, theta, masks))
+        start = timed("snapshots (2)", lambda: weights.snapshot(model))
+        timed("digest of the start", lambda: weights.digest(start))
+        timed("check the masks held", lambda: weights.check_mask_held(model, masks))
+        theta = timed("snapshots (2)", lambda: weights.snapshot(model))
+        path = os.path.join(work, "theta_i.npz")
+        timed("write θ_i", lambda: artifacts.write_arrays(path, theta))
+        total = sum(seconds.values())
+        # Not in the total: a resumed run reads θ_i(L-1) and θ_k once, at its first level.
+        timed("read θ_i (a resumed run, once)", lambda: artifacts.read_arrays(path))
+        theta_bytes = os.path.getsize(path)
+    return {"seconds": seconds, "total_s": total, "theta_i_bytes": theta_bytes}
+
+
 def _ratio(before, after):
     return before / after if after else float("nan")
 
@@ -158,6 +200,8 @@ def report(results):
              "epochs at its second epoch's speed; overhead: the rest of the wall time.",
              "", "| measurement | version | wall | training | overhead | before / after |",
              "|---|---|---:|---:|---:|---:|"]
+    if not results["per_level"] and not results["per_run"]:
+        lines = ["# Overhead beyond training (tools/overhead.py)"]
     level = results["per_level"]
     for version in ("before", "after"):
         if version in level:
@@ -169,12 +213,19 @@ def report(results):
                          f"{r['level_overhead_s']:.2f} s | {ratio} |")
     grid = results["per_run"]
     base = grid.get("before children")
+    steps = results.get("level_steps")
     for mode, r in grid.items():
         ratio = (f"{_ratio(base['overhead_per_run_s'], r['overhead_per_run_s']):.2f}"
                  if base and mode != "before children" else "")
         lines.append(f"| per run ({r['runs']} runs) | {mode} | {r['grid_s'] / r['runs']:.1f} s | "
                      f"{r['training_s'] / r['runs']:.1f} s | {r['overhead_per_run_s']:.1f} s | "
                      f"{ratio} |")
+    if steps:
+        lines += ["", f"A level's own steps on {FLAGS.model} ({FLAGS.image_size} px; θ_i is "
+                  f"{steps['theta_i_bytes'] / 1e6:.0f} MB), this checkout:", "",
+                  "| step | seconds |", "|---|---:|"]
+        lines += [f"| {name} | {s:.3f} |" for name, s in steps["seconds"].items()]
+        lines.append(f"| **a level (without the read)** | **{steps['total_s']:.3f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -189,6 +240,11 @@ def main(argv):
     cpu = artifacts.cpu_description()
     results = {"machine": f"{cpu['cpu']}, {os.cpu_count()} cores", "per_level": {},
                "per_run": {}}
+    results["level_steps"] = level_steps()
+    print(f"[overhead] a level's own steps: {results['level_steps']}", file=sys.stderr,
+          flush=True)
+    if FLAGS.only_level_steps:
+        versions = {}
     with tempfile.TemporaryDirectory(prefix="lth_overhead_") as work:
         folder = synthetic_folder(os.path.join(work, "folder"), FLAGS.images)
         for version, checkout in versions.items():
