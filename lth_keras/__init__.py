@@ -5,7 +5,7 @@ analyze; settings objects in lth_keras.settings. Imported on first use, so that
 `import lth_keras` stays light.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 API = ("find_tickets", "transfer", "experiment", "analyze")
 
