@@ -31,7 +31,7 @@ def _tool(*args, env=None, timeout=600):
 @needs_fashion
 def test_the_gpu_mini_paper_dry_run(tmp_path):
     data, out = tmp_path / "data", tmp_path / "returned"
-    proc = _tool("prepare", "--tiny", "--no_wheels", f"--out={data}", f"--histology={HISTOLOGY}",
+    proc = _tool("prepare", "--tiny", f"--out={data}", f"--histology={HISTOLOGY}",
                  f"--fashion_dir={FASHION}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     prepared = json.loads(proc.stdout)

@@ -13,25 +13,20 @@
 # --tiny to try it on a CPU first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tools/device_wheels.sh
 
 case "${1:-}" in
   prepare)
     grep -qx '/.gpu_data/' .git/info/exclude 2>/dev/null || echo '/.gpu_data/' >> .git/info/exclude
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-      --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-      --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-      "keras==$(python3 -c 'import keras; print(keras.__version__)')" namex optree
+    download_wheels
     mkdir -p .gpu_data
     cp -r "${DATA_DIR:-../shared/data}/histology_nuclei" .gpu_data/
     du -sh .whl .gpu_data
     ;;
   run)
     shift
-    if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine has none
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl
-    fi
-    export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+    use_wheels
+    export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
     python3 tools/gpu_check.py --data_dir=.gpu_data --output="${OUT:-outputs/gpu_check}" "$@"
     ;;
   *)

@@ -1,6 +1,6 @@
 """The one-GPU mini-paper (flags/gpu_mini_grid.cfg) on the borrowed H200, and back.
 
-  python tools/gpu_mini.py prepare [--tiny]   # here: data and wheels that travel
+  python tools/gpu_mini.py prepare [--tiny]   # here: the data that travel
   python tools/gpu_mini.py run [--tiny]       # there (tools/gpu_mini.sh run): the grid, packed
   python tools/gpu_mini.py analyze DIR        # here: unpack what came back, analyze it
 
@@ -14,9 +14,9 @@ prepare writes, into ignored folders of the checkout:
                                  fingerprint, are those of a run on the original folder
                                  (prepare checks it)
   .gpu_mini/manifest.json        both datasets' fingerprints at that size
-  .whl/                          keras, namex and optree for the machine's Python 3.12,
-                                 which has JAX but no keras (not with --no_wheels)
-and checks that what travels (the working tree and these folders) fits 64 MiB.
+and checks that what travels (the working tree, these folders and .whl/: keras, namex
+and optree for the machine's Python 3.12, which tools/gpu_mini.sh prepare downloads
+first) fits 64 MiB.
 
 run starts the grid with KERAS_BACKEND=jax, its console tee'd to a log, stops it with
 SIGTERM when --budget seconds have passed since the script started (a stopped
@@ -140,19 +140,8 @@ def prepare(args):
                                                "fingerprint": original.fingerprint()},
         "fashion_mnist": {"from": source, "files": list(FASHION_FILES)}})
 
-    carried = [out]
-    if not args.no_wheels:
-        wheels = os.path.join(REPO, WHEELS)
-        import keras
-
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                        "--only-binary=:all:", "--python-version", "3.12", "--implementation",
-                        "cp", *[f"--platform={p}" for p in (
-                            "manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
-                            "manylinux_2_17_x86_64", "manylinux2014_x86_64")],
-                        "-d", wheels, f"keras=={keras.__version__}", "namex", "optree"],
-                       check=True)
-        carried.append(wheels)
+    wheels = os.path.join(REPO, WHEELS)  # downloaded by tools/gpu_mini.sh prepare
+    carried = [out] + ([wheels] if os.path.isdir(wheels) else [])
     size = _travel_size(carried) if os.path.isdir(os.path.join(REPO, ".git")) else None
     report = {"data": out, "storage_size": storage, "histology_fingerprint":
               original.fingerprint(), "travel_bytes": size}
@@ -241,6 +230,7 @@ def run(args):
         tar.add(root, arcname="gpu_mini", filter=_without_arrays)
     report["stages"]["packing"] = time.time() - pack_start
     report["stages"]["total"] = time.time() - start
+    # Not artifacts.write_json: it sorts keys, and the stages are in the order they ran.
     with open(os.path.join(out, "gpu_mini_report.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     shutil.rmtree(work, ignore_errors=True)
@@ -287,12 +277,12 @@ def analyze(args):
     result = api.analyze([runs], mask_overlap=False, output_dir=args.output_dir)
     with open(os.path.join(args.returned, "gpu_mini_report.json")) as f:
         report = json.load(f)
-    artifacts.write_bytes(os.path.join(args.output_dir, "stages.md"),
-                          stages_markdown(report).encode())
+    stages = stages_markdown(report)
+    artifacts.write_bytes(os.path.join(args.output_dir, "stages.md"), stages.encode())
     shutil.copyfile(os.path.join(args.returned, "gpu_mini_report.json"),
                     os.path.join(args.output_dir, "gpu_mini_report.json"))
     print(result.table2_markdown)
-    print(stages_markdown(report))
+    print(stages)
     return 0
 
 
@@ -320,7 +310,6 @@ def main(argv=None):
     p.add_argument("--histology", default=os.path.join(REPO, os.pardir, "shared", "data",
                                                        "histology_nuclei"))
     p.add_argument("--fashion_dir", default=None)
-    p.add_argument("--no_wheels", action="store_true")
     r = commands.add_parser("run")
     r.add_argument("--tiny", action="store_true")
     r.add_argument("--data", default=os.path.join(REPO, DATA))

@@ -8,23 +8,22 @@
 #   bash tools/gpu_mini.sh analyze DIR         # here, on what came back (its files_at):
 #                                              # outputs/reference/gpu_mini/
 #
-# `run` installs the wheels into /tmp/site where keras is missing, then runs
+# `prepare` downloads the wheels (tools/device_wheels.sh), then runs tools/gpu_mini.py
+# prepare; `run` installs the wheels into /tmp/site where keras is missing, then runs
 # tools/gpu_mini.py run; `--tiny` runs the same path at CPU size (a dry run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source tools/device_wheels.sh
 
 case "${1:-}" in
   prepare)
     shift
+    download_wheels
     python3 tools/gpu_mini.py prepare "$@"
     ;;
   run)
     shift
-    if ! python3 -c "import keras" 2>/dev/null; then  # the GPU machine has none
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl
-      export PYTHONPATH="/tmp/site:$PWD"
-    fi
+    use_wheels
     export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
     python3 tools/gpu_mini.py run "$@"
     ;;
