@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
+from tools import fixtures  # noqa: E402
+
 flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), os.pardir, "shared", "data"),
     "Directory holding histology_nuclei/{train,val,test}/<class>/*.png.")
@@ -73,33 +75,6 @@ def _apply_tiny():
                             ("train_images", 256), ("epochs", 2), ("bare_steps", 5)):
             if not FLAGS[name].present:
                 FLAGS[name].value = value
-
-
-def synthetic_dataset(n, size, num_classes=10, seed=0):
-    import numpy as np
-
-    from lth_keras.datasets import ImageDataset, Split
-
-    rng = np.random.default_rng(seed)
-
-    def split(m):
-        return Split(rng.integers(0, 256, size=(m, size, size, 3), dtype=np.uint8),
-                     np.arange(m) % num_classes)
-
-    return ImageDataset("synthetic", tuple(f"c{i}" for i in range(num_classes)),
-                        split(n), split(64), split(64))
-
-
-def masked_model(runtime, num_classes):
-    from lth_keras import models, pruning, weights
-
-    with runtime.scope():
-        model = models.build_model(FLAGS.model, input_shape=(FLAGS.image_size,) * 2 + (3,),
-                                   num_classes=num_classes, seed=0)
-    # A ticket-like mask: 80% of the prunable weights masked, by magnitude.
-    weights.set_masks(model, pruning.prune(weights.get_kernels(model),
-                                           weights.get_masks(model), 0.8))
-    return model
 
 
 def bare_step_seconds(model, optimizer, batch):
@@ -294,16 +269,19 @@ def main(argv):
         raise app.UsageError("gpu_check checks the JAX engine: run it with KERAS_BACKEND=jax")
     logging.set_verbosity(logging.WARNING)
     start = time.time()
-    from lth_keras import artifacts, engines
+    from lth_keras import artifacts
     from lth_keras.datasets import resize_size
 
     report = {"model": FLAGS.model, "image_size": FLAGS.image_size,
               "mixed_precision": FLAGS.mixed_precision, "train_images": FLAGS.train_images,
               "throughput": []}
-    runtime = engines.setup(seed=0, mixed_precision=_precision())
+    runtime = fixtures.setup(mixed_precision=_precision())
     report["environment"] = artifacts.environment_record(runtime)
-    dataset = synthetic_dataset(FLAGS.train_images, resize_size(FLAGS.image_size))
-    model = masked_model(runtime, dataset.num_classes)
+    size = resize_size(FLAGS.image_size)
+    dataset = fixtures.synthetic_dataset("synthetic", (size, size, 3), 10,
+                                         train=FLAGS.train_images, held_out=64)
+    # A ticket-like mask: 80% of the prunable weights masked, by magnitude.
+    model = fixtures.masked_model(runtime, FLAGS.model, FLAGS.image_size, dataset.num_classes)
     batches = [int(b) for b in FLAGS.batch_sizes]
     for i, batch in enumerate(batches):
         row = _guarded(f"batch {batch}", lambda: throughput(runtime, dataset, model, batch))
