@@ -106,3 +106,47 @@ def grid_cost(runs, *, rounds, epochs_per_level, forward, prunable, prune_rate=0
             total["training_flops"]["masked"] += TRAINING_PASSES * images * (
                 forward - prunable * (1 - density))
     return total
+
+
+def paper_cost(preset, runs, images_per_s, epochs=None):
+    """Markdown: what the paper's protocol costs, before running any of it.
+
+    Images, training FLOPs (dense, and at each level's density) and hours at each
+    throughput of `images_per_s` (img/s) of one source-seed ticket search and of the
+    whole grid. preset: {settings group: settings} of the tickets preset
+    (settings.parse(settings.FIND_TICKETS, ...) of flags/paper.cfg); runs: the grid's
+    runs (grid.runs_of, flags/paper_grid.cfg). `epochs` per level: None is the
+    preset's max_epochs, an upper bound that early stopping cuts.
+    """
+    from lth_keras import models, settings
+
+    model_settings, data = preset[settings.Model], preset[settings.Data]
+    pruning, size = preset[settings.Pruning], preset[settings.Model].image_size
+    model = models.build_model(model_settings.model, input_shape=(size, size, 3),
+                               num_classes=10, seed=0)
+    flops = forward_flops(model)
+    head = 2 * int(np.prod(model.get_layer(models.HEAD_NAME).kernel.shape))
+    epochs = epochs or preset[settings.Training].max_epochs
+    common = dict(rounds=pruning.rounds, epochs_per_level=epochs,
+                  forward=flops["dense"], prunable=flops["dense"] - head,
+                  prune_rate=pruning.prune_rate, val_fraction=data.val_fraction,
+                  source_train_fraction=data.train_fraction)
+    search = [r for r in runs if r.name == "tickets/cifar10-seed0"]
+    rows = [("one ticket search (CIFAR-10, one seed)", grid_cost(search, **common)),
+            (f"the paper grid ({len(runs)} runs)", grid_cost(runs, **common))]
+    rates = [float(r) for r in images_per_s]
+    lines = [f"# What the paper's protocol costs: {model_settings.model} at {size} px, "
+             f"{pruning.rounds + 1} levels, {epochs} epochs per level",
+             "", f"Forward pass: {format_flops(flops['dense'])} per image; training "
+             f"counts {TRAINING_PASSES} passes. Masked FLOPs assume every prunable "
+             "layer at the level's density (what sparse kernels could save; dense GPU kernels "
+             "spend the dense figure).", "",
+             "| what | levels | training images | training FLOPs, dense | with the masks | "
+             + " | ".join(f"hours at {r:,.0f} img/s" for r in rates) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(rates)]
+    for label, cost in rows:
+        hours = " | ".join(f"{cost['images'] / r / 3600:,.1f}" for r in rates)
+        lines.append(f"| {label} | {cost['levels']:,} | {cost['images']:,} | "
+                     f"{format_flops(cost['training_flops']['dense'])} | "
+                     f"{format_flops(cost['training_flops']['masked'])} | {hours} |")
+    return "\n".join(lines) + "\n"

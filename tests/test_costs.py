@@ -44,3 +44,20 @@ def test_grid_cost_counts_levels_images_and_density():
     assert costs.train_images("fashion_mnist", 0.05) == 2700
     with pytest.raises(ValueError, match="no known size"):
         costs.train_images("/some/folder")
+
+
+def test_paper_cost_tables_a_ticket_search_and_the_grid():
+    from lth_keras import settings
+
+    preset = settings.parse(settings.FIND_TICKETS, ["--model=lenet_300_100", "--image_size=16",
+                                                    "--rounds=2", "--max_epochs=10"])
+    runs = grid.expand(sources=["cifar10"], targets=["bone_marrow"], seeds=[0],
+                       conditions=["rewind"])
+    table = costs.paper_cost(preset, runs, images_per_s=[100, 10], epochs=4)
+    # LeNet-300-100 at 16 px: 3 levels of 4 epochs; the search is CIFAR-10's 45,000 images.
+    assert "lenet_300_100 at 16 px, 3 levels, 4 epochs per level" in table
+    search, whole = table.splitlines()[-2:]
+    assert search.startswith("| one ticket search (CIFAR-10, one seed) | 3 | 540,000 |")
+    images = 3 * 4 * (45_000 + 522)
+    assert whole.startswith(f"| the paper grid (2 runs) | 6 | {images:,} |")
+    assert whole.endswith(f"| {images / 100 / 3600:,.1f} | {images / 10 / 3600:,.1f} |")
