@@ -1,9 +1,8 @@
-"""Smoke test of tools/benchmark.py: a tiny LeNet run (and the JAX / TF engine
-comparison at a tiny size) writes the expected report."""
+"""Smoke test of the benchmark (python -m tools.benchmark): a tiny LeNet run (and the
+JAX / TF engine comparison at a tiny size) writes the expected report."""
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 
@@ -13,12 +12,12 @@ from conftest import REPO
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--models=lenet_300_100",
+        [sys.executable, "-m", "tools.benchmark", "--models=lenet_300_100",
          "--steps=4", "--warmup=1", "--epochs=2", "--epoch_steps=4", "--pipeline_epochs=1",
          "--engines_model=lenet_300_100",
          "--train_images=1024",
          "--mirrored", "--noisolated_memory", f"--output={out}"],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+        capture_output=True, text=True, timeout=240, cwd=REPO)  # as documented: from the root
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "benchmark.json").read_text())
     assert set(report) >= {"settings", "environment", "models", "main_process_peak_rss_mib",
