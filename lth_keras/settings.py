@@ -40,6 +40,16 @@ def _check(condition, message):
         raise SettingsError(message)
 
 
+def _check_choices(obj):
+    """Each enum field of `obj` holds one of its choices: the flags are enums, but the
+    Python API's options and settings objects are not."""
+    for f in dataclasses.fields(obj):
+        choices, value = f.metadata["choices"], getattr(obj, f.name)
+        if choices:
+            _check(value in choices, f"--{f.name} must be one of {', '.join(choices)}, "
+                                     f"got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     data_dir: str = option(None, "Directory with the original dataset files (archives or "
@@ -130,18 +140,7 @@ class Training:
         _check(self.weight_decay >= 0 and self.lr_decay >= 0,
                "--weight_decay and --lr_decay must be >= 0")
         _check(self.precise_bn >= 0, "--precise_bn must be >= 0 (training batches)")
-
-    def recipe(self, run):
-        """The TrainingConfig of this recipe, with `run`'s checkpoint interval."""
-        from lth_keras.training import TrainingConfig
-
-        return TrainingConfig(learning_rate=self.learning_rate, momentum=self.momentum,
-                              weight_decay=self.weight_decay,
-                              lr_boundaries=tuple(self.lr_boundaries), lr_decay=self.lr_decay,
-                              max_epochs=self.max_epochs, patience=self.patience,
-                              mixed_precision=self.mixed_precision,
-                              checkpoint_every=run.checkpoint_every,
-                              precise_bn=self.precise_bn)
+        _check_choices(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +233,7 @@ class Run:
     def check(self):
         _check(self.checkpoint_every >= 0, "--checkpoint_every must be >= 0 (seconds)")
         _check(self.steps_per_execution >= 1, "--steps_per_execution must be >= 1")
+        _check_choices(self)
 
 
 GRID_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "source_reinit", "scratch",

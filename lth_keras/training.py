@@ -20,37 +20,15 @@ import time
 import keras
 import numpy as np
 from absl import logging
+from keras import ops
 
 from lth_keras import artifacts, weights
+from lth_keras.errors import TrainingDivergedError, WorkerError
 from lth_keras.signals import TrainingInterrupted, interruptions
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or Inf."""
-
-
-class WorkerError(RuntimeError):
-    """The workers of a multi-worker run disagree, or one of them is gone."""
-
-
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    """The recipe of PROTOCOL.md "Training"; defaults are the paper's."""
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-5          # L2 on kernels: loss += wd/2 * sum(w^2)
-    lr_boundaries: tuple = (50, 60, 75)  # epochs at which the LR is multiplied by lr_factor
-    lr_factor: float = 0.1
-    lr_decay: float = 0.0               # Keras-2 style inverse-time decay per step (off)
-    max_epochs: int = 100
-    patience: int = 5
-    mixed_precision: str = "off"        # off, bfloat16 or float16
-    checkpoint_every: float = 600.0     # seconds between epoch checkpoints (0: every epoch)
-    precise_bn: int = 0                 # training batches BN statistics are re-estimated
-                                        # from before each evaluation (0: EMA, the paper's)
+# The factor the learning rate is multiplied by at each of --lr_boundaries (the paper's).
+LR_FACTOR = 0.1
 
 
 class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -65,8 +43,6 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         self.decay = float(decay)
 
     def __call__(self, step):
-        from keras import ops
-
         step = ops.cast(step, "float32")
         epoch = ops.floor(step / self.steps_per_epoch)
         passed = sum((ops.cast(epoch >= b, "float32") for b in self.boundaries),
@@ -102,29 +78,33 @@ class TrainingResult:
 class Trainer:
     """Trains one model with a fresh optimizer and LR schedule, on the process's engine.
 
-    `runtime` is the engine's (lth_keras.engines.setup); `plan` the InputPlan of
-    the data. The model must have been built under `runtime.scope()`.
+    `training` is the recipe (settings.Training; its seed, batch size and precision
+    are the plan's and the runtime's); `runtime` the engine's (lth_keras.engines.setup);
+    `plan` the InputPlan of the data. The model must have been built under
+    `runtime.scope()`. `checkpoint_every` (settings.Run.checkpoint_every): seconds
+    between epoch checkpoints, 0 after every epoch.
     """
 
-    def __init__(self, model, plan, config, runtime, *, tensorboard_dir=None,
-                 hparams=None, density=None, verbose=True):
+    def __init__(self, model, plan, training, runtime, *, checkpoint_every=600.0,
+                 verbose=True, tensorboard_dir=None, hparams=None, density=None):
         self.model = model
         self.plan = plan
-        self.config = config
+        self.training = training
+        self.checkpoint_every = checkpoint_every
         self.runtime = runtime
         self.verbose = verbose
-        self.schedule = EpochSchedule(config.learning_rate, plan.steps_per_epoch,
-                                      config.lr_boundaries, config.lr_factor, config.lr_decay)
+        self.schedule = EpochSchedule(training.learning_rate, plan.steps_per_epoch,
+                                      training.lr_boundaries, LR_FACTOR, training.lr_decay)
         # Every level trains the same model on the same data with the same recipe, from a
         # fresh optimizer: the optimizer and the compiled loop are made once, and the
         # optimizer's variables are reset to their initial values (zero momentum, step 0)
         # instead of being rebuilt, so that no level retraces or recompiles the steps.
-        key = ("trainer", id(model), id(plan), config)
+        key = ("trainer", id(model), id(plan), training)
         if key not in runtime.cache:
-            optimizer = self._make_optimizer(model, config, runtime)
+            optimizer = self._make_optimizer(model, training, runtime)
             initial = [np.array(v.numpy()) for v in optimizer.variables]
             runtime.cache[key] = (model, plan, optimizer, initial,
-                                  runtime.epoch_loop(model, optimizer, plan, config))
+                                  runtime.epoch_loop(model, optimizer, plan, training))
         _, _, self.optimizer, initial, self.loop = runtime.cache[key]
         for variable, value in zip(self.optimizer.variables, initial):
             variable.assign(value)
@@ -135,13 +115,13 @@ class Trainer:
             self._writer = SummaryWriter(tensorboard_dir)
             self._write_header(hparams, density)
 
-    def _make_optimizer(self, model, config, runtime):
+    def _make_optimizer(self, model, training, runtime):
         with runtime.scope():
             # Fixed names: Keras numbers unnamed optimizers (sgd_1, ...) per process, and
             # checkpoints key the optimizer's slots by their paths.
             optimizer = keras.optimizers.SGD(learning_rate=self.schedule,
-                                             momentum=config.momentum,
-                                             nesterov=config.nesterov, name="sgd")
+                                             momentum=training.momentum,
+                                             nesterov=True, name="sgd")
             if runtime.loss_scaling:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer,
                                                                 name="loss_scale_optimizer")
@@ -174,7 +154,7 @@ class Trainer:
 
         Args:
           checkpoint_path: an .npz of the training state, written at the end of an epoch
-            once `config.checkpoint_every` seconds have passed since the last one, and
+            once `checkpoint_every` seconds have passed since the last one, and
             whenever SIGINT/SIGTERM stop the run (then in the middle of an epoch). If it
             exists, training resumes from it (an unreadable one is reported and ignored).
           min_epochs: early stopping may not stop before this many epochs.
@@ -182,7 +162,7 @@ class Trainer:
             before that epoch is checkpointed (the θ_k snapshot hook).
           metrics_tag: prefix for log lines.
         """
-        cfg = self.config
+        recipe = self.training
         # step/sums: how far into epoch `epoch` a run interrupted mid-epoch had got.
         state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0,
                  "wait": 0, "step": 0, "sums": None}
@@ -207,8 +187,8 @@ class Trainer:
         stopped_early = False
         interruptions.training = True
         try:
-            while state["epoch"] < cfg.max_epochs:
-                if state["wait"] >= cfg.patience and state["epoch"] >= min_epochs:
+            while state["epoch"] < recipe.max_epochs:
+                if state["wait"] >= recipe.patience and state["epoch"] >= min_epochs:
                     stopped_early = True
                     break
                 epoch = state["epoch"]
@@ -220,10 +200,10 @@ class Trainer:
                     checkpoint()
                     raise TrainingInterrupted(interruptions.signum, checkpoint_path)
                 state.update(step=0, sums=None)
-                if cfg.precise_bn:
+                if recipe.precise_bn:
                     # The moving statistics of a fast-moving network lag its weights; the
                     # validation loss (early stopping's signal) is then the lag's.
-                    self.loop.recompute_batchnorm(epoch, cfg.precise_bn)
+                    self.loop.recompute_batchnorm(epoch, recipe.precise_bn)
                 val = self.evaluate("val")
                 record = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[0] / sums[2],
                           "train_accuracy": sums[1] / sums[2], "val_loss": val["loss"],
@@ -243,7 +223,7 @@ class Trainer:
                 if interruptions.requested():
                     checkpoint()
                     raise TrainingInterrupted(interruptions.signum, checkpoint_path)
-                if time.monotonic() - last_saved >= cfg.checkpoint_every:
+                if time.monotonic() - last_saved >= self.checkpoint_every:
                     checkpoint()
                     last_saved = time.monotonic()
         finally:
@@ -254,14 +234,14 @@ class Trainer:
                 f"the validation loss was never finite in {state['epoch']} epochs")
         weights.assign(self.model, best)
         kept = state["history"][state["best_epoch"] - 1]
-        stopped = stopped_early or state["wait"] >= cfg.patience
+        stopped = stopped_early or state["wait"] >= recipe.patience
         result = TrainingResult(
             history=state["history"], best_epoch=state["best_epoch"], epochs=state["epoch"],
             stopped_early=stopped,
             val={"loss": kept["val_loss"], "accuracy": kept["val_accuracy"]},
             test=self.evaluate("test"),
             noisy_stop=noisy_stop(state["history"], state["best_epoch"], stopped,
-                                  cfg.patience))
+                                  recipe.patience))
         if self._writer:
             self._writer.scalar("test/accuracy", result.test["accuracy"], result.best_epoch)
             self._writer.scalar("test/loss", result.test["loss"], result.best_epoch)
@@ -365,3 +345,46 @@ def noisy_stop(history, best_epoch, stopped_early, patience):
 def loss_dtype():
     """float32 (mixed precision included), or float64 when Keras' floatx is float64."""
     return "float64" if keras.config.floatx() == "float64" else "float32"
+
+
+# ---- the loss and the metrics, for the engines' compiled steps -----------------------
+# Written once, in keras.ops: both engines trace this arithmetic into their steps (a
+# tf.function per replica, a jitted JAX step); they only compile, distribute and feed it.
+
+def cross_entropy(labels, outputs):
+    """(logits, per-example cross-entropy) of a batch's model outputs, both in
+    loss_dtype() (the loss is float32 under mixed precision)."""
+    dtype = loss_dtype()
+    logits = ops.cast(outputs, dtype)
+    losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return logits, ops.cast(losses, dtype)
+
+
+def training_loss(losses, kernels, weight_decay, global_batch, replicas=1):
+    """What a training step differentiates: the per-example `losses` summed and divided by
+    the global batch size, plus weight_decay/2 · Σ w² over `kernels` (L2 on kernels).
+
+    `replicas`: how many replicas' gradients are summed (TensorFlow's tf.distribute, each
+    replica holding a part of the batch); the weight decay is shared among them. A step
+    that differentiates the global batch (JAX) has 1.
+    """
+    loss = ops.sum(losses) / global_batch
+    if weight_decay:
+        dtype = losses.dtype
+        l2 = sum(ops.sum(ops.square(ops.cast(k, dtype))) for k in kernels)
+        decay = 0.5 * weight_decay * l2
+        if replicas > 1:
+            decay = decay / replicas
+        loss = loss + decay
+    return loss
+
+
+def batch_sums(losses, logits, labels, weights=None):
+    """Loss sum, correct count and example count of a (per-replica) batch, in the losses'
+    dtype; `weights` 0 marks padding (an evaluation's last batch)."""
+    dtype = losses.dtype
+    correct = ops.cast(ops.equal(ops.argmax(logits, axis=-1), labels), dtype)
+    if weights is None:
+        return ops.sum(losses), ops.sum(correct), ops.cast(ops.shape(labels)[0], dtype)
+    weights = ops.cast(weights, dtype)
+    return ops.sum(losses * weights), ops.sum(correct * weights), ops.sum(weights)

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lth_keras import engines, models, training, weights  # noqa: E402
+from lth_keras import engines, models, settings, training, weights  # noqa: E402
 from lth_keras.datasets import ImageDataset, InputPlan, Split  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def float64_steps(out):
     losses, the validation metrics after each, and the final weights; then, in the same
     process (one start-up and runtime for both), precise_bn's arrays."""
     keras.config.set_floatx("float64")
-    runtime = engines.setup(seed=0, deterministic=True)
+    runtime = engines.setup(settings.Run(deterministic=True))
     plan = InputPlan(tiny_dataset(), image_size=16, batch_size=32, seed=0)
     with runtime.scope():
         model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
@@ -47,8 +47,8 @@ def float64_steps(out):
     # Momentum 0.875 is exact in float32: Keras's TensorFlow backend rounds a Python
     # momentum through float32 before casting it to float64 (0.9 -> 0.8999999762),
     # its JAX backend does not.
-    config = training.TrainingConfig(learning_rate=0.05, momentum=0.875, weight_decay=1e-3,
-                                     max_epochs=5, patience=10)
+    config = settings.Training(learning_rate=0.05, momentum=0.875, weight_decay=1e-3,
+                               max_epochs=5, patience=10)
     result = training.Trainer(model, plan, config, runtime, verbose=False).fit()
     history = result.history
     np.savez(out, theta_0=np.array(theta_0), train_loss=[h["train_loss"] for h in history],
@@ -61,7 +61,9 @@ def float64_steps(out):
 def bfloat16_steps(out):
     """A masked ResNet-20 trained with bfloat16 mixed precision, momentum and
     weight decay: what the pruned weights are afterwards."""
-    runtime = engines.setup(seed=0, mixed_precision="bfloat16")
+    config = settings.Training(learning_rate=0.1, weight_decay=1e-2, max_epochs=1,
+                               mixed_precision="bfloat16")
+    runtime = engines.setup(training=config)
     plan = InputPlan(tiny_dataset(train=96), image_size=16, batch_size=32, seed=0)
     with runtime.scope():
         model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
@@ -70,7 +72,6 @@ def bfloat16_steps(out):
              for k, m in weights.get_masks(model).items()}
     weights.set_masks(model, masks)
     before = weights.get_kernels(model)
-    config = training.TrainingConfig(learning_rate=0.1, weight_decay=1e-2, max_epochs=1)
     training.Trainer(model, plan, config, runtime, verbose=False).fit()
     np.savez(out, policy=np.array(keras.mixed_precision.global_policy().name),
              **{f"mask/{k}": v for k, v in masks.items()},
@@ -89,7 +90,7 @@ def precise_bn(runtime):
                      crop="none")
     with runtime.scope():
         model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
-    config = training.TrainingConfig(learning_rate=0.05, max_epochs=1, precise_bn=3)
+    config = settings.Training(learning_rate=0.05, max_epochs=1, precise_bn=3)
     trainer = training.Trainer(model, plan, config, runtime, verbose=False)
     trainer.loop.train_epoch(0)
     layers = training.batchnorm_layers(model)

@@ -13,21 +13,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lth_keras import engines, models, training, weights  # noqa: E402
+from lth_keras import engines, models, settings, training, weights  # noqa: E402
 from lth_keras.datasets import InputPlan, load_source  # noqa: E402
 
 
 def main(num_devices, data_dir, out):
     # float64 makes summation order irrelevant, so any difference left is a real one.
     keras.config.set_floatx("float64")
-    runtime = engines.setup(seed=0, strategy="mirrored" if num_devices > 1 else "default",
-                            cpu_devices=num_devices)
+    runtime = engines.setup(settings.Run(strategy="mirrored" if num_devices > 1 else "default",
+                                         cpu_devices=num_devices))
     assert runtime.num_replicas == num_devices
     plan = InputPlan(load_source("fashion_mnist", data_dir=data_dir, seed=0),
                      image_size=16, batch_size=32, seed=0)
     with runtime.scope():
         model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=10, seed=0)
-    config = training.TrainingConfig(learning_rate=0.05, weight_decay=1e-3, max_epochs=1)
+    config = settings.Training(learning_rate=0.05, weight_decay=1e-3, max_epochs=1)
     result = training.Trainer(model, plan, config, runtime, verbose=False).fit()
     np.savez(out, train_loss=result.history[0]["train_loss"], **weights.snapshot(model))
 

@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from lth_keras import engines, models, training, weights
+from lth_keras import engines, models, settings, training, weights
 from lth_keras.datasets import InputPlan, load_source
 
 
@@ -20,7 +20,7 @@ def pipeline(tiny_fashion_dir):
 @pytest.fixture(scope="module")
 def strategy():
     """The engine's runtime (this process runs the default, TensorFlow)."""
-    return engines.setup(seed=0, deterministic=True)
+    return engines.setup(settings.Run(deterministic=True))
 
 
 def _model(strategy, name="resnet20", seed=0):
@@ -35,8 +35,8 @@ def test_masked_weights_stay_exactly_zero_with_momentum_and_weight_decay(pipelin
              for k, v in weights.get_masks(model).items()}
     weights.set_masks(model, masks)
     before = weights.get_kernels(model)
-    config = training.TrainingConfig(learning_rate=0.05, momentum=0.9, weight_decay=1e-2,
-                                     max_epochs=2, patience=5)
+    config = settings.Training(learning_rate=0.05, momentum=0.9, weight_decay=1e-2,
+                               max_epochs=2, patience=5)
     trainer = training.Trainer(model, pipeline, config, strategy, verbose=False)
     trainer.fit()
     after = weights.get_kernels(model)
@@ -48,7 +48,7 @@ def test_masked_weights_stay_exactly_zero_with_momentum_and_weight_decay(pipelin
 
 def test_fit_keeps_the_best_validation_epoch(pipeline, strategy):
     model = _model(strategy, "lenet_300_100")
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=4, patience=1)
+    config = settings.Training(learning_rate=0.01, max_epochs=4, patience=1)
     result = training.Trainer(model, pipeline, config, strategy, verbose=False).fit()
     losses = [h["val_loss"] for h in result.history]
     assert result.best_epoch == int(np.argmin(losses)) + 1
@@ -62,7 +62,7 @@ def test_fit_keeps_the_best_validation_epoch(pipeline, strategy):
 def test_min_epochs_delays_early_stopping(pipeline, strategy):
     # With a learning rate of 0 the validation loss never improves after epoch 1, so
     # patience 1 stops at epoch 2; min_epochs=4 must hold it to exactly 4.
-    config = training.TrainingConfig(learning_rate=0.0, max_epochs=6, patience=1)
+    config = settings.Training(learning_rate=0.0, max_epochs=6, patience=1)
     runs = [training.Trainer(_model(strategy, "lenet_300_100"), pipeline, config, strategy,
                              verbose=False).fit(min_epochs=m) for m in (0, 4)]
     assert [r.epochs for r in runs] == [2, 4]
@@ -71,9 +71,42 @@ def test_min_epochs_delays_early_stopping(pipeline, strategy):
 
 def test_nan_loss_stops_with_a_clear_error(pipeline, strategy):
     model = _model(strategy, "lenet_300_100")
-    config = training.TrainingConfig(learning_rate=1e12, momentum=0.9, max_epochs=3)
+    config = settings.Training(learning_rate=1e12, momentum=0.9, max_epochs=3)
     with pytest.raises(training.TrainingDivergedError, match="loss became"):
         training.Trainer(model, pipeline, config, strategy, verbose=False).fit()
+
+
+def test_the_engine_options_are_checked_once_by_the_settings():
+    # The flags are enums; the Python API's options and settings objects are checked by
+    # Run.check and Training.check, which the engines rely on.
+    with pytest.raises(settings.SettingsError, match="--strategy must be one of default, "
+                                                     "mirrored, one_device, multi_worker"):
+        settings.Run(strategy="tpu").check()
+    with pytest.raises(settings.SettingsError, match="--jit_compile must be one of"):
+        settings.Run(jit_compile="yes").check()
+    with pytest.raises(settings.SettingsError, match="--mixed_precision must be one of off, "
+                                                     "bfloat16, float16, got 'fp8'"):
+        settings.Training(mixed_precision="fp8").check()
+
+
+def test_a_process_keeps_its_devices_and_takes_each_run_s_recipe(monkeypatch):
+    class Made:
+        devices_settings = settings.Run()
+
+        def release(self):
+            self.released = True
+
+        def configure(self, run, training):
+            self.configured = run, training
+
+    made = Made()
+    monkeypatch.setattr(engines, "_process_runtime", made)
+    run, recipe = settings.Run(jit_compile="on", steps_per_execution=4), settings.Training(seed=3)
+    assert engines.runtime(run, recipe) is made
+    assert made.released and made.configured == (run, recipe)
+    with pytest.raises(engines.ConfigurationError, match=r"other devices: cpu_devices=2 \(was "
+                                                         r"0\), deterministic=True"):
+        engines.runtime(settings.Run(cpu_devices=2, deterministic=True))
 
 
 def test_schedule_anneals_at_epoch_boundaries_and_decays():
@@ -86,8 +119,7 @@ def test_schedule_anneals_at_epoch_boundaries_and_decays():
 
 
 def test_checkpoint_resume_continues_identically(pipeline, strategy, tmp_path):
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, patience=5,
-                                     checkpoint_every=0)
+    config = settings.Training(learning_rate=0.01, max_epochs=3, patience=5)
 
     straight = _model(strategy, "lenet_300_100", seed=5)
     full = training.Trainer(straight, pipeline, config, strategy, verbose=False).fit()
@@ -95,8 +127,9 @@ def test_checkpoint_resume_continues_identically(pipeline, strategy, tmp_path):
     resumed = _model(strategy, "lenet_300_100", seed=5)
     ckpt = str(tmp_path / "ckpt.npz")
     short = dataclasses.replace(config, max_epochs=2)
-    training.Trainer(resumed, pipeline, short, strategy, verbose=False).fit(checkpoint_path=ckpt)
-    result = training.Trainer(resumed, pipeline, config, strategy,
+    training.Trainer(resumed, pipeline, short, strategy, checkpoint_every=0,
+                     verbose=False).fit(checkpoint_path=ckpt)
+    result = training.Trainer(resumed, pipeline, config, strategy, checkpoint_every=0,
                               verbose=False).fit(checkpoint_path=ckpt)
     assert result.history == [dict(h, seconds=r["seconds"]) for h, r in
                               zip(full.history, result.history)]
@@ -108,7 +141,7 @@ def test_corrupt_checkpoint_is_reported_and_ignored(pipeline, strategy, tmp_path
     ckpt = tmp_path / "ckpt.npz"
     ckpt.write_bytes(b"PK\x03\x04 truncated")
     model = _model(strategy, "lenet_300_100")
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=1)
+    config = settings.Training(learning_rate=0.01, max_epochs=1)
     with caplog.at_level("WARNING"):
         result = training.Trainer(model, pipeline, config, strategy,
                                   verbose=False).fit(checkpoint_path=str(ckpt))
@@ -121,9 +154,9 @@ def test_corrupt_checkpoint_is_reported_and_ignored(pipeline, strategy, tmp_path
 def test_checkpoints_are_written_by_time_not_by_epoch(pipeline, strategy, tmp_path):
     ckpt = tmp_path / "ckpt.npz"
     model = _model(strategy, "lenet_300_100")
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=2, checkpoint_every=3600)
-    training.Trainer(model, pipeline, config, strategy, verbose=False).fit(
-        checkpoint_path=str(ckpt))
+    config = settings.Training(learning_rate=0.01, max_epochs=2)
+    training.Trainer(model, pipeline, config, strategy, checkpoint_every=3600,
+                     verbose=False).fit(checkpoint_path=str(ckpt))
     assert not ckpt.exists()
 
 
@@ -142,7 +175,7 @@ class _StopAfter:
 
 def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_bit_identical(
         pipeline, strategy, tmp_path, monkeypatch):
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=3, checkpoint_every=3600)
+    config = settings.Training(learning_rate=0.01, max_epochs=3)
     straight = _model(strategy, "lenet_300_100", seed=7)
     full = training.Trainer(straight, pipeline, config, strategy, verbose=False).fit()
 
@@ -151,11 +184,11 @@ def test_a_signal_mid_epoch_saves_a_checkpoint_that_resumes_bit_identical(
     resumed = _model(strategy, "lenet_300_100", seed=7)
     monkeypatch.setattr(training, "interruptions", _StopAfter(pipeline.steps_per_epoch + 3))
     with pytest.raises(training.TrainingInterrupted, match="SIGTERM") as stopped:
-        training.Trainer(resumed, pipeline, config, strategy, verbose=False).fit(
-            checkpoint_path=ckpt)
+        training.Trainer(resumed, pipeline, config, strategy, checkpoint_every=3600,
+                         verbose=False).fit(checkpoint_path=ckpt)
     assert stopped.value.checkpoint == ckpt and os.path.exists(ckpt)
     monkeypatch.undo()
-    result = training.Trainer(resumed, pipeline, config, strategy,
+    result = training.Trainer(resumed, pipeline, config, strategy, checkpoint_every=3600,
                               verbose=False).fit(checkpoint_path=ckpt)
     assert [dict(h, seconds=0) for h in result.history] == \
         [dict(h, seconds=0) for h in full.history]
@@ -170,7 +203,7 @@ def test_a_signal_that_came_before_training_stops_it_before_a_step(pipeline, str
     model = _model(strategy, "lenet_300_100")
     before = weights.snapshot(model)
     monkeypatch.setattr(signals.interruptions, "signum", signal.SIGTERM)
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=1)
+    config = settings.Training(learning_rate=0.01, max_epochs=1)
     with pytest.raises(training.TrainingInterrupted, match="SIGTERM"):
         training.Trainer(model, pipeline, config, strategy, verbose=False).fit()
     after = weights.snapshot(model)
@@ -185,7 +218,7 @@ def test_xla_trains_like_the_graph_without_it(pipeline, strategy, monkeypatch):
     # chaotic early steps then amplify it, as across devices or engines).
     from lth_keras.datasets.pipeline import InputPipeline
 
-    config = training.TrainingConfig(learning_rate=0.01)
+    config = settings.Training(learning_rate=0.01)
     batches = list(InputPipeline.of(pipeline).train_epoch(0).take(3))
     results = {}
     for jit in (False, True):
@@ -217,8 +250,8 @@ def test_weight_decay_is_lambda_times_w_on_kernels_only(pipeline, strategy):
     for wd in (0.0, decay):
         model = _model(strategy, "resnet20")
         start = start or weights.snapshot(model)
-        config = training.TrainingConfig(learning_rate=lr, momentum=0.0, weight_decay=wd,
-                                         max_epochs=1)
+        config = settings.Training(learning_rate=lr, momentum=0.0, weight_decay=wd,
+                                   max_epochs=1)
         training.Trainer(model, plan, config, strategy, verbose=False).loop.train_epoch(0)
         after[wd] = weights.snapshot(model)
     kernels = [p for p in start if p.endswith("/kernel")]
@@ -238,13 +271,12 @@ def test_tensorboard_shows_each_epoch_once_after_a_resume(pipeline, strategy, tm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     board, ckpt = str(tmp_path / "board"), str(tmp_path / "ckpt.npz")
-    config = training.TrainingConfig(learning_rate=0.01, max_epochs=1, patience=5,
-                                     checkpoint_every=0)
+    config = settings.Training(learning_rate=0.01, max_epochs=1, patience=5)
     model = _model(strategy, "lenet_300_100", seed=2)
 
     def fit(max_epochs):
         return training.Trainer(model, pipeline, dataclasses.replace(config, max_epochs=max_epochs),
-                                strategy, verbose=False,
+                                strategy, checkpoint_every=0, verbose=False,
                                 tensorboard_dir=board).fit(checkpoint_path=ckpt)
 
     fit(1)

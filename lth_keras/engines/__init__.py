@@ -9,90 +9,38 @@ Both run the same recipe (training.Trainer), on the same epoch plan
 (datasets/plan.py), and read and write the same run directories: a ticket found
 with one engine transfers, or resumes, with the other. Nothing outside this
 package imports TensorFlow or JAX for training.
-"""
 
-import contextlib
-import os
-import sys
+This module chooses the engine; what both build on is engines/base.py, which the
+engines import (never this package), so the imports run one way.
+"""
 
 import keras
 
+from lth_keras import settings
+from lth_keras.engines.base import ConfigurationError, Runtime
+
+__all__ = ["ConfigurationError", "Runtime", "backend", "process_runtime", "runtime", "setup"]
+
 ENGINES = ("tensorflow", "jax")
 
-
-class ConfigurationError(ValueError):
-    """The engine cannot run as asked (backend, devices, batch split); one line for the user."""
-
-
-class Runtime:
-    """What an engine sets up once per process: devices, precision, distribution.
-
-    Subclasses implement `epoch_loop`; the rest has single-process defaults.
-    """
-
-    name = None
-    num_replicas = 1
-    is_chief = True          # only the chief writes run directories
-    loss_scaling = False     # float16 needs loss scaling; bfloat16 does not
-
-    def __init__(self):
-        self.cache = {}      # what training builds once per process (training.Trainer)
-
-    def release(self):
-        """Forgets what earlier runs of this process built (compiled steps, datasets)."""
-        self.cache.clear()
-
-    def scope(self):
-        """Where models and optimizers are built (a tf.distribute scope on TensorFlow)."""
-        return contextlib.nullcontext()
-
-    def check_workers_agree(self, value, what):
-        """Raises WorkerError unless every worker holds the same `value` (multi-worker runs)."""
-
-    def cluster_errors(self):
-        """Exception types that mean a peer worker stopped (one line, not a traceback)."""
-        return ()
-
-    def epoch_loop(self, model, optimizer, plan, config):
-        """An object with train_epoch(epoch, progress) and evaluate(split) for `model`."""
-        raise NotImplementedError
-
-    def environment(self):
-        """Engine, versions and devices, for run records."""
-        raise NotImplementedError
+# The fields of settings.Run that fix a process's devices: set up once per process.
+DEVICE_FIELDS = ("strategy", "cpu_devices", "worker_timeout", "deterministic",
+                 "compilation_cache")
 
 
 def backend():
     return keras.backend.backend()
 
 
-PRECISIONS = ("off", "bfloat16", "float16")
-JIT_COMPILE = ("auto", "on", "off")
-
-
-def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default",
-          cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
-          compilation_cache=None):
+def setup(run=None, training=None):
     """The Runtime of the engine KERAS_BACKEND names; call once per process, before any model.
 
-    strategy: default (every local accelerator, or one CPU device), mirrored (every
-    device of one kind), one_device, multi_worker (several hosts: TF_CONFIG on
-    TensorFlow, Slurm's or JAX's environment on JAX).
-    mixed_precision: off, bfloat16, or float16 (with loss scaling; TensorFlow only).
-    jit_compile: XLA on the TensorFlow engine; auto is on with GPUs, off on CPUs (the
-    JAX engine always compiles).
-    steps_per_execution: training steps per tf.function call (TensorFlow engine).
-    compilation_cache: the JAX engine's persistent compilation cache (None: the default
-    directory, compilation_cache_dir(); "": none).
+    `run` (settings.Run) sets the devices and compilation, `training` (settings.Training)
+    the seed and precision; None is their defaults. They are taken as checked
+    (settings' check, which the binaries and the Python API run first).
     """
-    if mixed_precision not in PRECISIONS:
-        raise ConfigurationError(f"--mixed_precision must be one of {', '.join(PRECISIONS)}, "
-                                 f"got {mixed_precision!r}")
-    if jit_compile not in JIT_COMPILE:
-        raise ConfigurationError(f"--jit_compile must be one of {', '.join(JIT_COMPILE)}, "
-                                 f"got {jit_compile!r}")
-    if steps_per_execution < 1:
-        raise ConfigurationError("--steps_per_execution must be >= 1")
+    run = settings.Run() if run is None else run
+    training = settings.Training() if training is None else training
     name = backend()
     if name == "tensorflow":
         from lth_keras.engines import tf_engine as engine
@@ -101,29 +49,7 @@ def setup(*, seed, deterministic=False, mixed_precision="off", strategy="default
     else:
         raise ConfigurationError(f"KERAS_BACKEND={name} is not an engine of lth_keras: use "
                                  f"{' or '.join(ENGINES)}")
-    return engine.Runtime(seed=seed, deterministic=deterministic,
-                          mixed_precision=mixed_precision, strategy=strategy,
-                          cpu_devices=cpu_devices, worker_timeout=worker_timeout,
-                          jit_compile=jit_compile, steps_per_execution=steps_per_execution,
-                          compilation_cache=compilation_cache)
-
-
-def compilation_cache_dir(setting=None):
-    """The persistent compilation cache's directory: `setting`, else
-    $LTH_KERAS_COMPILATION_CACHE, else ~/.cache/lth_keras/jax; "" (either way) is none."""
-    if setting is None:
-        setting = os.environ.get("LTH_KERAS_COMPILATION_CACHE")
-    if setting is None:
-        setting = os.path.join(os.path.expanduser("~"), ".cache", "lth_keras", "jax")
-    return setting or None
-
-
-def set_precision(mixed_precision):
-    """Keras's global dtype policy for --mixed_precision (a later run may switch it back)."""
-    if mixed_precision != "off":
-        keras.mixed_precision.set_global_policy(f"mixed_{mixed_precision}")
-    elif keras.mixed_precision.global_policy().name.startswith("mixed_"):
-        keras.mixed_precision.set_global_policy(keras.config.floatx())
+    return engine.Runtime(run, training)
 
 
 _process_runtime = None
@@ -134,59 +60,24 @@ def process_runtime():
     return _process_runtime
 
 
-def runtime(*, seed, deterministic=False, mixed_precision="off", strategy="default",
-            cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
-            compilation_cache=None):
+def runtime(run=None, training=None):
     """This process's Runtime: `setup` on the first call; later calls (a notebook's next
     run) reuse it with their own seed, precision and compilation settings. Its devices
-    are fixed for the process: a later call that asks for others is refused."""
+    (DEVICE_FIELDS of `run`) are fixed for the process: a later call that asks for
+    others is refused."""
     global _process_runtime
-    devices = {"strategy": strategy, "cpu_devices": cpu_devices,
-               "worker_timeout": worker_timeout, "deterministic": deterministic,
-               "compilation_cache": compilation_cache}
-    per_run = dict(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
-                   steps_per_execution=steps_per_execution)
+    run = settings.Run() if run is None else run
+    training = settings.Training() if training is None else training
     if _process_runtime is None:
-        _process_runtime = setup(**devices, **per_run)
-        _process_runtime.devices_settings = devices
+        _process_runtime = setup(run, training)
+        _process_runtime.devices_settings = run
         return _process_runtime
     made = _process_runtime.devices_settings
-    if made != devices:
-        changed = ", ".join(f"{k}={devices[k]} (was {made[k]})" for k in devices
-                            if devices[k] != made[k])
+    changed = ", ".join(f"{k}={getattr(run, k)} (was {getattr(made, k)})"
+                        for k in DEVICE_FIELDS if getattr(run, k) != getattr(made, k))
+    if changed:
         raise ConfigurationError(f"this process already trains with other devices: {changed}; "
                                  "devices are set up once per process, so start a new one")
     _process_runtime.release()
-    _process_runtime.configure(**per_run)
+    _process_runtime.configure(run, training)
     return _process_runtime
-
-
-# A separate process, because the frameworks block in C++ while they wait for workers
-# (TensorFlow holding the GIL, for an hour; JAX then aborts with a C++ stack trace): no
-# thread or signal handler of ours would run.
-_WATCHDOG = """
-import os, sys, time
-parent, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-end = time.time() + seconds
-while time.time() < end:
-    time.sleep(0.5)
-    if os.getppid() != parent:
-        sys.exit(0)
-sys.stderr.write(message + "\\n")
-os.kill(parent, 9)
-"""
-
-
-@contextlib.contextmanager
-def watchdog(seconds, message):
-    """Kills this process with `message` on stderr if the block takes longer than `seconds`."""
-    import subprocess
-
-    program = os.path.basename(sys.argv[0]).removesuffix(".py")
-    guard = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()),
-                              str(seconds), f"{program}: error: {message}"])
-    try:
-        yield
-    finally:
-        guard.kill()
-        guard.wait()

@@ -29,32 +29,30 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lth_keras import engines
-from lth_keras.engines import ConfigurationError
+from lth_keras.engines import base
+from lth_keras.errors import ConfigurationError
 from lth_keras.layers import gradient_masks, mask_gradients
-from lth_keras.training import WorkerError, batch_statistics, batchnorm_layers, loss_dtype
+from lth_keras.training import (batch_statistics, batch_sums, batchnorm_layers, cross_entropy,
+                                loss_dtype, training_loss)
 
-STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
 _PROGRESS_READS = 20  # host reads of the running metrics per epoch, on a terminal only
 
 
-class Runtime(engines.Runtime):
-    """Devices, precision and data parallelism of this process, on JAX."""
+class Runtime(base.Runtime):
+    """Devices, precision and data parallelism of this process, on JAX, from the run's
+    settings (settings.Run; its steps_per_execution is the TensorFlow engine's: the host
+    never waits for a step here) and the recipe's (settings.Training: seed, precision)."""
 
     name = "jax"
 
-    def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
-                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
-                 compilation_cache=None):
+    def __init__(self, run, training):
         super().__init__()
         self._device_data = {}
         # Compiled steps by step_signature: kept across the runs of a process (release()
         # forgets models and data, not compilations).
         self._compiled = {}
-        if strategy not in STRATEGIES:
-            raise ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.configure(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
-                       steps_per_execution=steps_per_execution)
+        self.configure(run, training)
+        strategy, cpu_devices = run.strategy, run.cpu_devices
         # These are read when JAX first starts its backends, which has not happened yet.
         if cpu_devices > 1:
             try:
@@ -62,10 +60,10 @@ class Runtime(engines.Runtime):
             except RuntimeError as e:
                 raise ConfigurationError(f"--cpu_devices={cpu_devices}: JAX had already "
                                          f"started its devices ({e})") from e
-        if deterministic:
+        if run.deterministic:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_gpu_deterministic_ops=true").strip()
-        cache = engines.compilation_cache_dir(compilation_cache)
+        cache = base.compilation_cache_dir(run.compilation_cache)
         if cache:
             # Every step of a run compiles in seconds (ResNet-50: 20 s on an H200), and a
             # grid starts many processes of the same shapes: the second one loads them.
@@ -75,7 +73,7 @@ class Runtime(engines.Runtime):
         if keras.config.floatx() == "float64":
             _enable_float64()
         if strategy == "multi_worker":
-            _join_cluster(worker_timeout)
+            _join_cluster(run.worker_timeout)
 
         devices = jax.local_devices()[:1] if strategy == "one_device" else jax.devices()
         self.devices = devices
@@ -88,20 +86,18 @@ class Runtime(engines.Runtime):
             keras.distribution.set_distribution(distribution)
             self.mesh = distribution.device_mesh.backend_mesh
 
-    def configure(self, *, seed, mixed_precision, jit_compile, steps_per_execution):
-        """The settings a later run of the same process may change."""
-        del steps_per_execution  # the host never waits for a step here: nothing to group
-        if mixed_precision == "float16":
+    def configure(self, run, training):
+        if training.mixed_precision == "float16":
             raise ConfigurationError("--mixed_precision=float16 needs loss scaling, which the "
                                      "JAX engine does not do: use --mixed_precision=bfloat16")
-        if jit_compile == "off":
+        if run.jit_compile == "off":
             raise ConfigurationError("the JAX engine always compiles with XLA: --jit_compile=off "
                                      "is the TensorFlow engine's")
         # θ_0 and the epoch plan come from numpy; nothing of JAX's is random here.
-        random.seed(seed)
-        np.random.seed(seed)
+        random.seed(training.seed)
+        np.random.seed(training.seed)
         # bfloat16 keeps float32's exponent range: no loss scaling.
-        engines.set_precision(mixed_precision)
+        base.set_precision(training.mixed_precision)
 
     def release(self):
         super().release()
@@ -136,30 +132,26 @@ class Runtime(engines.Runtime):
 
     # -- the engine interface ---------------------------------------------------
 
-    def check_workers_agree(self, value, what):
+    def worker_values(self, value):
         if jax.process_count() == 1:
-            return
+            return None
         from jax.experimental import multihost_utils
 
-        values = np.asarray(multihost_utils.process_allgather(np.array([float(value)])))
-        if values.min() != values.max():
-            raise WorkerError(f"the workers disagree on {what} ({values.min():g} vs "
-                              f"{values.max():g}): every worker must see the same run "
-                              "directory (a shared filesystem)")
+        return np.asarray(multihost_utils.process_allgather(np.array([float(value)])))
 
     def cluster_errors(self):
         if jax.process_count() == 1:
             return ()
         return (jax.errors.JaxRuntimeError,)
 
-    def epoch_loop(self, model, optimizer, plan, config):
-        return EpochLoop(self, model, optimizer, plan, config)
+    def epoch_loop(self, model, optimizer, plan, training):
+        return EpochLoop(self, model, optimizer, plan, training)
 
-    def compiled_steps(self, model, optimizer, plan, config):
+    def compiled_steps(self, model, optimizer, plan, training):
         """The CompiledSteps of this model's signature, made on its first use."""
-        key = step_signature(model, optimizer, plan, config)
+        key = step_signature(model, optimizer, plan, training)
         if key not in self._compiled:
-            self._compiled[key] = CompiledSteps(model, optimizer, plan, config)
+            self._compiled[key] = CompiledSteps(model, optimizer, plan, training)
         return self._compiled[key]
 
     def environment(self):
@@ -201,7 +193,7 @@ def _join_cluster(timeout):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         # JAX's own timeout aborts the process with a C++ stack trace: ours comes first.
-        with engines.watchdog(timeout, f"not every process of the cluster joined within "
+        with base.watchdog(timeout, f"not every process of the cluster joined within "
                                        f"{timeout} s (--worker_timeout); start them all"):
             jax.distributed.initialize(initialization_timeout=int(timeout) + 60, **kwargs)
     except (ValueError, RuntimeError) as e:
@@ -332,18 +324,7 @@ def make_batch(plan, images, labels, indices, rows, columns, zero, mean=None, st
     return _divide(_divide(crops, jnp.float32(255.0)) - mean, std), labels[indices]
 
 
-def _batch_sums(per_example_loss, logits, labels, weight=None):
-    """Loss sum, correct count and example count of a batch (weight: 0 for padding)."""
-    dtype = per_example_loss.dtype
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(dtype)
-    if weight is None:
-        weight = jnp.ones_like(per_example_loss)
-    weight = weight.astype(dtype)
-    return jnp.stack([jnp.sum(per_example_loss * weight), jnp.sum(correct * weight),
-                      jnp.sum(weight)])
-
-
-def step_signature(model, optimizer, plan, config):
+def step_signature(model, optimizer, plan, training):
     """Everything the compiled steps of `model` depend on beyond their arguments' shapes:
     the architecture (layer configs: names, sizes, BN momentum, dtype policies), the
     variables, the optimizer (its schedule: base LR, steps per epoch, boundaries), the
@@ -354,7 +335,7 @@ def step_signature(model, optimizer, plan, config):
         "variables": [(v.path, tuple(v.shape), str(v.dtype), v.trainable)
                       for v in model.variables],
         "optimizer": optimizer.get_config(), "channels": plan.channels,
-        "batch": plan.batch_size, "weight_decay": config.weight_decay,
+        "batch": plan.batch_size, "weight_decay": training.weight_decay,
         "loss": loss_dtype()}, sort_keys=True, default=str)
 
 
@@ -367,11 +348,10 @@ class CompiledSteps:
     the process, reuses them and their compilations.
     """
 
-    def __init__(self, model, optimizer, plan, config):
-        dtype = loss_dtype()
+    def __init__(self, model, optimizer, plan, training):
         kernels = [i for i, v in enumerate(model.trainable_variables)
                    if v.path.endswith("/kernel")]
-        wd = config.weight_decay
+        wd = training.weight_decay
         batch = plan.batch_size
         # Where each trainable kernel's mask, and each BN moving statistic, sits among the
         # non-trainable values.
@@ -381,9 +361,6 @@ class CompiledSteps:
         self._batchnorm = batchnorm_layers(model)
         self.statistics = [position_of[id(v)] for layer in self._batchnorm
                            for v in (layer.moving_mean, layer.moving_variance)]
-
-        def per_example(labels, logits):
-            return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
         def train_step(state, images, labels, mean, std, order, rows, columns):
             trainable, non_trainable, optimizer_values, sums, position = state
@@ -395,12 +372,9 @@ class CompiledSteps:
             def loss_fn(trainable):
                 logits, new_non_trainable = model.stateless_call(
                     trainable, non_trainable, x, training=True)
-                logits = logits.astype(dtype)
-                losses = per_example(y, logits).astype(dtype)
-                loss = jnp.sum(losses) / batch
-                if wd:
-                    loss += 0.5 * wd * sum(jnp.sum(jnp.square(trainable[i].astype(dtype)))
-                                           for i in kernels)
+                logits, losses = cross_entropy(y, logits)
+                # The global batch: its gradients are all-reduced by the compiler.
+                loss = training_loss(losses, [trainable[i] for i in kernels], wd, batch)
                 return loss, (new_non_trainable, losses, logits)
 
             grads, (new_non_trainable, losses, logits) = jax.grad(loss_fn, has_aux=True)(trainable)
@@ -408,7 +382,7 @@ class CompiledSteps:
                                            for j in masks])
             new_trainable, new_optimizer_values = optimizer.stateless_apply(
                 optimizer_values, grads, trainable)
-            sums = sums + _batch_sums(losses, logits, y)
+            sums = sums + jnp.stack(batch_sums(losses, logits, y))
             return (new_trainable, new_non_trainable, new_optimizer_values, sums, position + 1)
 
         def eval_step(state, trainable, non_trainable, images, labels, mean, std, order, valid,
@@ -417,9 +391,8 @@ class CompiledSteps:
             x, y = make_batch(plan, images, labels, order[position], rows, columns,
                               jnp.minimum(position, 0), mean, std)
             logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-            logits = logits.astype(dtype)
-            losses = per_example(y, logits).astype(dtype)
-            return sums + _batch_sums(losses, logits, y, valid[position]), position + 1
+            logits, losses = cross_entropy(y, logits)
+            return sums + jnp.stack(batch_sums(losses, logits, y, valid[position])), position + 1
 
         def statistics_step(state, trainable, non_trainable, images, labels, mean, std, order,
                             rows, columns):
@@ -447,13 +420,13 @@ class CompiledSteps:
 class EpochLoop:
     """Epochs of one model over the device data, with the steps of its signature."""
 
-    def __init__(self, runtime, model, optimizer, plan, config):
+    def __init__(self, runtime, model, optimizer, plan, training):
         self.runtime = runtime
         self.model = model
         self.optimizer = optimizer
         self.plan = plan
         self.data = runtime.device_data(plan)
-        self.steps = runtime.compiled_steps(model, optimizer, plan, config)
+        self.steps = runtime.compiled_steps(model, optimizer, plan, training)
 
     def _zeros(self):
         return self.runtime.replicated(np.zeros(3, loss_dtype())), \

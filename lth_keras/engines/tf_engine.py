@@ -9,11 +9,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lth_keras import engines
+from lth_keras.engines import base
+from lth_keras.errors import ConfigurationError
 from lth_keras.layers import gradient_masks, mask_gradients
-from lth_keras.training import WorkerError, batch_statistics, batchnorm_layers, loss_dtype
-
-STRATEGIES = ("default", "mirrored", "one_device", "multi_worker")
+from lth_keras.training import (batch_statistics, batch_sums, batchnorm_layers, cross_entropy,
+                                training_loss)
 
 
 class _OwnRetracing:
@@ -30,37 +30,34 @@ class _OwnRetracing:
 tf.get_logger().addFilter(_OwnRetracing())
 
 
-class Runtime(engines.Runtime):
-    """A tf.distribute strategy, precision and determinism for this process."""
+class Runtime(base.Runtime):
+    """A tf.distribute strategy, precision and determinism for this process, from the
+    run's settings (settings.Run; its compilation_cache is the JAX engine's: TensorFlow
+    retraces its loop per run) and the recipe's (settings.Training: seed, precision)."""
 
     name = "tensorflow"
 
-    def __init__(self, *, seed, deterministic=False, mixed_precision="off", strategy="default",
-                 cpu_devices=0, worker_timeout=600, jit_compile="auto", steps_per_execution=16,
-                 compilation_cache=None):
+    def __init__(self, run, training):
         super().__init__()
-        del compilation_cache  # the JAX engine's: TensorFlow retraces its loop per run
         self._pipelines = {}
-        if deterministic:
+        if run.deterministic:
             tf.config.experimental.enable_op_determinism()
-        self.strategy = make_strategy(strategy, cpu_devices, worker_timeout)
+        self.strategy = make_strategy(run.strategy, run.cpu_devices, run.worker_timeout)
         # After the strategy: listing devices starts TensorFlow's runtime, which fixes the
         # logical devices the strategy may have split the CPU into.
-        self.configure(seed=seed, mixed_precision=mixed_precision, jit_compile=jit_compile,
-                       steps_per_execution=steps_per_execution)
+        self.configure(run, training)
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.is_chief = is_chief(self.strategy)
 
-    def configure(self, *, seed, mixed_precision, jit_compile, steps_per_execution):
-        """The settings a later run of the same process may change."""
-        keras.utils.set_random_seed(seed)
-        engines.set_precision(mixed_precision)
+    def configure(self, run, training):
+        keras.utils.set_random_seed(training.seed)
+        base.set_precision(training.mixed_precision)
         # float16's narrow exponent needs loss scaling; bfloat16 has float32's.
-        self.loss_scaling = mixed_precision == "float16"
+        self.loss_scaling = training.mixed_precision == "float16"
         # XLA: the usual speed-up for ResNets on GPUs, 1.8x slower on CPUs.
         gpus = bool(tf.config.list_logical_devices("GPU"))
-        self.jit_compile = {"on": True, "off": False, "auto": gpus}[jit_compile]
-        self.steps_per_execution = int(steps_per_execution)
+        self.jit_compile = {"on": True, "off": False, "auto": gpus}[run.jit_compile]
+        self.steps_per_execution = int(run.steps_per_execution)
 
     def release(self):
         super().release()
@@ -69,8 +66,8 @@ class Runtime(engines.Runtime):
     def scope(self):
         return self.strategy.scope()
 
-    def check_workers_agree(self, value, what):
-        check_workers_agree(self.strategy, value, what)
+    def worker_values(self, value):
+        return worker_values(self.strategy, value)
 
     def cluster_errors(self):
         if not _is_multi_worker(self.strategy):
@@ -88,8 +85,8 @@ class Runtime(engines.Runtime):
             self._pipelines[key] = (plan, InputPipeline.of(plan))
         return self._pipelines[key][1]
 
-    def epoch_loop(self, model, optimizer, plan, config):
-        return EpochLoop(self, model, optimizer, self.pipeline(plan), config)
+    def epoch_loop(self, model, optimizer, plan, training):
+        return EpochLoop(self, model, optimizer, self.pipeline(plan), training)
 
     def environment(self):
         accelerators = [tf.config.experimental.get_device_details(gpu).get("device_name",
@@ -110,21 +107,19 @@ def make_strategy(name="default", cpu_devices=0, worker_timeout=600):
     one_device: the first GPU, or the CPU.
     multi_worker: MultiWorkerMirroredStrategy configured by TF_CONFIG.
     """
-    if name not in STRATEGIES:
-        raise engines.ConfigurationError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
     if cpu_devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise engines.ConfigurationError(
+            raise ConfigurationError(
                 "--strategy=multi_worker needs the TF_CONFIG environment variable")
         # TensorFlow waits for missing workers for an hour and ignores SIGTERM meanwhile.
-        with engines.watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
+        with base.watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
                                               f"{worker_timeout} s (--worker_timeout); start them all"):
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            check_workers_agree(strategy, 0, "rendezvous")
+            base.check_agreement(worker_values(strategy, 0), "rendezvous")
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -140,25 +135,17 @@ def _is_multi_worker(strategy):
         strategy.extended._num_workers > 1
 
 
-def check_workers_agree(strategy, value, what):
-    """Raises WorkerError unless every worker holds the same `value` (e.g. finished levels).
-
-    Workers that resumed from different states would train different levels
-    and exchange gradients of different models; this is also the rendezvous.
-    """
+def worker_values(strategy, value):
+    """`value` as every worker holds it (one per worker), None unless multi-worker."""
     if not _is_multi_worker(strategy):
-        return
+        return None
     local = tf.constant([float(value)], tf.float64)
 
     @tf.function
     def every_value():
         return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0)
 
-    values = every_value().numpy()
-    low, high = values.min(), values.max()
-    if low != high:
-        raise WorkerError(f"the workers disagree on {what} ({low:g} vs {high:g}): every "
-                          "worker must see the same run directory (a shared filesystem)")
+    return every_value().numpy()
 
 
 def is_chief(strategy):
@@ -183,12 +170,12 @@ class EpochLoop:
     The model and optimizer must have been built under the strategy's scope.
     """
 
-    def __init__(self, runtime, model, optimizer, pipeline, config):
+    def __init__(self, runtime, model, optimizer, pipeline, training):
         self.strategy = runtime.strategy
         self.model = model
         self.optimizer = optimizer
         self.pipeline = pipeline
-        self.config = config
+        self.training = training
         self.loss_scaling = runtime.loss_scaling
         self.jit_compile = runtime.jit_compile
         self.steps_per_execution = runtime.steps_per_execution
@@ -202,27 +189,21 @@ class EpochLoop:
 
     def _make_train_steps(self):
         model, optimizer, strategy = self.model, self.optimizer, self.strategy
-        kernels, wd = self._kernels, self.config.weight_decay
+        kernels, wd = self._kernels, self.training.weight_decay
         global_batch = self.pipeline.batch_size
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
         scale_loss = self.loss_scaling
-        dtype = loss_dtype()
         masks = gradient_masks(model, model.trainable_variables)
 
         def step_fn(images, labels):
             with tf.GradientTape() as tape:
-                logits = tf.cast(model(images, training=True), dtype)
-                per_example = tf.cast(loss_fn(labels, logits), dtype)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                if wd:
-                    l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(k, dtype)))
-                                   for k in kernels])
-                    # Divided by the replica count because gradients are summed.
-                    loss += 0.5 * wd * l2 / strategy.num_replicas_in_sync
+                logits, losses = cross_entropy(labels, model(images, training=True))
+                # Each replica's gradients are summed: the weight decay is shared among them.
+                loss = training_loss(losses, kernels, wd, global_batch,
+                                     strategy.num_replicas_in_sync)
                 scaled = optimizer.scale_loss(loss) if scale_loss else loss
             grads = mask_gradients(tape.gradient(scaled, model.trainable_variables), masks)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return _batch_sums(per_example, logits, labels)
+            return batch_sums(losses, logits, labels)
 
         if self.jit_compile:
             step_fn = tf.function(step_fn, jit_compile=True)
@@ -248,13 +229,10 @@ class EpochLoop:
 
     def _make_eval_steps(self):
         model, strategy = self.model, self.strategy
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-        dtype = loss_dtype()
 
         def step_fn(images, labels, weights):
-            logits = tf.cast(model(images, training=False), dtype)
-            return _batch_sums(tf.cast(loss_fn(labels, logits), dtype), logits, labels,
-                               weights)
+            logits, losses = cross_entropy(labels, model(images, training=False))
+            return batch_sums(losses, logits, labels, weights)
 
         if self.jit_compile:
             step_fn = tf.function(step_fn, jit_compile=True)
@@ -330,16 +308,3 @@ class EpochLoop:
                 progress.update(done, [("loss", t[0] / t[2]), ("accuracy", t[1] / t[2])])
         return totals.numpy(), done
 
-
-def _batch_sums(per_example_loss, logits, labels, weights=None):
-    """Loss sum, correct count and example count of a (per-replica) batch; `weights` 0
-    marks padding."""
-    dtype = per_example_loss.dtype
-    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=labels.dtype), labels),
-                      dtype)
-    if weights is None:
-        return (tf.reduce_sum(per_example_loss), tf.reduce_sum(correct),
-                tf.cast(tf.shape(labels)[0], dtype))
-    weights = tf.cast(weights, dtype)
-    return (tf.reduce_sum(per_example_loss * weights), tf.reduce_sum(correct * weights),
-            tf.reduce_sum(weights))
