@@ -7,61 +7,28 @@ levels.md/.csv, density_<run>.png, mask_overlap.csv/.md, and primary.md/.csv whe
 primary level is named (the grid's, or --primary_level). Partial results are fine: a level
 still running is left out, a missing cell is "—". A malformed run directory is
 refused before anything is written. See lth_keras/analysis/tables.py for how
-the best level is picked.
+the best level is picked. A thin shell over lth_keras.analyze() (lth_keras/api.py); its
+flags are the Analysis settings (lth_keras/settings.py).
 """
 
+import dataclasses
 import os
 
-from absl import flags
+from lth_keras import cli, settings
 
-from lth_keras import cli
-from lth_keras.analysis.targets import NATURAL_SOURCES
-
-flags.DEFINE_list("runs", None, "Comma list of directories searched for run directories "
-                                "(find_tickets and transfer).")
-flags.DEFINE_string("density_run", None,
-                    "A run directory for the per-layer density plot (default: every "
-                    "find_tickets run found).")
-flags.DEFINE_list("natural_sources", list(NATURAL_SOURCES),
-                  "Datasets that count as natural-image sources; tickets from any other "
-                  "dataset are a related (non-natural) source in Fig. 4.")
-flags.DEFINE_bool("mask_overlap", True,
-                  "Compute the Jaccard overlap of ticket masks (reads every mask.npz).")
-flags.DEFINE_string("overlap_levels", "all",
-                    "'all' or a comma list of levels at which to compare masks.")
-flags.DEFINE_integer("primary_level", None,
-                     "The level of the primary result (ticket - scratch, paired, with its CI "
-                     "and power). Default: the one the grid named before it ran "
-                     "(experiment --primary_level, in its grid.json); none, none.")
-
-FLAGS = flags.FLAGS
-
-
-def _overlap_levels(text):
-    if text.strip() == "all":
-        return None
-    try:
-        return {int(x) for x in text.split(",") if x.strip()}
-    except ValueError:
-        raise cli.UserError(f"--overlap_levels must be 'all' or a comma list of integers, "
-                            f"got {text!r}")
+settings.define_flags([settings.Analysis])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.check(FLAGS.runs, "--runs is required: directories holding run directories")
-    levels = _overlap_levels(FLAGS.overlap_levels)
+    cli.no_arguments(argv)
+    groups = settings.from_flags(settings.ANALYZE)
+    from lth_keras import api
+    from lth_keras.lottery import directory
 
-    from lth_keras import api, runs
-
-    output_dir = FLAGS.output_dir or os.path.join(runs.OUTPUT_ROOT, "analysis")
-    cli.check(FLAGS.primary_level is None or FLAGS.primary_level >= 1,
-              "--primary_level must be a pruned level (>= 1)")
-    result = api.analyze(FLAGS.runs, natural_sources=FLAGS.natural_sources,
-                         density_run=FLAGS.density_run, mask_overlap=FLAGS.mask_overlap,
-                         overlap_levels=levels, output_dir=output_dir,
-                         primary_level=FLAGS.primary_level)
+    options = dataclasses.asdict(groups[settings.Analysis])
+    output_dir = groups[settings.Run].output_dir or os.path.join(directory.OUTPUT_ROOT,
+                                                                 "analysis")
+    result = api.analyze(options.pop("runs"), output_dir=output_dir, **options)
     print(result.table2_markdown)
     for note in result.notes:
         print(f"note: {note}")

@@ -19,9 +19,7 @@ import zipfile
 
 import numpy as np
 
-
-class ArtifactError(RuntimeError):
-    """An artifact is missing, truncated or otherwise unreadable."""
+from lth_keras.errors import ArtifactError
 
 
 @contextlib.contextmanager
@@ -161,7 +159,7 @@ def environment_record(runtime):
     import absl
     import keras
 
-    from lth_keras import __version__
+    from lth_keras.version import __version__
 
     def version(module):
         return getattr(module, "__version__", "unknown")

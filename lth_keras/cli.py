@@ -9,6 +9,7 @@ import sys
 from absl import app, flags, logging
 
 from lth_keras import settings
+from lth_keras.errors import UserError
 
 # TensorFlow's C++ info and warning lines (oneDNN, CUDA probing, grappler) drown the
 # progress of a run; errors still show. An explicit setting by the user wins.
@@ -21,29 +22,18 @@ FLAGS = flags.FLAGS
 settings.define_flags(settings.COMMON)
 
 
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit status 1."""
-
-
-def check(condition, message):
-    if not condition:
-        raise UserError(message)
-
-
-def from_flags(groups):
-    """{group: settings object} from the parsed flags."""
-    return settings.from_flags(groups)
-
-
-def train(argv, groups, run_function, **kwargs):
-    """The main() of find_tickets and transfer: `api.<run_function>` on the settings the
-    flags give (and `kwargs`), then the run's summary and where its artifacts are."""
+def no_arguments(argv):
+    """Every binary takes flags only."""
     if len(argv) > 1:
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from lth_keras import api, runs
 
-    run = getattr(api, run_function)(from_flags(groups), **kwargs)
-    print(runs.format_summary(run.summary(), title=run.title()), end="")
+
+def print_run(run):
+    """What find_tickets and transfer print when they end: the run's summary and where
+    its artifacts are."""
+    from lth_keras.lottery import levels
+
+    print(levels.format_summary(run.summary(), title=run.title()), end="")
     print(f"artifacts: {run.path}")
 
 
@@ -53,28 +43,6 @@ def forwarded_flags():
 
     return [FLAGS[name].serialize() for name in sorted(grid.forwarded_fields())
             if FLAGS[name].present]
-
-
-# Errors a user can act on, each printed as one line. They are looked up only in the
-# modules this run has imported: a settings error must not wait for TensorFlow's import
-# (5-6 s) to be reported, and an exception of a module never imported cannot occur.
-USER_ERRORS = {
-    "lth_keras.datasets.base": ("DataError",),
-    "lth_keras.weights": ("WeightsMismatchError",),
-    "lth_keras.training": ("TrainingDivergedError", "WorkerError"),
-    "lth_keras.artifacts": ("ArtifactError",),
-    "lth_keras.engines": ("ConfigurationError",),
-    "lth_keras.grid": ("GridError",),
-}
-
-
-def is_user_error(e):
-    """Whether `e` is a problem the user can act on (printed as one line, no traceback)."""
-    kinds = [UserError, settings.SettingsError]
-    for module, names in USER_ERRORS.items():
-        if module in sys.modules:
-            kinds += [getattr(sys.modules[module], name) for name in names]
-    return isinstance(e, tuple(kinds))
 
 
 def _cluster_error(e):
@@ -105,7 +73,7 @@ def run(main):
             print(f"{program}: {e}", file=sys.stderr)
             sys.exit(128 + e.signum)
         except Exception as e:
-            if is_user_error(e):
+            if isinstance(e, UserError):
                 fail(e)
             if isinstance(e, OSError) and e.errno is not None:
                 # Disk full, read-only file systems, permissions: the OS's words and the path.

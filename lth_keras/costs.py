@@ -81,7 +81,7 @@ def _flag(args, name, default=None):
 
 def grid_cost(runs, *, rounds, epochs_per_level, forward, prunable, prune_rate=0.2,
               val_fraction=0.1, source_train_fraction=1.0):
-    """Images and training FLOPs of grid runs (lth_keras.grid.Run), assuming every level
+    """Images and training FLOPs of grid runs (lth_keras.grid.GridRun), assuming every level
     trains `epochs_per_level` epochs (early stopping makes it fewer: max_epochs is an
     upper bound) and every prunable layer is at the level's density.
 

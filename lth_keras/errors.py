@@ -12,8 +12,28 @@ class UserError(Exception):
     """A problem the user can fix; printed as one line, exit status 1."""
 
 
+class SettingsError(UserError, ValueError):
+    """An impossible setting; its message names the flag."""
+
+
+class DataError(UserError, ValueError):
+    """A dataset that is missing, unreadable or unfit for the run."""
+
+
+class ArtifactError(UserError, RuntimeError):
+    """A run directory's file that is missing, damaged or from another run."""
+
+
+class RunMismatchError(UserError):
+    """A run directory that holds another run (other settings or data)."""
+
+
 class ConfigurationError(UserError, ValueError):
     """The engine cannot run as asked (backend, devices, batch split)."""
+
+
+class WeightsMismatchError(UserError, ValueError):
+    """Weights (a ticket, a checkpoint) that do not fit the model they are loaded into."""
 
 
 class TrainingDivergedError(UserError, RuntimeError):
@@ -22,3 +42,11 @@ class TrainingDivergedError(UserError, RuntimeError):
 
 class WorkerError(UserError, RuntimeError):
     """The workers of a multi-worker run disagree (other data, other finished levels)."""
+
+
+class GridError(UserError, RuntimeError):
+    """A grid run that failed or could not start; the grid reports it and goes on."""
+
+
+class ExportError(UserError):
+    """A run that cannot be exported as asked."""

@@ -11,25 +11,20 @@ task i runs every num_tasks-th run (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT
 are the defaults); a transfer whose tickets another task makes waits up to
 --wait_for_inputs seconds, then is skipped with a message. Common settings given
 here (say --data_dir or --max_epochs=2) go to every run, after its preset so
-that they win. A thin shell over lth_keras.experiment() (lth_keras/api.py).
+that they win. A thin shell over lth_keras.grid (also lth_keras.experiment() in Python).
 """
-
-from absl import flags
 
 from lth_keras import cli, settings
 
 settings.define_flags([settings.Grid])
-flags.DEFINE_bool("list", False, "List the runs with their state and task, run nothing.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     from lth_keras import grid
 
-    groups = cli.from_flags(settings.EXPERIMENT)
-    grid.run_grid(groups[settings.Grid], groups[settings.Run], cli.forwarded_flags(),
-                  list_only=cli.FLAGS.list)
+    groups = settings.from_flags(settings.EXPERIMENT)
+    grid.experiment(groups[settings.Grid], groups[settings.Run], cli.forwarded_flags())
 
 
 if __name__ == "__main__":

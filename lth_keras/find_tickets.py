@@ -4,8 +4,8 @@
 
 Re-running the same command resumes: finished levels are skipped and an
 interrupted level continues from its last epoch checkpoint. A thin shell over
-lth_keras.find_tickets() (lth_keras/api.py); its flags are the Pruning settings
-(lth_keras/settings.py) and the common ones (lth_keras/cli.py).
+lth_keras.lottery.tickets (also lth_keras.find_tickets() in Python); its flags
+are the Pruning settings and the common ones (lth_keras/settings.py).
 """
 
 from lth_keras import cli, settings
@@ -14,7 +14,10 @@ settings.define_flags([settings.Pruning])
 
 
 def main(argv):
-    cli.train(argv, settings.FIND_TICKETS, "run_find_tickets")
+    cli.no_arguments(argv)
+    from lth_keras.lottery import tickets
+
+    cli.print_run(tickets.find_tickets(settings.from_flags(settings.FIND_TICKETS)))
 
 
 if __name__ == "__main__":

@@ -28,11 +28,12 @@ import time
 
 from lth_keras import artifacts, settings
 from lth_keras.datasets.sources import SOURCES
-from lth_keras.runs import RunDirectory
+from lth_keras.errors import GridError, UserError
+from lth_keras.lottery.directory import GRID_RECORD, OUTPUT_ROOT, THETA_0, RunDirectory
 
 CONDITIONS = settings.GRID_CONDITIONS
 DONE, PARTIAL, PENDING = "done", "partial", "pending"
-DEFAULT_ROOT = os.path.join("outputs", "grid")
+DEFAULT_ROOT = os.path.join(OUTPUT_ROOT, "grid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,9 @@ class Layout:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class GridRun:
+    """One run of the grid: its binary, its flags and the ticket run it reads."""
+
     name: str                 # unique, also the run directory below the grid root
     binary: str               # "find_tickets" or "transfer"
     args: tuple               # flags of the binary, but --tickets and --output_dir
@@ -64,8 +67,8 @@ class Run:
         """Whether what this run reads exists: θ_0 for scratch (written when its ticket run
         starts), every level of the ticket run otherwise."""
         if self.only_theta_0:
-            return all(os.path.exists(os.path.join(_layout(layout).directory(name),
-                                                   "theta_0.npz"))
+            layout = _layout(layout)
+            return all(os.path.exists(RunDirectory(layout.directory(name)).file(THETA_0))
                        for name in self.needs)
         return all(state_of(name) == DONE for name in self.needs)
 
@@ -118,7 +121,7 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         args = [f"--source={dataset}", f"--seed={seed}"]
         if dataset not in SOURCES or fraction:  # natural sources keep the preset's subset
             args.append(f"--train_fraction={fraction or 1}")
-        runs.setdefault(name, Run(name, "find_tickets", tuple(args)))
+        runs.setdefault(name, GridRun(name, "find_tickets", tuple(args)))
         return name
 
     def transfer(ticket_run, source_label, target, seed, transfer_seed, condition):
@@ -131,7 +134,7 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         levels = reinit_levels if condition == "reinit" and reinit_levels else transfer_levels
         if condition != "scratch" and levels != "all":
             args.append(f"--levels={levels}")
-        runs.setdefault(name, Run(name, "transfer", tuple(args), tickets=ticket_run,
+        runs.setdefault(name, GridRun(name, "transfer", tuple(args), tickets=ticket_run,
                                   only_theta_0=condition == "scratch"))
 
     for seed in seeds:
@@ -183,7 +186,7 @@ def state(run, layout, rounds=None):
     the levels its ticket run is to reach, so that it grows with its tickets.
     """
     path = run.directory(layout)
-    if not os.path.exists(os.path.join(path, "config.json")):
+    if not os.path.exists(RunDirectory(path).config_path):
         return PARTIAL if os.path.isdir(path) and os.listdir(path) else PENDING
     directory = RunDirectory(path)
     if run.binary == "find_tickets":
@@ -301,8 +304,7 @@ def _in_this_process(run, arguments, log_path):
 
     from absl import logging
 
-    from lth_keras import api
-    from lth_keras.cli import is_user_error
+    from lth_keras.lottery import tickets, transfer
 
     groups = settings.FIND_TICKETS if run.binary == "find_tickets" else settings.TRANSFER
     handler = std_logging.FileHandler(log_path)
@@ -310,16 +312,16 @@ def _in_this_process(run, arguments, log_path):
     logger = logging.get_absl_logger()
     logger.addHandler(handler)
     try:
-        parsed = settings.parse(groups, arguments)
+        parsed, given = settings.parse_given(groups, arguments)
         if run.binary == "find_tickets":
-            api.run_find_tickets(parsed)
+            tickets.find_tickets(parsed)
         else:  # what the command line names is what a transfer does not take from its tickets
-            api.run_transfer(parsed, given=settings.given(groups, arguments))
+            transfer.transfer(parsed, given)
         return 0, ""
     except Exception as e:  # noqa: BLE001 - one run's failure is reported; the grid goes on
-        message = f"{type(e).__name__}: {e}" if not is_user_error(e) else str(e)
+        message = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
         with open(log_path, "a") as log:
-            log.write(traceback.format_exc() if not is_user_error(e) else f"error: {e}\n")
+            log.write(traceback.format_exc() if not isinstance(e, UserError) else f"error: {e}\n")
         return 1, message.splitlines()[0] if message else type(e).__name__
     finally:
         logger.removeHandler(handler)
@@ -376,13 +378,12 @@ class Timings:
         artifacts.write_json(self.path, {"runs": self.runs})
 
 
-GRID_RECORD = "grid.json"
 
 
 def write_record(root, grid, run_settings):
     """<root>/grid.json: the grid's settings (its primary level named before anything ran)
     and lth_keras's version; `analyze` reads the primary level from it."""
-    from lth_keras import __version__
+    from lth_keras.version import __version__
 
     artifacts.write_json(os.path.join(root, GRID_RECORD), {
         "kind": "grid", "lth_keras": __version__,
@@ -390,12 +391,14 @@ def write_record(root, grid, run_settings):
         "primary_level": grid.primary_level})
 
 
-def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
-    """Runs this task's share of the grid (or only lists it, printing a table); returns
-    one row per run of the whole grid: {"run", "binary", "state", "task", "needs"}.
+def experiment(grid, run_settings, forwarded=()):
+    """Runs this task's share of the grid (or with grid.list only lists it, printing a
+    table); returns one row per run of the whole grid: {"run", "binary", "state", "task",
+    "needs"}.
 
     `forwarded` are command-line settings for every run (see forwarded_fields).
     """
+    list_only = grid.list
     index, count = task(grid)
     # One task runs seed by seed (a grid cut short keeps complete pairs); several start
     # with the tickets that the others' transfers wait for.
@@ -412,6 +415,11 @@ def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
         if binary == "transfer" and not path:  # no preset: the ticket runs' recipe
             presets[binary] = None
             continue
+        # The grid presets name their run presets relative to the project
+        # ("flags/quick.cfg"): found from any working directory (a notebook's, a job's).
+        in_project = os.path.join(os.path.dirname(settings.FLAGS_DIR), path)
+        if not os.path.isfile(path) and os.path.isfile(in_project):
+            path = in_project
         if not os.path.isfile(path):
             raise settings.SettingsError(f"--{flag}={path}: no such file")
         presets[binary] = os.path.abspath(path)
@@ -455,6 +463,3 @@ def run_grid(grid, run_settings, forwarded=(), *, list_only=False):
                         f"under {os.path.join(root, 'logs')}")
     return rows()
 
-
-class GridError(RuntimeError):
-    """Runs of the grid failed (each has its log); one line for the user."""

@@ -17,13 +17,12 @@ field carries its help text and whether it defines the result. From these:
 import dataclasses
 import hashlib
 import json
+import os
+
+from lth_keras.errors import SettingsError
 
 # What a run's hash covers, as a version: a change to `identity` must change it.
 IDENTITY_VERSION = 2
-
-
-class SettingsError(ValueError):
-    """An impossible setting; its message names the flag (one line for the user)."""
 
 
 def option(default, help, *, result=True, choices=None, item=None, per_run=False):
@@ -288,6 +287,8 @@ class Grid:
                                   "$SLURM_ARRAY_TASK_COUNT, else 1).", result=False)
     wait_for_inputs: int = option(0, "Seconds to wait for tickets that another task makes "
                                      "before skipping.", result=False)
+    list: bool = option(False, "List the runs with their state and task, run nothing.",
+                        result=False)
 
     def check(self):
         related = [pair.split(":") for pair in self.related]
@@ -308,6 +309,59 @@ class Grid:
                f"--primary_level={self.primary_level} is not one of --transfer_levels={listed}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """What `analyze` reads and reports (lth_keras/analysis/); it writes to --output_dir."""
+    runs: tuple = option(None, "Comma list of directories searched for run directories "
+                               "(find_tickets and transfer).", item=str, result=False)
+    density_run: str = option(None, "A run directory for the per-layer density plot "
+                                    "(default: every find_tickets run found).", result=False)
+    natural_sources: tuple = option(None, "Datasets that count as natural-image sources "
+                                          "(default: the sources lth_keras knows, cifar10, "
+                                          "cifar100, fashion_mnist); tickets from any other "
+                                          "dataset are a related (non-natural) source in "
+                                          "Fig. 4.", item=str, result=False)
+    mask_overlap: bool = option(True, "Compute the Jaccard overlap of ticket masks (reads "
+                                      "every mask.npz).", result=False)
+    overlap_levels: str = option("all", "'all' or a comma list of levels at which to compare "
+                                        "masks.", result=False)
+    primary_level: int = option(None, "The level of the primary result (ticket - scratch, "
+                                      "paired, with its CI and power). Default: the one the "
+                                      "grid named before it ran (experiment --primary_level, "
+                                      "in its grid.json); none, none.", result=False)
+
+    def check(self):
+        _check(self.runs, "--runs is required: directories holding run directories")
+        _check(self.primary_level is None or self.primary_level >= 1,
+               "--primary_level must be a pruned level (>= 1)")
+        self.levels_to_overlap()
+
+    def levels_to_overlap(self):
+        """The levels of --overlap_levels as a set, None for all."""
+        if self.overlap_levels.strip() == "all":
+            return None
+        try:
+            return {int(x) for x in self.overlap_levels.split(",") if x.strip()}
+        except ValueError:
+            raise SettingsError(f"--overlap_levels must be 'all' or a comma list of integers, "
+                                f"got {self.overlap_levels!r}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """What `export` converts (lth_keras/tflite.py); it writes to --output_dir."""
+    run: str = option(None, "A transfer (or find_tickets) run directory.", result=False)
+    level: int = option(None, "The finished level to export.", result=False)
+    check_batch: int = option(16, "Random inputs the prediction check runs on.", result=False)
+    tolerance: float = option(1e-3, "Largest |logit difference| allowed between TFLite and "
+                                    "Keras, relative to max(1, max |logit|).", result=False)
+
+    def check(self):
+        _check(self.run, "--run is required: a transfer or find_tickets run directory")
+        _check(self.check_batch >= 1, "--check_batch must be >= 1")
+        _check(0 < self.tolerance < 1, "--tolerance must be in (0, 1)")
+
+
 # The fine-tuning recipe: what a transfer takes from its ticket run unless it is given
 # (the transfer seed too, so that a transfer pairs with its tickets, as in the grid).
 RECIPE = ("seed", "batch_size", "learning_rate", "momentum", "weight_decay", "lr_decay",
@@ -322,6 +376,8 @@ COMMON = (Data, Model, Training, Run)
 FIND_TICKETS = COMMON + (Pruning,)
 TRANSFER = COMMON + (Transfer,)
 EXPERIMENT = COMMON + (Grid,)
+ANALYZE = (Analysis, Run)
+EXPORT = (Export, Run)
 
 
 # --- flags -------------------------------------------------------------------------
@@ -410,12 +466,21 @@ def parse(groups, args=()):
     return from_flags(groups, _parsed(groups, args))
 
 
+def parse_given(groups, args):
+    """(parse(groups, args), the names of the fields that `args` set explicitly)."""
+    flag_values = _parsed(groups, args)
+    return from_flags(groups, flag_values), _named(groups, flag_values)
+
+
 def given(groups, args=()):
     """The names of the fields that `args` (without args: the global flags' command line)
     set explicitly, flagfiles included."""
     from absl import flags
 
-    flag_values = _parsed(groups, args) if args else flags.FLAGS
+    return _named(groups, _parsed(groups, args) if args else flags.FLAGS)
+
+
+def _named(groups, flag_values):
     return {f.name for group in groups for f in dataclasses.fields(group)
             if flag_values[f.name].present}
 
@@ -440,6 +505,59 @@ def with_options(settings, options):
             value = _from_text(f, value)
         settings[group] = dataclasses.replace(settings[group], **{name: value})
     return settings
+
+
+# --- presets and the Python API ------------------------------------------------------
+
+# The presets: flagfiles in the project's flags/ ("quick" is flags/quick.cfg).
+FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+
+
+def preset_path(preset):
+    """A flagfile path, or the name of a preset in the project's flags/ ("quick")."""
+    if os.path.isfile(preset):
+        return preset
+    named = os.path.join(FLAGS_DIR, f"{preset}.cfg")
+    if os.sep not in preset and os.path.isfile(named):
+        return named
+    raise SettingsError(f"preset {preset!r} is neither a flagfile nor one of "
+                        f"{', '.join(sorted(n[:-4] for n in os.listdir(FLAGS_DIR)))}"
+                        if os.path.isdir(FLAGS_DIR) else f"no such flagfile: {preset}")
+
+
+def resolve(groups, objects=(), preset=None, options=None):
+    """({group: settings object}, the names of the fields given): defaults, then the
+    preset, then `objects`, then `options` ({field name: value}). A field counts as
+    given when the preset or an option names it, even at its default, and every field
+    of an object passed counts as given."""
+    resolved, named = parse_given(groups, [f"--flagfile={preset_path(preset)}"] if preset
+                                  else [])
+    for obj in objects:
+        if type(obj) not in resolved:
+            raise SettingsError(f"{type(obj).__name__} settings do not apply here (it takes "
+                                f"{', '.join(g.__name__ for g in groups)})")
+        resolved[type(obj)] = obj
+        named |= {f.name for f in dataclasses.fields(obj)}
+    options = options or {}
+    return with_options(resolved, options), named | set(options)
+
+
+def flag_text(name, value):
+    """An option as a command-line flag ("--seeds=0,1"), as the grid forwards it."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        value = str(value).lower()
+    return f"--{name}={value}"
+
+
+def check(groups):
+    """Every setting's own check, before anything is loaded or written."""
+    for group, obj in groups.items():
+        if group is Pruning:
+            obj.check(groups[Training])
+        elif hasattr(obj, "check"):
+            obj.check()
 
 
 # --- records and identity -------------------------------------------------------------

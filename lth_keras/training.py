@@ -23,7 +23,7 @@ from absl import logging
 from keras import ops
 
 from lth_keras import artifacts, weights
-from lth_keras.errors import TrainingDivergedError, WorkerError
+from lth_keras.errors import TrainingDivergedError
 from lth_keras.signals import TrainingInterrupted, interruptions
 
 

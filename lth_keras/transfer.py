@@ -7,8 +7,8 @@
 
 The model and input size are the ticket's. Re-running the same command skips
 finished levels and resumes an interrupted one from its last epoch. A thin shell
-over lth_keras.transfer() (lth_keras/api.py); its flags are the Transfer
-settings (lth_keras/settings.py) and the common ones (lth_keras/cli.py).
+over lth_keras.lottery.transfer (also lth_keras.transfer() in Python); its flags
+are the Transfer settings and the common ones (lth_keras/settings.py).
 """
 
 from lth_keras import cli, settings
@@ -17,8 +17,12 @@ settings.define_flags([settings.Transfer])
 
 
 def main(argv):
+    cli.no_arguments(argv)
+    from lth_keras.lottery import transfer
+
     # What the command line names is kept; the rest of the recipe is the ticket run's.
-    cli.train(argv, settings.TRANSFER, "run_transfer", given=settings.given(settings.TRANSFER))
+    cli.print_run(transfer.transfer(settings.from_flags(settings.TRANSFER),
+                                    settings.given(settings.TRANSFER)))
 
 
 if __name__ == "__main__":

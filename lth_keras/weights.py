@@ -7,11 +7,16 @@ rewind and comparison goes through `{variable.path: array}` dictionaries.
 import numpy as np
 
 from lth_keras import artifacts
-from lth_keras.layers import masked_layers
+from lth_keras.errors import WeightsMismatchError
 
 
-class WeightsMismatchError(ValueError):
-    """Stored weights do not fit the model (another architecture or input size)."""
+def masked_layers(model):
+    """The masked layers of `model`. Imports Keras (layers.py) only here, when there is a
+    model: the run code that imports this module must stay light until settings are
+    checked."""
+    from lth_keras import layers
+
+    return layers.masked_layers(model)
 
 
 def snapshot(model):

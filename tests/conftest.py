@@ -130,12 +130,13 @@ def tiny_tickets(tiny_fashion_dir, tmp_path_factory):
 def expected_start_digest(run, body, mask):
     """Digest of m ⊙ body with the target head that a fresh model of a transfer run's
     seed gets: what its level must have started from."""
-    from lth_keras import fine_tuning, weights
+    from lth_keras import weights
+    from lth_keras.lottery import architecture, transfer
 
     config = run.config()
-    source, target = fine_tuning.build_target_model(config["model"],
+    source, target = architecture.build_target_model(config["model"],
                                                     config["dataset"]["num_classes"],
-                                                    fine_tuning.head_seed(
+                                                    transfer.head_seed(
                                                         config["hparams"]["seed"],
                                                         config["dataset"]["name"]))
     weights.load_ticket(source, body, mask)

@@ -15,7 +15,8 @@ import pytest
 from scipy import stats
 
 from conftest import REPO, run_binary
-from lth_keras import artifacts, runs, settings
+from lth_keras import artifacts, settings
+from lth_keras.lottery import directory
 from lth_keras.analysis import cells, collect, figures, masks, report, statistics, targets
 
 LAYERS = {"fc1/kernel": (10, 10), "fc2/kernel": (10, 5)}
@@ -61,7 +62,7 @@ def make_tickets(root, dataset, seed, accuracies, train_fraction=1.0, in_progres
                "learning_rate": 0.01}
     path = os.path.join(root, "tickets", f"{dataset}-frac{train_fraction:g}-seed{seed}")
     artifacts.write_json(os.path.join(path, "config.json"), {
-        "kind": "find_tickets", "hparams": hparams, "hparams_hash": runs.hparams_hash(hparams),
+        "kind": "find_tickets", "hparams": hparams, "hparams_hash": directory.hparams_hash(hparams),
         "dataset": _dataset(dataset)})
     for level, (val, test) in enumerate(accuracies):
         mask = _mask(level, seed)
@@ -80,7 +81,7 @@ CONDITION_FLAGS = {"rewind": [], "final": ["--init=final"], "reinit": ["--reinit
 
 
 def transfer_hparams(target, condition, seed, tickets_hash, recipe=()):
-    """A transfer's hparams as runs.start records them: every result-defining setting
+    """A transfer's hparams as directory.start records them: every result-defining setting
     (init, reinit and scratch among them) plus the identity's extras."""
     groups = settings.parse(settings.TRANSFER, [
         f"--target={target}", "--model=lenet_300_100", "--image_size=16", f"--seed={seed}",
@@ -109,7 +110,7 @@ def make_transfer(root, target, condition, seed, accuracies, tickets=None, in_pr
     path = os.path.join(root, "transfer", name or f"{source}-{target}-{condition}-seed{seed}")
     artifacts.write_json(os.path.join(path, "config.json"), {
         "kind": "transfer", "condition": condition, "tickets": ticket_info, "hparams": hparams,
-        "hparams_hash": runs.hparams_hash(hparams), "dataset": _dataset(target), "model": model})
+        "hparams_hash": directory.hparams_hash(hparams), "dataset": _dataset(target), "model": model})
     for level, (val, test) in zip(levels or range(len(accuracies)), accuracies):
         mask = _mask(level, 0)
         artifacts.write_json(os.path.join(path, "levels", f"level_{level:02d}", "metrics.json"),
@@ -415,7 +416,7 @@ def test_levels_table_lists_every_line_at_every_level(results, analysis):
 
 def test_fig4_draws_the_theta_k_line_from_real_transfer_hparams(results):
     """A rewind and a final transfer of the same tickets record init=rewind / init=final
-    (and reinit, scratch) in their hparams, as runs.start writes them: Fig. 4's θ_k-vs-θ_i
+    (and reinit, scratch) in their hparams, as directory.start writes them: Fig. 4's θ_k-vs-θ_i
     panel must still pair them and draw the ticket's line beside θ_i's."""
     rewind = collect.read_run(os.path.join(results, "transfer", "cifar10-human_lba-rewind-seed0"))
     final = collect.read_run(os.path.join(results, "transfer", "cifar10-human_lba-final-seed0"))

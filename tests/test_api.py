@@ -9,7 +9,7 @@ import pytest
 
 from conftest import (HISTOLOGY, REPO, TINY_TICKETS, find_tiny_tickets, needs_histology,
                       run_binary)
-from lth_keras import fine_tuning
+from lth_keras import lottery
 
 
 def readme_example():
@@ -75,7 +75,7 @@ def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_ticke
         made.append(proc.stdout.strip().splitlines()[-1].removeprefix("artifacts: "))
     assert made[0] != made[1]
     for path, ticket_dir in zip(made, (tiny_tickets.path, str(other))):
-        run = fine_tuning.TransferRun(os.path.join(tmp_path, path))
+        run = lottery.TransferRun(os.path.join(tmp_path, path))
         assert run.config()["tickets"]["path"] == os.path.abspath(ticket_dir)
         assert run.finished_levels() == [0]
 
@@ -119,7 +119,6 @@ def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_tickets, tin
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "refused: this process already trains with other devices" in proc.stdout
     assert not (tmp_path / "never").exists()
-    from lth_keras import lottery
 
     second = lottery.TicketRun(str(tmp_path / "second"))
     assert second.config()["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
@@ -145,3 +144,37 @@ def test_the_grid_lists_from_python_in_any_directory(tmp_path, monkeypatch, caps
     assert rows[0] == {"run": "tickets/fashion_mnist-seed0", "binary": "find_tickets",
                        "state": "pending", "task": 0, "needs": []}
     assert "7 runs: 0 done, 0 partial, 7 pending" in capsys.readouterr().out
+
+
+def test_a_setting_named_at_its_default_counts_as_given(tiny_tickets, tiny_fashion_dir,
+                                                        tmp_path):
+    # The tickets are LeNet's; resnet20 is the default model. Named, by an option or by a
+    # preset, it is refused as any other model is, before anything is loaded or written.
+    import lth_keras
+    from lth_keras.settings import SettingsError
+
+    common = {"tickets": tiny_tickets, "target": "fashion_mnist", "data_dir": tiny_fashion_dir,
+              "output_dir": str(tmp_path / "never")}
+    message = "--model=resnet20 but the tickets in .* are for model lenet_300_100"
+    with pytest.raises(SettingsError, match=message):
+        lth_keras.transfer(model="resnet20", **common)
+    preset = tmp_path / "preset.cfg"
+    preset.write_text("--model=resnet20\n")
+    with pytest.raises(SettingsError, match=message):
+        lth_keras.transfer(preset=str(preset), **common)
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_recipe_setting_named_at_its_default_is_the_transfers(tiny_tickets):
+    # max_epochs defaults to 100 and the tickets trained with 3: named at 100, the transfer
+    # trains with 100 (a recorded override); not named, with the ticket's 3.
+    from lth_keras import settings
+    from lth_keras.lottery import transfer
+
+    for options, epochs, overrides in (({"max_epochs": 100}, 100, {"max_epochs"}),
+                                       ({}, 3, set())):
+        groups, given = settings.resolve(settings.TRANSFER, options={
+            "tickets": tiny_tickets.path, "target": "fashion_mnist", **options})
+        _, _, groups, found = transfer._ticket_run(groups, given)
+        assert groups[settings.Training].max_epochs == epochs
+        assert set(found) == overrides

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, expected_start_digest,
                       kill_find_tickets_mid_level, needs_histology, run_binary)
-from lth_keras import fine_tuning, lottery, pruning
+from lth_keras import lottery, pruning
 from lth_keras.datasets import DataError, ImageDataset, InputPipeline, Split
 
 jax = pytest.importorskip("jax", reason="the JAX engine needs jax (pip install -e '.[dev]')")
@@ -239,7 +239,7 @@ def test_jax_tickets_without_tensorflow(jax_tickets):
 
 
 def _check_transfer(tickets, out):
-    run = fine_tuning.TransferRun(out)
+    run = lottery.TransferRun(out)
     assert run.finished_levels() == tickets.finished_levels()
     theta_k = tickets.theta("k")
     for level in run.finished_levels():

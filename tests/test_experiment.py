@@ -100,7 +100,7 @@ def test_a_transfer_of_every_level_grows_with_its_ticket_run(tmp_path):
     assert [grid.state(r, root, rounds=3) for r in (tickets, rewind, scratch)] == [
         grid.PARTIAL, grid.PARTIAL, grid.DONE]
     # A transfer of chosen levels wants only those.
-    chosen = grid.Run(rewind.name, "transfer", rewind.args + ("--levels=0,2",), rewind.tickets)
+    chosen = grid.GridRun(rewind.name, "transfer", rewind.args + ("--levels=0,2",), rewind.tickets)
     assert grid.state(chosen, root, rounds=3) == grid.DONE
 
 
@@ -149,7 +149,7 @@ def test_interrupted_grid_resumes_without_redoing_finished_runs(tiny_grid):
             "started yet") in proc.stdout
 
     # Kill the whole grid (and its child) once the tickets are done.
-    tickets = grid.Run("tickets/fashion_mnist-seed0", "find_tickets", ())
+    tickets = grid.GridRun("tickets/fashion_mnist-seed0", "find_tickets", ())
     proc = subprocess.Popen([sys.executable, "-m", "lth_keras.experiment", *args], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -209,12 +209,12 @@ def test_transfer_seeds_make_pairs_in_an_order_that_keeps_them_whole():
 
 def test_tickets_of_another_grid_are_read_where_they_are(tmp_path):
     layout = grid.Layout(str(tmp_path / "b"), tickets_dir=str(tmp_path / "a" / "tickets"))
-    run = grid.Run("transfer/t/x-rewind-seed0", "transfer", ("--seed=0",),
+    run = grid.GridRun("transfer/t/x-rewind-seed0", "transfer", ("--seed=0",),
                    tickets="tickets/x-seed0")
     assert run.command_args(layout) == [
         f"--output_dir={tmp_path / 'b' / 'transfer/t/x-rewind-seed0'}", "--seed=0",
         f"--tickets={tmp_path / 'a' / 'tickets' / 'x-seed0'}"]
-    assert grid.Run("tickets/x-seed0", "find_tickets", ()).directory(layout) == str(
+    assert grid.GridRun("tickets/x-seed0", "find_tickets", ()).directory(layout) == str(
         tmp_path / "a" / "tickets" / "x-seed0")
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import run_binary
-from lth_keras import artifacts, cli, export, fine_tuning, models, pruning, weights
+from lth_keras import artifacts, lottery, models, pruning, tflite, weights
+from lth_keras.errors import UserError
+from lth_keras.lottery import architecture
 from lth_keras.layers import MASKED_LAYER_TYPES
 
 
@@ -52,7 +54,7 @@ def test_fold_masks_gives_plain_layers_and_the_same_predictions(name):
 def test_fold_masks_of_a_replaced_head_model_copies_the_new_head():
     config = {"model": "conv4", "image_size": 16, "source_classes": 10, "seed": 3,
               "bn_momentum": 0.9}
-    source, target = fine_tuning.build_target_model(config, 4, head_seed=7)
+    source, target = architecture.build_target_model(config, 4, head_seed=7)
     _random_ticket(source)
     folded = models.fold_masks(target)
     np.testing.assert_array_equal(models.head_layer(folded).kernel.numpy(),
@@ -81,13 +83,13 @@ MODEL_CONFIG = {"model": "lenet_300_100", "image_size": 16, "source_classes": 10
 
 def _fabricate_transfer_run(path, level, masks_for, model_config=MODEL_CONFIG, num_classes=4):
     """A transfer run dir with one finished level whose target model has masks_for(model)."""
-    source, target = fine_tuning.build_target_model(model_config, num_classes, head_seed=0)
+    source, target = architecture.build_target_model(model_config, num_classes, head_seed=0)
     weights.set_masks(source, masks_for(source))
     rng = np.random.default_rng(level)
     for v in target.variables:  # a "fine-tuned" head
         if v.path.startswith(models.HEAD_NAME + "/"):
             v.assign(0.3 * rng.standard_normal(v.shape).astype(np.float32))
-    run = fine_tuning.TransferRun(str(path))
+    run = lottery.TransferRun(str(path))
     artifacts.write_json(run.config_path, {
         "kind": "transfer", "condition": "rewind", "model": model_config,
         "dataset": {"name": "fake_target", "num_classes": num_classes},
@@ -110,13 +112,13 @@ def _layerwise_masks(rates):
 def test_export_of_a_90_percent_ticket_agrees_and_the_sparse_tflite_is_smaller(tmp_path):
     run_dir = tmp_path / "run"
     target = _fabricate_transfer_run(run_dir, 2, _layerwise_masks({"fc1": 0.9, "fc2": 0.9}))
-    model, description = export.load_run_model(str(run_dir), 2)
+    model, description = architecture.level_model(str(run_dir), 2)
     assert description["kind"] == "transfer" and description["num_classes"] == 4
     x = np.random.default_rng(0).standard_normal((5, 16, 16, 3)).astype(np.float32)
     np.testing.assert_array_equal(model(x), target(x))  # the stored model came back
 
     out = tmp_path / "out"
-    report = export.export(model, str(out), "ticket", description=description)
+    report = tflite.export(model, str(out), "ticket", description=description)
 
     files = report["files"]
     assert sorted(os.listdir(out)) == sorted([*files, "export.json"])
@@ -136,7 +138,7 @@ def test_export_of_a_90_percent_ticket_agrees_and_the_sparse_tflite_is_smaller(t
     np.testing.assert_allclose(reloaded(x), target(x), rtol=0, atol=1e-5)
     for variant in ("sparse", "dense"):
         flatbuffer = (out / f"ticket_{variant}.tflite").read_bytes()
-        np.testing.assert_allclose(export.tflite_predict(flatbuffer, x), target(x),
+        np.testing.assert_allclose(tflite.tflite_predict(flatbuffer, x), target(x),
                                    rtol=0, atol=1e-4)
 
 
@@ -145,8 +147,8 @@ def test_weights_below_30_percent_zeros_stay_dense_in_tflite(tmp_path):
     config = dict(MODEL_CONFIG, model="conv4")
     rates = {"conv1": 0.9, "conv2": 0.9, "conv3": 0.9, "conv4": 0.9, "fc1": 0.9, "fc2": 0.2}
     _fabricate_transfer_run(tmp_path / "run", 1, _layerwise_masks(rates), model_config=config)
-    model, description = export.load_run_model(str(tmp_path / "run"), 1)
-    report = export.export(model, str(tmp_path / "out"), "conv4", description=description)
+    model, description = architecture.level_model(str(tmp_path / "run"), 1)
+    report = tflite.export(model, str(tmp_path / "out"), "conv4", description=description)
     kernels = report["sparsity"]["kernels"]
     assert not kernels["fc2/kernel"]["tflite_compressed"]
     assert kernels["conv1/kernel"]["tflite_compressed"]
@@ -166,7 +168,7 @@ def test_export_of_a_find_tickets_run(tmp_path):
         "hparams": {"model": "conv4", "image_size": 16, "seed": 5, "bn_momentum": 0.9}})
     artifacts.write_arrays(run_dir / "levels/level_00/theta_i.npz", weights.snapshot(model))
     artifacts.write_json(run_dir / "levels/level_00/metrics.json", {"level": 0})
-    loaded, description = export.load_run_model(str(run_dir), 0)
+    loaded, description = architecture.level_model(str(run_dir), 0)
     assert description["kind"] == "find_tickets"
     for path, value in weights.snapshot(model).items():
         np.testing.assert_array_equal(weights.snapshot(loaded)[path], value)
@@ -174,10 +176,10 @@ def test_export_of_a_find_tickets_run(tmp_path):
 
 def test_disagreeing_export_is_refused_and_writes_nothing(tmp_path, monkeypatch):
     model = models.build_model("lenet_300_100", input_shape=(16, 16, 3), num_classes=4, seed=0)
-    real_predict = export.tflite_predict
-    monkeypatch.setattr(export, "tflite_predict", lambda fb, x: real_predict(fb, x) + 0.5)
-    with pytest.raises(export.ExportError, match="sparse TFLite|dense TFLite"):
-        export.export(model, str(tmp_path / "out"), "m")
+    real_predict = tflite.tflite_predict
+    monkeypatch.setattr(tflite, "tflite_predict", lambda fb, x: real_predict(fb, x) + 0.5)
+    with pytest.raises(tflite.ExportError, match="sparse TFLite|dense TFLite"):
+        tflite.export(model, str(tmp_path / "out"), "m")
     assert not (tmp_path / "out").exists()
 
 
@@ -198,8 +200,8 @@ def test_bad_run_directories_are_refused(tmp_path, case):
     message = {"no_config": "not a run directory", "unknown_kind": "'benchmark' run",
                "unfinished_level": "level 3 .* not finished; finished levels: none",
                "missing_model_keys": "lacks 'image_size'"}[case]
-    with pytest.raises((cli.UserError, artifacts.ArtifactError), match=message):
-        export.load_run_model(str(run_dir), 3)
+    with pytest.raises((UserError, artifacts.ArtifactError), match=message):
+        architecture.level_model(str(run_dir), 3)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
                       kill_find_tickets_mid_level, needs_histology, run_binary)
 from lth_keras import lottery, weights
+from lth_keras.lottery import tickets
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,7 @@ def test_run_directory_has_the_documented_layout(tiny_run):
 
 
 def test_summary_fraction_pruned_grows_by_the_rate(tiny_run):
-    rows = tiny_run.write_summary()
+    rows = tiny_run.summary()
     assert [r["level"] for r in rows] == list(range(ROUNDS + 1))
     alive = [int(sum(m.sum() for m in tiny_run.mask(level).values()))
              for level in range(ROUNDS + 1)]
@@ -265,9 +266,9 @@ def test_batchnorm_statistics_are_rewound_with_the_weights(tiny_fashion_dir, tmp
     theta_k, theta_i = run.theta("k"), run.theta_i(0)
     moving = [p for p in theta_k if p.endswith("moving_mean")]
     assert moving and any(not np.array_equal(theta_k[p], theta_i[p]) for p in moving)
-    assert lottery.expected_start_digest(theta_k, run.mask(1)) == \
+    assert tickets.expected_start_digest(theta_k, run.mask(1)) == \
         run.metrics(1)["start_digest"]
-    assert lottery.expected_start_digest(theta_i, run.mask(1)) != \
+    assert tickets.expected_start_digest(theta_i, run.mask(1)) != \
         run.metrics(1)["start_digest"]
 
 

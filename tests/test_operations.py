@@ -13,7 +13,8 @@ import time
 import pytest
 
 from conftest import REPO, TINY_TICKETS, find_tiny_tickets
-from lth_keras import artifacts, lottery, runs
+from lth_keras import artifacts, lottery
+from lth_keras.lottery import directory, levels
 
 
 START_UP_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cuInit",
@@ -29,13 +30,13 @@ def assert_quiet_start(stderr):
 def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tiny_fashion_dir,
                                                                          tmp_path):
     out = str(tmp_path / "busy")
-    with runs.locked(out):  # this test process holds the run directory
+    with directory.locked(out):  # this test process holds the run directory
         proc = find_tiny_tickets(tiny_fashion_dir, out)
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last == (f"find_tickets: error: {out} is in use by another process (PID "
                     f"{os.getpid()}); wait for it to finish or stop it"), last
-    assert os.listdir(out) == [runs.LOCK_FILE]  # nothing of a run was written
+    assert os.listdir(out) == [directory.LOCK_FILE]  # nothing of a run was written
 
 
 def test_a_directory_without_finished_work_does_not_block_a_corrected_command(
@@ -167,10 +168,10 @@ def test_a_level_at_chance_accuracy_is_warned_about():
     def metrics(val, test):
         return {"val": {"accuracy": val}, "test": {"accuracy": test}}
 
-    warning = runs.chance_warning(3, metrics(0.1, 0.105), 10)
+    warning = levels.chance_warning(3, metrics(0.1, 0.105), 10)
     assert warning.startswith("level 3 ended at chance accuracy (val 0.1000, test 0.1050")
-    assert runs.chance_warning(3, metrics(0.1, 0.12), 10) is None  # 2 points above: learning
-    assert runs.chance_warning(0, metrics(0.34, 0.3), 3) == (
+    assert levels.chance_warning(3, metrics(0.1, 0.12), 10) is None  # 2 points above: learning
+    assert levels.chance_warning(0, metrics(0.34, 0.3), 3) == (
         "level 0 ended at chance accuracy (val 0.3400, test 0.3000; chance is 0.3333 with "
         "3 classes): check the learning rate and the data")
 

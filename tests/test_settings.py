@@ -13,7 +13,8 @@ from absl import flags
 
 from conftest import (REPO, TINY_TICKETS, kill_find_tickets_mid_level, make_colour_folder,
                       run_binary)
-from lth_keras import lottery, runs, settings
+from lth_keras import lottery, settings
+from lth_keras.lottery import directory
 from lth_keras.settings import Pruning, Training
 
 PRESET = {name: os.path.join(REPO, "flags", f"{name}.cfg")
@@ -152,10 +153,10 @@ def _as_legacy_record(path):
     kind = config["kind"]
     values = {k: v for group in config["settings"].values() for k, v in group.items()}
     hparams = {name: ([str(x) for x in values[name]] if isinstance(values[name], list)
-                      else values[name]) for name in runs.LEGACY_RESULT_FLAGS[kind]}
+                      else values[name]) for name in directory.LEGACY_RESULT_FLAGS[kind]}
     if kind == "transfer":
         hparams.update(condition=config["condition"], tickets_hash=config["hparams"]["tickets_hash"])
-    legacy = {"kind": kind, "hparams": hparams, "hparams_hash": runs.hparams_hash(hparams),
+    legacy = {"kind": kind, "hparams": hparams, "hparams_hash": directory.hparams_hash(hparams),
               "flags": values, **{k: v for k, v in config.items()
                                   if k not in ("hparams", "hparams_hash", "identity", "settings",
                                                "kind")}}
@@ -236,11 +237,11 @@ def test_no_module_below_the_binaries_reads_the_global_flags():
               "export.py"}
     package = os.path.join(REPO, "lth_keras")
     readers = []
-    for directory, _, files in os.walk(package):
+    for folder, _, files in os.walk(package):
         for name in files:
-            if not name.endswith(".py") or (directory == package and name in shells):
+            if not name.endswith(".py") or (folder == package and name in shells):
                 continue
-            with open(os.path.join(directory, name)) as f:
+            with open(os.path.join(folder, name)) as f:
                 tree = ast.parse(f.read())
             for node in ast.walk(tree):
                 if isinstance(node, ast.Attribute) and node.attr == "FLAGS" and not (

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, needs_histology,
                       run_binary)
-from lth_keras import artifacts, fine_tuning, settings, weights
+from lth_keras import artifacts, lottery, settings, weights
+from lth_keras.lottery import architecture, transfer as protocol
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def transfers(tiny_tickets, tmp_path_factory):
         out = str(root / condition)
         proc = _transfer(tiny_tickets.path, out, *flag)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[condition] = fine_tuning.TransferRun(out)
+        runs[condition] = lottery.TransferRun(out)
     return runs
 
 
@@ -83,8 +84,8 @@ def test_init_final_starts_from_theta_i(tiny_tickets, transfers):
 def test_reinit_changes_the_weights_but_not_the_mask(tiny_tickets, transfers):
     run, rewind = transfers["reinit"], transfers["rewind"]
     config = run.config()
-    fresh = fine_tuning.build_target_model(
-        dict(config["model"], seed=fine_tuning.reinit_seed(config["model"]["seed"],
+    fresh = architecture.build_target_model(
+        dict(config["model"], seed=protocol.reinit_seed(config["model"]["seed"],
                                                            config["hparams"]["seed"])),
         4, head_seed=0)[0]
     theta_fresh = weights.snapshot(fresh)
@@ -135,7 +136,7 @@ def test_rerun_skips_finished_levels(tiny_tickets, transfers):
               for lvl in run.finished_levels()}
     proc = _transfer(tiny_tickets.path, run.path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "already fine-tuned" in proc.stderr
+    assert "level 2 (rewind): finished already, skipping" in proc.stderr
     after = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns for lvl in before}
     assert after == before
 
@@ -144,7 +145,7 @@ def test_levels_subset(tiny_tickets, tmp_path):
     out = str(tmp_path / "subset")
     proc = _transfer(tiny_tickets.path, out, "--levels=2", "--max_epochs=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert fine_tuning.TransferRun(out).finished_levels() == [2]
+    assert lottery.TransferRun(out).finished_levels() == [2]
 
 
 def test_a_source_dataset_is_a_target_too(tiny_tickets, tiny_fashion_dir, tmp_path):
@@ -152,7 +153,7 @@ def test_a_source_dataset_is_a_target_too(tiny_tickets, tiny_fashion_dir, tmp_pa
     proc = _transfer(tiny_tickets.path, out, "--levels=1", "--max_epochs=1", "--train_fraction=1",
                      f"--data_dir={tiny_fashion_dir}", target="fashion_mnist")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert fine_tuning.TransferRun(out).weights(1)["head/kernel"].shape == (100, 10)
+    assert lottery.TransferRun(out).weights(1)["head/kernel"].shape == (100, 10)
 
 
 # ---- bad input: one line, exit status 1, nothing written ------------------------------
@@ -238,7 +239,7 @@ def test_transfer_to_the_real_histology_target(tiny_tickets, tmp_path):
     proc = _transfer(tiny_tickets.path, out, "--levels=1", "--max_epochs=1",
                      "--train_fraction=0.1", target=HISTOLOGY)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = fine_tuning.TransferRun(out)
+    run = lottery.TransferRun(out)
     assert run.finished_levels() == [1]
     assert run.weights(1)["head/kernel"].shape == (100, 4)
     np.testing.assert_array_equal(run.weights(1)["fc1/mask"], tiny_tickets.mask(1)["fc1/kernel"])
@@ -257,7 +258,7 @@ def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, 
     proc = _bare_transfer(tiny_tickets.path, out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "differs from the ticket run's" not in proc.stderr
-    config, ticket = fine_tuning.TransferRun(out).config(), tiny_tickets.config()
+    config, ticket = lottery.TransferRun(out).config(), tiny_tickets.config()
     for name in ("batch_size", "learning_rate", "max_epochs", "patience", "seed",
                  "weight_decay", "momentum", "lr_boundaries", "bn_momentum"):
         assert config["hparams"][name] == ticket["hparams"][name], name
@@ -265,7 +266,7 @@ def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, 
     assert (config["hparams"]["learning_rate"], config["hparams"]["seed"],
             config["hparams"]["batch_size"]) == (0.01, 3, 32)
     assert config["recipe_overrides"] == {}
-    assert fine_tuning.TransferRun(out).metrics(1)["epochs"] <= 3  # the ticket's max_epochs
+    assert lottery.TransferRun(out).metrics(1)["epochs"] <= 3  # the ticket's max_epochs
 
 
 def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp_path):
@@ -276,12 +277,12 @@ def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp
     assert len(notice) == 1
     assert "learning_rate 0.02 (tickets: 0.01)" in notice[0]
     assert "max_epochs 1 (tickets: 3)" in notice[0]
-    config = fine_tuning.TransferRun(out).config()
+    config = lottery.TransferRun(out).config()
     assert config["recipe_overrides"] == {"learning_rate": {"tickets": 0.01, "transfer": 0.02},
                                           "max_epochs": {"tickets": 3, "transfer": 1}}
     assert config["hparams"]["learning_rate"] == 0.02
     assert config["hparams"]["batch_size"] == 32  # not given: still the ticket's
-    assert fine_tuning.TransferRun(out).metrics(1)["epochs"] == 1
+    assert lottery.TransferRun(out).metrics(1)["epochs"] == 1
 
 
 def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_path):
@@ -298,7 +299,7 @@ def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_p
     out = str(tmp_path / "from_0.1")
     proc = _bare_transfer(str(old), out, "--max_epochs=1")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    transferred = fine_tuning.TransferRun(out).config()
+    transferred = lottery.TransferRun(out).config()
     assert transferred["hparams"]["mixed_precision"] == "off"
     assert transferred["hparams"]["lr_boundaries"] == tiny_tickets.config()["hparams"]["lr_boundaries"]
     assert transferred["recipe_overrides"] == {"max_epochs": {"tickets": 3, "transfer": 1}}
@@ -311,7 +312,6 @@ def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_p
 def gray_tickets(tiny_fashion_dir, tmp_path_factory):
     """Tiny tickets on the stored 28 px, 1-channel pixels (no crop)."""
     from conftest import find_tiny_tickets
-    from lth_keras import lottery
 
     out = str(tmp_path_factory.mktemp("gray") / "tickets")
     proc = find_tiny_tickets(tiny_fashion_dir, out, "--image_size=28", "--crop=none",
@@ -327,7 +327,7 @@ def test_one_channel_tickets_transfer_to_grayscale_and_refuse_colour(gray_ticket
     proc = _bare_transfer(gray_tickets.path, out, f"--data_dir={tiny_fashion_dir}",
                           target="fashion_mnist")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    config = fine_tuning.TransferRun(out).config()
+    config = lottery.TransferRun(out).config()
     assert config["input"]["channels"] == 1 and config["input"]["crop"] == "none"
     assert config["hparams"]["crop"] == "none" and config["hparams"]["channels"] == "own"
     never = str(tmp_path / "colour")

@@ -1,6 +1,6 @@
 """Analysis of find_tickets and transfer runs: the paper's figures and tables.
 
-  collect   reads run directories (refusing malformed ones) into Run records
+  collect   reads run directories (refusing malformed ones) into RunRecords
   cells     groups runs that differ only by seed; mean ± std over seeds
   targets   per target dataset, which cells form which line of Fig. 3 / Fig. 4
   tables    Table 2 (best pruned model vs scratch) and Table 3 (its sparsity)

@@ -1,6 +1,6 @@
 """Cells: runs that differ only by their seeds, summarised as mean ± std over them.
 
-A run's replicate is (tickets seed, seed) (collect.Run.replicate): with one seed
+A run's replicate is (tickets seed, seed) (collect.RunRecord.replicate): with one seed
 per ticket run the two are equal and a replicate is "a seed"; a grid with
 --transfer_seeds fine-tunes each ticket run with several. The standard deviation
 is the sample one (numpy ddof=1) when a level has at least two replicates; with
@@ -38,7 +38,7 @@ def summarize(values):
 
 
 class Cell:
-    """Runs with one setting and distinct seeds (see collect.Run.setting)."""
+    """Runs with one setting and distinct seeds (see collect.RunRecord.setting)."""
 
     def __init__(self, runs):
         self.runs = sorted(runs, key=lambda r: r.replicate)
@@ -70,7 +70,7 @@ class Cell:
 
     def by_seed(self, level, attribute):
         """{replicate: value} of a Level attribute, for the replicates that have finished
-        `level` (the keys pair runs of other cells: collect.Run.replicate)."""
+        `level` (the keys pair runs of other cells: collect.RunRecord.replicate)."""
         return {r.replicate: float(getattr(r.levels[level], attribute)) for r in self.runs
                 if level in r.levels}
 

@@ -1,7 +1,7 @@
-"""Reading run directories into Run records, refusing malformed ones.
+"""Reading run directories into RunRecords, refusing malformed ones.
 
 A run directory is any directory with a config.json (find_tickets or transfer,
-see lottery.py and fine_tuning.py). Only finished levels (metrics.json exists)
+laid out as lth_keras/lottery/directory.py says). Only finished levels (metrics.json exists)
 are read; a level still in progress is simply not there yet. Anything that
 does not parse raises AnalysisError naming the file, before any output is
 written.
@@ -13,17 +13,17 @@ import dataclasses
 import json
 import numbers
 import os
-import re
 
 from lth_keras import artifacts, settings
+from lth_keras.lottery.directory import (CONFIG, LEVEL_NAME, LEVELS, METRICS, RunDirectory,
+                                         level_name)
 
 KINDS = ("find_tickets", "transfer")
-CONDITIONS = ("rewind", "final", "reinit", "scratch")  # as fine_tuning.CONDITIONS
+CONDITIONS = ("rewind", "final", "reinit", "scratch")  # as lottery.transfer.CONDITIONS
 TICKETS = "tickets"  # the condition name given to find_tickets runs
 # The transfer settings that make its condition (rewind, final, reinit, scratch): the
 # condition stands for them, so that cells of two conditions compare on the rest.
 CONDITION_SETTINGS = ("condition", "init", "reinit", "scratch")
-_LEVEL_DIR = re.compile(r"level_(\d{2,})")
 
 
 class AnalysisError(artifacts.ArtifactError):
@@ -47,7 +47,7 @@ class Level:
 
 
 @dataclasses.dataclass
-class Run:
+class RunRecord:
     """One run directory.
 
     `dataset` is the dataset trained on: the searched dataset of a find_tickets
@@ -110,7 +110,7 @@ def find_run_dirs(roots):
                 continue
             visited.add(real)
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            if "config.json" in files:
+            if CONFIG in files:
                 subdirs[:] = []
                 found.append(os.path.normpath(directory))
     return found
@@ -127,8 +127,8 @@ def collect_runs(roots):
 
 
 def read_run(path):
-    """The Run in `path`; AnalysisError if config.json or a level does not parse."""
-    config_path = os.path.join(path, "config.json")
+    """The RunRecord of `path`; AnalysisError if config.json or a level does not parse."""
+    config_path = RunDirectory(path).config_path
     if not os.path.exists(config_path):
         raise AnalysisError(f"{path} is not a run directory (no config.json)")
     config = _read_json(config_path)
@@ -148,7 +148,7 @@ def read_run(path):
                   hparams_hash=field.get("hparams_hash", str),
                   legacy_hash=config.get("legacy_hash"))
     if kind == "find_tickets":
-        run = Run(condition=TICKETS, source=dataset_name, model=hp.get("model", str),
+        run = RunRecord(condition=TICKETS, source=dataset_name, model=hp.get("model", str),
                   tickets_seed=hp.get("seed", int),
                   image_size=hp.get("image_size", int),
                   train_fraction=hp.get("train_fraction", numbers.Real),
@@ -176,7 +176,7 @@ def read_run(path):
             "source": source, "model": model_name, "image_size": image_size}
         # The transfer's θ_0 and tickets come from the ticket run's seed (model.seed).
         tickets_seed = model.obj.get("seed", hp.get("seed", int))
-        run = Run(condition=condition, source=source, model=model_name, image_size=image_size,
+        run = RunRecord(condition=condition, source=source, model=model_name, image_size=image_size,
                   train_fraction=hp.get("train_fraction", numbers.Real),
                   tickets_seed=tickets_seed if isinstance(tickets_seed, int) else None,
                   setting={"dataset": dataset_name,
@@ -210,7 +210,7 @@ def resolve_ticket_settings(runs):
 def _read_ticket_config(run):
     """The ticket run a transfer recorded, if it is still there and readable."""
     path = run.tickets_path
-    if not isinstance(path, str) or not os.path.exists(os.path.join(path, "config.json")):
+    if not isinstance(path, str) or not os.path.exists(RunDirectory(path).config_path):
         return None
     try:
         ticket = read_run(path)
@@ -220,7 +220,7 @@ def _read_ticket_config(run):
 
 
 def _read_levels(run):
-    root = os.path.join(run.path, "levels")
+    root = RunDirectory(run.path).file(LEVELS)
     if not os.path.isdir(root):
         return {}
     levels = {}
@@ -228,11 +228,11 @@ def _read_levels(run):
         if entry.startswith("."):
             continue
         where = os.path.join(root, entry)
-        match = _LEVEL_DIR.fullmatch(entry)
-        if not match or entry != f"level_{int(match.group(1)):02d}" or not os.path.isdir(where):
+        match = LEVEL_NAME.fullmatch(entry)
+        if not match or entry != level_name(int(match.group(1))) or not os.path.isdir(where):
             raise AnalysisError(f"{where}: not a level directory (expected levels/level_LL/)")
         level = int(match.group(1))
-        metrics_path = os.path.join(where, "metrics.json")
+        metrics_path = os.path.join(where, METRICS)
         if os.path.exists(metrics_path):  # otherwise still in progress
             levels[level] = _read_level(metrics_path, level, run)
     return levels

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from lth_keras import artifacts
+from lth_keras.lottery.directory import MASK, RunDirectory
 
 OVERLAP_CSV = ("run_a", "run_b", "dataset_a", "seed_a", "dataset_b", "seed_b", "model",
                "image_size", "level", "fraction_pruned", "alive_a", "alive_b", "shared",
@@ -74,8 +75,7 @@ def mask_overlap(runs, levels=None):
                 continue
             packed = {}
             for run in present:
-                mask = artifacts.read_arrays(os.path.join(run.path, "levels",
-                                                          f"level_{level:02d}", "mask.npz"))
+                mask = artifacts.read_arrays(RunDirectory(run.path).level_file(level, MASK))
                 bits = pack(mask)
                 packed[run.path] = (signature(mask), bits, int(np.bitwise_count(bits).sum()))
             for a, b in itertools.combinations(present, 2):

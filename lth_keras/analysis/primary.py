@@ -28,8 +28,8 @@ from lth_keras import artifacts
 from lth_keras.analysis.cells import replicate_label
 from lth_keras.analysis.collect import AnalysisError
 from lth_keras.analysis.statistics import ALPHA, POWER, PairedDifference, paired_difference
+from lth_keras.lottery.directory import GRID_RECORD, LEVELS, TENSORBOARD
 
-GRID_RECORD = "grid.json"  # as lth_keras.grid writes it
 PRIMARY = "ticket − scratch"
 
 
@@ -75,7 +75,7 @@ def named_level(roots):
     for root in roots:
         for directory, subdirs, files in os.walk(root, followlinks=True):
             subdirs[:] = [d for d in subdirs if not d.startswith(".")
-                          and d not in ("levels", "tensorboard")]
+                          and d not in (LEVELS, TENSORBOARD)]
             if GRID_RECORD in files:
                 path = os.path.join(directory, GRID_RECORD)
                 try:

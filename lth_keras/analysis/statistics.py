@@ -1,6 +1,6 @@
 """Paired comparisons: the difference, its confidence interval, its test, and its power.
 
-A comparison of two conditions pairs their runs by replicate (collect.Run.replicate:
+A comparison of two conditions pairs their runs by replicate (collect.RunRecord.replicate:
 the same tickets, θ_0, head and target batches), so the unit of analysis is the
 per-replicate difference d = a - b. With n pairs, mean d̄ and sample standard
 deviation s (ddof=1):

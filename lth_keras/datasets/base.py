@@ -14,11 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from lth_keras.errors import DataError
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """The data is missing, malformed or inconsistent. The message is one line."""
 
 
 class MissingDataError(DataError):

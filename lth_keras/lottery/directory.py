@@ -1,30 +1,75 @@
-"""Run records: what a run directory was made with, and refusing to mix runs.
+"""A run directory: its layout on disk, its record, its identity and its lock.
 
-config.json holds every setting, the run's identity (the result-defining settings
-that differ from their defaults, and the data fingerprint) and its hash, package
-versions, the dataset summary and the input normalisation. A re-run into the same
-directory must have the same identity, or it is refused.
+Every path of a run is spelled here, and everything that reads runs (the level
+loop, transfers, the grid, analysis, export) reads through it:
+
+  config.json               every setting, the run's identity and its hash, versions,
+                            hardware, the dataset summary and the input normalisation
+  theta_0.npz, theta_k.npz  find_tickets: weights at initialisation and after epoch k
+  levels/level_LL/          metrics.json (written last: the level is finished), and
+                            find_tickets: mask.npz (m_L, bool), theta_i.npz (θ_i(L));
+                            transfer: weights.npz (the fine-tuned model);
+                            checkpoint.npz only while the level is in progress
+  summary.csv, summary.md   one row per finished level
+  tensorboard/level_LL/     curves
+  .lock                     held while a process writes the directory
+
+A run's identity is its result-defining settings that differ from their defaults
+and the data fingerprint; a re-run into the same directory must have the same
+identity, or it is refused (`start`). Records from before identity version 2 are
+recognised and brought up to date (`legacy_hparams`).
 """
 
 import contextlib
-import csv
 import dataclasses
-import io
 import os
 import re
 
 from absl import logging
 
 from lth_keras import artifacts, settings
+from lth_keras.errors import ArtifactError, RunMismatchError, UserError
 
 OUTPUT_ROOT = "outputs"
 
+CONFIG = "config.json"
+THETA_0, THETA_K = "theta_0.npz", "theta_k.npz"
+LEVELS = "levels"
+# A level's directory: level_LL, two digits at least (levels/level_07, level_123).
+LEVEL_NAME = re.compile(r"level_(\d{2,})")
+MASK, THETA_I, WEIGHTS = "mask.npz", "theta_i.npz", "weights.npz"
+METRICS, CHECKPOINT = "metrics.json", "checkpoint.npz"
+SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+TENSORBOARD = "tensorboard"
+LOCK_FILE = ".lock"
+# An experiment grid's record, at its root (its primary level, named before it ran).
+GRID_RECORD = "grid.json"
+
+# What every finished level's metrics.json records.
+METRICS_KEYS = ("level", "density", "start_digest", "history", "best_epoch", "epochs", "val",
+                "test")
+
+# What a level cost (metrics.json "cost"), in the summaries; empty for levels trained
+# before it was recorded.
+COST_COLUMNS = ("images", "seconds", "training_flops", "training_flops_masked")
+SUMMARY_COLUMNS = {
+    "find_tickets": ("level", "density", "fraction_pruned", "fraction_pruned_all_params",
+                     "val_accuracy", "val_loss", "test_accuracy", "test_loss", "best_epoch",
+                     "epochs", *COST_COLUMNS),
+    "transfer": ("level", "condition", "density", "fraction_pruned", "val_accuracy",
+                 "val_loss", "test_accuracy", "test_loss", "best_epoch", "epochs",
+                 *COST_COLUMNS),
+}
+
+
+def level_name(level):
+    return f"level_{level:02d}"
+
 
 class RunDirectory:
-    """Paths and readers shared by find_tickets and transfer run directories.
+    """A find_tickets or transfer run directory: its paths and what it holds.
 
-    Levels live in levels/level_LL/; a level is finished when its metrics.json
-    exists (written last, atomically).
+    A level is finished when its metrics.json exists (written last, atomically).
     """
 
     def __init__(self, path):
@@ -34,90 +79,90 @@ class RunDirectory:
         return os.path.join(self.path, *parts)
 
     def level_dir(self, level):
-        return self.file("levels", f"level_{level:02d}")
+        return self.file(LEVELS, level_name(level))
 
     def level_file(self, level, name):
         return os.path.join(self.level_dir(level), name)
 
+    def tensorboard_dir(self, level):
+        return self.file(TENSORBOARD, level_name(level))
+
     @property
     def config_path(self):
-        return self.file("config.json")
+        return self.file(CONFIG)
 
     def config(self):
         if not os.path.exists(self.config_path):
-            raise artifacts.ArtifactError(f"{self.path} is not a run directory (no config.json)")
+            raise ArtifactError(f"{self.path} is not a run directory (no {CONFIG})")
         return artifacts.read_json(self.config_path)
 
     def is_finished(self, level):
-        return os.path.exists(self.level_file(level, "metrics.json"))
+        return os.path.exists(self.level_file(level, METRICS))
+
+    def level_dirs(self):
+        """{level: its directory} of every levels/level_LL/ there, finished or not."""
+        root = self.file(LEVELS)
+        if not os.path.isdir(root):
+            return {}
+        found = ((LEVEL_NAME.fullmatch(name), name) for name in os.listdir(root))
+        return {int(m.group(1)): os.path.join(root, name) for m, name in found if m}
 
     def finished_levels(self):
         """Sorted levels whose metrics.json exists."""
-        root = self.file("levels")
-        if not os.path.isdir(root):
-            return []
-        found = (re.fullmatch(r"level_(\d+)", name) for name in os.listdir(root))
-        return sorted(int(m.group(1)) for m in found if m and self.is_finished(int(m.group(1))))
+        return sorted(level for level in self.level_dirs() if self.is_finished(level))
 
     def metrics(self, level):
-        return artifacts.read_json(self.level_file(level, "metrics.json"))
+        return artifacts.read_json(self.level_file(level, METRICS))
 
     def checked_metrics(self, level):
         """metrics.json of a finished level, or ArtifactError when it parses but lacks what
         every finished level records (such a file is damage too, not a KeyError later)."""
-        path = self.level_file(level, "metrics.json")
+        path = self.level_file(level, METRICS)
         m = self.metrics(level)
         if not isinstance(m, dict):
-            raise artifacts.ArtifactError(f"{path} is not a level's metrics")
+            raise ArtifactError(f"{path} is not a level's metrics")
         missing = [k for k in METRICS_KEYS if k not in m]
         missing += [f"{split}.{k}" for split in ("val", "test") if isinstance(m.get(split), dict)
                     for k in ("accuracy", "loss") if k not in m[split]]
         if missing:
-            raise artifacts.ArtifactError(f"{path} lacks {', '.join(missing)}")
+            raise ArtifactError(f"{path} lacks {', '.join(missing)}")
         if m["level"] != level:
-            raise artifacts.ArtifactError(f"{path} holds level {m['level']}'s metrics")
+            raise ArtifactError(f"{path} holds level {m['level']}'s metrics")
         return m
+
+    # What a find_tickets run holds.
+    def mask(self, level):
+        """m_L as float32 0/1 arrays (stored as bool since lth_keras 0.5, a quarter of
+        the bytes; earlier runs stored float32, which reads the same)."""
+        import numpy as np
+
+        return {k: np.asarray(v, np.float32)
+                for k, v in artifacts.read_arrays(self.level_file(level, MASK)).items()}
+
+    def theta_i(self, level):
+        return artifacts.read_arrays(self.level_file(level, THETA_I))
+
+    def theta(self, which):
+        """θ_0 or θ_k ("0" or "k")."""
+        return artifacts.read_arrays(self.file({"0": THETA_0, "k": THETA_K}[which]))
+
+    # What a transfer run holds.
+    def weights(self, level):
+        return artifacts.read_arrays(self.level_file(level, WEIGHTS))
 
     def remove_stale_checkpoints(self, levels):
         """Epoch checkpoints left in finished `levels` (a crash between the level's last
         write and the checkpoint's removal)."""
         for level in levels:
-            path = self.level_file(level, "checkpoint.npz")
+            path = self.level_file(level, CHECKPOINT)
             if os.path.exists(path):
                 os.remove(path)
 
-    def tensorboard_hparams(self, level, density):
-        """What TensorBoard's HParams tab shows for a level: its run, its sparsity, its hparams."""
-        config = self.config()
-        return {"run": os.path.basename(os.path.normpath(self.path)), "kind": config["kind"],
-                "condition": config.get("condition", "find_tickets"),
-                "dataset": config["dataset"]["name"], "level": level,
-                "density": density["density"], **config["hparams"]}
-
-    def train_level(self, level, model, plan, training_config, runtime, density, *,
-                    verbose=True, **fit_args):
-        """Trains a level (fresh optimizer) with its curves and epoch checkpoint."""
-        from lth_keras.training import Trainer
-
-        trainer = Trainer(model, plan, training_config, runtime, verbose=verbose,
-                          tensorboard_dir=self.file("tensorboard", f"level_{level:02d}"),
-                          hparams=self.tensorboard_hparams(level, density),
-                          density=density["density"])
-        return trainer.fit(checkpoint_path=self.level_file(level, "checkpoint.npz"), **fit_args)
-
-    def finish_level(self, level, arrays_name, arrays, metrics):
-        """Writes the level's arrays, then metrics.json (which marks it finished); drops
-        its checkpoint and rewrites the summary, which it returns."""
-        artifacts.write_arrays(self.level_file(level, arrays_name), arrays)
-        artifacts.write_json(self.level_file(level, "metrics.json"), metrics)
-        checkpoint = self.level_file(level, "checkpoint.npz")
-        if os.path.exists(checkpoint):
-            os.remove(checkpoint)
-        for warning in (chance_warning(level, metrics, self.config()["dataset"]["num_classes"]),
-                        noisy_stop_warning(level, metrics)):
-            if warning:
-                logging.warning("%s", warning)
-        return self.write_summary()
+    def summary(self):
+        """One row per finished level: the columns of summary.csv."""
+        kind = self.config()["kind"]
+        return [summary_row(self.metrics(level), SUMMARY_COLUMNS[kind])
+                for level in self.finished_levels()]
 
     def title(self):
         """What the run is, in a line: the title of its printed summary."""
@@ -131,87 +176,40 @@ class RunDirectory:
         return (f"transfer to {dataset}: {config['condition']}{source}, {hp['model']} at "
                 f"{hp['image_size']} px, seed {hp['seed']}")
 
-    def summary(self):
-        """One row per finished level (the columns of summary.csv)."""
-        return [self._summary_row(level) for level in self.finished_levels()]
-
-    def write_summary(self, columns, row, format_rows):
-        """summary.csv and summary.md with one row(level) per finished level."""
-        rows = [row(level) for level in self.finished_levels()]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        artifacts.write_bytes(self.file("summary.csv"), text.getvalue().encode())
-        artifacts.write_bytes(self.file("summary.md"), format_rows(rows).encode())
-        return rows
+    def tensorboard_hparams(self, level, density):
+        """What TensorBoard's HParams tab shows for a level: its run, its sparsity, its hparams."""
+        config = self.config()
+        return {"run": os.path.basename(os.path.normpath(self.path)), "kind": config["kind"],
+                "condition": config.get("condition", "find_tickets"),
+                "dataset": config["dataset"]["name"], "level": level,
+                "density": density["density"], **config["hparams"]}
 
 
-def chance_warning(level, metrics, num_classes):
-    """A warning when a level ends within a point of chance accuracy (a learning rate
-    that diverged into a constant prediction, labels that do not match the images), or
-    None: such a run exits 0 and its numbers look like results."""
-    chance = 1.0 / num_classes
-    accuracy = max(metrics["val"]["accuracy"], metrics["test"]["accuracy"])
-    if accuracy > chance + 0.01:
-        return None
-    return (f"level {level} ended at chance accuracy (val {metrics['val']['accuracy']:.4f}, "
-            f"test {metrics['test']['accuracy']:.4f}; chance is {chance:.4f} with "
-            f"{num_classes} classes): check the learning rate and the data")
+class TicketRun(RunDirectory):
+    """A find_tickets run directory: θ_0, θ_k, and each level's m_L and θ_i(L)."""
 
 
-def noisy_stop_warning(level, metrics):
-    """A warning when early stopping fired on noise (training.noisy_stop; metrics.json
-    "noisy_stop"), or None: the kept weights are then those of an early epoch, and the
-    level's numbers say more about its validation split than about its network."""
-    if not metrics.get("noisy_stop"):
-        return None
-    history, best = metrics["history"], metrics["best_epoch"]
-    return (f"level {level} stopped early on a noisy validation loss: its best epoch was "
-            f"{best} of {metrics['epochs']} while training accuracy rose from "
-            f"{history[best - 1]['train_accuracy']:.4f} to {history[-1]['train_accuracy']:.4f} "
-            "(validation loss by epoch: "
-            + ", ".join(f"{r['val_loss']:.3g}" for r in history)
-            + "); BatchNorm statistics that lag the weights do this on small data: "
-              "--precise_bn re-estimates them before each validation")
+class TransferRun(RunDirectory):
+    """A transfer run directory: each level's fine-tuned weights."""
 
 
-# What every finished level's metrics.json records.
-METRICS_KEYS = ("level", "density", "start_digest", "history", "best_epoch", "epochs", "val",
-                "test")
-
-# What a level cost (metrics.json "cost"), in the summaries; empty for levels trained
-# before it was recorded.
-COST_COLUMNS = ("images", "seconds", "training_flops", "training_flops_masked")
-
-
-def cost_columns(metrics):
-    cost = metrics.get("cost")
-    if not cost:
-        return dict.fromkeys(COST_COLUMNS, "")
-    return {"images": cost["images"], "seconds": round(cost["seconds"], 3),
-            "training_flops": cost["training_flops"]["dense"],
-            "training_flops_masked": cost["training_flops"]["masked"]}
-
-
-def format_summary(rows, title=None):
-    from lth_keras.costs import format_flops
-
-    lines = [f"{title}\n"] if title else []
-    lines += ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
-             "|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
-                     f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
-    costed = [r for r in rows if r.get("images") not in (None, "")]
-    if costed:
-        total = {k: sum(r[k] for r in costed) for k in COST_COLUMNS}
-        lines += ["", f"Total over {len(costed)} level(s): {sum(r['epochs'] for r in costed)} "
-                      f"epochs, {total['images']:,} training images, "
-                      f"{total['seconds'] / 60:.1f} min of training, "
-                      f"{format_flops(total['training_flops'])} of training compute dense, "
-                      f"{format_flops(total['training_flops_masked'])} with the masks."]
-    return "\n".join(lines) + "\n"
+def summary_row(metrics, columns):
+    """A level's row of summary.csv, from its metrics.json."""
+    m, cost = metrics, metrics.get("cost")
+    values = {"level": m["level"], "condition": m.get("condition"),
+              "density": m["density"]["density"],
+              "fraction_pruned": m["density"]["fraction_pruned"],
+              "fraction_pruned_all_params": m["density"].get("fraction_pruned_all_params"),
+              "val_accuracy": m["val"]["accuracy"], "val_loss": m["val"]["loss"],
+              "test_accuracy": m["test"]["accuracy"], "test_loss": m["test"]["loss"],
+              "best_epoch": m["best_epoch"], "epochs": m["epochs"]}
+    if cost:
+        values.update({"images": cost["images"], "seconds": round(cost["seconds"], 3),
+                       "training_flops": cost["training_flops"]["dense"],
+                       "training_flops_masked": cost["training_flops"]["masked"]})
+    else:
+        values.update(dict.fromkeys(COST_COLUMNS, ""))
+    return {k: values[k] for k in columns}
 
 
 def process_directory(output_dir, runtime):
@@ -277,11 +275,9 @@ def run_id(config):
 
 
 def _resumed_record(stored, record, where, identity_extra, legacy, extra):
-    """The record of a re-run into `where`, or UserError if it is another run."""
-    from lth_keras.cli import UserError
-
+    """The record of a re-run into `where`, or RunMismatchError if it is another run."""
     if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:
-        raise UserError(f"{where} was made from other data (dataset fingerprint differs); "
+        raise RunMismatchError(f"{where} was made from other data (dataset fingerprint differs); "
                         "choose another --output_dir")
     if "identity" in stored:
         old, new = stored["identity"], record["identity"]
@@ -290,11 +286,11 @@ def _resumed_record(stored, record, where, identity_extra, legacy, extra):
                              if old["changed"].get(k) != new["changed"].get(k))
             changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
             if "head" in changed:
-                raise UserError(f"{where} was fine-tuned with a head drawn by an earlier rule "
+                raise RunMismatchError(f"{where} was fine-tuned with a head drawn by an earlier rule "
                                 "(lth_keras <= 0.3 drew it from θ_0's own seed stream), so its "
                                 "numbers are not this run's: move it away or choose another "
                                 "--output_dir")
-            raise UserError(f"{where} holds a run with other settings (differs in: "
+            raise RunMismatchError(f"{where} holds a run with other settings (differs in: "
                             f"{', '.join(changed) or 'identity version'}); choose another "
                             "--output_dir")
         return {**stored, "settings": record["settings"], **(extra or {})}
@@ -302,7 +298,7 @@ def _resumed_record(stored, record, where, identity_extra, legacy, extra):
     if stored.get("hparams_hash") != hparams_hash(legacy):
         changed = sorted(k for k in {**stored["hparams"], **legacy}
                          if stored["hparams"].get(k) != legacy.get(k))
-        raise UserError(f"{where} holds a run with other settings (differs in: "
+        raise RunMismatchError(f"{where} holds a run with other settings (differs in: "
                         f"{', '.join(changed) or 'flag set'}); choose another --output_dir")
     # A run from before identity version 2: the same settings, so it continues under an
     # up-to-date record that keeps its old hash.
@@ -325,9 +321,6 @@ def clear_directory(path):
             os.remove(full)
 
 
-LOCK_FILE = ".lock"
-
-
 @contextlib.contextmanager
 def locked(directory):
     """An exclusive lock on a run directory while the block runs.
@@ -337,8 +330,6 @@ def locked(directory):
     dies with its process: a killed run leaves nothing that blocks the next one.
     """
     import fcntl
-
-    from lth_keras.cli import UserError
 
     os.makedirs(directory, exist_ok=True)
     fd = os.open(os.path.join(directory, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666)
@@ -367,8 +358,6 @@ def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
     the result (rounds, devices, output): the record is updated to say so. `legacy` is
     the run's hparams as a record from before identity version 2 had them.
     """
-    from lth_keras.cli import UserError
-
     identity_extra = identity_extra or {}
     ident = settings.identity(groups, dataset.fingerprint(), **identity_extra)
     record = {
@@ -392,7 +381,7 @@ def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
     stored = artifacts.read_json(config_path)
     try:
         updated = _resumed_record(stored, record, where, identity_extra, legacy, extra)
-    except UserError:
+    except RunMismatchError:
         if RunDirectory(where).finished_levels():
             raise
         # Nothing finished here (a run that failed before its first level): the corrected

@@ -1,0 +1,298 @@
+"""Transfer: fine-tuning tickets on a target dataset (PROTOCOL.md "Transfer").
+
+Every condition loads (m, θ) into the ticket's architecture, replaces the head
+by a fresh dense Glorot layer for the target's classes, and trains with the
+mask fixed:
+  rewind   m_L ⊙ θ_k      (the ticket)
+  final    m_L ⊙ θ_i(L)   (paper 4.3.1)
+  reinit   m_L ⊙ θ'_0     (θ'_0: a fresh draw from the initialiser, another seed)
+  scratch  θ_0, dense     (the baseline; one level, numbered 0)
+
+A transfer takes from its ticket run the architecture and input (always) and the
+recipe (unless given otherwise); it supplies each level's start to the one level
+loop (levels.py). The layout of a transfer run directory is in directory.py.
+"""
+
+import dataclasses
+import os
+import zlib
+
+import numpy as np
+from absl import logging
+
+from lth_keras import artifacts, settings, weights
+from lth_keras.errors import ArtifactError, SettingsError
+from lth_keras.lottery import directory, levels
+from lth_keras.lottery.directory import MASK, THETA_0, THETA_I, THETA_K, TicketRun, TransferRun
+from lth_keras.settings import Data, Model, Training, Transfer
+
+CONDITIONS = ("rewind", "final", "reinit", "scratch")
+
+
+def transfer(groups, given, verbose=True):
+    """Fine-tunes tickets on a target, or trains a control, as `groups` say; returns the
+    TransferRun. `given`: the names of the settings given explicitly (a preset's, the
+    command line's, the options'); the rest of the recipe is the ticket run's."""
+    from lth_keras.lottery import inputs
+
+    settings.check(groups)  # before the heavy imports: a bad setting is reported at once
+    spec, run_settings = groups[Transfer], groups[settings.Run]
+    condition = spec.condition
+    ticket_run, levels_to_train, groups, overrides = _ticket_run(groups, given)
+    inputs.start_framework()
+    from lth_keras.lottery import architecture
+
+    model_settings, training = groups[Model], groups[Training]
+    ticket_config = ticket_run.config() if ticket_run else None
+    dataset = inputs.load_dataset(spec.target, groups)
+    # The target feeds the ticket's channel count (a grayscale target is replicated to 3;
+    # a ticket of 1-channel images cannot take a colour target: one line, nothing written).
+    plan = inputs.input_plan(dataset, groups, channels=ticket_config["input"].get("channels", 3)
+                             if ticket_run else None)
+    if overrides:
+        logging.warning("the fine-tuning recipe differs from the ticket run's: %s", ", ".join(
+            f"{name} {v['transfer']} (tickets: {v['tickets']})" for name, v in overrides.items()))
+    rt = inputs.runtime(groups)
+    model_config = architecture.model_config(
+        model_settings, plan.channels,
+        source_classes=(ticket_config["dataset"]["num_classes"] if ticket_run
+                        else dataset.num_classes),
+        seed=ticket_config["hparams"]["seed"] if ticket_run else training.seed)
+
+    with rt.scope():
+        source_model, target_model = architecture.build_target_model(
+            model_config, dataset.num_classes, head_seed(training.seed, dataset.name))
+        fresh_init = None
+        if condition == "reinit":
+            fresh_config = dict(model_config, seed=reinit_seed(model_config["seed"],
+                                                               training.seed))
+            fresh_init = weights.snapshot(architecture.build_target_model(
+                fresh_config, dataset.num_classes, head_seed=0)[0])  # the body only
+    theta_0 = ticket_run.theta("0") if ticket_run else weights.snapshot(source_model)
+
+    def start_for_level(level):
+        return starting_point(condition, level, ticket_run, theta_0, fresh_init)
+
+    # A ticket that does not fit this architecture fails here, before anything is written.
+    load_start(source_model, *start_for_level(levels_to_train[0]))
+
+    output_dir = run_settings.output_dir or transfer_dir(ticket_run, ticket_config, groups,
+                                                         dataset.name)
+    run = TransferRun(directory.process_directory(output_dir, rt))
+    tickets = None
+    if ticket_run:
+        tickets = {"path": os.path.abspath(ticket_run.path),
+                   "hparams_hash": directory.run_id(ticket_config),
+                   "source": ticket_config["dataset"]["name"],
+                   "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
+    identity_extra = {"condition": condition, "tickets_hash": tickets and tickets["hparams_hash"],
+                      "head": HEAD_RULE}
+    with directory.locked(run.path):
+        directory.start(run.config_path, kind="transfer", groups=groups, dataset=dataset,
+                        plan=plan, runtime=rt,
+                        extra={"condition": condition, "tickets": tickets,
+                               "model": model_config, "levels": levels_to_train,
+                               "recipe_overrides": overrides},
+                        identity_extra=identity_extra,
+                        legacy=directory.legacy_hparams("transfer", groups, identity_extra))
+        logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
+        protocol = FineTuning(run, source_model, target_model, condition, start_for_level,
+                              mask_for_level=lambda level: (None if condition == "scratch"
+                                                            else ticket_run.mask(level)))
+        levels.train_levels(run, protocol, levels_to_train, plan, rt, training,
+                            checkpoint_every=run_settings.checkpoint_every, verbose=verbose)
+    return run
+
+
+class FineTuning(levels.Protocol):
+    """A transfer's starting points: (m, θ) of the condition loaded into the ticket's
+    architecture, under the same fresh head at every level.
+
+    `mask_for_level(level)` is the ticket's mask of a level (None: dense), which a
+    finished level is checked against; `start_for_level(level)` gives (θ, mask) for a
+    level to train, θ fitting `source_model` (whose head the target's replaces).
+    """
+
+    arrays = directory.WEIGHTS
+
+    def __init__(self, run, source_model, target_model, condition, start_for_level,
+                 mask_for_level):
+        self.run, self.source_model, self.model = run, source_model, target_model
+        self.condition = condition
+        self.start_for_level, self.mask_for_level = start_for_level, mask_for_level
+        from lth_keras import models
+
+        head = models.head_layer(target_model)
+        self.head_init = {v.path: np.array(v.numpy()) for v in head.variables}
+
+    def tag(self, level):
+        return f"level {level} ({self.condition})"
+
+    def keeps(self, level):
+        """A finished level stands if it was fine-tuned with the mask the ticket run holds
+        now; damaged or stale, it is removed and fine-tuned again, never used."""
+        ticket_mask = self.mask_for_level(level)
+        try:
+            recorded = self.run.checked_metrics(level).get("mask_digest")
+            if (recorded is not None and ticket_mask is not None  # scratch: dense
+                    and recorded != weights.digest(ticket_mask)):
+                raise ArtifactError(
+                    f"{self.run.level_file(level, directory.METRICS)} was fine-tuned with "
+                    "another mask than the ticket run now holds (its level was recomputed)")
+            return True
+        except ArtifactError as e:
+            logging.warning("%s; fine-tuning level %d again", e, level)
+            artifacts.remove_tree(self.run.level_dir(level))
+            return False
+
+    def load_start(self, level):
+        mask = load_start(self.source_model, *self.start_for_level(level))
+        weights.assign(self.model, self.head_init,
+                       skip={v.path for v in self.model.variables} - set(self.head_init))
+        return mask
+
+    def record(self, level, masks):
+        return {"condition": self.condition, "mask_digest": weights.digest(masks)}
+
+
+def reinit_seed(ticket_seed, seed):
+    """The seed of θ'_0: never the ticket's own θ_0 seed, and fixed by both seeds."""
+    derived = zlib.crc32(f"reinit/{ticket_seed}/{seed}".encode()) & 0x7FFFFFFF
+    return derived if derived != ticket_seed else derived + 1
+
+
+def head_seed(seed, target):
+    """The seed of a transfer's fresh head: a stream of its own, (transfer seed, target,
+    "head"). θ_0's head was drawn from (model seed, "head"); drawing the transfer head
+    from that rule made it θ_0's head again whenever the class counts matched (the grid
+    gives a transfer its ticket's seed), so a rewind would have rewound the head too."""
+    return zlib.crc32(f"transfer/{seed}/{target}/head".encode()) & 0x7FFFFFFF
+
+
+# The rule a transfer's head is drawn with, in every transfer's identity: heads drawn by
+# another rule (lth_keras <= 0.3 used θ_0's) are other runs, never resumed as these.
+HEAD_RULE = "transfer seed/target/head"
+
+
+def starting_point(condition, level, ticket_run=None, theta_0=None, fresh_init=None):
+    """(θ, mask) a level starts from; mask None means dense."""
+    if condition == "scratch":
+        return theta_0, None
+    mask = ticket_run.mask(level)
+    if condition == "rewind":
+        return ticket_run.theta("k"), mask
+    if condition == "final":
+        return ticket_run.theta_i(level), mask
+    if condition == "reinit":
+        return fresh_init, mask
+    raise ValueError(f"unknown condition {condition!r}")
+
+
+def load_start(source_model, theta, mask):
+    """Loads m ⊙ θ into the source-shaped model (mask None: dense); returns the mask."""
+    if mask is None:
+        mask = weights.dense_masks(source_model)
+    weights.load_ticket(source_model, theta, mask)
+    return mask
+
+
+def _parse_levels(text, available, where):
+    if text.strip() == "all":
+        return list(available)
+    try:
+        chosen = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise SettingsError(f"--levels must be 'all' or a comma list of integers, got {text!r}")
+    outside = [level for level in chosen if level not in available]
+    if not chosen:
+        raise SettingsError("--levels names no level")
+    if outside:
+        raise SettingsError(f"--levels {','.join(map(str, outside))} not in {where}, which has "
+                            f"finished levels {available[0]}..{available[-1]}")
+    return chosen
+
+
+def _from_tickets(groups, hparams, given, where):
+    """(groups with the ticket run's architecture and input, and its recipe where `given`
+    names no other, {recipe field: {"tickets": value, "transfer": value}} for those given
+    otherwise). An architecture setting given otherwise is refused."""
+    values = settings.typed_values(hparams)
+    owners = {f.name: (group, f) for group in groups for f in dataclasses.fields(group)}
+    updates, overrides = {}, {}
+    for name in settings.ARCHITECTURE + settings.RECIPE:
+        group, field = owners[name]
+        current = getattr(groups[group], name)
+        # Runs from before a setting existed had its default.
+        ticket = values.get(name, field.default)
+        ticket = tuple(ticket) if isinstance(ticket, list) else ticket
+        if name not in given:
+            updates.setdefault(group, {})[name] = ticket
+        elif current != ticket and name in settings.ARCHITECTURE:
+            raise SettingsError(f"--{name}={current} but the tickets in {where} are for {name} "
+                                f"{ticket}; leave --{name} out to use the ticket's")
+        elif current != ticket:
+            overrides[name] = {"tickets": settings.json_value(ticket),
+                               "transfer": settings.json_value(current)}
+    groups = {group: dataclasses.replace(obj, **updates.get(group, {}))
+              for group, obj in groups.items()}
+    return groups, overrides
+
+
+def _ticket_run(groups, given):
+    """(ticket run directory or None, levels, groups with the ticket's model, input and
+    recipe, recipe overrides) for the transfer; read before anything heavy is imported,
+    so that a bad one is reported at once."""
+    spec = groups[Transfer]
+    if not spec.tickets:  # scratch without tickets: the settings name the model
+        return None, [0], groups, {}
+    if not os.path.isdir(spec.tickets):
+        raise SettingsError(f"--tickets={spec.tickets}: no such directory")
+    ticket_run = TicketRun(spec.tickets)
+    config = ticket_run.config()
+    if config.get("kind") != "find_tickets":
+        raise SettingsError(f"{spec.tickets} is a {config.get('kind')} run, not a find_tickets "
+                            "run")
+    groups, overrides = _from_tickets(groups, config["hparams"], given, spec.tickets)
+    available = ticket_run.finished_levels()
+    if spec.condition == "scratch":  # θ_0 alone: it exists from the ticket run's start
+        chosen = [0]
+    elif not available:
+        raise SettingsError(f"{spec.tickets} has no finished levels; run find_tickets first")
+    else:
+        chosen = _parse_levels(spec.levels, available, spec.tickets)
+    needed = [ticket_run.file(THETA_0)] + ([ticket_run.file(THETA_K)]
+                                           if spec.condition == "rewind" else [])
+    if spec.condition != "scratch":
+        needed += [ticket_run.level_file(level, name) for level in chosen
+                   for name in (MASK,) + ((THETA_I,) if spec.init == "final" else ())]
+    missing = [os.path.relpath(path, ticket_run.path) for path in needed
+               if not os.path.exists(path)]
+    if missing:
+        raise SettingsError(f"{spec.tickets} lacks {', '.join(missing)}: its find_tickets run "
+                            "is incomplete or damaged; run its command again to repair it")
+    return ticket_run, chosen, groups, overrides
+
+
+def transfer_dir(ticket_run, ticket_config, groups, dataset_name):
+    """The default run directory of a transfer: outputs/transfer/<ticket run>-<its id>/
+    <target>-<condition>[-frac]-seed<seed>. The ticket run's id keeps two ticket runs
+    of the same name apart; a directory of the earlier layout (no id), made from the
+    same tickets, is resumed where it is."""
+    training, data = groups[Training], groups[Data]
+    name = f"{dataset_name}-{groups[Transfer].condition}"
+    if data.train_fraction < 1:
+        name += f"-frac{data.train_fraction:g}"
+    name += f"-seed{training.seed}"
+    if ticket_run is None:
+        return directory.default_dir("transfer", os.path.join(
+            f"scratch-{groups[Model].model}-{groups[Model].image_size}px", name))
+    base = os.path.basename(os.path.normpath(ticket_run.path))
+    earlier = directory.default_dir("transfer", os.path.join(base, name))
+    try:
+        made_from = directory.RunDirectory(earlier).config()["tickets"]["hparams_hash"]
+    except (ArtifactError, KeyError, TypeError):  # none there, or no transfer's
+        made_from = None
+    if made_from in (ticket_config["hparams_hash"], ticket_config.get("legacy_hash")):
+        return earlier
+    return directory.default_dir("transfer", os.path.join(f"{base}-{directory.run_id(ticket_config)[:8]}",
+                                                     name))

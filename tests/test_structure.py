@@ -1,0 +1,106 @@
+"""The shape of the package: no import cycles, read from the modules' own import
+statements (function-level ones included, which a cycle hides behind as easily)."""
+
+import ast
+import os
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "lth_keras")
+
+
+def _modules():
+    """{module name: file} of every module of lth_keras."""
+    found = {}
+    root = os.path.dirname(PACKAGE)
+    for directory, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                parts = os.path.relpath(path, root)[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                found[".".join(parts)] = path
+    return found
+
+
+def import_graph():
+    """{module: {modules of lth_keras it imports}}: `import a.b` and `from a import b` name
+    a.b when it is a module, else a (an attribute of a). Packages that Python runs on the
+    way to a submodule are not edges: only what a statement names."""
+    modules = _modules()
+    graph = {}
+    for name, path in modules.items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from .x import y
+                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                           for alias in node.names]
+            else:
+                continue
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph):
+    """The strongly connected components of more than one module (Tarjan), sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_graph_holds_function_level_imports():
+    graph = import_graph()
+    # Both made inside functions: the grid's in-process runs, and the trainer of a level.
+    assert "lth_keras.lottery.tickets" in graph["lth_keras.grid"]
+    assert "lth_keras.training" in graph["lth_keras.lottery.levels"]
+    assert "lth_keras.lottery.directory" in graph["lth_keras.lottery.transfer"]
+
+
+def test_lth_keras_has_no_import_cycle():
+    assert cycles(import_graph()) == []
+
+
+def test_errors_and_settings_are_the_ground_floor():
+    # Every module may raise a UserError or read settings: neither may import back.
+    graph = import_graph()
+    assert graph["lth_keras.errors"] == set()
+    assert graph["lth_keras.settings"] == {"lth_keras.errors"}
