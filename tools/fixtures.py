@@ -11,11 +11,11 @@ def setup(mixed_precision="off", cpu_devices=0):
     """The Runtime of the engine KERAS_BACKEND names, seed 0; call once per process,
     before any model. cpu_devices > 1: MirroredStrategy over that many logical CPU
     devices (0: the engine's default devices)."""
-    from lth_keras import engines
+    from lth_keras import engines, settings
 
-    return engines.setup(seed=0, mixed_precision=mixed_precision,
-                         strategy="mirrored" if cpu_devices > 1 else "default",
-                         cpu_devices=cpu_devices)
+    run = settings.Run(strategy="mirrored" if cpu_devices > 1 else "default",
+                       cpu_devices=cpu_devices)
+    return engines.setup(run, settings.Training(mixed_precision=mixed_precision))
 
 
 def synthetic_dataset(name, shape, num_classes, train, held_out, seed=0):

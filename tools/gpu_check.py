@@ -118,11 +118,11 @@ def bare_step_seconds(model, optimizer, batch):
 
 def throughput(runtime, dataset, model, batch):
     """One batch size's row: the engine's epoch loop against the bare step."""
-    from lth_keras import training
+    from lth_keras import settings, training
     from lth_keras.datasets import InputPlan
 
     plan = InputPlan(dataset, image_size=FLAGS.image_size, batch_size=batch, seed=0)
-    trainer = training.Trainer(model, plan, training.TrainingConfig(), runtime,
+    trainer = training.Trainer(model, plan, settings.Training(), runtime,
                                verbose=False)
     start = time.perf_counter()
     trainer.loop.train_epoch(0)  # compiles; uploads the dataset once
@@ -156,7 +156,8 @@ def end_to_end(work):
     """find_tickets (levels 0, 1) and transfer (level 1) on histology_nuclei, checked."""
     import numpy as np
 
-    from lth_keras import fine_tuning, lottery, pruning
+    from lth_keras import pruning
+    from lth_keras.lottery import TicketRun, TransferRun
 
     target = os.path.join(FLAGS.data_dir, "histology_nuclei")
     if not os.path.isdir(target):
@@ -169,7 +170,7 @@ def end_to_end(work):
     result = {"find_tickets_s": tickets_s, "find_tickets_exit": proc.returncode}
     if proc.returncode != 0:
         return {**result, "error": " / ".join(proc.stderr.strip().splitlines()[-3:])}
-    run = lottery.TicketRun(tickets)
+    run = TicketRun(tickets)
     masks0, masks1, theta_i = run.mask(0), run.mask(1), run.theta_i(1)
     alive0 = sum(int(m.sum()) for m in masks0.values())
     alive1 = sum(int(m.sum()) for m in masks1.values())
@@ -191,10 +192,10 @@ def end_to_end(work):
     result.update(transfer_s=transfer_s, transfer_exit=proc.returncode)
     if proc.returncode != 0:
         return {**result, "error": " / ".join(proc.stderr.strip().splitlines()[-3:])}
-    tuned = fine_tuning.TransferRun(out).weights(1)
+    tuned = TransferRun(out).weights(1)
     result["transfer_mask_is_ticket"] = all(
         np.array_equal(tuned[k.rsplit("/", 1)[0] + "/mask"], m) for k, m in masks1.items())
-    result["transfer_test_accuracy"] = fine_tuning.TransferRun(out).metrics(1)["test"]["accuracy"]
+    result["transfer_test_accuracy"] = TransferRun(out).metrics(1)["test"]["accuracy"]
     return result
 
 

@@ -152,7 +152,7 @@ def per_run(checkout, folder, work, cache, in_process):
 
 def level_steps():
     """Seconds of each step a pruned level takes outside training, on --model at
-    --image_size with 10 classes, as lottery.find_tickets does them; θ_i's size."""
+    --image_size with 10 classes, as lottery.tickets does them; θ_i's size."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
     from lth_keras import artifacts, models, pruning, weights
 

@@ -160,12 +160,12 @@ def synthetic_dataset(spec, train_images=None):
 
 def input_data(spec):
     """(pipeline, training config) of a model: its synthetic data, the same in every process."""
-    from lth_keras import training
+    from lth_keras import settings
     from lth_keras.datasets.pipeline import InputPipeline
 
     pipeline = InputPipeline(synthetic_dataset(spec), image_size=spec.image_size,
                              batch_size=FLAGS.batch_size, seed=0)
-    return pipeline, training.TrainingConfig(mixed_precision=FLAGS.mixed_precision)
+    return pipeline, settings.Training(mixed_precision=FLAGS.mixed_precision)
 
 
 def premade_dataset(pipeline, steps):

@@ -54,14 +54,15 @@ def engine_worker(reply):
             reply({"skipped": f"JAX is not installed ({e})"})
             return
     from lth_keras.datasets import InputPlan
-    from lth_keras.training import Trainer, TrainingConfig
+    from lth_keras.settings import Training
+    from lth_keras.training import Trainer
 
     spec, batch = SPECS[FLAGS.engines_model], FLAGS.batch_size
     runtime = fixtures.setup()
     plan = InputPlan(synthetic_dataset(spec, train_images=max(2, FLAGS.epoch_steps) * batch),
                      image_size=spec.image_size, batch_size=batch, seed=0)
     model = fixtures.masked_model(runtime, spec.model, spec.image_size, spec.num_classes)
-    loop = Trainer(model, plan, TrainingConfig(), runtime, verbose=False).loop
+    loop = Trainer(model, plan, Training(), runtime, verbose=False).loop
 
     def epoch_s(epoch):
         start = time.perf_counter()

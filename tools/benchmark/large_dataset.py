@@ -61,7 +61,8 @@ def worker(cache_dir, process_start):
     from `process_start` (the process's start, perf_counter)."""
     from lth_keras import datasets
     from lth_keras.datasets import InputPlan
-    from lth_keras.training import Trainer, TrainingConfig
+    from lth_keras.settings import Training
+    from lth_keras.training import Trainer
 
     runtime = fixtures.setup(cpu_devices=2)
     runtime.steps_per_execution = 1  # stop right after the first step to time it
@@ -70,7 +71,7 @@ def worker(cache_dir, process_start):
     loaded = time.perf_counter() - process_start
     plan = InputPlan(dataset, image_size=LARGE_IMAGE_SIZE, batch_size=FLAGS.batch_size, seed=0)
     model = fixtures.masked_model(runtime, "resnet20", LARGE_IMAGE_SIZE, dataset.num_classes)
-    trainer = Trainer(model, plan, TrainingConfig(), runtime, verbose=False)
+    trainer = Trainer(model, plan, Training(), runtime, verbose=False)
     steps = FLAGS.large_dataset_steps or plan.steps_per_epoch
     calls = {"n": 0}
 
