@@ -6,6 +6,8 @@ broken by position (earlier layer, then earlier flat index, survives), so the
 same weights always give the same mask.
 """
 
+import zlib
+
 import numpy as np
 
 PRUNING_MODES = ("global", "layerwise")
@@ -77,6 +79,23 @@ def prune(kernels, masks, rate, mode="global"):
                       for m, a in zip(flat_mag, flat_alive)]
     return {n: k.reshape(np.shape(masks[n])).astype(np.float32)
             for n, k in zip(names, kept_parts)}
+
+
+def random_masks(masks, seed):
+    """Random pruning, the control that tells a ticket's mask from its mere sparsity:
+    for every layer of `masks` a uniformly random 0/1 mask of the same shape with exactly
+    as many ones as that layer's mask has. Each layer draws from a stream of its own,
+    (seed, layer path), so a layer's mask depends on neither the layer order nor the
+    other layers."""
+    drawn = {}
+    for path, mask in masks.items():
+        mask = np.asarray(mask)
+        alive = int(np.count_nonzero(mask))
+        rng = np.random.default_rng([seed, zlib.crc32(path.encode())])
+        flat = np.zeros(mask.size, dtype=mask.dtype)
+        flat[rng.choice(mask.size, size=alive, replace=False)] = 1
+        drawn[path] = flat.reshape(mask.shape)
+    return drawn
 
 
 def density_report(masks, total_params=None):

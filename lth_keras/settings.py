@@ -176,11 +176,16 @@ class Transfer:
     reinit: bool = option(False, "Control: keep the mask, draw fresh weights from the "
                                  "initialiser (another seed).")
     scratch: bool = option(False, "Baseline: the dense model from θ_0, trained on the target.")
+    random_mask: bool = option(False, "Control: random pruning, a random mask with the "
+                                      "ticket's count of alive weights in every layer, from "
+                                      "θ_k (with --reinit: from fresh weights).")
 
     @property
     def condition(self):
         if self.scratch:
             return "scratch"
+        if self.random_mask:
+            return "random_reinit" if self.reinit else "random"
         return "reinit" if self.reinit else self.init
 
     def check(self):
@@ -192,6 +197,11 @@ class Transfer:
                "--scratch trains the one dense model: --levels and --init do not apply")
         _check(not (self.reinit and self.init != "rewind"),
                "--reinit draws fresh weights: it cannot be combined with --init")
+        _check(not (self.scratch and self.random_mask),
+               "--scratch and --random_mask exclude each other")
+        _check(not (self.random_mask and self.init != "rewind"),
+               "--random_mask starts from θ_k (or, with --reinit, fresh weights): it cannot "
+               "be combined with --init")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +245,10 @@ class Run:
         _check_choices(self)
 
 
-GRID_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "source_reinit", "scratch",
-                   "related", "train_fractions")
+PAPER_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "source_reinit", "scratch",
+                    "related", "train_fractions")
+# Random pruning is a control the paper has not: known to the grid, not in its default.
+GRID_CONDITIONS = PAPER_CONDITIONS + ("random", "source_random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +265,9 @@ class Grid:
                                        "runs that share their tickets, θ_0 and the target's "
                                        "batches. Default: the ticket run's own seed.",
                                    item=int, result=False)
-    conditions: tuple = option(GRID_CONDITIONS, f"Any of {', '.join(GRID_CONDITIONS)}.",
+    conditions: tuple = option(PAPER_CONDITIONS, f"Any of {', '.join(GRID_CONDITIONS)} "
+                                                 "(default: the paper's, every one but "
+                                                 "random and source_random).",
                                item=str, result=False)
     related: tuple = option((), "Related-source pairs SOURCE:TARGET, e.g. human_lba:mouse_lba.",
                             item=str, result=False)
@@ -261,7 +275,8 @@ class Grid:
                                     "train_fractions condition.", item=float, result=False)
     transfer_levels: str = option("all", "Levels every transfer fine-tunes: 'all' or a comma "
                                          "list (e.g. 0,2,4,6).", result=False)
-    reinit_levels: str = option(None, "Levels of the reinit and source_reinit transfers "
+    reinit_levels: str = option(None, "Levels of the reinit, source_reinit, random and "
+                                      "source_random transfers "
                                       "(default: --transfer_levels): the control is needed "
                                       "only where the tickets are compared.", result=False)
     primary_level: int = option(None, "The pruning level of the grid's primary result, named "

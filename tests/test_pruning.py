@@ -108,3 +108,39 @@ def test_selection_keeps_what_a_stable_sort_keeps(seed):
     expected[order[:pruning.survivors(len(alive), 0.2)]] = True
     got = np.concatenate([new[k].ravel() for k in shapes]) != 0
     np.testing.assert_array_equal(got, expected)
+
+
+def _ticket_like_masks(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"conv/kernel": (rng.random((3, 3, 4, 8)) < 0.3).astype(np.float32),
+            "dense/kernel": (rng.random((50, 10)) < 0.6).astype(np.float32),
+            "head/kernel": np.ones((10, 4), np.float32)}
+
+
+def test_random_masks_keep_each_layers_alive_count_and_nothing_else_of_the_ticket():
+    ticket = _ticket_like_masks()
+    drawn = pruning.random_masks(ticket, seed=7)
+    assert drawn.keys() == ticket.keys()
+    for path, mask in ticket.items():
+        assert drawn[path].shape == mask.shape and drawn[path].dtype == mask.dtype
+        assert set(np.unique(drawn[path])) <= {0.0, 1.0}
+        assert int(drawn[path].sum()) == int(mask.sum()), path
+    for path in ("conv/kernel", "dense/kernel"):  # a partly pruned layer gets another mask
+        assert not np.array_equal(drawn[path], ticket[path])
+        # ... which overlaps the ticket's about as much as chance says (density d: d²).
+        density = ticket[path].mean()
+        overlap = (drawn[path] * ticket[path]).sum() / drawn[path].size
+        assert abs(overlap - density ** 2) < 0.1, path
+    np.testing.assert_array_equal(drawn["head/kernel"], ticket["head/kernel"])  # all alive
+
+
+def test_random_masks_are_fixed_by_the_seed_and_differ_between_seeds():
+    ticket = _ticket_like_masks()
+    first, again = pruning.random_masks(ticket, 3), pruning.random_masks(ticket, 3)
+    other = pruning.random_masks(ticket, 4)
+    for path in ticket:
+        np.testing.assert_array_equal(first[path], again[path])
+    assert not np.array_equal(first["dense/kernel"], other["dense/kernel"])
+    # A layer's draw is its own: it does not depend on the other layers or their order.
+    alone = pruning.random_masks({"dense/kernel": ticket["dense/kernel"]}, 3)
+    np.testing.assert_array_equal(alone["dense/kernel"], first["dense/kernel"])

@@ -117,6 +117,21 @@ def test_bad_settings_are_one_line_errors():
         settings.with_options(settings.parse(settings.FIND_TICKETS), {"learning_rat": 0.1})
     with pytest.raises(settings.SettingsError, match="--prune_rate"):
         Pruning(prune_rate=1.5).check(Training())
+    for conflict, message in (("--scratch", "--scratch and --random_mask exclude"),
+                              ("--init=final", "--random_mask starts from θ_k")):
+        with pytest.raises(settings.SettingsError, match=message):
+            settings.check(settings.parse(settings.TRANSFER, [
+                "--target=x", "--tickets=t", "--random_mask", conflict]))
+
+
+def test_the_transfer_condition_is_what_its_flags_name():
+    def condition(*args):
+        return settings.parse(settings.TRANSFER, ["--target=x", *args])[settings.Transfer].condition
+
+    assert [condition(), condition("--init=final"), condition("--reinit"),
+            condition("--random_mask"), condition("--random_mask", "--reinit"),
+            condition("--scratch")] == ["rewind", "final", "reinit", "random", "random_reinit",
+                                        "scratch"]
 
 
 # ---- run records ------------------------------------------------------------------------

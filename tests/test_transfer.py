@@ -39,7 +39,9 @@ def transfers(tiny_tickets, tmp_path_factory):
     root = tmp_path_factory.mktemp("transfer")
     runs = {}
     for condition, flag in (("rewind", []), ("final", ["--init=final"]),
-                            ("reinit", ["--reinit"]), ("scratch", ["--scratch"])):
+                            ("reinit", ["--reinit"]), ("scratch", ["--scratch"]),
+                            ("random", ["--random_mask"]),
+                            ("random_reinit", ["--random_mask", "--reinit"])):
         out = str(root / condition)
         proc = _transfer(tiny_tickets.path, out, *flag)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,6 +107,61 @@ def test_reinit_changes_the_weights_but_not_the_mask(tiny_tickets, transfers):
             np.testing.assert_array_equal(tuned[path.rsplit("/", 1)[0] + "/mask"], m)
 
 
+def _masks_of(run, level, ticket_mask):
+    tuned = run.weights(level)
+    return {p: tuned[p.rsplit("/", 1)[0] + "/mask"] for p in ticket_mask}
+
+
+def test_random_pruning_keeps_each_layers_count_and_starts_from_theta_k(tiny_tickets,
+                                                                        transfers):
+    run, seed = transfers["random"], int(RECIPE[-1].split("=")[1])
+    theta_k = tiny_tickets.theta("k")
+    for level in run.finished_levels():
+        ticket = tiny_tickets.mask(level)
+        drawn = _masks_of(run, level, ticket)
+        tuned = run.weights(level)
+        for path, m in ticket.items():
+            assert drawn[path].sum() == m.sum(), (level, path)
+            assert np.all(tuned[path][drawn[path] == 0] == 0)
+        if level > 0:  # level 0 is dense: its only "random" mask is all ones
+            assert all(not np.array_equal(drawn[p], ticket[p]) for p in ticket)
+            other_seed = protocol.condition_mask("random", level, tiny_tickets, seed + 1)
+            assert weights.digest(other_seed) != weights.digest(drawn)
+        metrics = run.metrics(level)
+        assert metrics["mask_digest"] == weights.digest(drawn)
+        assert metrics["ticket_mask_digest"] == weights.digest(ticket)
+        # The draw is the one the seeds fix, and the start is r_L ⊙ θ_k bit for bit.
+        assert weights.digest(protocol.condition_mask("random", level, tiny_tickets,
+                                                      seed)) == metrics["mask_digest"]
+        assert metrics["start_digest"] == expected_start_digest(run, theta_k, drawn)
+
+
+def test_random_pruning_with_fresh_weights_differs_from_random_pruning_only_in_weights(
+        tiny_tickets, transfers):
+    run, random = transfers["random_reinit"], transfers["random"]
+    config = run.config()
+    fresh = weights.snapshot(architecture.build_target_model(
+        dict(config["model"], seed=protocol.reinit_seed(config["model"]["seed"],
+                                                           config["hparams"]["seed"])),
+        4, head_seed=0)[0])
+    for level in run.finished_levels():
+        ticket = tiny_tickets.mask(level)
+        drawn = _masks_of(run, level, ticket)
+        assert run.metrics(level)["mask_digest"] == random.metrics(level)["mask_digest"]
+        assert run.metrics(level)["start_digest"] == expected_start_digest(run, fresh, drawn)
+
+
+def test_a_random_pruning_rerun_skips_its_finished_levels(tiny_tickets, transfers):
+    run = transfers["random"]
+    before = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns
+              for lvl in run.finished_levels()}
+    proc = _transfer(tiny_tickets.path, run.path, "--random_mask")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "level 2 (random): finished already, skipping" in proc.stderr
+    assert {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns
+            for lvl in before} == before
+
+
 def test_scratch_baseline_is_dense_from_theta_0(tiny_tickets, transfers):
     run = transfers["scratch"]
     assert run.finished_levels() == [0]
@@ -120,7 +177,7 @@ def test_scratch_baseline_is_dense_from_theta_0(tiny_tickets, transfers):
 def test_config_records_the_ticket_run_and_condition(tiny_tickets, transfers):
     configs = {c: r.config() for c, r in transfers.items()}
     assert {c: cfg["condition"] for c, cfg in configs.items()} == {c: c for c in configs}
-    assert len({cfg["hparams_hash"] for cfg in configs.values()}) == 4
+    assert len({cfg["hparams_hash"] for cfg in configs.values()}) == 6
     for cfg in configs.values():
         assert cfg["kind"] == "transfer"
         assert cfg["tickets"]["hparams_hash"] == tiny_tickets.config()["hparams_hash"]

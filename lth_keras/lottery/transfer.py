@@ -6,6 +6,10 @@ mask fixed:
   rewind   m_L ⊙ θ_k      (the ticket)
   final    m_L ⊙ θ_i(L)   (paper 4.3.1)
   reinit   m_L ⊙ θ'_0     (θ'_0: a fresh draw from the initialiser, another seed)
+  random         r_L ⊙ θ_k   (random pruning: r_L a random mask with m_L's count of
+                              alive weights in every layer; only the mask differs from
+                              the ticket)
+  random_reinit  r_L ⊙ θ'_0  (random pruning with fresh weights)
   scratch  θ_0, dense     (the baseline; one level, numbered 0)
 
 A transfer takes from its ticket run the architecture and input (always) and the
@@ -20,13 +24,15 @@ import zlib
 import numpy as np
 from absl import logging
 
-from lth_keras import artifacts, settings, weights
+from lth_keras import artifacts, pruning, settings, weights
 from lth_keras.errors import ArtifactError, SettingsError
 from lth_keras.lottery import directory, levels
 from lth_keras.lottery.directory import MASK, THETA_0, THETA_I, THETA_K, TicketRun, TransferRun
 from lth_keras.settings import Data, Model, Training, Transfer
 
-CONDITIONS = ("rewind", "final", "reinit", "scratch")
+CONDITIONS = ("rewind", "final", "reinit", "random", "random_reinit", "scratch")
+RANDOM_MASK = ("random", "random_reinit")  # the conditions that draw their masks
+FRESH_WEIGHTS = ("reinit", "random_reinit")  # the conditions that start from θ'_0
 
 
 def transfer(groups, given, verbose=True):
@@ -63,15 +69,23 @@ def transfer(groups, given, verbose=True):
         source_model, target_model = architecture.build_target_model(
             model_config, dataset.num_classes, head_seed(training.seed, dataset.name))
         fresh_init = None
-        if condition == "reinit":
+        if condition in FRESH_WEIGHTS:
             fresh_config = dict(model_config, seed=reinit_seed(model_config["seed"],
                                                                training.seed))
             fresh_init = weights.snapshot(architecture.build_target_model(
                 fresh_config, dataset.num_classes, head_seed=0)[0])  # the body only
     theta_0 = ticket_run.theta("0") if ticket_run else weights.snapshot(source_model)
 
+    masks = {}  # level: the condition's mask (a random one is drawn once)
+
+    def mask_for_level(level):
+        if level not in masks:
+            masks[level] = condition_mask(condition, level, ticket_run, training.seed)
+        return masks[level]
+
     def start_for_level(level):
-        return starting_point(condition, level, ticket_run, theta_0, fresh_init)
+        return starting_point(condition, level, ticket_run, theta_0, fresh_init,
+                              mask_for_level(level))
 
     # A ticket that does not fit this architecture fails here, before anything is written.
     load_start(source_model, *start_for_level(levels_to_train[0]))
@@ -87,6 +101,8 @@ def transfer(groups, given, verbose=True):
                    "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
     identity_extra = {"condition": condition, "tickets_hash": tickets and tickets["hparams_hash"],
                       "head": HEAD_RULE}
+    if condition in RANDOM_MASK:
+        identity_extra["random_mask"] = RANDOM_MASK_RULE
     with directory.locked(run.path):
         directory.start(run.config_path, kind="transfer", groups=groups, dataset=dataset,
                         plan=plan, runtime=rt,
@@ -97,8 +113,7 @@ def transfer(groups, given, verbose=True):
                         legacy=directory.legacy_hparams("transfer", groups, identity_extra))
         logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
         protocol = FineTuning(run, source_model, target_model, condition, start_for_level,
-                              mask_for_level=lambda level: (None if condition == "scratch"
-                                                            else ticket_run.mask(level)))
+                              mask_for_level, ticket_mask=ticket_run and ticket_run.mask)
         levels.train_levels(run, protocol, levels_to_train, plan, rt, training,
                             checkpoint_every=run_settings.checkpoint_every, verbose=verbose)
     return run
@@ -108,17 +123,18 @@ class FineTuning(levels.Protocol):
     """A transfer's starting points: (m, θ) of the condition loaded into the ticket's
     architecture, under the same fresh head at every level.
 
-    `mask_for_level(level)` is the ticket's mask of a level (None: dense), which a
+    `mask_for_level(level)` is the condition's mask of a level (None: dense), which a
     finished level is checked against; `start_for_level(level)` gives (θ, mask) for a
-    level to train, θ fitting `source_model` (whose head the target's replaces).
+    level to train, θ fitting `source_model` (whose head the target's replaces);
+    `ticket_mask(level)`, the ticket's own mask, is recorded beside a random one.
     """
 
     arrays = directory.WEIGHTS
 
     def __init__(self, run, source_model, target_model, condition, start_for_level,
-                 mask_for_level):
+                 mask_for_level, ticket_mask=None):
         self.run, self.source_model, self.model = run, source_model, target_model
-        self.condition = condition
+        self.condition, self.ticket_mask = condition, ticket_mask
         self.start_for_level, self.mask_for_level = start_for_level, mask_for_level
         from lth_keras import models
 
@@ -138,7 +154,7 @@ class FineTuning(levels.Protocol):
                     and recorded != weights.digest(ticket_mask)):
                 raise ArtifactError(
                     f"{self.run.level_file(level, directory.METRICS)} was fine-tuned with "
-                    "another mask than the ticket run now holds (its level was recomputed)")
+                    "another mask than the ticket run now gives (its level was recomputed)")
             return True
         except ArtifactError as e:
             logging.warning("%s; fine-tuning level %d again", e, level)
@@ -152,7 +168,10 @@ class FineTuning(levels.Protocol):
         return mask
 
     def record(self, level, masks):
-        return {"condition": self.condition, "mask_digest": weights.digest(masks)}
+        record = {"condition": self.condition, "mask_digest": weights.digest(masks)}
+        if self.condition in RANDOM_MASK:
+            record["ticket_mask_digest"] = weights.digest(self.ticket_mask(level))
+        return record
 
 
 def reinit_seed(ticket_seed, seed):
@@ -174,16 +193,39 @@ def head_seed(seed, target):
 HEAD_RULE = "transfer seed/target/head"
 
 
-def starting_point(condition, level, ticket_run=None, theta_0=None, fresh_init=None):
-    """(θ, mask) a level starts from; mask None means dense."""
+def random_mask_seed(ticket_seed, seed, level):
+    """The seed of a level's random masks: a stream of its own, fixed by the ticket's
+    seed, the transfer's seed and the level (each level draws anew)."""
+    return zlib.crc32(f"random_mask/{ticket_seed}/{seed}/{level}".encode()) & 0x7FFFFFFF
+
+
+# The rule random masks are drawn with, in every random-mask transfer's identity.
+RANDOM_MASK_RULE = "per layer, uniform, the ticket's alive count; ticket seed/seed/level"
+
+
+def condition_mask(condition, level, ticket_run, seed):
+    """The mask a condition fine-tunes a level with (None: dense): the ticket's, or for
+    random pruning one drawn with the ticket's alive count in every layer."""
+    if condition == "scratch":
+        return None
+    mask = ticket_run.mask(level)
+    if condition in RANDOM_MASK:
+        ticket_seed = ticket_run.config()["hparams"]["seed"]
+        return pruning.random_masks(mask, random_mask_seed(ticket_seed, seed, level))
+    return mask
+
+
+def starting_point(condition, level, ticket_run=None, theta_0=None, fresh_init=None,
+                   mask=None):
+    """(θ, mask) a level starts from, `mask` the condition's (condition_mask; None:
+    dense)."""
     if condition == "scratch":
         return theta_0, None
-    mask = ticket_run.mask(level)
-    if condition == "rewind":
+    if condition in ("rewind", "random"):
         return ticket_run.theta("k"), mask
     if condition == "final":
         return ticket_run.theta_i(level), mask
-    if condition == "reinit":
+    if condition in FRESH_WEIGHTS:
         return fresh_init, mask
     raise ValueError(f"unknown condition {condition!r}")
 
@@ -261,7 +303,7 @@ def _ticket_run(groups, given):
     else:
         chosen = _parse_levels(spec.levels, available, spec.tickets)
     needed = [ticket_run.file(THETA_0)] + ([ticket_run.file(THETA_K)]
-                                           if spec.condition == "rewind" else [])
+                                           if spec.condition in ("rewind", "random") else [])
     if spec.condition != "scratch":
         needed += [ticket_run.level_file(level, name) for level in chosen
                    for name in (MASK,) + ((THETA_I,) if spec.init == "final" else ())]
