@@ -14,6 +14,9 @@ Conditions (PROTOCOL.md "Transfer"):
   reinit           target tickets with fresh weights (orange lines)
   source_reinit    natural-source tickets' masks with fresh weights on each target
                    (is it the mask or its weights that transfers?)
+  random           target tickets' masks drawn at random, per layer with the ticket's
+                   alive count, from θ_k (random pruning: the mask or its sparsity?)
+  source_random    the same for the natural-source tickets on each target
   scratch          the dense model trained on each target (dashed line)
   related          tickets of a related non-natural source (--related=A:B pairs)
   train_fractions  target tickets found on a fraction of the training split
@@ -109,8 +112,11 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         raise ValueError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
     if "reinit" in conditions and "target_tickets" not in conditions:
         raise ValueError("reinit fine-tunes the target tickets: add target_tickets")
-    if "source_reinit" in conditions and not sources:
-        raise ValueError("source_reinit fine-tunes the natural sources' tickets: add sources")
+    if "random" in conditions and "target_tickets" not in conditions:
+        raise ValueError("random prunes like the target tickets: add target_tickets")
+    for control in ("source_reinit", "source_random"):
+        if control in conditions and not sources:
+            raise ValueError(f"{control} fine-tunes the natural sources' tickets: add sources")
     if "scratch" in conditions and not sources and "target_tickets" not in conditions:
         raise ValueError("scratch takes θ_0 from a ticket run: add sources or target_tickets")
     runs = {}
@@ -129,9 +135,10 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         if transfer_seeds:
             name += f"-t{transfer_seed}"
         args = [f"--target={target}", f"--seed={transfer_seed}", "--train_fraction=1"]
-        args += {"final": ["--init=final"], "reinit": ["--reinit"],
+        args += {"final": ["--init=final"], "reinit": ["--reinit"], "random": ["--random_mask"],
                  "scratch": ["--scratch"]}.get(condition, [])
-        levels = reinit_levels if condition == "reinit" and reinit_levels else transfer_levels
+        control = condition in ("reinit", "random")
+        levels = reinit_levels if control and reinit_levels else transfer_levels
         if condition != "scratch" and levels != "all":
             args.append(f"--levels={levels}")
         runs.setdefault(name, GridRun(name, "transfer", tuple(args), tickets=ticket_run,
@@ -139,7 +146,8 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
 
     for seed in seeds:
         natural = ({source: tickets(source, seed) for source in sources}
-                   if {"rewind", "final", "scratch", "source_reinit"} & set(conditions) else {})
+                   if {"rewind", "final", "scratch", "source_reinit", "source_random"}
+                   & set(conditions) else {})
         for target in targets:
             own = tickets(target, seed) if "target_tickets" in conditions else None
             for t in transfer_seeds or (seed,):
@@ -152,10 +160,13 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
                         if condition in conditions:
                             transfer(ticket_run, dataset_label(source), target, seed, t,
                                      condition)
-                    if "source_reinit" in conditions:
-                        transfer(ticket_run, dataset_label(source), target, seed, t, "reinit")
-                if "reinit" in conditions:
-                    transfer(own, dataset_label(target), target, seed, t, "reinit")
+                    for control in ("reinit", "random"):
+                        if f"source_{control}" in conditions:
+                            transfer(ticket_run, dataset_label(source), target, seed, t,
+                                     control)
+                for control in ("reinit", "random"):
+                    if control in conditions:
+                        transfer(own, dataset_label(target), target, seed, t, control)
             if "train_fractions" in conditions:
                 for fraction in train_fractions:
                     tickets(target, seed, fraction)

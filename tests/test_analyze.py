@@ -77,7 +77,8 @@ def make_tickets(root, dataset, seed, accuracies, train_fraction=1.0, in_progres
 
 
 CONDITION_FLAGS = {"rewind": [], "final": ["--init=final"], "reinit": ["--reinit"],
-                   "scratch": ["--scratch"]}
+                   "scratch": ["--scratch"], "random": ["--random_mask"],
+                   "random_reinit": ["--random_mask", "--reinit"]}
 
 
 def transfer_hparams(target, condition, seed, tickets_hash, recipe=()):
@@ -497,6 +498,7 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
     assert rows["dense θ_k − scratch"]["mean"] == pytest.approx(-0.01)
     assert rows["dense θ_k − scratch"]["sd"] == pytest.approx(0, abs=1e-12)
     assert rows["ticket − reinit"]["mean"] == pytest.approx(0.02)
+    assert "ticket − random mask" not in rows  # random pruning did not run: no row
 
     md = result.files["table2.md"].decode()
     assert md.startswith("# Primary result: ticket − scratch at level 2, named in advance")
@@ -509,6 +511,29 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
     other = report.analyze([root], overlap=False, primary_level=1)
     assert "--primary_level: --primary_level=1" in other.files["primary.md"].decode()
     assert "absent: no pair has both sides" in other.files["primary.md"].decode()
+
+
+def test_random_pruning_is_a_line_a_row_and_a_contrast(tmp_path):
+    root = make_pairs_grid(str(tmp_path / "grid"))
+    tickets = {s: os.path.join(root, "tickets", f"cifar10-frac1-seed{s}") for s in (0, 1)}
+    for (s, t), d in zip([(s, t) for s in (0, 1) for t in range(4)], DIFFERENCES):
+        scratch = 0.70 + 0.01 * t - 0.02 * s
+        # The random mask of level 2 from θ_k: 0.03 below the ticket in every pair.
+        make_transfer(root, "histo", "random", t, [(0.6, scratch + d - 0.03)], tickets[s],
+                      levels=[2], name=f"random-{s}-{t}")
+    make_transfer(root, "histo", "random_reinit", 0, [(0.6, 0.5)], tickets[0], levels=[2],
+                  name="random-reinit-0-0")
+    result = report.analyze([root], overlap=False)
+    rows = {r["contrast"]: r for r in result.tables["primary"]}
+    random = rows["ticket − random mask"]
+    assert random["n"] == 8 and random["mean"] == pytest.approx(0.03)
+    assert rows["ticket − scratch"]["mean"] == pytest.approx(0.025)  # the primary stands
+    table2 = {r["column"] for r in result.tables["table2"]}
+    assert {"random mask (cifar10 tickets)",
+            "random mask, fresh weights (cifar10 tickets)"} <= table2
+    legend = [t.get_text() for ax in result.figures["fig3"].axes
+              if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(text.startswith("random mask (cifar10 tickets)") for text in legend)
 
 
 def test_tickets_seeds_fine_tuned_with_the_same_transfer_seeds_are_distinct_replicates(tmp_path):

@@ -28,10 +28,12 @@ def test_grid_expands_to_the_expected_runs():
         for target in ("human_lba", "my_slides"):
             expected |= {f"transfer/{target}/{src}-{c}-seed{s}" for src in
                          ("fashion_mnist", "cifar10") for c in ("rewind", "final")}
-            # source_reinit: the natural sources' masks on fresh weights.
-            expected |= {f"transfer/{target}/{src}-reinit-seed{s}"
-                         for src in ("fashion_mnist", "cifar10")}
+            # source_reinit, source_random: the natural sources' masks on fresh weights,
+            # random masks of their density from θ_k.
+            expected |= {f"transfer/{target}/{src}-{c}-seed{s}"
+                         for src in ("fashion_mnist", "cifar10") for c in ("reinit", "random")}
             expected |= {f"transfer/{target}/{target}-reinit-seed{s}",
+                         f"transfer/{target}/{target}-random-seed{s}",
                          f"transfer/{target}/dense-scratch-seed{s}"}
         expected.add(f"transfer/mouse_lba/human_lba-rewind-seed{s}")
     assert set(names) == expected
@@ -42,8 +44,9 @@ def test_grid_expands_to_the_expected_runs():
         "tickets/human_lba-seed0",)
     assert "--reinit" in by_name["transfer/human_lba/human_lba-reinit-seed0"].args
     # One find_tickets run per (dataset, seed, fraction), shared by every transfer from it.
-    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 8
-    # (2 targets × rewind, final, scratch, source_reinit)
+    assert "--random_mask" in by_name["transfer/my_slides/cifar10-random-seed1"].args
+    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 10
+    # (2 targets × rewind, final, scratch, source_reinit, source_random)
     # Targets are used whole; natural sources keep their preset's subset.
     assert "--train_fraction=1" in by_name["tickets/my_slides-seed0"].args
     assert not any(a.startswith("--train_fraction") for a in

@@ -17,13 +17,13 @@ import os
 from lth_keras import artifacts, settings
 from lth_keras.lottery.directory import (CONFIG, LEVEL_NAME, LEVELS, METRICS, RunDirectory,
                                          level_name)
+from lth_keras.lottery.transfer import CONDITIONS
 
 KINDS = ("find_tickets", "transfer")
-CONDITIONS = ("rewind", "final", "reinit", "scratch")  # as lottery.transfer.CONDITIONS
 TICKETS = "tickets"  # the condition name given to find_tickets runs
-# The transfer settings that make its condition (rewind, final, reinit, scratch): the
-# condition stands for them, so that cells of two conditions compare on the rest.
-CONDITION_SETTINGS = ("condition", "init", "reinit", "scratch")
+# The transfer settings that make its condition (rewind, final, reinit, random, ...):
+# the condition stands for them, so that cells of two conditions compare on the rest.
+CONDITION_SETTINGS = ("condition", "init", "reinit", "scratch", "random_mask")
 
 
 class AnalysisError(artifacts.ArtifactError):
@@ -62,7 +62,7 @@ class RunRecord:
 
     path: str
     kind: str
-    condition: str  # TICKETS for find_tickets; rewind, final, reinit or scratch
+    condition: str  # TICKETS for find_tickets; else one of lottery.transfer.CONDITIONS
     dataset: str
     source: str | None
     seed: int

@@ -30,6 +30,7 @@ from lth_keras.analysis.tables import dense_level  # noqa: E402
 
 PANEL = (4.6, 3.6)  # inches per subplot
 TARGET_COLOUR, REINIT_COLOUR = "C0", "C1"  # the paper's blue and orange lines
+RANDOM_COLOUR = "black"  # random pruning, a control the paper has not: none of its colours
 NATURAL_COLOURS = {"cifar10": "C2", "cifar100": "C3", "fashion_mnist": "C4"}
 OTHER_COLOURS = ("C5", "C6", "C7", "C8", "C9")
 X_LABEL = "fraction of prunable weights pruned (log scale of weights remaining)"
@@ -50,7 +51,8 @@ class _Colours:
     """One colour per ticket source, the same in every subplot."""
 
     def __init__(self, views):
-        others = sorted({line.cell.source for v in views for line in v.sources + v.reinit + v.final
+        others = sorted({line.cell.source for v in views
+                         for line in v.sources + v.reinit + v.random + v.final
                          if line.cell.source not in NATURAL_COLOURS})
         self.by_source = dict(NATURAL_COLOURS)
         for i, source in enumerate(others):
@@ -127,13 +129,16 @@ REINIT_STYLES = ("-", ":", "-.", "--")
 def _line_style(line, view, colours):
     """(colour, linestyle) of a Fig. 3 line, following the paper's colours.
 
-    Target tickets are blue and reinit controls orange, as in the paper; several
-    reinit lines (one per ticket source) differ by line style and label.
+    Target tickets are blue and reinit controls orange, as in the paper, random pruning
+    black; several reinit (random) lines, one per ticket source, differ by line style
+    and label.
     """
     if line.role == "target_tickets":
         return TARGET_COLOUR, "-"
     if line.role == "reinit":
         return REINIT_COLOUR, REINIT_STYLES[view.reinit.index(line) % len(REINIT_STYLES)]
+    if line.role == "random":
+        return RANDOM_COLOUR, REINIT_STYLES[view.random.index(line) % len(REINIT_STYLES)]
     return colours(line.cell.source), "-"
 
 

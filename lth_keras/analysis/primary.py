@@ -13,6 +13,9 @@ and, at the same pairs, secondary contrasts that say where a difference comes fr
   dense θ_k - scratch     level 0 minus scratch: k epochs of source training alone
   ticket - reinit         level L minus the same mask from fresh weights: the
                           ticket's weights beyond its mask
+  ticket - random mask    level L minus a random mask of the same per-layer density
+                          from the same θ_k: which weights the ticket kept, beyond
+                          its sparsity (random pruning)
 
 each as a statistics.PairedDifference of test accuracy over replicates (tickets
 seed, transfer seed), with the count of early stops on noise on either side.
@@ -92,6 +95,13 @@ def named_level(roots):
     return levels.pop() if levels else None
 
 
+def _control(controls, line, condition):
+    """The `condition` line among `controls` made from `line`'s tickets, or None."""
+    return next((r for r in controls if r.cell.source == line.cell.source
+                 and r.cell.condition == condition
+                 and r.cell.setting.get("tickets") == line.cell.setting.get("tickets")), None)
+
+
 def contrasts(views, level):
     """Every Contrast at `level`, the primary one first for each ticket line."""
     out = []
@@ -99,13 +109,14 @@ def contrasts(views, level):
         scratch = Side(view.baseline, 0)
         for line in view.sources:
             ticket, dense = Side(line, level), Side(line, 0)
-            reinit = next((r for r in view.reinit if r.cell.source == line.cell.source
-                           and r.cell.setting.get("tickets") == line.cell.setting.get("tickets")),
-                          None)
-            for name, a, b in ((PRIMARY, ticket, scratch),
-                               ("ticket − dense θ_k", ticket, dense),
-                               ("dense θ_k − scratch", dense, scratch),
-                               ("ticket − reinit", ticket, Side(reinit, level))):
+            reinit = _control(view.reinit, line, "reinit")
+            random = _control(view.random, line, "random")
+            rows = [(PRIMARY, ticket, scratch), ("ticket − dense θ_k", ticket, dense),
+                    ("dense θ_k − scratch", dense, scratch),
+                    ("ticket − reinit", ticket, Side(reinit, level))]
+            if random is not None:  # a control the paper has not: a row only where it ran
+                rows.append(("ticket − random mask", ticket, Side(random, level)))
+            for name, a, b in rows:
                 out.append(Contrast(view.title, line.label, name, level, a, b,
                                     paired_difference(a.values(), b.values())))
     return out
@@ -158,7 +169,8 @@ def markdown(items, level, source_of_level):
         "Pairs that share a tickets seed share its ticket: n counts fine-tuning replicates "
         "of that many ticket searches. The secondary rows split the difference: sparsity "
         "alone (ticket − dense θ_k), k epochs of source training alone (dense θ_k − "
-        "scratch), the ticket's weights beyond its mask (ticket − reinit).",
+        "scratch), the ticket's weights beyond its mask (ticket − reinit) and, where random "
+        "pruning ran, which weights the ticket kept beyond its sparsity (ticket − random mask).",
         "",
         "| target | tickets | contrast | n | mean | 95% CI | p | MDE (80% power) | "
         "noisy stops | reading |",

@@ -173,7 +173,9 @@ def build_table(views):
             cells[line.label] = Entry(view.title, line.label, line, level0, level0, scratch)
         pruned = view.sources + view.target_tickets
         candidates = common_candidates([line.cell for line in pruned])
-        for line in pruned:
+        # Random pruning is a column of its own, a control: it picks among the paper
+        # lines' levels where it has them, and takes no part in the ranks.
+        for line in pruned + view.random:
             entry = Entry(view.title, line.label, line, pick_level(line.cell,
                                                                    candidates=candidates),
                           pick_level(line.cell, "test_accuracy", candidates), scratch,
@@ -188,8 +190,9 @@ def build_table(views):
             cells[line.label] = entry
         for entry in cells.values():
             order.setdefault(entry.column, _column_key(entry, view))
-        _rank(cells.values(), "pick", "rank")
-        _rank(cells.values(), "optimistic", "optimistic_rank")
+        ranked = [e for e in cells.values() if e.line.role != "random"]
+        _rank(ranked, "pick", "rank")
+        _rank(ranked, "optimistic", "optimistic_rank")
         rows.append((view.title, cells))
     return Table(sorted(order, key=order.get), rows)
 
@@ -200,6 +203,8 @@ def _column_key(entry, view):
         group = 0
     elif role == "source":
         group = 1 if source in view.natural else 2
+    elif role == "random":
+        group = 4
     else:
         group = 3
     return (group, source if role == "source" else "", entry.column)
@@ -351,7 +356,7 @@ def recipe_differences(views):
     fields = [name for name in settings.RECIPE if name != "seed"]
     notes = []
     for view in views:
-        lines = view.scratch + view.sources + view.target_tickets + view.reinit + view.final
+        lines = view.scratch + view.fig3_lines() + view.final
         differing = []
         for name in fields:
             by_value = {}

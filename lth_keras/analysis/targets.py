@@ -7,6 +7,8 @@ dataset that tickets were searched on. Its cells are split by architecture
   sources          rewind transfers (m_L ⊙ θ_k), one line per ticket source
   target_tickets   find_tickets runs on the target itself, full training set
   reinit           transfers of m_L ⊙ θ'_0 (a fresh initialisation)
+  random           random pruning: transfers of r_L ⊙ θ_k, a random mask with the
+                   ticket's alive count in every layer (or r_L ⊙ θ'_0, fresh weights)
   final            transfers of m_L ⊙ θ_i(L) (Fig. 4, row 1)
   train_fractions  find_tickets runs on the target with every training-set
                    fraction, when one is below 1 (Fig. 4, row 3)
@@ -29,7 +31,7 @@ TARGET_TICKETS = "target tickets"
 class Line:
     label: str
     cell: object  # cells.Cell
-    role: str  # scratch, source, target_tickets, reinit, final, train_fraction
+    role: str  # scratch, source, target_tickets, reinit, random, final, train_fraction
 
 
 @dataclasses.dataclass
@@ -43,6 +45,7 @@ class TargetView:
     sources: list = dataclasses.field(default_factory=list)
     target_tickets: list = dataclasses.field(default_factory=list)
     reinit: list = dataclasses.field(default_factory=list)
+    random: list = dataclasses.field(default_factory=list)
     final: list = dataclasses.field(default_factory=list)
     train_fractions: list = dataclasses.field(default_factory=list)
 
@@ -59,7 +62,7 @@ class TargetView:
                 if line.cell.source not in self.natural and line.cell.source != self.target]
 
     def fig3_lines(self):
-        return self.sources + self.target_tickets + self.reinit
+        return self.sources + self.target_tickets + self.reinit + self.random
 
 
 def build_views(cells, natural=NATURAL_SOURCES):
@@ -103,6 +106,9 @@ def _fill(view, cells):
     view.sources = lines("source", of("rewind"), lambda c: (
         c.source if c.source != view.target else f"{c.source} tickets, fine-tuned"))
     view.reinit = lines("reinit", of("reinit"), lambda c: f"reinit ({c.source} tickets)")
+    view.random = lines("random", of("random") + of("random_reinit"), lambda c: (
+        f"random mask{', fresh weights' if c.condition == 'random_reinit' else ''} "
+        f"({c.source} tickets)"))
     view.final = lines("final", of("final"), lambda c: f"{c.source} θ_i (final weights)")
     searched = sorted(of(TICKETS), key=lambda c: c.train_fraction)
     view.target_tickets = lines("target_tickets", [c for c in searched if c.train_fraction >= 1],
