@@ -47,14 +47,41 @@ def transfer(*objects, preset=None, verbose=True, **options):
     options or a settings object name, even at its default: an object passed
     (Training(...)) counts as naming every field it has.
     """
-    from lth_keras.lottery import directory, transfer as protocol
+    from lth_keras.lottery import transfer as protocol
+
+    _ticket_options(options)
+    groups, given = settings.resolve(settings.TRANSFER, objects, preset, options)
+    return protocol.transfer(groups, given, verbose=verbose)
+
+
+def stability(*objects, preset=None, verbose=True, **options):
+    """Instability analysis of a ticket run; returns the StabilityRun, its report
+    (stability.md, .csv, .png) written into it.
+
+    Example: stability(tickets=run, levels=[0, 3], rewind_points=[0, 2]). Two copies of
+    each level's m_L ⊙ θ_k train on two data orders with the ticket run's recipe (but
+    for what is named, as with transfer); `run.paths()` holds each evaluated path,
+    lth_keras.analysis.stability.rows(run) the table. The ticket run must hold level
+    0's weights after each k (find_tickets save_epochs=...).
+    """
+    from lth_keras.analysis import stability as report
+    from lth_keras.lottery import stability as protocol
+
+    _ticket_options(options)
+    groups, given = settings.resolve(settings.STABILITY, objects, preset, options)
+    run = protocol.stability(groups, given, verbose=verbose)
+    report.write_report(run, groups[settings.Stability].threshold)
+    return run
+
+
+def _ticket_options(options):
+    """A TicketRun given as `tickets` becomes its path; a list of `levels` a comma string."""
+    from lth_keras.lottery import directory
 
     if isinstance(options.get("tickets"), directory.RunDirectory):
         options["tickets"] = options["tickets"].path
     if isinstance(options.get("levels"), (list, tuple)):
         options["levels"] = ",".join(str(level) for level in options["levels"])
-    groups, given = settings.resolve(settings.TRANSFER, objects, preset, options)
-    return protocol.transfer(groups, given, verbose=verbose)
 
 
 def experiment(preset=None, *, list_only=False, **options):

@@ -154,12 +154,18 @@ class Pruning:
     rewind_epoch: int = option(2, "Late-resetting epoch k (0 = rewind to θ_0).")
     pruning: str = option("global", "One magnitude threshold over all prunable kernels, or one "
                                     "per layer.", choices=("global", "layerwise"))
+    # Not part of the result: the snapshots change no weight of the run.
+    save_epochs: tuple = option((), "Epochs of level 0 whose weights are kept besides θ_0 and "
+                                    "θ_k (theta_epoch_EE.npz), the rewind points that "
+                                    "`stability` can try, e.g. 1,4.", item=int, result=False)
 
     def check(self, training):
         _check(self.rounds >= 0, "--rounds must be >= 0")
         _check(0.0 < self.prune_rate < 1.0, "--prune_rate must be in (0, 1)")
         _check(0 <= self.rewind_epoch < training.max_epochs,
                f"--rewind_epoch must be in [0, --max_epochs={training.max_epochs})")
+        _check(all(0 <= e < training.max_epochs for e in self.save_epochs),
+               f"--save_epochs must be in [0, --max_epochs={training.max_epochs})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +208,44 @@ class Transfer:
         _check(not (self.random_mask and self.init != "rewind"),
                "--random_mask starts from θ_k (or, with --reinit, fresh weights): it cannot "
                "be combined with --init")
+
+
+BN_AT_INTERPOLATION = ("reestimate", "interpolate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stability:
+    """Instability analysis (Frankle et al. 2020) of a ticket run (lottery/stability.py)."""
+    tickets: str = option(None, "A find_tickets run directory.", result=False)
+    levels: str = option("all", "'all' or a comma list of the ticket run's levels.",
+                         result=False)
+    rewind_points: tuple = option((), "Rewind points k to try, epochs of level 0 (0: θ_0). "
+                                      "Default: every one the ticket run holds (0, its "
+                                      "rewind epoch and its --save_epochs).", item=int,
+                                  result=False)
+    data_orders: tuple = option((), "The two copies' data-order seeds (their batch order "
+                                    "and crops). Default: the ticket run's seed (its copy "
+                                    "at the run's own k is that level of the run) and that "
+                                    "seed + 1.", item=int)
+    points: int = option(11, "Points on the linear path between the two copies, ends "
+                             "included.")
+    bn: str = option("reestimate", "BatchNormalization statistics at the path's inner points: "
+                                   "re-estimated on training batches at the interpolated "
+                                   "weights (reestimate), or interpolated like the weights "
+                                   "(interpolate).", choices=BN_AT_INTERPOLATION)
+    bn_batches: int = option(20, "Training batches the statistics are re-estimated on.")
+    threshold: float = option(0.02, "The error barrier (a fraction) below which a copy pair "
+                                    "counts as stable (Frankle et al.: 2%).", result=False)
+
+    def check(self):
+        _check(self.tickets, "--tickets is required: a find_tickets run directory")
+        _check(not self.data_orders or len(self.data_orders) == 2,
+               "--data_orders takes the two copies' seeds, e.g. 0,1")
+        _check(self.points >= 3, "--points must be >= 3 (the two ends and a point between)")
+        _check(self.bn_batches >= 1, "--bn_batches must be >= 1")
+        _check(0 < self.threshold < 1, "--threshold must be in (0, 1)")
+        _check(all(k >= 0 for k in self.rewind_points), "--rewind_points must be >= 0")
+        _check_choices(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,6 +434,7 @@ ARCHITECTURE = ("model", "image_size", "crop", "channels")
 COMMON = (Data, Model, Training, Run)
 FIND_TICKETS = COMMON + (Pruning,)
 TRANSFER = COMMON + (Transfer,)
+STABILITY = COMMON + (Stability,)
 EXPERIMENT = COMMON + (Grid,)
 ANALYZE = (Analysis, Run)
 EXPORT = (Export, Run)

@@ -6,6 +6,7 @@ loop, transfers, the grid, analysis, export) reads through it:
   config.json               every setting, the run's identity and its hash, versions,
                             hardware, the dataset summary and the input normalisation
   theta_0.npz, theta_k.npz  find_tickets: weights at initialisation and after epoch k
+  theta_epoch_EE.npz        find_tickets --save_epochs: level 0's weights after epoch E
   levels/level_LL/          metrics.json (written last: the level is finished), and
                             find_tickets: mask.npz (m_L, bool), theta_i.npz (θ_i(L));
                             transfer: weights.npz (the fine-tuned model);
@@ -13,6 +14,15 @@ loop, transfers, the grid, analysis, export) reads through it:
   summary.csv, summary.md   one row per finished level
   tensorboard/level_LL/     curves
   .lock                     held while a process writes the directory
+
+A stability run (instability analysis of a ticket run's levels) holds config.json,
+its lock and:
+
+  k_KK/copy_C/              a copy's run directory per rewind point k and copy C:
+                            levels/level_LL/ (weights.npz, metrics.json), summary,
+                            tensorboard, as the level loop writes them
+  paths/level_LL_k_KK.json  the linear path between the two copies, evaluated
+  stability.csv, stability.md, stability.png   its report (analysis/stability.py)
 
 A run's identity is its result-defining settings that differ from their defaults
 and the data fingerprint; a re-run into the same directory must have the same
@@ -28,18 +38,22 @@ import re
 from absl import logging
 
 from lth_keras import artifacts, settings
-from lth_keras.errors import ArtifactError, RunMismatchError, UserError
+from lth_keras.errors import ArtifactError, RunMismatchError, SettingsError, UserError
 
 OUTPUT_ROOT = "outputs"
 
 CONFIG = "config.json"
 THETA_0, THETA_K = "theta_0.npz", "theta_k.npz"
+THETA_EPOCH = re.compile(r"theta_epoch_(\d{2,})\.npz")
 LEVELS = "levels"
 # A level's directory: level_LL, two digits at least (levels/level_07, level_123).
 LEVEL_NAME = re.compile(r"level_(\d{2,})")
 MASK, THETA_I, WEIGHTS = "mask.npz", "theta_i.npz", "weights.npz"
 METRICS, CHECKPOINT = "metrics.json", "checkpoint.npz"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+PATHS = "paths"
+PATH_NAME = re.compile(r"level_(\d{2,})_k_(\d{2,})\.json")
+STABILITY_CSV, STABILITY_MD, STABILITY_PNG = "stability.csv", "stability.md", "stability.png"
 TENSORBOARD = "tensorboard"
 LOCK_FILE = ".lock"
 # An experiment grid's record, at its root (its primary level, named before it ran).
@@ -59,11 +73,17 @@ SUMMARY_COLUMNS = {
     "transfer": ("level", "condition", "density", "fraction_pruned", "val_accuracy",
                  "val_loss", "test_accuracy", "test_loss", "best_epoch", "epochs",
                  *COST_COLUMNS),
+    "stability": ("level", "density", "fraction_pruned", "val_accuracy", "val_loss",
+                  "test_accuracy", "test_loss", "best_epoch", "epochs", *COST_COLUMNS),
 }
 
 
 def level_name(level):
     return f"level_{level:02d}"
+
+
+def theta_epoch_name(epoch):
+    return f"theta_epoch_{epoch:02d}.npz"
 
 
 class RunDirectory:
@@ -188,9 +208,99 @@ class RunDirectory:
 class TicketRun(RunDirectory):
     """A find_tickets run directory: θ_0, θ_k, and each level's m_L and θ_i(L)."""
 
+    def rewind_epoch(self):
+        return self.config()["hparams"].get("rewind_epoch", 2)
+
+    def saved_epochs(self):
+        """The epochs of level 0 whose weights the run holds: 0 (θ_0), its rewind epoch
+        (θ_k, once level 0 reached it) and those of --save_epochs."""
+        names = os.listdir(self.path) if os.path.isdir(self.path) else []
+        epochs = {int(m.group(1)) for m in map(THETA_EPOCH.fullmatch, names) if m}
+        epochs |= {0} if THETA_0 in names else set()
+        epochs |= {self.rewind_epoch()} if THETA_K in names else set()
+        return sorted(epochs)
+
+    def epoch_file(self, epoch):
+        """Where level 0's weights after `epoch` are: θ_0, θ_k or a --save_epochs file."""
+        if epoch == 0:
+            return self.file(THETA_0)
+        if epoch == self.rewind_epoch():
+            return self.file(THETA_K)
+        return self.file(theta_epoch_name(epoch))
+
+    def theta_at(self, epoch):
+        """Level 0's weights after `epoch` (0: θ_0)."""
+        return artifacts.read_arrays(self.epoch_file(epoch))
+
+
+def open_ticket_run(path):
+    """(TicketRun, its record) of the find_tickets run directory named by --tickets; a
+    missing directory or another kind of run is a SettingsError."""
+    if not os.path.isdir(path):
+        raise SettingsError(f"--tickets={path}: no such directory")
+    run = TicketRun(path)
+    config = run.config()
+    if config.get("kind") != "find_tickets":
+        raise SettingsError(f"{path} is a {config.get('kind')} run, not a find_tickets run")
+    return run, config
+
 
 class TransferRun(RunDirectory):
     """A transfer run directory: each level's fine-tuned weights."""
+
+
+class StabilityRun(RunDirectory):
+    """A stability run directory: two copies per rewind point, the paths between them."""
+
+    def copy(self, k, copy):
+        return CopyRun(self.file(f"k_{k:02d}", f"copy_{copy}"), self, k, copy)
+
+    def path_file(self, level, k):
+        return self.file(PATHS, f"level_{level:02d}_k_{k:02d}.json")
+
+    def paths(self):
+        """{(level, k): the evaluated path} of every path written."""
+        root = self.file(PATHS)
+        names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+        found = {}
+        for m in map(PATH_NAME.fullmatch, names):
+            if m:
+                found[int(m.group(1)), int(m.group(2))] = artifacts.read_json(
+                    os.path.join(root, m.group(0)))
+        return found
+
+    def holds_results(self):
+        """Whether any copy has a finished level, or any path is evaluated."""
+        if self.paths():
+            return True
+        return any(os.path.isdir(os.path.join(top, name, LEVELS)) and
+                   RunDirectory(os.path.join(top, name)).finished_levels()
+                   for top in (self.file(d) for d in sorted(os.listdir(self.path))
+                               if d.startswith("k_"))
+                   for name in sorted(os.listdir(top)))
+
+    def title(self):
+        config = self.config()
+        tickets = config["tickets"]
+        return (f"instability analysis of tickets on {tickets['source']} "
+                f"({config['hparams']['model']} at {config['hparams']['image_size']} px, "
+                f"seed {config['hparams']['seed']})")
+
+
+class CopyRun(RunDirectory):
+    """One copy of a stability run: the level loop's run directory for rewind point k.
+    Its record is the stability run's."""
+
+    def __init__(self, path, parent, k, copy):
+        super().__init__(path)
+        self.parent, self.k, self.copy = parent, k, copy
+
+    def config(self):
+        return self.parent.config()
+
+    def tensorboard_hparams(self, level, density):
+        return {**super().tensorboard_hparams(level, density), "k": self.k, "copy": self.copy,
+                "run": os.path.basename(os.path.normpath(self.parent.path))}
 
 
 def summary_row(metrics, columns):
@@ -349,14 +459,15 @@ def locked(directory):
 
 
 def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
-          identity_extra=None, legacy=None):
+          identity_extra=None, legacy=None, holds_results=None):
     """Writes config.json for a new run, or checks that a re-run matches it.
 
     `groups` is {settings group: object}; the run's identity is the result-defining
     settings that differ from their defaults, the data fingerprint and `identity_extra`
     (a transfer's condition and ticket run). A re-run may change what does not define
     the result (rounds, devices, output): the record is updated to say so. `legacy` is
-    the run's hparams as a record from before identity version 2 had them.
+    the run's hparams as a record from before identity version 2 had them;
+    `holds_results()` whether the directory holds finished work (default: a finished level).
     """
     identity_extra = identity_extra or {}
     ident = settings.identity(groups, dataset.fingerprint(), **identity_extra)
@@ -382,7 +493,7 @@ def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
     try:
         updated = _resumed_record(stored, record, where, identity_extra, legacy, extra)
     except RunMismatchError:
-        if RunDirectory(where).finished_levels():
+        if (holds_results or RunDirectory(where).finished_levels)():
             raise
         # Nothing finished here (a run that failed before its first level): the corrected
         # command must not be blocked by it.

@@ -54,6 +54,25 @@ class Protocol:
         """Called with the level's trained weights once it is written."""
 
 
+def trained_with(run, level, mask, redo):
+    """Whether finished `level` of `run` stands: its metrics.json reads and records the
+    digest of `mask` (None: dense, not compared). Damaged, or trained with another mask
+    (the ticket run's level was recomputed since), it is removed, never used, and
+    `redo` ("fine-tuning level 3 again") is said."""
+    from lth_keras.errors import ArtifactError
+
+    try:
+        recorded = run.checked_metrics(level).get("mask_digest")
+        if recorded is not None and mask is not None and recorded != weights.digest(mask):
+            raise ArtifactError(f"{run.level_file(level, METRICS)} was trained with another "
+                                "mask than the ticket run now gives (its level was recomputed)")
+        return True
+    except ArtifactError as e:
+        logging.warning("%s; %s", e, redo)
+        artifacts.remove_tree(run.level_dir(level))
+        return False
+
+
 def train_levels(run, protocol, levels, plan, runtime, training, *, checkpoint_every,
                  verbose=True):
     """Trains every level of `levels` that `run` has not finished; returns the summary rows.

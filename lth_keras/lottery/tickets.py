@@ -47,23 +47,26 @@ def find_tickets(groups, verbose=True):
                                        bn_momentum=model_settings.bn_momentum)
         search(run, model, plan, rt, training, rounds=spec.rounds, prune_rate=spec.prune_rate,
                pruning_mode=spec.pruning, rewind_epoch=spec.rewind_epoch,
-               checkpoint_every=run_settings.checkpoint_every, verbose=verbose)
+               save_epochs=spec.save_epochs, checkpoint_every=run_settings.checkpoint_every,
+               verbose=verbose)
     return run
 
 
 def search(run, model, plan, runtime, training, *, rounds, prune_rate, pruning_mode="global",
-           rewind_epoch=2, checkpoint_every=600.0, verbose=True):
+           rewind_epoch=2, save_epochs=(), checkpoint_every=600.0, verbose=True):
     """Runs (or resumes) levels 0..rounds of IMP with late resetting into `run`.
 
     `model` is built with θ_0 under `runtime.scope()`; `plan` is the data's InputPlan,
-    `training` the recipe (settings.Training). Finished levels are skipped (after their
+    `training` the recipe (settings.Training); level 0 keeps its weights after each epoch
+    of `save_epochs` besides θ_k. Finished levels are skipped (after their
     artifacts are checked); an interrupted level resumes from its last epoch checkpoint.
     """
     theta_0 = weights.snapshot(model)
     _check_or_write_theta_0(run, theta_0)
     _discard_damaged_levels(run)
     protocol = TicketSearch(run, model, theta_0, prune_rate=prune_rate,
-                            pruning_mode=pruning_mode, rewind_epoch=rewind_epoch)
+                            pruning_mode=pruning_mode, rewind_epoch=rewind_epoch,
+                            save_epochs=save_epochs)
     return levels.train_levels(run, protocol, range(rounds + 1), plan, runtime, training,
                                checkpoint_every=checkpoint_every, verbose=verbose)
 
@@ -74,10 +77,12 @@ class TicketSearch(levels.Protocol):
 
     arrays = directory.THETA_I
 
-    def __init__(self, run, model, theta_0, *, prune_rate, pruning_mode, rewind_epoch):
+    def __init__(self, run, model, theta_0, *, prune_rate, pruning_mode, rewind_epoch,
+                 save_epochs=()):
         self.run, self.model, self.theta_0 = run, model, theta_0
         self.prune_rate, self.pruning_mode, self.rewind_epoch = (prune_rate, pruning_mode,
                                                                  rewind_epoch)
+        self.save_epochs = set(save_epochs) - {0, rewind_epoch}  # θ_0 and θ_k are kept anyway
         # θ_k and the last θ_i, as written, are kept between levels: on ResNet-50 each is
         # 190 MB that would be read back from disk every level.
         self.theta_k = self.previous = None
@@ -106,12 +111,14 @@ class TicketSearch(levels.Protocol):
         if level > 0:
             return {}
 
-        def save_theta_k(epoch):
-            if epoch == self.rewind_epoch:
-                artifacts.write_arrays(self.run.file(THETA_K), weights.snapshot(self.model))
+        def save_snapshots(epoch):
+            if epoch == self.rewind_epoch or epoch in self.save_epochs:
+                artifacts.write_arrays(self.run.epoch_file(epoch), weights.snapshot(self.model))
 
-        # Early stopping may not stop level 0 before θ_k exists.
-        return {"min_epochs": self.rewind_epoch, "on_epoch_end": save_theta_k}
+        # Early stopping may not stop level 0 before θ_k exists. (It may stop before a
+        # later --save_epochs epoch: that snapshot is then absent, and the run's result
+        # the same as without it.)
+        return {"min_epochs": self.rewind_epoch, "on_epoch_end": save_snapshots}
 
     def finished(self, level, trained):
         self.previous = trained

@@ -24,10 +24,10 @@ import zlib
 import numpy as np
 from absl import logging
 
-from lth_keras import artifacts, pruning, settings, weights
+from lth_keras import pruning, settings, weights
 from lth_keras.errors import ArtifactError, SettingsError
 from lth_keras.lottery import directory, levels
-from lth_keras.lottery.directory import MASK, THETA_0, THETA_I, THETA_K, TicketRun, TransferRun
+from lth_keras.lottery.directory import MASK, THETA_0, THETA_I, THETA_K, TransferRun
 from lth_keras.settings import Data, Model, Training, Transfer
 
 CONDITIONS = ("rewind", "final", "reinit", "random", "random_reinit", "scratch")
@@ -145,21 +145,8 @@ class FineTuning(levels.Protocol):
         return f"level {level} ({self.condition})"
 
     def keeps(self, level):
-        """A finished level stands if it was fine-tuned with the mask the ticket run holds
-        now; damaged or stale, it is removed and fine-tuned again, never used."""
-        ticket_mask = self.mask_for_level(level)
-        try:
-            recorded = self.run.checked_metrics(level).get("mask_digest")
-            if (recorded is not None and ticket_mask is not None  # scratch: dense
-                    and recorded != weights.digest(ticket_mask)):
-                raise ArtifactError(
-                    f"{self.run.level_file(level, directory.METRICS)} was fine-tuned with "
-                    "another mask than the ticket run now gives (its level was recomputed)")
-            return True
-        except ArtifactError as e:
-            logging.warning("%s; fine-tuning level %d again", e, level)
-            artifacts.remove_tree(self.run.level_dir(level))
-            return False
+        return levels.trained_with(self.run, level, self.mask_for_level(level),
+                                   f"fine-tuning level {level} again")
 
     def load_start(self, level):
         mask = load_start(self.source_model, *self.start_for_level(level))
@@ -238,7 +225,7 @@ def load_start(source_model, theta, mask):
     return mask
 
 
-def _parse_levels(text, available, where):
+def parse_levels(text, available, where):
     if text.strip() == "all":
         return list(available)
     try:
@@ -254,7 +241,7 @@ def _parse_levels(text, available, where):
     return chosen
 
 
-def _from_tickets(groups, hparams, given, where):
+def from_tickets(groups, hparams, given, where):
     """(groups with the ticket run's architecture and input, and its recipe where `given`
     names no other, {recipe field: {"tickets": value, "transfer": value}} for those given
     otherwise). An architecture setting given otherwise is refused."""
@@ -287,21 +274,15 @@ def _ticket_run(groups, given):
     spec = groups[Transfer]
     if not spec.tickets:  # scratch without tickets: the settings name the model
         return None, [0], groups, {}
-    if not os.path.isdir(spec.tickets):
-        raise SettingsError(f"--tickets={spec.tickets}: no such directory")
-    ticket_run = TicketRun(spec.tickets)
-    config = ticket_run.config()
-    if config.get("kind") != "find_tickets":
-        raise SettingsError(f"{spec.tickets} is a {config.get('kind')} run, not a find_tickets "
-                            "run")
-    groups, overrides = _from_tickets(groups, config["hparams"], given, spec.tickets)
+    ticket_run, config = directory.open_ticket_run(spec.tickets)
+    groups, overrides = from_tickets(groups, config["hparams"], given, spec.tickets)
     available = ticket_run.finished_levels()
     if spec.condition == "scratch":  # θ_0 alone: it exists from the ticket run's start
         chosen = [0]
     elif not available:
         raise SettingsError(f"{spec.tickets} has no finished levels; run find_tickets first")
     else:
-        chosen = _parse_levels(spec.levels, available, spec.tickets)
+        chosen = parse_levels(spec.levels, available, spec.tickets)
     needed = [ticket_run.file(THETA_0)] + ([ticket_run.file(THETA_K)]
                                            if spec.condition in ("rewind", "random") else [])
     if spec.condition != "scratch":

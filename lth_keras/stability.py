@@ -1,0 +1,35 @@
+"""Instability analysis of a ticket run: from which rewind point k does a ticket train
+stably to SGD noise (Frankle et al. 2020)?
+
+  python -m lth_keras.find_tickets --flagfile=flags/quick.cfg --save_epochs=1,4
+  python -m lth_keras.stability --tickets=outputs/tickets/RUN --levels=0,3,6 \
+      --rewind_points=0,1,2,4
+
+For each level and k, two copies of m_L ⊙ θ_k train with the ticket run's recipe on
+two data orders; the error barrier along the straight line between them says
+whether they ended in one basin. Writes stability.md / .csv / .png into the run
+directory (outputs/stability/<ticket run>/ by default). Re-running the same command
+skips finished copies and paths and resumes an interrupted copy. A thin shell over
+lth_keras.lottery.stability and lth_keras.analysis.stability (also
+lth_keras.stability() in Python); its flags are the Stability settings and the
+common ones (lth_keras/settings.py).
+"""
+
+from lth_keras import cli, settings
+
+settings.define_flags([settings.Stability])
+
+
+def main(argv):
+    cli.no_arguments(argv)
+    from lth_keras.analysis import stability as report
+    from lth_keras.lottery import stability
+
+    groups = settings.from_flags(settings.STABILITY)
+    run = stability.stability(groups, settings.given(settings.STABILITY))
+    print(report.write_report(run, groups[settings.Stability].threshold), end="")
+    print(f"artifacts: {run.path}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
