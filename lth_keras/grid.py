@@ -1,6 +1,7 @@
 """The paper's experiment grid: sources × targets × seeds × conditions, as runs.
 
-A run is one invocation of find_tickets or transfer with its own run directory.
+A run is one invocation of find_tickets, transfer or stability with its own run
+directory.
 Runs that need tickets depend on the find_tickets run that makes them; every
 transfer from the same (source, seed) shares that run. With --transfer_seeds each
 ticket run is fine-tuned with several seeds, and the runs of one (seed, transfer
@@ -17,6 +18,8 @@ Conditions (PROTOCOL.md "Transfer"):
   random           target tickets' masks drawn at random, per layer with the ticket's
                    alive count, from θ_k (random pruning: the mask or its sparsity?)
   source_random    the same for the natural-source tickets on each target
+  stability        the instability analysis of every ticket run (natural sources' and,
+                   with target_tickets, the targets'), at the reinit levels
   scratch          the dense model trained on each target (dashed line)
   related          tickets of a related non-natural source (--related=A:B pairs)
   train_fractions  target tickets found on a fraction of the training split
@@ -32,7 +35,8 @@ import time
 from lth_keras import artifacts, settings
 from lth_keras.datasets.sources import SOURCES
 from lth_keras.errors import GridError, UserError
-from lth_keras.lottery.directory import GRID_RECORD, OUTPUT_ROOT, THETA_0, RunDirectory
+from lth_keras.lottery.directory import (GRID_RECORD, OUTPUT_ROOT, THETA_0, RunDirectory,
+                                         StabilityRun)
 
 CONDITIONS = settings.GRID_CONDITIONS
 DONE, PARTIAL, PENDING = "done", "partial", "pending"
@@ -57,7 +61,7 @@ class GridRun:
     """One run of the grid: its binary, its flags and the ticket run it reads."""
 
     name: str                 # unique, also the run directory below the grid root
-    binary: str               # "find_tickets" or "transfer"
+    binary: str               # "find_tickets", "transfer" or "stability"
     args: tuple               # flags of the binary, but --tickets and --output_dir
     tickets: str = None       # name of the find_tickets run a transfer reads
     only_theta_0: bool = False  # it reads only θ_0 of those tickets (scratch)
@@ -144,12 +148,23 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         runs.setdefault(name, GridRun(name, "transfer", tuple(args), tickets=ticket_run,
                                   only_theta_0=condition == "scratch"))
 
+    def stability(ticket_run, label, seed):
+        levels = reinit_levels or transfer_levels
+        args = [f"--levels={levels}"] if levels != "all" else []
+        name = f"stability/{label}-seed{seed}"
+        runs.setdefault(name, GridRun(name, "stability", tuple(args), tickets=ticket_run))
+
     for seed in seeds:
         natural = ({source: tickets(source, seed) for source in sources}
-                   if {"rewind", "final", "scratch", "source_reinit", "source_random"}
-                   & set(conditions) else {})
+                   if {"rewind", "final", "scratch", "source_reinit", "source_random",
+                       "stability"} & set(conditions) else {})
+        if "stability" in conditions:
+            for source, ticket_run in natural.items():
+                stability(ticket_run, dataset_label(source), seed)
         for target in targets:
             own = tickets(target, seed) if "target_tickets" in conditions else None
+            if own and "stability" in conditions:
+                stability(own, dataset_label(target), seed)
             for t in transfer_seeds or (seed,):
                 if "scratch" in conditions:
                     # θ_0 depends on the model and seed only (the head is replaced).
@@ -202,6 +217,11 @@ def state(run, layout, rounds=None):
     directory = RunDirectory(path)
     if run.binary == "find_tickets":
         wanted = set(_ticket_levels(directory, rounds))
+    elif run.binary == "stability":  # every (level, k) it chose has its path
+        wanted = _record(directory, lambda config: {
+            (level, k) for level in config["levels"] for k in config["rewind_points"]})
+        paths = set(StabilityRun(path).paths())
+        return DONE if wanted <= paths else PARTIAL
     else:
         wanted = set(_record(directory, lambda config: config["levels"]))
         if not run.only_theta_0 and not any(a.startswith("--levels=") for a in run.args):
@@ -270,8 +290,19 @@ def runs_of(grid, tickets_first=True):
 def _arguments(run, layout, presets, forwarded):
     """The run's command line after the binary: its preset, the grid's common settings,
     its own flags."""
-    preset = [f"--flagfile={presets[run.binary]}"] if presets[run.binary] else []
-    return [*preset, *forwarded, *run.command_args(layout)]
+    return [*presets[run.binary], *forwarded, *run.command_args(layout)]
+
+
+def _device_flags(tickets_preset):
+    """The device and bookkeeping settings (settings.Run) that the tickets preset names,
+    as flags: a stability run, which has no preset, takes its recipe from its ticket run
+    and runs on the devices its tickets were found on (one process, in_process, has one
+    set of devices)."""
+    parsed, given = settings.parse_given(settings.FIND_TICKETS,
+                                         [f"--flagfile={tickets_preset}"])
+    return [settings.flag_text(f.name, getattr(parsed[settings.Run], f.name))
+            for f in dataclasses.fields(settings.Run)
+            if f.name in given and f.name != "output_dir"]
 
 
 def _die_with_parent():
@@ -315,9 +346,11 @@ def _in_this_process(run, arguments, log_path):
 
     from absl import logging
 
-    from lth_keras.lottery import tickets, transfer
+    from lth_keras.analysis import stability as stability_report
+    from lth_keras.lottery import stability, tickets, transfer
 
-    groups = settings.FIND_TICKETS if run.binary == "find_tickets" else settings.TRANSFER
+    groups = {"find_tickets": settings.FIND_TICKETS, "transfer": settings.TRANSFER,
+              "stability": settings.STABILITY}[run.binary]
     handler = std_logging.FileHandler(log_path)
     handler.setFormatter(std_logging.Formatter("%(levelname).1s%(asctime)s %(message)s"))
     logger = logging.get_absl_logger()
@@ -326,6 +359,9 @@ def _in_this_process(run, arguments, log_path):
         parsed, given = settings.parse_given(groups, arguments)
         if run.binary == "find_tickets":
             tickets.find_tickets(parsed)
+        elif run.binary == "stability":
+            stability_report.write_report(stability.stability(parsed, given),
+                                          parsed[settings.Stability].threshold)
         else:  # what the command line names is what a transfer does not take from its tickets
             transfer.transfer(parsed, given)
         return 0, ""
@@ -419,12 +455,12 @@ def experiment(grid, run_settings, forwarded=()):
     by_name = {run.name: run for run in runs}
     task_of = {run.name: i % count for i, run in enumerate(runs)}
     mine = shard(runs, index, count)
-    presets = {}
+    presets = {}  # {binary: its preset's flags}
     for binary, flag in (("find_tickets", "tickets_flagfile"),
                          ("transfer", "transfer_flagfile")):
         path = getattr(grid, flag)
         if binary == "transfer" and not path:  # no preset: the ticket runs' recipe
-            presets[binary] = None
+            presets[binary] = []
             continue
         # The grid presets name their run presets relative to the project
         # ("flags/quick.cfg"): found from any working directory (a notebook's, a job's).
@@ -433,9 +469,10 @@ def experiment(grid, run_settings, forwarded=()):
             path = in_project
         if not os.path.isfile(path):
             raise settings.SettingsError(f"--{flag}={path}: no such file")
-        presets[binary] = os.path.abspath(path)
+        presets[binary] = [f"--flagfile={os.path.abspath(path)}"]
+    presets["stability"] = _device_flags(presets["find_tickets"][0].split("=", 1)[1])
     # The rounds every ticket run is to reach: the tickets preset's, as the runs get it.
-    rounds = settings.parse(settings.FIND_TICKETS, [f"--flagfile={presets['find_tickets']}",
+    rounds = settings.parse(settings.FIND_TICKETS, [*presets["find_tickets"],
                                                     *forwarded])[settings.Pruning].rounds
     if grid.primary_level is not None and grid.primary_level > rounds:
         raise settings.SettingsError(f"--primary_level={grid.primary_level} is beyond the "

@@ -291,8 +291,9 @@ class Run:
 
 PAPER_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "source_reinit", "scratch",
                     "related", "train_fractions")
-# Random pruning is a control the paper has not: known to the grid, not in its default.
-GRID_CONDITIONS = PAPER_CONDITIONS + ("random", "source_random")
+# Random pruning and the instability analysis are not the paper's: known to the grid, not
+# in its default.
+GRID_CONDITIONS = PAPER_CONDITIONS + ("random", "source_random", "stability")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +312,7 @@ class Grid:
                                    item=int, result=False)
     conditions: tuple = option(PAPER_CONDITIONS, f"Any of {', '.join(GRID_CONDITIONS)} "
                                                  "(default: the paper's, every one but "
-                                                 "random and source_random).",
+                                                 "random, source_random and stability).",
                                item=str, result=False)
     related: tuple = option((), "Related-source pairs SOURCE:TARGET, e.g. human_lba:mouse_lba.",
                             item=str, result=False)

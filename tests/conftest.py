@@ -27,8 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # first). xdist hands whole files to its two workers in collection order; xdist's own
 # order (most tests first) left test_transfer.py and test_gpu_mini.py to the end, and
 # one worker idle for the last 100 s.
-LONGEST_FIRST = ["test_engines.py", "test_transfer.py", "test_crash_safety.py",
-                 "test_find_tickets.py", "test_distributed.py", "test_training.py",
+LONGEST_FIRST = ["test_engines.py", "test_transfer.py", "test_stability.py",
+                 "test_crash_safety.py", "test_find_tickets.py", "test_distributed.py", "test_training.py",
                  "test_multi_worker.py", "test_gpu_mini.py", "test_api.py",
                  "test_experiment.py", "test_settings.py"]
 

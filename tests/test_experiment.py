@@ -36,6 +36,9 @@ def test_grid_expands_to_the_expected_runs():
                          f"transfer/{target}/{target}-random-seed{s}",
                          f"transfer/{target}/dense-scratch-seed{s}"}
         expected.add(f"transfer/mouse_lba/human_lba-rewind-seed{s}")
+        # The instability analysis of every ticket run but the fractions' and related ones.
+        expected |= {f"stability/{d}-seed{s}" for d in
+                     ("fashion_mnist", "cifar10", "human_lba", "my_slides")}
     assert set(names) == expected
     by_name = {run.name: run for run in runs}
     assert by_name["transfer/my_slides/cifar10-final-seed1"].needs == ("tickets/cifar10-seed1",)
@@ -45,8 +48,9 @@ def test_grid_expands_to_the_expected_runs():
     assert "--reinit" in by_name["transfer/human_lba/human_lba-reinit-seed0"].args
     # One find_tickets run per (dataset, seed, fraction), shared by every transfer from it.
     assert "--random_mask" in by_name["transfer/my_slides/cifar10-random-seed1"].args
-    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 10
-    # (2 targets × rewind, final, scratch, source_reinit, source_random)
+    assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 11
+    # (2 targets × rewind, final, scratch, source_reinit, source_random; its stability)
+    assert by_name["stability/cifar10-seed1"].binary == "stability"
     # Targets are used whole; natural sources keep their preset's subset.
     assert "--train_fraction=1" in by_name["tickets/my_slides-seed0"].args
     assert not any(a.startswith("--train_fraction") for a in
@@ -240,13 +244,23 @@ def test_a_grid_in_one_process_trains_as_child_processes_do(tiny_grid, tmp_path)
     root, args = tiny_grid
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     proc = run_binary("lth_keras.experiment", *args, "--in_process", "--transfer_seeds=0,1",
-                      "--primary_level=1", env=env)
+                      "--primary_level=1", "--conditions=rewind,scratch,stability",
+                      "--reinit_levels=2", env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "(in this process)" in proc.stdout
     record = json.loads((root / "grid.json").read_text())
     assert record["primary_level"] == 1 and record["settings"]["grid"]["in_process"] is True
     timings = json.loads((root / "logs" / "timings.json").read_text())["runs"]
-    assert len(timings) == 5 and all(r["exit"] == 0 for r in timings.values())
+    assert len(timings) == 6 and all(r["exit"] == 0 for r in timings.values())
+    # The stability run of the tickets, at level 2 and every rewind point they hold.
+    from lth_keras.lottery.directory import StabilityRun
+    stability = StabilityRun(str(root / "stability" / "fashion_mnist-seed0"))
+    assert sorted(stability.paths()) == [(2, 0), (2, 1)]
+    assert (root / "stability" / "fashion_mnist-seed0" / "stability.md").exists()
+    by_name = {run.name: run for run in grid.expand(
+        sources=["fashion_mnist"], targets=["colours"], seeds=[0],
+        conditions=["rewind", "stability"], reinit_levels="2")}
+    assert grid.state(by_name["stability/fashion_mnist-seed0"], str(root)) == grid.DONE
     in_grid = root / "transfer" / "colours" / "fashion_mnist-rewind-seed0-t1"
     config = json.loads((in_grid / "config.json").read_text())
     alone = tmp_path / "alone"

@@ -219,3 +219,19 @@ def test_batchnorm_statistics_at_inner_points_are_re_estimated(bn_tickets, tiny_
             assert path["points"][1] == middle
         else:
             assert path["points"][1]["test"] != middle["test"]
+
+
+def test_analyze_reports_every_stability_run_it_finds(stability_run, tiny_tickets, tmp_path):
+    import lth_keras
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    os.symlink(stability_run.path, root / "stability")
+    os.symlink(tiny_tickets.path, root / "tickets")
+    report = lth_keras.analyze([str(root)], mask_overlap=False, output_dir=str(tmp_path / "out"))
+    rows = report.tables["stability_stability"]
+    assert [(r["level"], r["k"]) for r in rows] == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert rows[-1]["test_barrier"] == stability_run.paths()[2, 1]["barrier"]["test"]
+    for ext in ("md", "csv", "png"):
+        assert (tmp_path / "out" / f"stability_stability.{ext}").stat().st_size > 0
+    assert "stability_stability" in report.figures

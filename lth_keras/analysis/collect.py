@@ -16,10 +16,11 @@ import os
 
 from lth_keras import artifacts, settings
 from lth_keras.lottery.directory import (CONFIG, LEVEL_NAME, LEVELS, METRICS, RunDirectory,
-                                         level_name)
+                                         StabilityRun, level_name)
 from lth_keras.lottery.transfer import CONDITIONS
 
 KINDS = ("find_tickets", "transfer")
+STABILITY = "stability"  # a stability run: read by analysis/stability.py
 TICKETS = "tickets"  # the condition name given to find_tickets runs
 # The transfer settings that make its condition (rewind, final, reinit, random, ...):
 # the condition stands for them, so that cells of two conditions compare on the rest.
@@ -116,14 +117,24 @@ def find_run_dirs(roots):
     return found
 
 
-def collect_runs(roots):
-    """Reads every run under `roots`; the ticket settings of transfers are resolved."""
+def collect_runs(roots, stability=None):
+    """Reads every find_tickets and transfer run under `roots`; the ticket settings of
+    transfers are resolved. The stability runs found are appended to `stability` (a
+    list), as StabilityRun directories (analysis/stability.py reads them)."""
     paths = find_run_dirs(roots)
     if not paths:
         raise AnalysisError(f"no run directories (config.json) under {', '.join(roots)}")
-    runs = [read_run(p) for p in paths]
+    found = [p for p in paths if _kind(p) == STABILITY]
+    if stability is not None:
+        stability.extend(StabilityRun(p) for p in found)
+    runs = [read_run(p) for p in paths if p not in found]
     resolve_ticket_settings(runs)
     return runs
+
+
+def _kind(path):
+    config = _read_json(RunDirectory(path).config_path)
+    return config.get("kind") if isinstance(config, dict) else None
 
 
 def read_run(path):

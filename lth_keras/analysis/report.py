@@ -7,9 +7,10 @@ while reading runs or masks) leaves the output directory untouched.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
-from lth_keras.analysis import collect, figures, masks, primary, tables
+from lth_keras.analysis import collect, figures, masks, primary, stability, tables
 from lth_keras.analysis.cells import group_cells
 from lth_keras.analysis.targets import NATURAL_SOURCES, build_views
 
@@ -37,7 +38,8 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
       primary_level: the level of the primary result (None: the one the grids under
         `roots` named in their grid.json, if any).
     """
-    runs = collect.collect_runs(roots)
+    stability_runs = []
+    runs = collect.collect_runs(roots, stability_runs)
     views = build_views(group_cells(runs), natural)
     table = tables.build_table(views)
     files, notes, figs = {}, [], {}
@@ -88,6 +90,13 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
         figs[file_name.removesuffix(".png")] = fig
         files[file_name] = figures.render(fig, ("png",))["png"]
 
+    for run, name in zip(stability_runs, _stability_names(stability_runs)):
+        # Each stability run's own report, at its own threshold.
+        rows[name], out, fig = stability.report(run, stability.threshold_of(run))
+        files.update({f"{name}.{fmt}": data for fmt, data in out.items()})
+        if fig is not None:
+            figs[name] = fig
+
     rows.update({"table2": tables.table2_rows(table), "table3": tables.table3_rows(table),
                  "levels": tables.levels_rows(views)})
     if overlap:
@@ -95,6 +104,18 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
         files["mask_overlap.csv"] = masks.overlap_csv(rows["mask_overlap"]).encode()
         files["mask_overlap.md"] = masks.overlap_markdown(rows["mask_overlap"]).encode()
     return Report(files, table2, notes, tables=rows, figures=figs)
+
+
+def _stability_names(runs):
+    """stability_<run directory name>, numbered where two share a name."""
+    names = []
+    for run in runs:
+        stem = "stability_" + re.sub(r"[^A-Za-z0-9._=+-]", "_",
+                                     os.path.basename(os.path.normpath(run.path)))
+        while stem in names:
+            stem += "_"
+        names.append(stem)
+    return names
 
 
 def _density_names(runs):

@@ -88,20 +88,26 @@ def figure(table, threshold):
     return fig
 
 
-def files(run, threshold):
-    """{file name: bytes} of a StabilityRun's report."""
+def report(run, threshold):
+    """(rows, {"csv" / "md" / "png": bytes}, the figure or None) of a StabilityRun."""
     table = rows(run)
-    out = {STABILITY_CSV: csv_text(COLUMNS, table).encode(),
-           STABILITY_MD: markdown(table, threshold, run.title()).encode()}
+    out = {"csv": csv_text(COLUMNS, table).encode(),
+           "md": markdown(table, threshold, run.title()).encode()}
     fig = figure(table, threshold)
     if fig is not None:
-        out[STABILITY_PNG] = figures.render(fig, ("png",))["png"]
-    return out
+        out["png"] = figures.render(fig, ("png",))["png"]
+    return table, out, fig
+
+
+def threshold_of(run):
+    """The threshold the run was made with (--threshold, recorded in config.json)."""
+    return run.config()["settings"]["stability"]["threshold"]
 
 
 def write_report(run, threshold):
     """Writes the report into the run directory; returns its Markdown."""
-    report = files(run, threshold)
-    for name, data in report.items():
-        artifacts.write_bytes(run.file(name), data)
-    return report[STABILITY_MD].decode()
+    _, out, _ = report(run, threshold)
+    for name in (STABILITY_CSV, STABILITY_MD, STABILITY_PNG):
+        if name.rsplit(".", 1)[1] in out:
+            artifacts.write_bytes(run.file(name), out[name.rsplit(".", 1)[1]])
+    return out["md"].decode()

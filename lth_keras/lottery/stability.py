@@ -78,7 +78,9 @@ def stability(groups, given, verbose=True):
                "source": config["dataset"]["name"]}
     with directory.locked(run.path):
         directory.start(run.config_path, kind="stability", groups=groups, dataset=dataset,
-                        plan=plans[0], runtime=rt, extra={"tickets": tickets},
+                        plan=plans[0], runtime=rt,
+                        extra={"tickets": tickets, "levels": chosen,
+                               "rewind_points": rewind_points},
                         identity_extra={"tickets_hash": directory.run_id(config),
                                         "data_orders": list(orders)},
                         holds_results=run.holds_results)
