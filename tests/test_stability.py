@@ -235,3 +235,23 @@ def test_analyze_reports_every_stability_run_it_finds(stability_run, tiny_ticket
     for ext in ("md", "csv", "png"):
         assert (tmp_path / "out" / f"stability_stability.{ext}").stat().st_size > 0
     assert "stability_stability" in report.figures
+
+
+@pytest.mark.parametrize("flags, needle", [
+    ([], "--tickets is required"),
+    (["--tickets=/nonexistent"], "--tickets=/nonexistent: no such directory"),
+    (["--data_orders=1,2,3"], "--data_orders takes the two copies' seeds"),
+    (["--points=2"], "--points must be >= 3"),
+    (["--bn_batches=0"], "--bn_batches must be >= 1"),
+    (["--levels=9"], "--levels 9 not in"),
+    (["--seed=4"], "--seed is the ticket run's"),
+])
+def test_bad_stability_settings_are_one_line_and_nothing_written(tiny_tickets, tmp_path, flags,
+                                                                 needle):
+    out = tmp_path / "never"
+    tickets = [] if flags[:1] == [] or flags[0].startswith("--tickets") else [
+        f"--tickets={tiny_tickets.path}"]
+    proc = run_binary("lth_keras.stability", *tickets, *flags, f"--output_dir={out}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert needle in proc.stderr.strip().splitlines()[-1]
+    assert not out.exists()
