@@ -226,7 +226,8 @@ class Stability:
     data_orders: tuple = option((), "The two copies' data-order seeds (their batch order "
                                     "and crops). Default: the ticket run's seed (its copy "
                                     "at the run's own k is that level of the run) and that "
-                                    "seed + 1.", item=int)
+                                    "seed + 1.", item=int,
+                                  result=False)  # the identity holds the seeds as resolved
     points: int = option(11, "Points on the linear path between the two copies, ends "
                              "included.")
     bn: str = option("reestimate", "BatchNormalization statistics at the path's inner points: "
