@@ -470,7 +470,9 @@ def experiment(grid, run_settings, forwarded=()):
         if not os.path.isfile(path):
             raise settings.SettingsError(f"--{flag}={path}: no such file")
         presets[binary] = [f"--flagfile={os.path.abspath(path)}"]
-    presets["stability"] = _device_flags(presets["find_tickets"][0].split("=", 1)[1])
+        if binary == "find_tickets":
+            tickets_preset = os.path.abspath(path)
+    presets["stability"] = _device_flags(tickets_preset)
     # The rounds every ticket run is to reach: the tickets preset's, as the runs get it.
     rounds = settings.parse(settings.FIND_TICKETS, [*presets["find_tickets"],
                                                     *forwarded])[settings.Pruning].rounds

@@ -106,12 +106,16 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
     return Report(files, table2, notes, tables=rows, figures=figs)
 
 
+def _file_stem(text):
+    """`text` with every character a file name should not hold replaced by _."""
+    return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+
+
 def _stability_names(runs):
     """stability_<run directory name>, numbered where two share a name."""
     names = []
     for run in runs:
-        stem = "stability_" + re.sub(r"[^A-Za-z0-9._=+-]", "_",
-                                     os.path.basename(os.path.normpath(run.path)))
+        stem = "stability_" + _file_stem(os.path.basename(os.path.normpath(run.path)))
         while stem in names:
             stem += "_"
         names.append(stem)
@@ -120,13 +124,10 @@ def _stability_names(runs):
 
 def _density_names(runs):
     """density_<run name>.png, made unique with the hparams hash where names collide."""
-    def clean(text):
-        return re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
-
-    base = [clean(r.name) for r in runs]
+    base = [_file_stem(r.name) for r in runs]
     names = []
     for run, b in zip(runs, base):
-        stem = b if base.count(b) == 1 else f"{b}-{clean(run.hparams_hash)}"
+        stem = b if base.count(b) == 1 else f"{b}-{_file_stem(run.hparams_hash)}"
         while f"density_{stem}.png" in names:
             stem += "_"
         names.append(f"density_{stem}.png")

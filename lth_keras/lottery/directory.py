@@ -271,13 +271,13 @@ class StabilityRun(RunDirectory):
 
     def holds_results(self):
         """Whether any copy has a finished level, or any path is evaluated."""
-        if self.paths():
-            return True
-        return any(os.path.isdir(os.path.join(top, name, LEVELS)) and
-                   RunDirectory(os.path.join(top, name)).finished_levels()
-                   for top in (self.file(d) for d in sorted(os.listdir(self.path))
-                               if d.startswith("k_"))
-                   for name in sorted(os.listdir(top)))
+        return bool(self.paths()) or any(
+            self.copy(k, copy).finished_levels() for k, copy in self._copies())
+
+    def _copies(self):
+        """(k, copy) of every copy directory there."""
+        found = (re.fullmatch(r"k_(\d{2,})", name) for name in sorted(os.listdir(self.path)))
+        return [(int(m.group(1)), copy) for m in found if m for copy in (0, 1)]
 
     def title(self):
         config = self.config()

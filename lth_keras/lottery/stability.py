@@ -196,10 +196,10 @@ def error_barrier(accuracies):
 def path_is_current(run, level, k):
     """Whether the path of (level, k) was evaluated between the copies that are there now
     (a copy trained again since, after its ticket level was recomputed, is not)."""
+    if not os.path.exists(run.path_file(level, k)):
+        return False
     try:
-        path = run.paths().get((level, k))
-        if path is None:
-            return False
+        path = artifacts.read_json(run.path_file(level, k))
         return [c["digest"] for c in path["copies"]] == [
             weights.digest(run.copy(k, copy).weights(level)) for copy in (0, 1)]
     except (artifacts.ArtifactError, KeyError, TypeError):
