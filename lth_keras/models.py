@@ -60,10 +60,18 @@ def _initialise_kernels(layers, seed):
                                      kernel.dtype))
 
 
+# Every kernel is drawn by _initialise_kernels (or replace_head) right after the layers
+# are built, so they are built with zeros: Keras's own random draw would be thrown away,
+# and on JAX it compiles a random-number kernel per kernel shape (13 s of a ResNet-20
+# process on a CPU, before its first step).
+_DRAWN_LATER = "zeros"
+
+
 def _head(num_classes):
     """The classifier: a plain (unmasked) Dense producing logits; its kernel is drawn
     by _initialise_kernels."""
-    return keras.layers.Dense(num_classes, bias_initializer="zeros", name=HEAD_NAME)
+    return keras.layers.Dense(num_classes, kernel_initializer=_DRAWN_LATER,
+                              bias_initializer="zeros", name=HEAD_NAME)
 
 
 class _Builder:
@@ -77,13 +85,13 @@ class _Builder:
              use_bias=True, activation=None):
         return MaskedConv2D(
             filters, kernel_size, strides=strides, padding=padding,
-            use_bias=use_bias, activation=activation,
+            use_bias=use_bias, activation=activation, kernel_initializer=_DRAWN_LATER,
             bias_initializer="zeros", name=name,
         )(x)
 
     def dense(self, x, units, name, *, activation=None):
-        return MaskedDense(units, activation=activation, bias_initializer="zeros",
-                           name=name)(x)
+        return MaskedDense(units, activation=activation, kernel_initializer=_DRAWN_LATER,
+                           bias_initializer="zeros", name=name)(x)
 
     def bn(self, x, name):
         # Replicas must share batch statistics, so that the result does not depend

@@ -117,14 +117,49 @@ def find_tiny_tickets(data_dir, output_dir, *extra):
                       *extra)
 
 
+def in_process(binary, *args):
+    """What `python -m lth_keras.<binary> args` computes, run here through the code the
+    binary is a shell over (the same settings parsing, protocol and run directory; the
+    API's equality with fresh processes is test_api's): a fixture's run then costs its
+    training, not a process start and a TensorFlow import (~7 s of CPU each). Returns
+    the run; a bad setting raises."""
+    from lth_keras import settings
+    from lth_keras.lottery import stability, tickets, transfer
+
+    if binary == "find_tickets":
+        groups, _ = settings.parse_given(settings.FIND_TICKETS, args)
+        return tickets.find_tickets(groups, verbose=False)
+    if binary == "transfer":
+        return transfer.transfer(*settings.parse_given(settings.TRANSFER, args), verbose=False)
+    from lth_keras.analysis import stability as report
+
+    groups, given = settings.parse_given(settings.STABILITY, args)
+    run = stability.stability(groups, given, verbose=False)
+    report.write_report(run, groups[settings.Stability].threshold)
+    return run
+
+
+@pytest.fixture
+def absl_log(caplog):
+    """The text of what absl logs in this process from here on: an in_process run's
+    lines, as its binary's stderr shows them."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="absl")
+    return lambda: caplog.text
+
+
+def find_tiny_tickets_here(data_dir, output_dir, *extra):
+    """find_tiny_tickets in this process (in_process); returns the TicketRun."""
+    return in_process("find_tickets", "--source=fashion_mnist", f"--data_dir={data_dir}",
+                      f"--output_dir={output_dir}", *TINY_TICKETS, *extra)
+
+
 @pytest.fixture(scope="session")
 def tiny_tickets(tiny_fashion_dir, tmp_path_factory):
     """A finished tiny find_tickets run (a TicketRun); tests must not modify it."""
-    from lth_keras import lottery
-    out = str(tmp_path_factory.mktemp("run") / "tickets")
-    proc = find_tiny_tickets(tiny_fashion_dir, out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return lottery.TicketRun(out)
+    return find_tiny_tickets_here(tiny_fashion_dir,
+                                  str(tmp_path_factory.mktemp("run") / "tickets"))
 
 
 def expected_start_digest(run, body, mask):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from conftest import (HISTOLOGY, REPO, TINY_TICKETS, find_tiny_tickets, needs_histology,
-                      run_binary)
+from conftest import (HISTOLOGY, REPO, TINY_TICKETS, find_tiny_tickets, find_tiny_tickets_here,
+                      needs_histology, run_binary)
 from lth_keras import lottery
 
 
@@ -63,9 +63,8 @@ def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_ticke
     # Two different ticket runs, both called "tickets", each transferred with the default
     # run directory: before, the second resumed (and so skipped) the first one's.
     other = tmp_path / "b" / "tickets"
-    proc = find_tiny_tickets(tiny_fashion_dir, str(other), "--seed=4", "--rounds=0",
-                             "--max_epochs=1", "--rewind_epoch=0")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    find_tiny_tickets_here(tiny_fashion_dir, str(other), "--seed=4", "--rounds=0",
+                           "--max_epochs=1", "--rewind_epoch=0")
     made = []
     for ticket_dir in (tiny_tickets.path, str(other)):
         proc = run_binary("lth_keras.transfer", f"--tickets={ticket_dir}", "--target=fashion_mnist",

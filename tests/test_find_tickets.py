@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
-                      kill_find_tickets_mid_level, needs_histology, run_binary)
+                      find_tiny_tickets_here, kill_find_tickets_mid_level, needs_histology,
+                      run_binary)
 from lth_keras import lottery, weights
 from lth_keras.lottery import tickets
 
@@ -243,11 +244,8 @@ def test_sigterm_saves_the_state_and_the_run_resumes_identically(tiny_run, tiny_
 def test_theta_k_is_the_weights_after_epoch_k_of_level_0(tiny_run, tiny_fashion_dir, tmp_path):
     # The same level 0 stopped after epoch k (= --rewind_epoch, 1 here) ends with θ_k.
     k = int(next(a for a in TINY if a.startswith("--rewind_epoch=")).split("=")[1])
-    out = str(tmp_path / "epoch_k")
-    proc = _find_tickets(tiny_fashion_dir, out, "--rounds=0", f"--max_epochs={k}",
-                         "--rewind_epoch=0")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    after_k = lottery.TicketRun(out).theta_i(0)
+    after_k = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "epoch_k"), "--rounds=0",
+                                     f"--max_epochs={k}", "--rewind_epoch=0").theta_i(0)
     theta_k = tiny_run.theta("k")
     assert sorted(after_k) == sorted(theta_k)
     assert all(np.array_equal(after_k[p], theta_k[p]) for p in theta_k)
@@ -258,11 +256,9 @@ def test_batchnorm_statistics_are_rewound_with_the_weights(tiny_fashion_dir, tmp
     # ResNet-20 has BatchNorm: a pruned level starts from θ_k's moving statistics, not
     # from those the previous level ended with. The level's recorded start (a digest of
     # every variable when it began) is m ⊙ θ_k with θ_k's statistics.
-    out = str(tmp_path / "bn")
-    proc = _find_tickets(tiny_fashion_dir, out, "--model=resnet20", "--image_size=8",
-                         "--rounds=1", "--max_epochs=2", "--batch_size=64")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    run = lottery.TicketRun(out)
+    run = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "bn"), "--model=resnet20",
+                                 "--image_size=8", "--rounds=1", "--max_epochs=2",
+                                 "--batch_size=64")
     theta_k, theta_i = run.theta("k"), run.theta_i(0)
     moving = [p for p in theta_k if p.endswith("moving_mean")]
     assert moving and any(not np.array_equal(theta_k[p], theta_i[p]) for p in moving)

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, find_tiny_tickets, run_binary
-from lth_keras import artifacts, lottery, weights
+from conftest import REPO, find_tiny_tickets_here, in_process, run_binary
+from lth_keras import artifacts, weights
 from lth_keras.lottery import tickets as ticket_search
 from lth_keras.lottery.directory import StabilityRun
 
@@ -28,14 +28,16 @@ def _stability(tickets, output_dir, *extra, data_dir):
                       f"--output_dir={output_dir}", "--deterministic", *extra)
 
 
+def _stability_here(tickets, output_dir, *extra, data_dir):
+    """_stability in this process (conftest.in_process); returns the StabilityRun."""
+    return in_process("stability", f"--tickets={tickets}", f"--data_dir={data_dir}",
+                      f"--output_dir={output_dir}", "--deterministic", *extra)
+
+
 @pytest.fixture(scope="module")
 def stability_run(tiny_tickets, tiny_fashion_dir, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("stability") / "run")
-    proc = _stability(tiny_tickets.path, out, f"--levels={LEVELS}", f"--points={POINTS}",
-                      data_dir=tiny_fashion_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| level | weights left | k |" in proc.stdout
-    return StabilityRun(out)
+    return _stability_here(tiny_tickets.path, str(tmp_path_factory.mktemp("stability") / "run"),
+                           f"--levels={LEVELS}", f"--points={POINTS}", data_dir=tiny_fashion_dir)
 
 
 def test_every_level_and_rewind_point_has_a_path_of_the_points_asked(stability_run):
@@ -94,6 +96,7 @@ def test_a_rerun_skips_every_finished_copy_and_path(tiny_tickets, tiny_fashion_d
     proc = _stability(tiny_tickets.path, out, f"--levels={LEVELS}", f"--points={POINTS}",
                       "--data_orders=3,4", data_dir=tiny_fashion_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| level | weights left | k |" in proc.stdout  # the report's table
     assert "level 2, k=1, copy B: finished already, skipping" in proc.stderr
     assert "level 2, k=1: path evaluated already, skipping" in proc.stderr
     assert os.stat(os.path.join(out, "paths", "level_02_k_01.json")).st_mtime_ns == stamp
@@ -103,19 +106,15 @@ def test_copies_on_one_data_order_have_no_barrier_through_the_api(tiny_tickets,
                                                                   tiny_fashion_dir, tmp_path):
     # The same start, recipe and data order twice: one network, so every point of the
     # path is that network and the barrier is exactly 0. Run through the Python API.
-    script = ("import sys, lth_keras\n"
-              "run = lth_keras.stability(tickets=sys.argv[1], data_dir=sys.argv[2],\n"
-              "    output_dir=sys.argv[3], levels=[2], rewind_points=[1], data_orders=[7, 7],\n"
-              "    points=3, deterministic=True, verbose=False)\n"
-              "from lth_keras.analysis import stability\n"
-              "print('rows', len(stability.rows(run)))\n")
-    out = str(tmp_path / "same_order")
-    proc = subprocess.run([sys.executable, "-c", script, tiny_tickets.path, tiny_fashion_dir,
-                           out], cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO},
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rows 1" in proc.stdout
-    run = StabilityRun(out)
+    import lth_keras
+    from lth_keras.analysis import stability
+
+    run = lth_keras.stability(tickets=tiny_tickets, data_dir=tiny_fashion_dir,
+                              output_dir=str(tmp_path / "same_order"), levels=[2],
+                              rewind_points=[1], data_orders=[7, 7], points=3,
+                              deterministic=True, verbose=False)
+    assert len(stability.rows(run)) == 1
+    assert os.path.getsize(run.file("stability.md")) > 0
     path = run.paths()[2, 1]
     assert path["barrier"] == {"val": 0.0, "test": 0.0}
     assert len({p["test"]["accuracy"] for p in path["points"]}) == 1
@@ -158,10 +157,8 @@ def test_a_rewind_point_the_run_does_not_hold_is_one_line_and_nothing_written(
 
 def test_save_epochs_keeps_level_0s_weights_and_leaves_the_run_alone(tiny_fashion_dir,
                                                                      tiny_tickets, tmp_path):
-    out = tmp_path / "saved"
-    proc = find_tiny_tickets(tiny_fashion_dir, str(out), "--rounds=0", "--save_epochs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = lottery.TicketRun(str(out))
+    run = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "saved"), "--rounds=0",
+                                 "--save_epochs=2")
     assert run.saved_epochs() == [0, 1, 2]
     theta_2 = run.theta_at(2)
     assert weights.digest(theta_2) != weights.digest(run.theta("k"))
@@ -173,11 +170,9 @@ def test_save_epochs_keeps_level_0s_weights_and_leaves_the_run_alone(tiny_fashio
 @pytest.fixture(scope="module")
 def bn_tickets(tiny_fashion_dir, tmp_path_factory):
     """Tiny ResNet-20 tickets (BatchNorm), levels 0..1, rewind epoch 1."""
-    out = str(tmp_path_factory.mktemp("bn") / "tickets")
-    proc = find_tiny_tickets(tiny_fashion_dir, out, "--model=resnet20", "--image_size=8",
-                             "--rounds=1", "--max_epochs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return lottery.TicketRun(out)
+    return find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path_factory.mktemp("bn") / "tickets"),
+                                  "--model=resnet20", "--image_size=8", "--rounds=1",
+                                  "--max_epochs=2")
 
 
 def _scaled_statistics(run):
@@ -197,8 +192,7 @@ def test_batchnorm_statistics_at_inner_points_are_re_estimated(bn_tickets, tiny_
                                                                tmp_path):
     common = ["--levels=1", "--rewind_points=1", "--points=3"]
     clean = str(tmp_path / "clean")
-    proc = _stability(bn_tickets.path, clean, *common, data_dir=tiny_fashion_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _stability_here(bn_tickets.path, clean, *common, data_dir=tiny_fashion_dir)
     middle = StabilityRun(clean).paths()[1, 1]["points"][1]
     assert StabilityRun(clean).paths()[1, 1]["bn"] == "reestimate"
     # The inner point's statistics come from the interpolated network on training
@@ -210,9 +204,8 @@ def test_batchnorm_statistics_at_inner_points_are_re_estimated(bn_tickets, tiny_
         shutil.copytree(clean, spoiled, ignore=None if bn == "reestimate" else
                         shutil.ignore_patterns("config.json", "paths"))
         _scaled_statistics(StabilityRun(spoiled))
-        proc = _stability(bn_tickets.path, spoiled, *common, f"--bn={bn}",
-                          data_dir=tiny_fashion_dir)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        _stability_here(bn_tickets.path, spoiled, *common, f"--bn={bn}",
+                        data_dir=tiny_fashion_dir)
         # The copies changed, so the path was evaluated again.
         path = StabilityRun(spoiled).paths()[1, 1]
         assert path["copies"] != StabilityRun(clean).paths()[1, 1]["copies"]

@@ -309,25 +309,23 @@ def test_noisy_stop_is_read_from_the_curves():
 
 @pytest.mark.slow
 def test_a_stop_on_a_lagging_validation_loss_is_flagged_and_precise_bn_prevents_it(
-        colour_target, tmp_path):
+        colour_target, tmp_path, absl_log):
     """A run built to stop on lagging BatchNorm statistics: ResNet-20 with Keras's default BN
     momentum 0.99 at lr 0.1 on a 64-image target (4 steps an epoch), so the eval-mode
     validation loss explodes while the network learns. It stops at epoch 3 with its best
     at epoch 1 and ends at chance: flagged in metrics.json and warned about. With
     --precise_bn the statistics are re-estimated before each validation and the same run
     trains on."""
-    from conftest import run_binary
-    from lth_keras import lottery
+    from conftest import in_process
 
     common = ["--model=resnet20", "--image_size=16", "--rounds=0", "--max_epochs=8",
               "--patience=2", "--batch_size=16", "--learning_rate=0.1", "--bn_momentum=0.99",
               "--deterministic", f"--source={colour_target}"]
     runs = {}
     for name, extra in (("lagging", []), ("precise", ["--precise_bn=4"])):
-        out = str(tmp_path / name)
-        proc = run_binary("lth_keras.find_tickets", *common, *extra, f"--output_dir={out}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = (lottery.TicketRun(out).metrics(0), proc.stderr)
+        logged = len(absl_log())
+        run = in_process("find_tickets", *common, *extra, f"--output_dir={tmp_path / name}")
+        runs[name] = (run.metrics(0), absl_log()[logged:])
     lagging, stderr = runs["lagging"]
     assert lagging["noisy_stop"] is True and lagging["best_epoch"] == 1
     assert lagging["stopped_early"] and lagging["epochs"] == 3

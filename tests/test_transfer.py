@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, needs_histology,
-                      run_binary)
+from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, in_process,
+                      needs_histology, run_binary)
 from lth_keras import artifacts, lottery, settings, weights
 from lth_keras.lottery import architecture, transfer as protocol
 
@@ -24,6 +24,12 @@ TARGET = None  # the generated colour folder (conftest.colour_target), set below
 def _target(colour_target):
     global TARGET
     TARGET = colour_target
+
+
+def _transfer_here(tickets, output_dir, *extra, target=None):
+    """_transfer in this process (conftest.in_process); returns the TransferRun."""
+    return in_process("transfer", f"--tickets={tickets}", f"--target={target or TARGET}",
+                      f"--output_dir={output_dir}", *RECIPE, *extra)
 
 
 def _transfer(tickets, output_dir, *extra, target=None):
@@ -42,10 +48,7 @@ def transfers(tiny_tickets, tmp_path_factory):
                             ("reinit", ["--reinit"]), ("scratch", ["--scratch"]),
                             ("random", ["--random_mask"]),
                             ("random_reinit", ["--random_mask", "--reinit"])):
-        out = str(root / condition)
-        proc = _transfer(tiny_tickets.path, out, *flag)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[condition] = lottery.TransferRun(out)
+        runs[condition] = _transfer_here(tiny_tickets.path, root / condition, *flag)
     return runs
 
 
@@ -199,18 +202,15 @@ def test_rerun_skips_finished_levels(tiny_tickets, transfers):
 
 
 def test_levels_subset(tiny_tickets, tmp_path):
-    out = str(tmp_path / "subset")
-    proc = _transfer(tiny_tickets.path, out, "--levels=2", "--max_epochs=1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert lottery.TransferRun(out).finished_levels() == [2]
+    run = _transfer_here(tiny_tickets.path, tmp_path / "subset", "--levels=2", "--max_epochs=1")
+    assert run.finished_levels() == [2]
 
 
 def test_a_source_dataset_is_a_target_too(tiny_tickets, tiny_fashion_dir, tmp_path):
-    out = str(tmp_path / "fm")
-    proc = _transfer(tiny_tickets.path, out, "--levels=1", "--max_epochs=1", "--train_fraction=1",
-                     f"--data_dir={tiny_fashion_dir}", target="fashion_mnist")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert lottery.TransferRun(out).weights(1)["head/kernel"].shape == (100, 10)
+    run = _transfer_here(tiny_tickets.path, tmp_path / "fm", "--levels=1", "--max_epochs=1",
+                         "--train_fraction=1", f"--data_dir={tiny_fashion_dir}",
+                         target="fashion_mnist")
+    assert run.weights(1)["head/kernel"].shape == (100, 10)
 
 
 # ---- bad input: one line, exit status 1, nothing written ------------------------------
@@ -292,11 +292,8 @@ def test_corrupt_target_image_is_refused_by_name(tiny_tickets, tmp_path):
 
 @needs_histology
 def test_transfer_to_the_real_histology_target(tiny_tickets, tmp_path):
-    out = str(tmp_path / "histology")
-    proc = _transfer(tiny_tickets.path, out, "--levels=1", "--max_epochs=1",
-                     "--train_fraction=0.1", target=HISTOLOGY)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    run = lottery.TransferRun(out)
+    run = _transfer_here(tiny_tickets.path, tmp_path / "histology", "--levels=1",
+                         "--max_epochs=1", "--train_fraction=0.1", target=HISTOLOGY)
     assert run.finished_levels() == [1]
     assert run.weights(1)["head/kernel"].shape == (100, 4)
     np.testing.assert_array_equal(run.weights(1)["fc1/mask"], tiny_tickets.mask(1)["fc1/kernel"])
@@ -304,10 +301,14 @@ def test_transfer_to_the_real_histology_target(tiny_tickets, tmp_path):
 
 # ---- the fine-tuning recipe is the ticket run's unless given -------------------------
 
-def _bare_transfer(tickets, output_dir, *extra, target=None):
+def _bare_flags(tickets, output_dir, target=None):
     """A transfer naming no recipe setting (only --deterministic, which is not one)."""
-    return run_binary("lth_keras.transfer", f"--tickets={tickets}", f"--target={target or TARGET}",
-                      f"--output_dir={output_dir}", "--levels=1", "--deterministic", *extra)
+    return [f"--tickets={tickets}", f"--target={target or TARGET}", f"--output_dir={output_dir}",
+            "--levels=1", "--deterministic"]
+
+
+def _bare_transfer(tickets, output_dir, *extra, target=None):
+    return run_binary("lth_keras.transfer", *_bare_flags(tickets, output_dir, target), *extra)
 
 
 def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, tmp_path):
@@ -353,10 +354,8 @@ def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_p
                              lr_boundaries=[str(x) for x in config["hparams"]["lr_boundaries"]])
     with open(old / "config.json", "w") as f:
         json.dump(config, f)
-    out = str(tmp_path / "from_0.1")
-    proc = _bare_transfer(str(old), out, "--max_epochs=1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    transferred = lottery.TransferRun(out).config()
+    transferred = in_process("transfer", *_bare_flags(str(old), tmp_path / "from_0.1"),
+                             "--max_epochs=1").config()
     assert transferred["hparams"]["mixed_precision"] == "off"
     assert transferred["hparams"]["lr_boundaries"] == tiny_tickets.config()["hparams"]["lr_boundaries"]
     assert transferred["recipe_overrides"] == {"max_epochs": {"tickets": 3, "transfer": 1}}
@@ -368,23 +367,19 @@ def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_p
 @pytest.fixture(scope="module")
 def gray_tickets(tiny_fashion_dir, tmp_path_factory):
     """Tiny tickets on the stored 28 px, 1-channel pixels (no crop)."""
-    from conftest import find_tiny_tickets
+    from conftest import find_tiny_tickets_here
 
-    out = str(tmp_path_factory.mktemp("gray") / "tickets")
-    proc = find_tiny_tickets(tiny_fashion_dir, out, "--image_size=28", "--crop=none",
-                             "--channels=own", "--rounds=1", "--max_epochs=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return lottery.TicketRun(out)
+    return find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path_factory.mktemp("gray") / "tickets"),
+                                  "--image_size=28", "--crop=none", "--channels=own",
+                                  "--rounds=1", "--max_epochs=2")
 
 
 def test_one_channel_tickets_transfer_to_grayscale_and_refuse_colour(gray_tickets,
                                                                      tiny_fashion_dir, tmp_path):
     assert gray_tickets.theta("0")["fc1/kernel"].shape[0] == 28 * 28  # not 3 * 28 * 28
-    out = str(tmp_path / "gray")
-    proc = _bare_transfer(gray_tickets.path, out, f"--data_dir={tiny_fashion_dir}",
-                          target="fashion_mnist")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    config = lottery.TransferRun(out).config()
+    config = in_process("transfer", *_bare_flags(gray_tickets.path, tmp_path / "gray",
+                                                 target="fashion_mnist"),
+                        f"--data_dir={tiny_fashion_dir}").config()
     assert config["input"]["channels"] == 1 and config["input"]["crop"] == "none"
     assert config["hparams"]["crop"] == "none" and config["hparams"]["channels"] == "own"
     never = str(tmp_path / "colour")

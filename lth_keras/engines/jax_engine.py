@@ -111,6 +111,15 @@ class Runtime(base.Runtime):
             return jax.device_put(array, self.devices[0])
         return _global_array(array, NamedSharding(self.mesh, P()))
 
+    def values(self, variables):
+        """The variables' values as the compiled steps take and return them: on one
+        device, committed to it. (A fresh variable's value is uncommitted, and jit
+        compiles a step again for committed arguments: a second compilation of every
+        step in each run, 8 s for ResNet-20 on a CPU.)"""
+        if self.mesh is None:
+            return [jax.device_put(v.value, self.devices[0]) for v in variables]
+        return [v.value for v in variables]
+
     def batch_sharded(self, array, axis):
         """A host array (the same on every host) split over the devices along `axis`."""
         if self.mesh is None:
@@ -450,9 +459,9 @@ class EpochLoop:
         images, labels = self.data.split("train")
         mean, std = self.data.normalisation
         model, optimizer = self.model, self.optimizer
-        state = ([v.value for v in model.trainable_variables],
-                 [v.value for v in model.non_trainable_variables],
-                 [v.value for v in optimizer.variables],
+        state = (self.runtime.values(model.trainable_variables),
+                 self.runtime.values(model.non_trainable_variables),
+                 self.runtime.values(optimizer.variables),
                  self.runtime.replicated(np.zeros(3, loss_dtype()) if sums is None
                                          else np.asarray(sums, loss_dtype())),
                  self.runtime.replicated(np.int32(start_step)))
@@ -485,8 +494,8 @@ class EpochLoop:
         images, labels = self.data.split("train")
         mean, std = self.data.normalisation
         non_trainable = self.model.non_trainable_variables
-        trainable = [v.value for v in self.model.trainable_variables]
-        values = [v.value for v in non_trainable]
+        trainable = self.runtime.values(self.model.trainable_variables)
+        values = self.runtime.values(non_trainable)
         state = ([self.runtime.replicated(np.zeros(non_trainable[i].shape, np.float32))
                   for i in self.steps.statistics],
                  self.runtime.replicated(np.zeros((), np.int32)))
@@ -501,8 +510,8 @@ class EpochLoop:
         images, labels = self.data.split(split)
         mean, std = self.data.normalisation
         batches, order, valid, rows, columns = self.data.evaluation(split)
-        trainable = [v.value for v in self.model.trainable_variables]
-        non_trainable = [v.value for v in self.model.non_trainable_variables]
+        trainable = self.runtime.values(self.model.trainable_variables)
+        non_trainable = self.runtime.values(self.model.non_trainable_variables)
         state = self._zeros()
         for _ in range(batches):
             state = self.steps.evaluate(state, trainable, non_trainable, images, labels, mean,
