@@ -125,12 +125,13 @@ def test_copies_on_one_data_order_have_no_barrier_through_the_api(tiny_tickets,
 def test_a_killed_stability_run_resumes_to_the_same_paths(tiny_tickets, tiny_fashion_dir,
                                                           stability_run, tmp_path):
     out = tmp_path / "killed"
+    # Level 2 only: its copies at k = 0 (copy A, then B), then at k = 1, then the paths.
     args = [sys.executable, "-m", "lth_keras.stability", f"--tickets={tiny_tickets.path}",
             f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", "--deterministic",
-            f"--levels={LEVELS}", f"--points={POINTS}", "--checkpoint_every=0"]
+            "--levels=2", f"--points={POINTS}", "--checkpoint_every=0"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    landmark = out / "k_00" / "copy_1" / "levels" / "level_00" / "metrics.json"
+    landmark = out / "k_00" / "copy_1" / "levels" / "level_02" / "metrics.json"
     deadline = time.monotonic() + 240
     while not landmark.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -140,8 +141,9 @@ def test_a_killed_stability_run_resumes_to_the_same_paths(tiny_tickets, tiny_fas
     proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = StabilityRun(str(out))
-    for key, path in stability_run.paths().items():
-        assert resumed.paths()[key]["points"] == path["points"], key
+    assert sorted(resumed.paths()) == [(2, 0), (2, 1)]
+    for key, path in resumed.paths().items():
+        assert path["points"] == stability_run.paths()[key]["points"], key
 
 
 def test_a_rewind_point_the_run_does_not_hold_is_one_line_and_nothing_written(

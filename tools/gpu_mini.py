@@ -61,8 +61,8 @@ FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 # The CPU-size stand-ins of --tiny: appended to the presets (later flags win).
 TINY_TICKETS = ["--model=resnet20", "--image_size=16", "--rounds=1", "--max_epochs=2",
-                "--rewind_epoch=1", "--train_fraction=0.02", "--mixed_precision=off",
-                "--precise_bn=4"]
+                "--rewind_epoch=1", "--train_fraction=0.01", "--val_fraction=0.01",
+                "--mixed_precision=off", "--precise_bn=4"]
 TINY_TRANSFER = ["--mixed_precision=off", "--precise_bn=4", "--max_epochs=1"]
 TINY_GRID = ["--seeds=0", "--transfer_seeds=0,1", "--transfer_levels=0,1", "--reinit_levels=1",
              "--primary_level=1"]
