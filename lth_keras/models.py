@@ -188,10 +188,10 @@ def resnet50(*, input_shape, num_classes, seed, bn_momentum=0.9):
 
 
 # --------------------------------------------------------------------------- #
-# ResNet-20 (He et al. 2015, section 4.2, CIFAR-style)
+# CIFAR-style ResNets (He et al. 2015, section 4.2): 6n + 2 layers
 # --------------------------------------------------------------------------- #
 
-_RESNET20_STAGES = ((16, 3, 1), (32, 3, 2), (64, 3, 2))  # (channels, blocks, stride)
+_CIFAR_STAGES = ((16, 1), (32, 2), (64, 2))  # (channels, stride); n basic blocks each
 
 
 def _basic_block(b, x, filters, strides, projection, prefix):
@@ -207,14 +207,15 @@ def _basic_block(b, x, filters, strides, projection, prefix):
     return b.residual_out(x, shortcut, prefix)
 
 
-def resnet20(*, input_shape, num_classes, seed, bn_momentum=0.9):
-    """ResNet-20: 3x3 conv 16, then 3 stages x 3 basic blocks of 16/32/64 channels."""
+def _cifar_resnet(n, name, *, input_shape, num_classes, seed, bn_momentum):
+    """3x3 conv 16, then 3 stages x n basic blocks of 16/32/64 channels, global
+    average pooling and the head: 6n + 2 layers."""
     b = _Builder(seed, bn_momentum)
     inputs = keras.Input(shape=input_shape, name="input")
     x = b.conv_bn(inputs, 16, 3, "conv1", "bn1", relu_name="relu1")
     in_channels = 16
-    for s, (filters, blocks, stride) in enumerate(_RESNET20_STAGES, start=1):
-        for i in range(1, blocks + 1):
+    for s, (filters, stride) in enumerate(_CIFAR_STAGES, start=1):
+        for i in range(1, n + 1):
             strides = stride if i == 1 else 1
             x = _basic_block(
                 b, x, filters, strides=strides,
@@ -222,7 +223,20 @@ def resnet20(*, input_shape, num_classes, seed, bn_momentum=0.9):
                 prefix=f"stage{s}_block{i}")
             in_channels = filters
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    return _finish(inputs, b.classifier(x, num_classes), "resnet20", seed)
+    return _finish(inputs, b.classifier(x, num_classes), name, seed)
+
+
+def resnet20(*, input_shape, num_classes, seed, bn_momentum=0.9):
+    """ResNet-20 (n = 3): the quick presets' network."""
+    return _cifar_resnet(3, "resnet20", input_shape=input_shape, num_classes=num_classes,
+                         seed=seed, bn_momentum=bn_momentum)
+
+
+def resnet8(*, input_shape, num_classes, seed, bn_momentum=0.9):
+    """ResNet-8 (n = 1): every layer kind of ResNet-20 (BatchNorm, projection shortcuts)
+    at a third of its depth, for checks where depth only costs time (the engine tests)."""
+    return _cifar_resnet(1, "resnet8", input_shape=input_shape, num_classes=num_classes,
+                         seed=seed, bn_momentum=bn_momentum)
 
 
 # --------------------------------------------------------------------------- #
@@ -269,6 +283,7 @@ def conv4(*, input_shape, num_classes, seed, bn_momentum=0.9):
 MODELS = {
     "resnet50": resnet50,
     "resnet20": resnet20,
+    "resnet8": resnet8,
     "lenet_300_100": lenet_300_100,
     "conv4": conv4,
 }

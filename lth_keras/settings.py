@@ -85,14 +85,14 @@ class Data:
 
 # The architectures of models.py (a test keeps the two lists equal), named here so that a
 # wrong --model is reported before Keras is imported.
-MODELS = ("resnet50", "resnet20", "lenet_300_100", "conv4")
+MODELS = ("resnet50", "resnet20", "resnet8", "lenet_300_100", "conv4")
 
 
 @dataclasses.dataclass(frozen=True)
 class Model:
     # The grid takes both from the tickets preset (a transfer, from its tickets).
-    model: str = option("resnet20", "Architecture: resnet50, resnet20, lenet_300_100, conv4.",
-                        per_run=True)
+    model: str = option("resnet20", "Architecture: resnet50, resnet20, resnet8, "
+                                    "lenet_300_100, conv4.", per_run=True)
     image_size: int = option(32, "Side of the (random / centre) crop fed to the model.",
                              per_run=True)
     bn_momentum: float = option(0.9, "BatchNorm moving-average momentum (Keras default 0.99 "

@@ -20,6 +20,9 @@ CLASSES = 10
 EXPECTED_PARAMS = {
     "resnet50": 23_581_642,
     "resnet20": 274_042,  # 272_474 trainable
+    # conv1 432 + bn 64; stage 1: 2 x (2,304 + 64); stage 2: projection 512 + 128,
+    # 4,608 + 128, 9,216 + 128; stage 3: 2,048 + 256, 18,432 + 256, 36,864 + 256; head 650
+    "resnet8": 78_714,  # 78_042 trainable
     "lenet_300_100": 953_010,
     "conv4": 2_425_930,
 }
@@ -98,6 +101,24 @@ def test_resnet20_layout(models):
     assert n_params(model) == EXPECTED_PARAMS["resnet20"]
     assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 272_474
     assert model(np.zeros((2, *SHAPE), "float32")).shape == (2, CLASSES)
+
+
+def test_resnet8_is_resnet20_with_one_block_a_stage(models):
+    model, deep = models["resnet8"], models["resnet20"]
+    for stage, (channels, spatial) in enumerate(((16, 32), (32, 16), (64, 8)), start=1):
+        out = model.get_layer(f"stage{stage}_block1_out").output
+        assert out.shape == (None, spatial, spatial, channels)
+    assert not [layer for layer in model.layers if "block2" in layer.name]
+    projections = sorted(c.name for c in kernels(model) if c.name.endswith("_proj"))
+    assert projections == ["stage2_block1_proj", "stage3_block1_proj"]
+    assert len(kernels(model)) == 10 and len(bns(model)) == 9  # 6n + 2 = 8 layers, 2 shortcuts
+    assert n_params(model) == EXPECTED_PARAMS["resnet8"]
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 78_042
+    # The layers the two share are drawn alike: weights are a function of seed and name.
+    shared = by_path(model).keys() & by_path(deep).keys()
+    assert "stage3_block1_conv2/kernel" in shared
+    for path in shared - {f"{HEAD_NAME}/kernel"}:
+        np.testing.assert_array_equal(by_path(model)[path], by_path(deep)[path], err_msg=path)
 
 
 def test_lenet_and_conv4_layout(models):
