@@ -21,6 +21,7 @@ Imported only when KERAS_BACKEND=jax; needs keras and JAX, never TensorFlow.
 import json
 import os
 import random
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -340,12 +341,27 @@ def step_signature(model, optimizer, plan, training):
     fed channels, the batch, the weight decay and the loss dtype. Models that agree on
     it compute the same function of the same values, so they share one compilation."""
     return json.dumps({
-        "model": model.get_config(),
+        "model": _config(model),
         "variables": [(v.path, tuple(v.shape), str(v.dtype), v.trainable)
                       for v in model.variables],
-        "optimizer": optimizer.get_config(), "channels": plan.channels,
+        "optimizer": _config(optimizer), "channels": plan.channels,
         "batch": plan.batch_size, "weight_decay": training.weight_decay,
         "loss": loss_dtype()}, sort_keys=True, default=str)
+
+
+def _config(obj):
+    """obj.get_config() without importing TensorFlow. Keras's serializer asks whether
+    TensorFlow is installed (to recognise its TensorShape, DType and TypeSpec), and on a
+    machine that has it the answer imports it: 2-5 s per process, for a check that no
+    object can pass while TensorFlow is not imported."""
+    lazy = getattr(getattr(keras.src.utils, "module_utils", None), "tensorflow", None)
+    if "tensorflow" in sys.modules or getattr(lazy, "_available", True) is not None:
+        return obj.get_config()
+    lazy._available = False
+    try:
+        return obj.get_config()
+    finally:
+        lazy._available = None
 
 
 class CompiledSteps:
