@@ -139,6 +139,20 @@ def in_process(binary, *args):
     return run
 
 
+def refused_in_process(binary, output_dir, *args):
+    """in_process(binary, args) that must refuse: the UserError's message, the line its
+    binary prints after "<binary>: error: " (tested as such where the binary runs), after
+    checking it is one line and that nothing was written at output_dir."""
+    from lth_keras.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        in_process(binary, *args, f"--output_dir={output_dir}")
+    message = str(refused.value)
+    assert message and "\n" not in message, message
+    assert not os.path.exists(output_dir), os.listdir(output_dir)
+    return message
+
+
 @pytest.fixture
 def absl_log(caplog):
     """The text of what absl logs in this process from here on: an in_process run's

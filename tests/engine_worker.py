@@ -1,9 +1,9 @@
 """Runs one engine check in a fresh process (the engine is KERAS_BACKEND, fixed at import).
 
-  python tests/engine_worker.py float64 OUT.npz   ResNet-20 in float64, 5 epochs of one step,
+  python tests/engine_worker.py float64 OUT.npz   ResNet-8 in float64, 5 epochs of one step,
                                                   then BN statistics re-estimated (OUT's
                                                   precise_bn/ arrays)
-  python tests/engine_worker.py bfloat16 OUT.npz  a masked ResNet-20, 3 mixed-precision steps
+  python tests/engine_worker.py bfloat16 OUT.npz  a masked ResNet-8, 3 mixed-precision steps
 
 Run by test_engines.py under each engine; it compares what they write.
 """
@@ -35,14 +35,14 @@ def tiny_dataset(train=32, size=20, seed=0):
 
 
 def float64_steps(out):
-    """Five training steps (five one-step epochs) of ResNet-20 in float64, with their
+    """Five training steps (five one-step epochs) of ResNet-8 in float64, with their
     losses, the validation metrics after each, and the final weights; then, in the same
     process (one start-up and runtime for both), precise_bn's arrays."""
     keras.config.set_floatx("float64")
     runtime = engines.setup(settings.Run(deterministic=True))
     plan = InputPlan(tiny_dataset(), image_size=16, batch_size=32, seed=0)
     with runtime.scope():
-        model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
+        model = models.build_model("resnet8", input_shape=(16, 16, 3), num_classes=4, seed=0)
     theta_0 = weights.digest(weights.snapshot(model))
     # Momentum 0.875 is exact in float32: Keras's TensorFlow backend rounds a Python
     # momentum through float32 before casting it to float64 (0.9 -> 0.8999999762),
@@ -59,14 +59,14 @@ def float64_steps(out):
 
 
 def bfloat16_steps(out):
-    """A masked ResNet-20 trained with bfloat16 mixed precision, momentum and
+    """A masked ResNet-8 trained with bfloat16 mixed precision, momentum and
     weight decay: what the pruned weights are afterwards."""
     config = settings.Training(learning_rate=0.1, weight_decay=1e-2, max_epochs=1,
                                mixed_precision="bfloat16")
     runtime = engines.setup(training=config)
     plan = InputPlan(tiny_dataset(train=96), image_size=16, batch_size=32, seed=0)
     with runtime.scope():
-        model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
+        model = models.build_model("resnet8", input_shape=(16, 16, 3), num_classes=4, seed=0)
     rng = np.random.default_rng(1)
     masks = {k: (rng.random(m.shape) < 0.2).astype(np.float32)
              for k, m in weights.get_masks(model).items()}
@@ -81,7 +81,7 @@ def bfloat16_steps(out):
 
 
 def precise_bn(runtime):
-    """ResNet-20 in float64 after one training epoch: every BatchNormalization's moving
+    """ResNet-8 in float64 after one training epoch: every BatchNormalization's moving
     statistics as the engine re-estimates them from epoch 1's first 3 batches, and as
     computed here from those batches (no crop, so a batch is (pixels / 255 - mean) / std
     of the plan's images, in float32 as both engines feed it): the mean over the batches
@@ -89,7 +89,7 @@ def precise_bn(runtime):
     plan = InputPlan(tiny_dataset(train=128, size=16), image_size=16, batch_size=32, seed=0,
                      crop="none")
     with runtime.scope():
-        model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=4, seed=0)
+        model = models.build_model("resnet8", input_shape=(16, 16, 3), num_classes=4, seed=0)
     config = settings.Training(learning_rate=0.05, max_epochs=1, precise_bn=3)
     trainer = training.Trainer(model, plan, config, runtime, verbose=False)
     trainer.loop.train_epoch(0)

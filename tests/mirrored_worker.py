@@ -1,4 +1,4 @@
-"""Trains one epoch (3 steps) of ResNet-20 in float64 on N logical CPU devices; saves the
+"""Trains one epoch (3 steps) of ResNet-8 in float64 on N logical CPU devices; saves the
 weights.
 
 Run by test_distributed.py in a fresh process, under the engine KERAS_BACKEND names
@@ -32,7 +32,7 @@ def main(num_devices, data_dir, out):
     plan = InputPlan(dataclasses.replace(dataset, train=train), image_size=16, batch_size=32,
                      seed=0)
     with runtime.scope():
-        model = models.build_model("resnet20", input_shape=(16, 16, 3), num_classes=10, seed=0)
+        model = models.build_model("resnet8", input_shape=(16, 16, 3), num_classes=10, seed=0)
     config = settings.Training(learning_rate=0.05, weight_decay=1e-3, max_epochs=1)
     result = training.Trainer(model, plan, config, runtime, verbose=False).fit()
     np.savez(out, train_loss=result.history[0]["train_loss"], **weights.snapshot(model))

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets,
-                      find_tiny_tickets_here, kill_find_tickets_mid_level, needs_histology,
-                      run_binary)
+                      find_tiny_tickets_here, in_process, kill_find_tickets_mid_level,
+                      needs_histology, run_binary)
 from lth_keras import lottery, weights
+from lth_keras.errors import UserError
 from lth_keras.lottery import tickets
 
 pytestmark = pytest.mark.slow
@@ -90,17 +91,18 @@ def test_masks_shrink_monotonically(tiny_run):
         assert all(np.all(after[k] <= before[k]) for k in before)
 
 
-def test_rerun_skips_finished_levels(tiny_run, tiny_fashion_dir):
+def test_rerun_skips_finished_levels(tiny_run, tiny_fashion_dir, absl_log):
     stamps = {f: os.stat(tiny_run.level_file(0, f)).st_mtime_ns for f in ("theta_i.npz",)}
-    proc = _find_tickets(tiny_fashion_dir, tiny_run.path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    find_tiny_tickets_here(tiny_fashion_dir, tiny_run.path)
+    assert f"level {ROUNDS}: finished already, skipping" in absl_log()
     assert os.stat(tiny_run.level_file(0, "theta_i.npz")).st_mtime_ns == stamps["theta_i.npz"]
 
 
 def test_rerun_with_other_settings_is_refused(tiny_run, tiny_fashion_dir):
-    proc = _find_tickets(tiny_fashion_dir, tiny_run.path, "--prune_rate=0.5")
-    assert proc.returncode == 1
-    assert "prune_rate" in proc.stderr.strip().splitlines()[-1]
+    stamp = os.stat(tiny_run.config_path).st_mtime_ns
+    with pytest.raises(UserError, match="prune_rate"):
+        find_tiny_tickets_here(tiny_fashion_dir, tiny_run.path, "--prune_rate=0.5")
+    assert os.stat(tiny_run.config_path).st_mtime_ns == stamp
 
 
 def test_killed_mid_level_resumes_to_the_same_masks(tiny_run, tiny_fashion_dir, tmp_path):
@@ -176,12 +178,10 @@ def test_impossible_flags_fail_with_one_line(tmp_path, tiny_fashion_dir, flag, n
 @needs_histology
 def test_tickets_on_an_image_folder_target(tmp_path):
     out = str(tmp_path / "histology")
-    proc = run_binary("lth_keras.find_tickets", f"--source={HISTOLOGY}", f"--output_dir={out}",
-                      "--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
-                      "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.01",
-                      "--train_fraction=0.25")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = lottery.TicketRun(out)
+    run = in_process("find_tickets", f"--source={HISTOLOGY}", f"--output_dir={out}",
+                     "--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
+                     "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.01",
+                     "--train_fraction=0.25", "--deterministic")
     summary = run.config()["dataset"]
     assert summary["num_classes"] == 4
     assert run.finished_levels() == [0, 1]
@@ -253,10 +253,10 @@ def test_theta_k_is_the_weights_after_epoch_k_of_level_0(tiny_run, tiny_fashion_
 
 
 def test_batchnorm_statistics_are_rewound_with_the_weights(tiny_fashion_dir, tmp_path):
-    # ResNet-20 has BatchNorm: a pruned level starts from θ_k's moving statistics, not
+    # ResNet-8 has BatchNorm: a pruned level starts from θ_k's moving statistics, not
     # from those the previous level ended with. The level's recorded start (a digest of
     # every variable when it began) is m ⊙ θ_k with θ_k's statistics.
-    run = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "bn"), "--model=resnet20",
+    run = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "bn"), "--model=resnet8",
                                  "--image_size=8", "--rounds=1", "--max_epochs=2",
                                  "--batch_size=64")
     theta_k, theta_i = run.theta("k"), run.theta_i(0)

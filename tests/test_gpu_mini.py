@@ -58,7 +58,9 @@ def test_the_gpu_mini_paper_dry_run(tmp_path):
     assert "gpu_mini/grid.json" in names
     report = json.loads((out / "gpu_mini_report.json").read_text())
     assert report["exit"] == 0 and not report["stopped_at_budget"]
-    assert len(report["runs"]) == 7 and set(report["stages"]) >= {"grid", "packing", "total"}
+    # tickets, then per transfer seed scratch, the ticket, its reinit and random pruning
+    assert len(report["runs"]) == 9 and set(report["stages"]) >= {"grid", "packing", "total"}
+    assert any(run.endswith("fashion_mnist-random-seed0-t1") for run in report["runs"])
 
     analysis = tmp_path / "analysis"
     proc = _tool("analyze", str(out), f"--runs={tmp_path / 'runs'}", f"--output_dir={analysis}")

@@ -171,9 +171,9 @@ def test_save_epochs_keeps_level_0s_weights_and_leaves_the_run_alone(tiny_fashio
 
 @pytest.fixture(scope="module")
 def bn_tickets(tiny_fashion_dir, tmp_path_factory):
-    """Tiny ResNet-20 tickets (BatchNorm), levels 0..1, rewind epoch 1."""
+    """Tiny ResNet-8 tickets (BatchNorm), levels 0..1, rewind epoch 1."""
     return find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path_factory.mktemp("bn") / "tickets"),
-                                  "--model=resnet20", "--image_size=8", "--rounds=1",
+                                  "--model=resnet8", "--image_size=8", "--rounds=1",
                                   "--max_epochs=2")
 
 

@@ -23,7 +23,7 @@ def strategy():
     return engines.setup(settings.Run(deterministic=True))
 
 
-def _model(strategy, name="resnet20", seed=0):
+def _model(strategy, name="resnet8", seed=0):
     with strategy.scope():
         return models.build_model(name, input_shape=(16, 16, 3), num_classes=10, seed=seed)
 
@@ -223,7 +223,7 @@ def test_xla_trains_like_the_graph_without_it(pipeline, strategy, monkeypatch):
     results = {}
     for jit in (False, True):
         monkeypatch.setattr(strategy, "jit_compile", jit)
-        model = _model(strategy, "resnet20", seed=11)
+        model = _model(strategy, seed=11)
         trainer = training.Trainer(model, pipeline, config, strategy, verbose=False)
         losses = [float(s[0] / s[2]) for s in
                   (trainer.loop._train_step(x, y).numpy() for x, y in batches)]
@@ -248,7 +248,7 @@ def test_weight_decay_is_lambda_times_w_on_kernels_only(pipeline, strategy):
     lr, decay = 0.1, 0.01
     start, after = None, {}
     for wd in (0.0, decay):
-        model = _model(strategy, "resnet20")
+        model = _model(strategy)
         start = start or weights.snapshot(model)
         config = settings.Training(learning_rate=lr, momentum=0.0, weight_decay=wd,
                                    max_epochs=1)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, in_process,
-                      needs_histology, run_binary)
+                      needs_histology, refused_in_process, run_binary)
 from lth_keras import artifacts, lottery, settings, weights
+from lth_keras.errors import UserError
 from lth_keras.lottery import architecture, transfer as protocol
 
 pytestmark = pytest.mark.slow
@@ -154,13 +155,12 @@ def test_random_pruning_with_fresh_weights_differs_from_random_pruning_only_in_w
         assert run.metrics(level)["start_digest"] == expected_start_digest(run, fresh, drawn)
 
 
-def test_a_random_pruning_rerun_skips_its_finished_levels(tiny_tickets, transfers):
+def test_a_random_pruning_rerun_skips_its_finished_levels(tiny_tickets, transfers, absl_log):
     run = transfers["random"]
     before = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns
               for lvl in run.finished_levels()}
-    proc = _transfer(tiny_tickets.path, run.path, "--random_mask")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "level 2 (random): finished already, skipping" in proc.stderr
+    _transfer_here(tiny_tickets.path, run.path, "--random_mask")
+    assert "level 2 (random): finished already, skipping" in absl_log()
     assert {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns
             for lvl in before} == before
 
@@ -190,13 +190,12 @@ def test_config_records_the_ticket_run_and_condition(tiny_tickets, transfers):
         assert cfg["hparams"]["image_size"] == 16
 
 
-def test_rerun_skips_finished_levels(tiny_tickets, transfers):
+def test_rerun_skips_finished_levels(tiny_tickets, transfers, absl_log):
     run = transfers["rewind"]
     before = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns
               for lvl in run.finished_levels()}
-    proc = _transfer(tiny_tickets.path, run.path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "level 2 (rewind): finished already, skipping" in proc.stderr
+    _transfer_here(tiny_tickets.path, run.path)
+    assert "level 2 (rewind): finished already, skipping" in absl_log()
     after = {lvl: os.stat(run.level_file(lvl, "weights.npz")).st_mtime_ns for lvl in before}
     assert after == before
 
@@ -244,7 +243,8 @@ def test_ticket_whose_weights_do_not_fit_is_refused(tiny_tickets, tmp_path):
     config["hparams"]["image_size"] = 24
     artifacts.write_json(config_path, config)
     out = str(tmp_path / "never")
-    _refused(_transfer(copy, out), out, "shape")
+    assert "shape" in refused_in_process("transfer", out, f"--tickets={copy}",
+                                         f"--target={TARGET}", *RECIPE)
 
 
 def test_ticket_directory_without_levels_is_refused(tiny_tickets, tmp_path):
@@ -308,14 +308,15 @@ def _bare_flags(tickets, output_dir, target=None):
 
 
 def _bare_transfer(tickets, output_dir, *extra, target=None):
-    return run_binary("lth_keras.transfer", *_bare_flags(tickets, output_dir, target), *extra)
+    """A transfer naming no recipe setting, in this process (conftest.in_process)."""
+    return in_process("transfer", *_bare_flags(tickets, output_dir, target), *extra)
 
 
-def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, tmp_path):
+def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, tmp_path,
+                                                                  absl_log):
     out = str(tmp_path / "inherited")
-    proc = _bare_transfer(tiny_tickets.path, out)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "differs from the ticket run's" not in proc.stderr
+    _bare_transfer(tiny_tickets.path, out)
+    assert "differs from the ticket run's" not in absl_log()
     config, ticket = lottery.TransferRun(out).config(), tiny_tickets.config()
     for name in ("batch_size", "learning_rate", "max_epochs", "patience", "seed",
                  "weight_decay", "momentum", "lr_boundaries", "bn_momentum"):
@@ -327,11 +328,12 @@ def test_a_transfer_trains_with_the_ticket_runs_recipe_by_default(tiny_tickets, 
     assert lottery.TransferRun(out).metrics(1)["epochs"] <= 3  # the ticket's max_epochs
 
 
-def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp_path):
+def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp_path,
+                                                               absl_log):
     out = str(tmp_path / "overridden")
-    proc = _bare_transfer(tiny_tickets.path, out, "--learning_rate=0.02", "--max_epochs=1")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    notice = [line for line in proc.stderr.splitlines() if "differs from the ticket run's" in line]
+    _bare_transfer(tiny_tickets.path, out, "--learning_rate=0.02", "--max_epochs=1")
+    notice = [line for line in absl_log().splitlines()
+              if "differs from the ticket run's" in line]
     assert len(notice) == 1
     assert "learning_rate 0.02 (tickets: 0.01)" in notice[0]
     assert "max_epochs 1 (tickets: 3)" in notice[0]
@@ -383,10 +385,12 @@ def test_one_channel_tickets_transfer_to_grayscale_and_refuse_colour(gray_ticket
     assert config["input"]["channels"] == 1 and config["input"]["crop"] == "none"
     assert config["hparams"]["crop"] == "none" and config["hparams"]["channels"] == "own"
     never = str(tmp_path / "colour")
-    _refused(_bare_transfer(gray_tickets.path, never), never,
-             "3-channel images but the model takes 1")
-    _refused(_bare_transfer(gray_tickets.path, never, "--crop=random"), never,
-             "--crop=random but the tickets", "are for crop none")
+    assert "3-channel images but the model takes 1" in refused_in_process(
+        "transfer", never, f"--tickets={gray_tickets.path}", f"--target={TARGET}", "--levels=1",
+        "--deterministic")
+    _refused(run_binary("lth_keras.transfer", *_bare_flags(gray_tickets.path, never),
+                        "--crop=random"), never, "--crop=random but the tickets",
+             "are for crop none")
 
 
 def test_a_transfer_of_the_old_head_rule_is_not_resumed(tiny_tickets, transfers, tmp_path):
@@ -399,8 +403,6 @@ def test_a_transfer_of_the_old_head_rule_is_not_resumed(tiny_tickets, transfers,
     config["hparams_hash"] = settings.identity_hash(config["identity"])
     artifacts.write_json(os.path.join(old, "config.json"), config)
     before = sorted(os.listdir(os.path.join(old, "levels")))
-    proc = _transfer(tiny_tickets.path, old)
-    assert proc.returncode == 1
-    last = proc.stderr.strip().splitlines()[-1]
-    assert "a head drawn by an earlier rule" in last and last.startswith("transfer: error:")
+    with pytest.raises(UserError, match="a head drawn by an earlier rule"):
+        _transfer_here(tiny_tickets.path, old)
     assert sorted(os.listdir(os.path.join(old, "levels"))) == before

@@ -30,7 +30,7 @@ analyze unpacks gpu_mini_runs.tar.gz into outputs/gpu_mini/ and runs lth_keras's
 analysis on it (no mask overlap: the masks stay on the device), into --output_dir
 (outputs/reference/gpu_mini/ by default), with stages.md from the report.
 
---tiny is the same path at CPU size (ResNet-20 at 16 px, one ticket seed, two
+--tiny is the same path at CPU size (ResNet-8 at 16 px, one ticket seed, two
 transfer seeds, one round, two epochs a ticket level and one a transfer):
 tests/test_gpu_mini.py runs it.
 """
@@ -60,7 +60,7 @@ RETURN_FILES, RETURN_FILE_LIMIT = 8, 16 * 2**20
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 # The CPU-size stand-ins of --tiny: appended to the presets (later flags win).
-TINY_TICKETS = ["--model=resnet20", "--image_size=16", "--rounds=1", "--max_epochs=2",
+TINY_TICKETS = ["--model=resnet8", "--image_size=16", "--rounds=1", "--max_epochs=2",
                 "--rewind_epoch=1", "--train_fraction=0.01", "--val_fraction=0.01",
                 "--mixed_precision=off", "--precise_bn=4"]
 TINY_TRANSFER = ["--mixed_precision=off", "--precise_bn=4", "--max_epochs=1"]
