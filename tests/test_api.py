@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from conftest import (HISTOLOGY, REPO, TINY_TICKETS, find_tiny_tickets, find_tiny_tickets_here,
-                      needs_histology, run_binary)
+from conftest import (HISTOLOGY, REPO, TINY_TICKETS, find_tiny_tickets_here, in_process,
+                      needs_histology)
 from lth_keras import lottery
 
 
@@ -59,22 +59,21 @@ def test_the_readme_notebook_example_runs(tiny_fashion_dir, tmp_path):
 
 def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_tickets,
                                                                      tiny_fashion_dir,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
     # Two different ticket runs, both called "tickets", each transferred with the default
     # run directory: before, the second resumed (and so skipped) the first one's.
     other = tmp_path / "b" / "tickets"
     find_tiny_tickets_here(tiny_fashion_dir, str(other), "--seed=4", "--rounds=0",
                            "--max_epochs=1", "--rewind_epoch=0")
     made = []
+    monkeypatch.chdir(tmp_path)  # the default run directory is under ./outputs
     for ticket_dir in (tiny_tickets.path, str(other)):
-        proc = run_binary("lth_keras.transfer", f"--tickets={ticket_dir}", "--target=fashion_mnist",
-                          f"--data_dir={tiny_fashion_dir}", "--levels=0", "--max_epochs=1",
-                          "--batch_size=32", "--checkpoint_every=0", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        made.append(proc.stdout.strip().splitlines()[-1].removeprefix("artifacts: "))
-    assert made[0] != made[1]
-    for path, ticket_dir in zip(made, (tiny_tickets.path, str(other))):
-        run = lottery.TransferRun(os.path.join(tmp_path, path))
+        made.append(in_process("transfer", f"--tickets={ticket_dir}", "--target=fashion_mnist",
+                               f"--data_dir={tiny_fashion_dir}", "--levels=0", "--max_epochs=1",
+                               "--batch_size=32", "--checkpoint_every=0", "--deterministic"))
+    assert made[0].path != made[1].path
+    for run, ticket_dir in zip(made, (tiny_tickets.path, str(other))):
+        assert os.path.realpath(run.path).startswith(os.path.realpath(tmp_path / "outputs"))
         assert run.config()["tickets"]["path"] == os.path.abspath(ticket_dir)
         assert run.finished_levels() == [0]
 
@@ -126,11 +125,10 @@ def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_tickets, tin
     theta_a, theta_b = second.theta("0"), tiny_tickets.theta("0")
     assert sorted(theta_a) == sorted(theta_b)
     assert all((theta_a[k] == theta_b[k]).all() for k in theta_a)
-    # The command line resumes the notebook's run as its own: nothing left to train.
+    # Its command-line flags resume the notebook's run as their own: nothing left to train.
     last = second.level_file(second.finished_levels()[-1], "theta_i.npz")
     stamp = os.stat(last).st_mtime_ns
-    proc = find_tiny_tickets(tiny_fashion_dir, str(tmp_path / "second"))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "second"))
     assert os.stat(last).st_mtime_ns == stamp
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import (HISTOLOGY, REPO, TICKET_ROUNDS, TINY_TICKETS, expected_start_digest,
-                      kill_find_tickets_mid_level, needs_histology, run_binary)
+                      in_process, kill_find_tickets_mid_level, needs_histology, run_binary)
 from lth_keras import lottery, pruning
 from lth_keras.datasets import DataError, ImageDataset, InputPipeline, Split
 
@@ -254,9 +254,8 @@ def _check_transfer(tickets, out):
 @needs_histology
 def test_tickets_found_with_jax_transfer_with_tensorflow(jax_tickets, tmp_path):
     out = str(tmp_path / "tf_transfer")
-    proc = run_binary("lth_keras.transfer", f"--tickets={jax_tickets.path}",
-                      f"--target={HISTOLOGY}", f"--output_dir={out}", *TRANSFER)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    in_process("transfer", f"--tickets={jax_tickets.path}", f"--target={HISTOLOGY}",
+               f"--output_dir={out}", *TRANSFER)  # this process runs TensorFlow
     assert _check_transfer(jax_tickets, out).config()["environment"]["engine"] == "tensorflow"
 
 

@@ -110,9 +110,7 @@ def test_killed_mid_level_resumes_to_the_same_masks(tiny_run, tiny_fashion_dir, 
     kill_find_tickets_mid_level(["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
                                  f"--output_dir={out}", *TINY], out)
 
-    resumed = _find_tickets(tiny_fashion_dir, out)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    killed_run = lottery.TicketRun(out)
+    killed_run = find_tiny_tickets_here(tiny_fashion_dir, out)  # resumed here
     for level in range(ROUNDS + 1):
         a, b = tiny_run.mask(level), killed_run.mask(level)
         assert all(np.array_equal(a[k], b[k]) for k in a), level
@@ -125,14 +123,13 @@ def test_find_tickets_on_two_mirrored_cpu_devices(tiny_fashion_dir, tmp_path):
     # the 1-replica run of the same command.
     common = ["--model=lenet_300_100", "--image_size=16", "--rounds=1", "--max_epochs=2",
               "--rewind_epoch=1", "--batch_size=32", "--learning_rate=0.002", "--deterministic"]
-    runs = {}
-    for name, extra in (("one", []), ("two", ["--strategy=mirrored", "--cpu_devices=2"])):
-        out = str(tmp_path / name)
-        proc = run_binary("lth_keras.find_tickets", "--source=fashion_mnist",
-                          f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", *common, *extra)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[name] = lottery.TicketRun(out)
-    one, two = runs["one"], runs["two"]
+    flags = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}", *common]
+    # One replica in this process; two in a process of their own (devices are set up once).
+    one = in_process("find_tickets", *flags, f"--output_dir={tmp_path / 'one'}")
+    proc = run_binary("lth_keras.find_tickets", *flags, f"--output_dir={tmp_path / 'two'}",
+                      "--strategy=mirrored", "--cpu_devices=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = lottery.TicketRun(str(tmp_path / "two"))
     assert (one.config()["replicas"], two.config()["replicas"]) == (1, 2)
     assert one.config()["hparams_hash"] == two.config()["hparams_hash"]
     first = [r.metrics(0)["history"][0]["train_loss"] for r in (one, two)]
@@ -203,7 +200,7 @@ def test_mixed_precision_run_keeps_masks(tiny_fashion_dir, tmp_path):
 
 
 def test_sigterm_saves_the_state_and_the_run_resumes_identically(tiny_run, tiny_fashion_dir,
-                                                                 tmp_path):
+                                                                 tmp_path, absl_log):
     # Slurm's preemption: SIGTERM in the middle of level 1, with no time-based checkpoint
     # due for an hour. The run stops after the step in flight, writes the checkpoint, says
     # so in one line and exits 143; the same command then finishes bit-identical.
@@ -229,10 +226,8 @@ def test_sigterm_saves_the_state_and_the_run_resumes_identically(tiny_run, tiny_
                     "the same command again to resume"), last
     assert checkpoint.exists() and not lottery.TicketRun(str(out)).is_finished(1)
 
-    resumed = _find_tickets(tiny_fashion_dir, str(out), "--checkpoint_every=3600")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming after epoch" in resumed.stderr
-    again = lottery.TicketRun(str(out))
+    again = find_tiny_tickets_here(tiny_fashion_dir, str(out), "--checkpoint_every=3600")
+    assert "resuming after epoch" in absl_log()
     for level in range(ROUNDS + 1):
         for read in (lottery.TicketRun.mask, lottery.TicketRun.theta_i):
             a, b = read(tiny_run, level), read(again, level)

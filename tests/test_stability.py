@@ -138,9 +138,8 @@ def test_a_killed_stability_run_resumes_to_the_same_paths(tiny_tickets, tiny_fas
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert landmark.exists() and not (out / "paths" / "level_02_k_01.json").exists()
-    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed = StabilityRun(str(out))
+    resumed = _stability_here(tiny_tickets.path, str(out), "--levels=2", f"--points={POINTS}",
+                              data_dir=tiny_fashion_dir)
     assert sorted(resumed.paths()) == [(2, 0), (2, 1)]
     for key, path in resumed.paths().items():
         assert path["points"] == stability_run.paths()[key]["points"], key

@@ -408,9 +408,12 @@ def _tfds():
 
     Imported lazily: it is slow to import and only needed for TFDS copies.
     """
+    from lth_keras import quiet
+
     try:
-        import tensorflow  # noqa: F401  TFDS reads through tf.data
-        import tensorflow_datasets as tfds
+        with quiet.framework_startup():  # the data load before the framework starts
+            import tensorflow  # noqa: F401  TFDS reads through tf.data
+            import tensorflow_datasets as tfds
     except ImportError:
         return None
     return tfds

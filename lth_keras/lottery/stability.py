@@ -52,11 +52,8 @@ def stability(groups, given, verbose=True):
     ticket_run, chosen, groups = _ticket_run(groups, given)
     rewind_points = _rewind_points(spec, ticket_run)
     config = ticket_run.config()
-    inputs.start_framework()
-    from lth_keras import models
-    from lth_keras.training import Trainer
-
     model_settings, training = groups[Model], groups[Training]
+    # The data need no framework: missing or other data are reported before it starts.
     dataset = inputs.load_dataset(config["settings"]["pruning"]["source"], groups)
     if dataset.fingerprint() != config["dataset"]["fingerprint"]:
         raise SettingsError(f"the data under --data_dir differ from those {spec.tickets} was "
@@ -65,6 +62,10 @@ def stability(groups, given, verbose=True):
     channels = config["input"].get("channels", 3)
     plans = [inputs.input_plan(dataset, {**groups, Training: dataclasses.replace(
         training, seed=order)}, channels=channels) for order in orders]
+    inputs.start_framework()
+    from lth_keras import models
+    from lth_keras.training import Trainer
+
     rt = inputs.runtime(groups)
     output_dir = run_settings.output_dir or directory.default_dir(
         "stability", os.path.basename(os.path.normpath(ticket_run.path)))

@@ -23,13 +23,14 @@ def find_tickets(groups, verbose=True):
     from lth_keras.lottery import inputs
 
     settings.check(groups)  # before the heavy imports: a bad setting is reported at once
+    model_settings, training = groups[settings.Model], groups[settings.Training]
+    spec, run_settings = groups[settings.Pruning], groups[settings.Run]
+    # The data need no framework: missing files or bad images are reported before it starts.
+    dataset = inputs.load_dataset(spec.source, groups)
+    plan = inputs.input_plan(dataset, groups)
     inputs.start_framework()
     from lth_keras import models
 
-    model_settings, training = groups[settings.Model], groups[settings.Training]
-    spec, run_settings = groups[settings.Pruning], groups[settings.Run]
-    dataset = inputs.load_dataset(spec.source, groups)
-    plan = inputs.input_plan(dataset, groups)
     rt = inputs.runtime(groups)
     output_dir = run_settings.output_dir or directory.default_dir(
         "tickets", f"{dataset.name}-{model_settings.model}-{model_settings.image_size}px"

@@ -45,16 +45,17 @@ def transfer(groups, given, verbose=True):
     spec, run_settings = groups[Transfer], groups[settings.Run]
     condition = spec.condition
     ticket_run, levels_to_train, groups, overrides = _ticket_run(groups, given)
-    inputs.start_framework()
-    from lth_keras.lottery import architecture
-
     model_settings, training = groups[Model], groups[Training]
     ticket_config = ticket_run.config() if ticket_run else None
+    # The data need no framework: missing files or bad images are reported before it starts.
     dataset = inputs.load_dataset(spec.target, groups)
     # The target feeds the ticket's channel count (a grayscale target is replicated to 3;
     # a ticket of 1-channel images cannot take a colour target: one line, nothing written).
     plan = inputs.input_plan(dataset, groups, channels=ticket_config["input"].get("channels", 3)
                              if ticket_run else None)
+    inputs.start_framework()
+    from lth_keras.lottery import architecture
+
     if overrides:
         logging.warning("the fine-tuning recipe differs from the ticket run's: %s", ", ".join(
             f"{name} {v['transfer']} (tickets: {v['tickets']})" for name, v in overrides.items()))
