@@ -22,11 +22,12 @@ settings.define_flags([settings.Stability])
 
 def main(argv):
     cli.no_arguments(argv)
-    from lth_keras.analysis import stability as report
     from lth_keras.lottery import stability
 
     groups = settings.from_flags(settings.STABILITY)
     run = stability.stability(groups, settings.given(settings.STABILITY))
+    from lth_keras.analysis import stability as report  # matplotlib: after the settings' checks
+
     print(report.write_report(run, groups[settings.Stability].threshold), end="")
     print(f"artifacts: {run.path}")
 

@@ -104,7 +104,7 @@ def test_a_worker_that_never_joins_is_a_clear_error(cluster, tiny_fashion_dir, t
     out = tmp_path / "never"
     start = time.time()
     cluster.start(0, *TINY, f"--data_dir={tiny_fashion_dir}", "--max_epochs=2",
-                  f"--output_dir={out}", "--worker_timeout=10")
+                  f"--output_dir={out}", "--worker_timeout=3")
     code, err = cluster.wait(0, timeout=120)
     assert code != 0  # killed: TensorFlow ignores SIGTERM while it waits for workers
     last = err.strip().splitlines()[-1]
@@ -186,7 +186,7 @@ def test_a_jax_process_that_never_joins_is_a_clear_error(jax_processes, tiny_fas
     start = time.time()
     proc = _start_jax_process(f"localhost:{_free_ports(1)[0]}", 0, 2, tmp_path, *TINY,
                               f"--data_dir={tiny_fashion_dir}", "--max_epochs=2",
-                              f"--output_dir={out}", "--worker_timeout=5")
+                              f"--output_dir={out}", "--worker_timeout=2")
     jax_processes.append(proc)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0

@@ -138,7 +138,7 @@ def main():
     # a share of the training time, so that --kills of them land before the run is done.
     # Only kills that land count; a start that finishes before its kill is no kill.
     report = {"kills": [], "training_seconds": training_seconds}
-    landed = 0
+    landed, finished = 0, False
     for attempt in range(4 * options.kills):
         if landed == options.kills:
             break
@@ -156,6 +156,7 @@ def main():
         if proc.poll() is not None:
             report["kills"].append({"point": point, "killed": False})
             if proc.returncode == 0:
+                finished = True
                 break  # the run is done: no kill can land any more
             continue
         proc.send_signal(signal.SIGKILL)
@@ -169,11 +170,12 @@ def main():
               f"{len(problems)} unreadable artifact(s)", flush=True)
     report["kills_landed"] = landed
 
-    # 3. Finish and compare.
-    done = subprocess.run(_command(options.find_tickets_args, chaos_dir), cwd=REPO,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"chaos: the resumed run failed: {done.stderr.strip().splitlines()[-1:]}")
+    # 3. Finish (unless a start already did) and compare.
+    if not finished:
+        done = subprocess.run(_command(options.find_tickets_args, chaos_dir), cwd=REPO,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"chaos: the resumed run failed: {done.stderr.strip().splitlines()[-1:]}")
     report["unreadable_at_end"] = check_readable(chaos_dir) + [
         f"{path}: a temp file outlived its writer"
         for path in glob.glob(os.path.join(chaos_dir, "**", ".*.tmp"), recursive=True)]
