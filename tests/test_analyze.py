@@ -573,3 +573,35 @@ def test_every_pruned_line_picks_among_the_same_levels(tmp_path):
     rows = _csv_rows(report.analyze([root], overlap=False).files["table2.csv"])
     assert rows[("histo", "target tickets")]["level"] == "2"
     assert rows[("histo", "target tickets")]["candidates"] == "2"
+
+
+def test_the_controls_table_and_its_search_level_contrasts(tmp_path, capsys):
+    """tools/controls.py on a grid's layout: per-seed rows, the ticket's lead over each
+    control, and per range the mean over searches of each search's mean difference."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import controls
+
+    grid = str(tmp_path / "grid")
+    tickets = {0: [0.80, 0.82, 0.84], 1: [0.70, 0.74, 0.78]}  # test accuracy of levels 0-2
+    random = {0: [0.80, 0.80, 0.81], 1: [0.70, 0.73, 0.74]}
+    for seed in (0, 1):
+        made = make_tickets(grid, "fashion_mnist", seed, [(a, a) for a in tickets[seed]])
+        path = os.path.join(grid, "tickets", f"fashion_mnist-seed{seed}")
+        os.rename(made, path)
+        make_transfer(grid, "fashion_mnist", "random", seed, [(a, a) for a in random[seed]],
+                      path, name=f"fashion_mnist/fashion_mnist-random-seed{seed}")
+        make_transfer(grid, "fashion_mnist", "reinit", seed, [(0.5, 0.5)] * 2, path,
+                      name=f"fashion_mnist/fashion_mnist-reinit-seed{seed}")  # no level 2
+    data = controls.read(grid, "fashion_mnist", "fashion_mnist", "tickets",
+                         ["random", "reinit"], [0, 1])
+    # Search means over levels 1-2: seed 0 (2 + 3) / 2 = 2.5 points, seed 1 (1 + 4) / 2 = 2.5.
+    d = controls.contrast(data, "tickets", "random", [1, 2])
+    assert (d.n, d.pairs) == (2, (0, 1)) and d.mean == pytest.approx(2.5) and d.sd == 0
+    assert controls.contrast(data, "tickets", "reinit", [1, 2]) is None  # reinit lacks level 2
+    controls.main([f"--grid={grid}", "--target=fashion_mnist", "--controls=random,reinit",
+                   "--ranges=1-2,1"])
+    out = capsys.readouterr().out
+    assert "| 2 | 0.6400 | 84.00 | 81.00 | — | +3.00 | — |" in out
+    assert "| tickets − random | +2.50, +2.50 | +2.50 |" in out
+    assert "| tickets − reinit | — (a search lacks a level) |" in out
+    assert "| tickets − random | +2.00, +1.00 | +1.50 | [−4.85, +7.85] |" in out  # level 1
