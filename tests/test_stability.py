@@ -250,3 +250,17 @@ def test_bad_stability_settings_are_one_line_and_nothing_written(tiny_tickets, t
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert needle in proc.stderr.strip().splitlines()[-1]
     assert not out.exists()
+
+
+def test_a_ticket_run_missing_a_mask_is_named_before_anything_runs(tiny_tickets, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_tickets.path, damaged)
+    os.remove(damaged / "levels" / "level_02" / "mask.npz")
+    out = tmp_path / "never"
+    proc = run_binary("lth_keras.stability", f"--tickets={damaged}", "--levels=0,2",
+                      f"--output_dir={out}")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"stability: error: {damaged} lacks levels/level_02/mask.npz: its find_tickets run is "
+        "incomplete or damaged; run its command again to repair it")
+    assert not out.exists()

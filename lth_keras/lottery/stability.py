@@ -33,7 +33,7 @@ from absl import logging
 from lth_keras import artifacts, settings, weights
 from lth_keras.errors import SettingsError
 from lth_keras.lottery import directory, levels, transfer
-from lth_keras.lottery.directory import MASK, WEIGHTS, StabilityRun
+from lth_keras.lottery.directory import WEIGHTS, StabilityRun
 from lth_keras.settings import Data, Model, Stability, Training
 
 # The Data settings that fix the ticket run's splits: a stability run takes them as
@@ -223,14 +223,7 @@ def _ticket_run(groups, given):
     groups[Data] = dataclasses.replace(groups[Data], **{
         name: tuple(recorded[name]) if isinstance(recorded[name], list) else recorded[name]
         for name in SPLIT_SETTINGS if name in recorded})
-    available = ticket_run.finished_levels()
-    if not available:
-        raise SettingsError(f"{spec.tickets} has no finished levels; run find_tickets first")
-    chosen = transfer.parse_levels(spec.levels, available, spec.tickets)
-    missing = [level for level in chosen if not os.path.exists(ticket_run.level_file(level, MASK))]
-    if missing:
-        raise SettingsError(f"{spec.tickets} lacks the masks of levels "
-                            f"{','.join(map(str, missing))}; run its command again to repair it")
+    chosen = transfer.chosen_levels(ticket_run, spec.levels, spec.tickets)
     return ticket_run, chosen, groups
 
 

@@ -277,24 +277,37 @@ def _ticket_run(groups, given):
         return None, [0], groups, {}
     ticket_run, config = directory.open_ticket_run(spec.tickets)
     groups, overrides = from_tickets(groups, config["hparams"], given, spec.tickets)
-    available = ticket_run.finished_levels()
+    run_files = (THETA_0,) + ((THETA_K,) if spec.condition in ("rewind", "random") else ())
     if spec.condition == "scratch":  # θ_0 alone: it exists from the ticket run's start
         chosen = [0]
-    elif not available:
-        raise SettingsError(f"{spec.tickets} has no finished levels; run find_tickets first")
+        _check_holds(ticket_run, spec.tickets, run_files)
     else:
-        chosen = parse_levels(spec.levels, available, spec.tickets)
-    needed = [ticket_run.file(THETA_0)] + ([ticket_run.file(THETA_K)]
-                                           if spec.condition in ("rewind", "random") else [])
-    if spec.condition != "scratch":
-        needed += [ticket_run.level_file(level, name) for level in chosen
-                   for name in (MASK,) + ((THETA_I,) if spec.init == "final" else ())]
+        chosen = chosen_levels(ticket_run, spec.levels, spec.tickets, run_files=run_files,
+                               files=(MASK,) + ((THETA_I,) if spec.init == "final" else ()))
+    return ticket_run, chosen, groups, overrides
+
+
+def chosen_levels(ticket_run, levels, tickets, *, run_files=(), files=(MASK,)):
+    """The finished levels of `ticket_run` that `levels` (--levels) names, once the run is
+    checked to hold `run_files` and, at each chosen level, `files`; one line naming what
+    is missing otherwise. `tickets`: the run as the user named it."""
+    available = ticket_run.finished_levels()
+    if not available:
+        raise SettingsError(f"{tickets} has no finished levels; run find_tickets first")
+    chosen = parse_levels(levels, available, tickets)
+    _check_holds(ticket_run, tickets, run_files, {level: files for level in chosen})
+    return chosen
+
+
+def _check_holds(ticket_run, tickets, run_files, level_files=None):
+    needed = [ticket_run.file(name) for name in run_files] + [
+        ticket_run.level_file(level, name)
+        for level, names in (level_files or {}).items() for name in names]
     missing = [os.path.relpath(path, ticket_run.path) for path in needed
                if not os.path.exists(path)]
     if missing:
-        raise SettingsError(f"{spec.tickets} lacks {', '.join(missing)}: its find_tickets run "
+        raise SettingsError(f"{tickets} lacks {', '.join(missing)}: its find_tickets run "
                             "is incomplete or damaged; run its command again to repair it")
-    return ticket_run, chosen, groups, overrides
 
 
 def transfer_dir(ticket_run, ticket_config, groups, dataset_name):
