@@ -67,24 +67,28 @@ def markdown(table, threshold, title):
 
 
 def figure(table, threshold):
-    """Test error barrier (%) against k, a line per level; None when nothing to draw."""
+    """Validation and test error barriers (%) against k, a line per level, side by side;
+    None when nothing to draw. The threshold is drawn on validation only: k is chosen there."""
     if not table:
         return None
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figures.PANEL, layout="constrained")
-    ax = fig.subplots()
-    for level in sorted({r["level"] for r in table}):
-        mine = [r for r in table if r["level"] == level]
-        ax.plot([r["k"] for r in mine], [100 * r["test_barrier"] for r in mine], marker="o",
-                markersize=3, label=f"level {level} ({100 * mine[0]['density']:.1f}% left)")
-    ax.axhline(100 * threshold, color="black", linestyle="--", linewidth=1,
-               label=f"threshold {100 * threshold:g}%")
-    ax.set_xlabel("rewind point k (epochs of level 0)")
-    ax.set_ylabel("test error barrier (%)")
-    ax.set_xticks(sorted({r["k"] for r in table}))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig = Figure(figsize=(2 * figures.PANEL[0], figures.PANEL[1]), layout="constrained")
+    for ax, split in zip(fig.subplots(1, 2, sharey=True), ("val", "test")):
+        for level in sorted({r["level"] for r in table}):
+            mine = [r for r in table if r["level"] == level]
+            ax.plot([r["k"] for r in mine], [100 * r[f"{split}_barrier"] for r in mine],
+                    marker="o", markersize=3,
+                    label=f"level {level} ({100 * mine[0]['density']:.1f}% left)")
+        if split == "val":
+            ax.axhline(100 * threshold, color="black", linestyle="--", linewidth=1,
+                       label=f"threshold {100 * threshold:g}% (chooses k)")
+        ax.set_title({"val": "validation (chooses k)", "test": "test"}[split], fontsize=9)
+        ax.set_xlabel("rewind point k (epochs of level 0)")
+        ax.set_ylabel(f"{'validation' if split == 'val' else 'test'} error barrier (%)")
+        ax.set_xticks(sorted({r["k"] for r in table}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     return fig
 
 
