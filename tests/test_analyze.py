@@ -595,7 +595,7 @@ def test_the_controls_table_and_its_search_level_contrasts(tmp_path, capsys):
     data = controls.read(grid, "fashion_mnist", "fashion_mnist", "tickets",
                          ["random", "reinit"], [0, 1])
     # Search means over levels 1-2: seed 0 (2 + 3) / 2 = 2.5 points, seed 1 (1 + 4) / 2 = 2.5.
-    d = controls.contrast(data, "tickets", "random", [1, 2])
+    means, d = controls.contrast(data, "tickets", "random", [1, 2])
     assert (d.n, d.pairs) == (2, (0, 1)) and d.mean == pytest.approx(2.5) and d.sd == 0
     assert controls.contrast(data, "tickets", "reinit", [1, 2]) is None  # reinit lacks level 2
     controls.main([f"--grid={grid}", "--target=fashion_mnist", "--controls=random,reinit",

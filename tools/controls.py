@@ -44,20 +44,19 @@ def read(grid, target, source, ticket, controls, seeds):
     out = {}
     for seed in seeds:
         tickets = lottery.TicketRun(os.path.join(grid, "tickets", f"{source}-seed{seed}"))
+        metrics = {level: tickets.metrics(level) for level in tickets.finished_levels()}
         lines = {}
         for line in (ticket, *controls):
             if line == "tickets":
-                lines[line] = _accuracies(tickets)
-                continue
-            name = (f"dense-scratch-seed{seed}" if line == "scratch"
-                    else f"{source}-{line}-seed{seed}")
-            run = lottery.TransferRun(os.path.join(grid, "transfer", target, name))
-            lines[line] = _accuracies(run)
-            if line == "scratch":  # one dense model: the same number at every level
-                lines[line] = {level: lines[line][0] for level in _accuracies(tickets)}
-        density = {level: tickets.metrics(level)["density"]["density"]
-                   for level in tickets.finished_levels()}
-        out[seed] = lines, density
+                lines[line] = {level: 100 * m["test"]["accuracy"] for level, m in metrics.items()}
+            elif line == "scratch":  # one dense model: the same number at every level
+                dense = _accuracies(lottery.TransferRun(os.path.join(
+                    grid, "transfer", target, f"dense-scratch-seed{seed}")))[0]
+                lines[line] = dict.fromkeys(metrics, dense)
+            else:
+                lines[line] = _accuracies(lottery.TransferRun(os.path.join(
+                    grid, "transfer", target, f"{source}-{line}-seed{seed}")))
+        out[seed] = lines, {level: m["density"]["density"] for level, m in metrics.items()}
     return out
 
 
@@ -80,14 +79,14 @@ def seed_table(lines, density, ticket, controls):
 
 
 def contrast(data, a, b, levels):
-    """The PairedDifference of line a minus line b, each search's mean over `levels`, or
-    None when a search lacks one of them."""
+    """({seed: that search's mean of line a minus line b over `levels`}, their
+    PairedDifference), or None when a search lacks one of the levels."""
     means = {}
     for seed, (lines, _) in data.items():
         if any(level not in lines[a] or level not in lines[b] for level in levels):
             return None
         means[seed] = float(np.mean([lines[a][level] - lines[b][level] for level in levels]))
-    return paired_difference(means, {seed: 0.0 for seed in means})
+    return means, paired_difference(means, dict.fromkeys(means, 0.0))
 
 
 def _range(text):
@@ -126,12 +125,12 @@ def main(argv=None):
                 "| contrast | per search | mean | 95% CI | p | detectable (80%) |",
                 "|---|---|---:|---:|---:|---:|"]
         for a, b in pairs:
-            d = contrast(data, a, b, levels)
-            if d is None:
+            found = contrast(data, a, b, levels)
+            if found is None:
                 out.append(f"| {a} − {b} | — (a search lacks a level) | | | | |")
                 continue
-            per = ", ".join(_signed(float(np.mean([data[s][0][a][lv] - data[s][0][b][lv]
-                                                    for lv in levels]))) for s in d.pairs)
+            means, d = found
+            per = ", ".join(_signed(means[seed]) for seed in d.pairs)
             out.append(f"| {a} − {b} | {per} | {_signed(d.mean)} | "
                        f"[{_signed(d.ci[0])}, {_signed(d.ci[1])}] | {d.p:.3f} | {d.mde:.2f} |")
         out.append("")

@@ -74,7 +74,8 @@ def figure(table, threshold):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(2 * figures.PANEL[0], figures.PANEL[1]), layout="constrained")
-    for ax, split in zip(fig.subplots(1, 2, sharey=True), ("val", "test")):
+    for ax, (split, name) in zip(fig.subplots(1, 2, sharey=True),
+                                 (("val", "validation"), ("test", "test"))):
         for level in sorted({r["level"] for r in table}):
             mine = [r for r in table if r["level"] == level]
             ax.plot([r["k"] for r in mine], [100 * r[f"{split}_barrier"] for r in mine],
@@ -83,9 +84,9 @@ def figure(table, threshold):
         if split == "val":
             ax.axhline(100 * threshold, color="black", linestyle="--", linewidth=1,
                        label=f"threshold {100 * threshold:g}% (chooses k)")
-        ax.set_title({"val": "validation (chooses k)", "test": "test"}[split], fontsize=9)
+        ax.set_title(f"{name} (chooses k)" if split == "val" else name, fontsize=9)
         ax.set_xlabel("rewind point k (epochs of level 0)")
-        ax.set_ylabel(f"{'validation' if split == 'val' else 'test'} error barrier (%)")
+        ax.set_ylabel(f"{name} error barrier (%)")
         ax.set_xticks(sorted({r["k"] for r in table}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
