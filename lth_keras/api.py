@@ -114,7 +114,6 @@ def analyze(runs, *, output_dir=None, **options):
     """
     from lth_keras import artifacts
     from lth_keras.analysis import report
-    from lth_keras.analysis.targets import NATURAL_SOURCES
 
     levels = options.get("overlap_levels", "all")
     if levels is None or isinstance(levels, (list, tuple, set)):
@@ -123,7 +122,7 @@ def analyze(runs, *, output_dir=None, **options):
     groups, _ = settings.resolve((settings.Analysis,), options=dict(options, runs=roots))
     settings.check(groups)
     spec = groups[settings.Analysis]
-    result = report.analyze(list(spec.runs), natural=spec.natural_sources or NATURAL_SOURCES,
+    result = report.analyze(list(spec.runs), natural=spec.natural_sources,
                             density_runs=[spec.density_run] if spec.density_run else None,
                             overlap=spec.mask_overlap, overlap_levels=spec.levels_to_overlap(),
                             primary_level=spec.primary_level)

@@ -18,6 +18,8 @@ Conditions (PROTOCOL.md "Transfer"):
   random           target tickets' masks drawn at random, per layer with the ticket's
                    alive count, from θ_k (random pruning: the mask or its sparsity?)
   source_random    the same for the natural-source tickets on each target
+  target_transfer  target tickets fine-tuned on their own target like the natural ones
+                   (m_L ⊙ θ_k, a fresh head): the paper's blue line, scored alike
   stability        the instability analysis of every ticket run (natural sources' and,
                    with target_tickets, the targets'), at the reinit levels
   scratch          the dense model trained on each target (dashed line)
@@ -102,14 +104,16 @@ def dataset_label(name):
 
 
 def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(),
-           transfer_levels="all", transfer_seeds=(), reinit_levels=None, tickets_first=True):
+           transfer_levels="all", transfer_seeds=(), reinit_levels=None,
+           control_transfer_seeds=None, tickets_first=True):
     """The grid's runs, each listed after the runs it needs.
 
     Natural sources keep the preset's --train_fraction; targets and related
     sources are used whole, except by train_fractions. With `tickets_first` every
     find_tickets run comes first (a sharded grid's tasks then start with tickets);
     otherwise seed by seed, and within a seed transfer seed by transfer seed with
-    scratch first, so that a grid cut short leaves complete pairs.
+    scratch first, so that a grid cut short leaves complete pairs. The controls are
+    fine-tuned with `control_transfer_seeds` only (default: every transfer seed).
     """
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
@@ -118,6 +122,8 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         raise ValueError("reinit fine-tunes the target tickets: add target_tickets")
     if "random" in conditions and "target_tickets" not in conditions:
         raise ValueError("random prunes like the target tickets: add target_tickets")
+    if "target_transfer" in conditions and "target_tickets" not in conditions:
+        raise ValueError("target_transfer fine-tunes the target tickets: add target_tickets")
     for control in ("source_reinit", "source_random"):
         if control in conditions and not sources:
             raise ValueError(f"{control} fine-tunes the natural sources' tickets: add sources")
@@ -141,7 +147,7 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         args = [f"--target={target}", f"--seed={transfer_seed}", "--train_fraction=1"]
         args += {"final": ["--init=final"], "reinit": ["--reinit"], "random": ["--random_mask"],
                  "scratch": ["--scratch"]}.get(condition, [])
-        control = condition in ("reinit", "random")
+        control = condition in ("reinit", "random") or source_label == dataset_label(target)
         levels = reinit_levels if control and reinit_levels else transfer_levels
         if condition != "scratch" and levels != "all":
             args.append(f"--levels={levels}")
@@ -166,6 +172,7 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
             if own and "stability" in conditions:
                 stability(own, dataset_label(target), seed)
             for t in transfer_seeds or (seed,):
+                is_control_seed = control_transfer_seeds is None or t in control_transfer_seeds
                 if "scratch" in conditions:
                     # θ_0 depends on the model and seed only (the head is replaced).
                     transfer(next(iter(natural.values()), own), "dense", target, seed, t,
@@ -176,11 +183,13 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
                             transfer(ticket_run, dataset_label(source), target, seed, t,
                                      condition)
                     for control in ("reinit", "random"):
-                        if f"source_{control}" in conditions:
+                        if f"source_{control}" in conditions and is_control_seed:
                             transfer(ticket_run, dataset_label(source), target, seed, t,
                                      control)
+                if "target_transfer" in conditions and is_control_seed:
+                    transfer(own, dataset_label(target), target, seed, t, "rewind")
                 for control in ("reinit", "random"):
-                    if control in conditions:
+                    if control in conditions and is_control_seed:
                         transfer(own, dataset_label(target), target, seed, t, control)
             if "train_fractions" in conditions:
                 for fraction in train_fractions:
@@ -282,7 +291,9 @@ def runs_of(grid, tickets_first=True):
                       related=[tuple(pair.split(":")) for pair in grid.related],
                       train_fractions=grid.train_fractions,
                       transfer_levels=grid.transfer_levels, transfer_seeds=grid.transfer_seeds,
-                      reinit_levels=grid.reinit_levels, tickets_first=tickets_first)
+                      reinit_levels=grid.reinit_levels,
+                      control_transfer_seeds=grid.control_transfer_seeds,
+                      tickets_first=tickets_first)
     except ValueError as e:
         raise settings.SettingsError(str(e))
 
@@ -428,14 +439,18 @@ class Timings:
 
 
 def write_record(root, grid, run_settings):
-    """<root>/grid.json: the grid's settings (its primary level named before anything ran)
-    and lth_keras's version; `analyze` reads the primary level from it."""
+    """<root>/grid.json: the grid's settings and lth_keras's version, with what `analyze`
+    reads from it: the primary level and the domain contrast, named before anything ran,
+    and the natural sources (by dataset label)."""
     from lth_keras.version import __version__
 
     artifacts.write_json(os.path.join(root, GRID_RECORD), {
         "kind": "grid", "lth_keras": __version__,
         "settings": settings.record({settings.Grid: grid, settings.Run: run_settings}),
-        "primary_level": grid.primary_level})
+        "primary_level": grid.primary_level,
+        "natural_sources": [dataset_label(s) for s in grid.sources],
+        "domain_contrast": (grid.domain_contrast.split(":") if grid.domain_contrast
+                            else None)})
 
 
 def experiment(grid, run_settings, forwarded=()):

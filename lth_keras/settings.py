@@ -294,7 +294,7 @@ PAPER_CONDITIONS = ("target_tickets", "rewind", "final", "reinit", "source_reini
                     "related", "train_fractions")
 # Random pruning and the instability analysis are not the paper's: known to the grid, not
 # in its default.
-GRID_CONDITIONS = PAPER_CONDITIONS + ("random", "source_random", "stability")
+GRID_CONDITIONS = PAPER_CONDITIONS + ("random", "source_random", "target_transfer", "stability")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,9 +311,16 @@ class Grid:
                                        "runs that share their tickets, θ_0 and the target's "
                                        "batches. Default: the ticket run's own seed.",
                                    item=int, result=False)
+    control_transfer_seeds: tuple = option(None, "Transfer seeds of the controls (reinit, "
+                                                 "source_reinit, random, source_random, "
+                                                 "target_transfer): each is paired with the "
+                                                 "ticket and scratch of the same seeds. "
+                                                 "Default: --transfer_seeds.",
+                                           item=int, result=False)
     conditions: tuple = option(PAPER_CONDITIONS, f"Any of {', '.join(GRID_CONDITIONS)} "
                                                  "(default: the paper's, every one but "
-                                                 "random, source_random and stability).",
+                                                 "random, source_random, target_transfer and "
+                                                 "stability).",
                                item=str, result=False)
     related: tuple = option((), "Related-source pairs SOURCE:TARGET, e.g. human_lba:mouse_lba.",
                             item=str, result=False)
@@ -321,8 +328,9 @@ class Grid:
                                     "train_fractions condition.", item=float, result=False)
     transfer_levels: str = option("all", "Levels every transfer fine-tunes: 'all' or a comma "
                                          "list (e.g. 0,2,4,6).", result=False)
-    reinit_levels: str = option(None, "Levels of the reinit, source_reinit, random and "
-                                      "source_random transfers "
+    reinit_levels: str = option(None, "Levels of the control transfers (reinit, "
+                                      "source_reinit, random, source_random, "
+                                      "target_transfer) "
                                       "(default: --transfer_levels): the control is needed "
                                       "only where the tickets are compared.", result=False)
     primary_level: int = option(None, "The pruning level of the grid's primary result, named "
@@ -330,6 +338,11 @@ class Grid:
                                       "at this level (paired difference, 95% CI, p, the "
                                       "effect detectable at 80% power), beside Table 2's "
                                       "validation-picked best level.", result=False)
+    domain_contrast: str = option(None, "A named exploratory contrast across two targets, "
+                                        "A:B (e.g. wikiart_artists10:histology_nuclei): per "
+                                        "search, (natural ticket − target ticket) on A minus "
+                                        "the same on B, at the primary level; recorded in "
+                                        "grid.json before the grid runs.", result=False)
     in_process: bool = option(False, "Run every run in this process through the Python API "
                                      "(one engine start-up; compiled steps reused across runs "
                                      "of the same shapes) instead of a child process each.",
@@ -358,12 +371,19 @@ class Grid:
         _check(all(0 < f <= 1 for f in self.train_fractions),
                "--train_fractions must be in (0, 1]")
         _check(self.seeds, "--seeds names no seed")
+        _check(self.domain_contrast is None or (
+            len(self.domain_contrast.split(":")) == 2 and all(self.domain_contrast.split(":"))),
+            "--domain_contrast takes two target names A:B, e.g. "
+            "wikiart_artists10:histology_nuclei")
         _check(self.targets or not (set(self.conditions) - {"related"}),
                "--targets is empty: name the targets (e.g. human_lba or a folder path)")
         _check(self.primary_level is None or self.primary_level >= 1,
                "--primary_level must be a pruned level (>= 1)")
         _check(len(set(self.transfer_seeds)) == len(self.transfer_seeds),
                "--transfer_seeds names a seed twice")
+        _check(self.control_transfer_seeds is None
+               or set(self.control_transfer_seeds) <= set(self.transfer_seeds),
+               "--control_transfer_seeds must be among --transfer_seeds")
         listed = self.transfer_levels.strip()
         _check(self.primary_level is None or listed == "all"
                or str(self.primary_level) in [x.strip() for x in listed.split(",")],
@@ -379,7 +399,8 @@ class Analysis:
                                     "(default: every find_tickets run found).", result=False)
     natural_sources: tuple = option(None, "Datasets that count as natural-image sources "
                                           "(default: the sources lth_keras knows, cifar10, "
-                                          "cifar100, fashion_mnist); tickets from any other "
+                                          "cifar100, fashion_mnist, and the --sources of the "
+                                          "grids analysed); tickets from any other "
                                           "dataset are a related (non-natural) source in "
                                           "Fig. 4.", item=str, result=False)
     mask_overlap: bool = option(True, "Compute the Jaccard overlap of ticket masks (reads "

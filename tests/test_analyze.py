@@ -6,6 +6,7 @@ transfer (config.json, levels/level_LL/metrics.json, mask.npz); nothing trains.
 
 import csv
 import io
+import math
 import os
 import subprocess
 import sys
@@ -432,55 +433,119 @@ def test_fig4_draws_the_theta_k_line_from_real_transfer_hparams(results):
     assert styles.count("-") == 1 and styles.count("--") >= 1
 
 
-# A grid with a primary level: tickets seeds 0 and 1, each fine-tuned with transfer seeds
-# 0-3 (8 pairs); rewind at levels 0 and 2, the reinit of level 2, scratch. The ticket's
-# differences from scratch are, pair by pair in replicate order (0/0, 0/1, ..., 1/3):
-DIFFERENCES = [0.01, 0.03, 0.02, 0.04, 0.00, 0.05, 0.02, 0.03]
-# Their mean is 0.025 and their sample sd sqrt(0.0018 / 7) = 0.0160357; t(0.975, 7) =
-# 2.364624 and sd / sqrt(8) = 0.00566947, so the 95% CI is 0.025 ± 0.0134062 =
-# [0.0115938, 0.0384062], and t = 0.025 / 0.00566947 = 4.40959.
-# The effect a paired t-test of 8 pairs detects with 80% power is 1.15603 sd (the
-# noncentral t's power integrated; 400,000 simulated studies at that effect rejected
-# 80.0% of the time), 0.0185377; the textbook approximation (t(0.975, 7) + t(0.80, 7)) /
-# sqrt(8) sd = (2.364624 + 0.896030) / 2.828427 sd = 1.152821 sd is 0.3% below it.
+# A clustered grid with a primary level: tickets seeds (searches) 0-3, each fine-tuned with
+# transfer seeds 0-2 (12 pairs); rewind at levels 0 and 2, the reinit of level 2, scratch.
+# The ticket's differences from scratch, search by search (transfer seeds 0, 1, 2):
+DIFFERENCES = {0: [0.01, 0.02, 0.03], 1: [0.04, 0.05, 0.06], 2: [-0.01, 0.00, 0.01],
+               3: [0.02, 0.03, 0.04]}
+# By hand, with the search as the unit:
+# - search means 0.02, 0.05, 0.00, 0.03: mean 0.025, deviations -0.005, 0.025, -0.025,
+#   0.005, sum of squares 0.0013, sd sqrt(0.0013 / 3) = 0.0208167, se = sd / 2 = 0.0104083;
+#   t(0.975, 3) = 3.182446, so the 95% CI is 0.025 ± 0.0331240 = [-0.0081240, 0.0581240],
+#   and t = 0.025 / 0.0104083 = 2.401922 (df 3);
+# - one-way ANOVA over the 12 pairs: within each search the deviations are -0.01, 0, 0.01,
+#   SSW = 4 · 0.0002 = 0.0008 over N - a = 8 df, MSW = 0.0001; MSB = 3 · 0.0013 / 3 =
+#   0.0013; m₀ = (12 - 36/12) / 3 = 3; σ²_between = (0.0013 - 0.0001) / 3 = 0.0004;
+#   ICC(1) = 0.0012 / (0.0013 + 2 · 0.0001) = 0.8; design effect 1 + 2 · 0.8 = 2.6;
+# - 4 searches: below 5, the detectable effect is not estimable.
+SEARCHES, TRANSFER_SEEDS = (0, 1, 2, 3), (0, 1, 2)
 
 
-def make_pairs_grid(root, primary_level=2, noisy_scratch=(("1/3"),)):
-    tickets = {s: make_tickets(root, "cifar10", s, [(0.5, 0.5)] * 3) for s in (0, 1)}
-    pairs = [(s, t) for s in (0, 1) for t in range(4)]
-    for (s, t), d in zip(pairs, DIFFERENCES):
-        scratch = 0.70 + 0.01 * t - 0.02 * s
-        label = f"{s}/{t}"
-        make_transfer(root, "histo", "scratch", t, [(0.6, scratch)], tickets[s], levels=[0],
-                      noisy=[0] if label in noisy_scratch else [], name=f"scratch-{s}-{t}")
-        # Level 0 (dense θ_k) is 0.01 below scratch; level 2 is the ticket.
-        make_transfer(root, "histo", "rewind", t, [(0.6, scratch - 0.01), (0.7, scratch + d)],
-                      tickets[s], levels=[0, 2], name=f"rewind-{s}-{t}")
-        make_transfer(root, "histo", "reinit", t, [(0.6, scratch + d - 0.02)], tickets[s],
-                      levels=[2], name=f"reinit-{s}-{t}")
+def make_pairs_grid(root, primary_level=2, noisy_scratch=("1/2",), recipe=()):
+    tickets = {s: make_tickets(root, "cifar10", s, [(0.5, 0.5)] * 3) for s in SEARCHES}
+    for s in SEARCHES:
+        for t, d in zip(TRANSFER_SEEDS, DIFFERENCES[s]):
+            scratch = 0.70 + 0.01 * t - 0.02 * s
+            label = f"{s}/{t}"
+            make_transfer(root, "histo", "scratch", t, [(0.6, scratch)], tickets[s],
+                          levels=[0], noisy=[0] if label in noisy_scratch else [],
+                          name=f"scratch-{s}-{t}", recipe=recipe)
+            # Level 0 (dense θ_k) is 0.01 below scratch; level 2 is the ticket.
+            make_transfer(root, "histo", "rewind", t, [(0.6, scratch - 0.01), (0.7, scratch + d)],
+                          tickets[s], levels=[0, 2], name=f"rewind-{s}-{t}", recipe=recipe)
+            if t == 0:  # the controls have one transfer seed, as the study's do
+                make_transfer(root, "histo", "reinit", t, [(0.6, scratch + d - 0.02 * (s + 1))],
+                              tickets[s], levels=[2], name=f"reinit-{s}-{t}", recipe=recipe)
     if primary_level is not None:
         artifacts.write_json(os.path.join(root, "grid.json"),
                              {"kind": "grid", "primary_level": primary_level})
     return root
 
 
-def test_minimum_detectable_effect_against_hand_computed_numbers():
+def _pairs(differences):
+    """{(search, transfer seed): d} of a {search: [d per transfer seed]} table."""
+    return {(s, t): d for s, ds in differences.items() for t, d in enumerate(ds)}
+
+
+def test_search_level_interval_icc_and_design_effect_against_hand_computed_numbers():
     from scipy import stats as sps
 
-    d = statistics.paired_difference(dict(enumerate(np.array(DIFFERENCES) + 0.7)),
+    pairs = _pairs(DIFFERENCES)
+    d = statistics.search_difference({k: 0.7 + v for k, v in pairs.items()},
+                                     dict.fromkeys(pairs, 0.7))
+    assert d.n == 4 and len(d.pairs) == 12 and d.transfer_seeds == "3"
+    assert d.search_means == pytest.approx({0: 0.02, 1: 0.05, 2: 0.0, 3: 0.03}, abs=1e-12)
+    assert d.mean == pytest.approx(0.025, abs=1e-12)
+    assert d.sd == pytest.approx(0.0208167, rel=1e-5)
+    assert d.ci == pytest.approx((-0.0081240, 0.0581240), abs=1e-7)
+    assert d.t == pytest.approx(2.401922, rel=1e-6)
+    assert d.p == pytest.approx(2 * sps.t.sf(2.401922, 3), rel=1e-5)
+    c = d.components
+    assert (c.searches, c.replicates) == (4, 12)
+    assert c.m0 == pytest.approx(3.0) and c.within == pytest.approx(1e-4)
+    assert c.between == pytest.approx(4e-4) and c.icc == pytest.approx(0.8)
+    assert c.design_effect == pytest.approx(2.6)
+    # Below 5 searches the detectable effect is not estimable, whatever the pairs.
+    assert np.isnan(d.mde) and not d.mde_estimable
+    assert statistics.detectable_text(d) == "not estimable (n = 4)"
+
+
+def test_unbalanced_groups_and_what_cannot_be_estimated():
+    # Sizes 3 and 2: N = 5, m₀ = (5 - 13/5) / 1 = 2.4; values 1,2,3 | 5,7: MSW =
+    # (2 + 2) / 3 = 4/3, grand mean 3.6, MSB = 3·1.6² + 2·2.4² = 19.2; ICC = (19.2 - 4/3) /
+    # (19.2 + 1.4 · 4/3) = 17.866667 / 21.066667 = 0.8481013.
+    c = statistics.variance_components({0: [1, 2, 3], 1: [5, 7]})
+    assert c.m0 == pytest.approx(2.4) and c.within == pytest.approx(4 / 3)
+    assert c.icc == pytest.approx(0.8481013, rel=1e-6)
+    assert c.between == pytest.approx((19.2 - 4 / 3) / 2.4)
+    # Between-search variance below the within-search one: ICC and between truncated at 0.
+    low = statistics.variance_components({0: [0, 10], 1: [4, 6]})
+    assert low.icc == 0 and low.between == 0 and low.design_effect == 1
+    # One transfer seed per search: no within-search variance, no ICC.
+    assert np.isnan(statistics.variance_components({0: [1], 1: [2]}).icc)
+    # One search: an estimate, no interval.
+    one = statistics.search_difference({(0, 0): 1.0, (0, 1): 0.8}, {(0, 0): 0.5, (0, 1): 0.5})
+    assert one.n == 1 and one.mean == pytest.approx(0.4) and np.isnan(one.ci[0])
+    assert statistics.search_difference({(0, 0): 1.0}, {(1, 0): 0.5}).n == 0
+
+
+def test_minimum_detectable_effect_against_hand_computed_numbers():
+    # 8 searches, differences with mean 0.025 and sd sqrt(0.0018 / 7) = 0.0160357.
+    # The effect a t-test of 8 units detects with 80% power is 1.15603 sd (the noncentral
+    # t's power integrated; 400,000 simulated studies at that effect rejected 80.0% of the
+    # time), 0.0185377; the textbook approximation (t(0.975, 7) + t(0.80, 7)) / sqrt(8) sd
+    # = 1.152821 sd is 0.3% below it.
+    differences = [0.01, 0.03, 0.02, 0.04, 0.00, 0.05, 0.02, 0.03]
+    d = statistics.search_difference(dict(enumerate(np.array(differences) + 0.7)),
                                      dict(enumerate([0.7] * 8)))
-    assert d.n == 8 and d.mean == pytest.approx(0.025, abs=1e-12)
-    assert d.sd == pytest.approx(np.sqrt(0.0018 / 7), rel=1e-9)
+    assert d.n == 8 and d.sd == pytest.approx(np.sqrt(0.0018 / 7), rel=1e-9)
     assert d.ci == pytest.approx((0.0115938, 0.0384062), abs=1e-7)
-    assert d.t == pytest.approx(4.40959, rel=1e-5)
-    assert d.p == pytest.approx(2 * sps.t.sf(4.40959, 7), rel=1e-4)
     assert d.mde == pytest.approx(1.15603 * d.sd, rel=1e-5)
     assert d.mde == pytest.approx(1.152821 * d.sd, rel=0.005)
-    # At 3 pairs (2 degrees of freedom) the textbook approximation is 5% short: 3.0965 sd
+    assert statistics.detectable_text(d) == "1.85"
+    # At 3 units (2 degrees of freedom) the textbook approximation is 5% short: 3.0965 sd
     # against 3.2640 (again confirmed by simulation).
     assert statistics.minimum_detectable_effect(1.0, 3) == pytest.approx(3.26404, rel=1e-5)
-    assert np.isnan(statistics.paired_difference({0: 1.0}, {0: 0.5}).ci[0])
-    assert statistics.paired_difference({0: 1.0}, {1: 0.5}).n == 0
+
+
+def test_holm_adjustment_against_hand_computed_numbers():
+    # Sorted: 0.01 · 3 = 0.03; 0.03 · 2 = 0.06; 0.04 · 1 = 0.04, raised to 0.06 (step-down
+    # monotone); NaN is not tested and does not count in the family.
+    adjusted = statistics.holm([0.04, 0.01, math.nan, 0.03])
+    assert adjusted[1] == pytest.approx(0.03) and adjusted[3] == pytest.approx(0.06)
+    assert adjusted[0] == pytest.approx(0.06) and math.isnan(adjusted[2])
+    assert statistics.holm([0.2]) == [0.2]  # a family of one: p_holm = p
+    assert statistics.holm([0.6, 0.5]) == [1.0, 1.0]  # capped at 1
 
 
 def test_the_primary_result_named_by_the_grid(tmp_path):
@@ -488,52 +553,97 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
     result = report.analyze([root], overlap=False)
     rows = {r["contrast"]: r for r in result.tables["primary"]}
     main = rows["ticket − scratch"]
-    assert main["primary"] and main["level"] == 2 and main["n"] == 8
-    assert main["pairs"] == "0 0/1 0/2 0/3 1/0 1 1/2 1/3"
+    assert main["primary"] and main["family"] == "primary" and main["level"] == 2
+    assert (main["unit"], main["searches"], main["n"], main["transfer_seeds"]) == (
+        "search", 4, 12, "3")
+    assert main["pairs"].split()[:4] == ["0/0", "0/1", "0/2", "1/0"]
     assert main["mean"] == pytest.approx(0.025)
-    assert (main["ci_low"], main["ci_high"]) == pytest.approx((0.0115938, 0.0384062), abs=1e-7)
-    assert main["mde"] == pytest.approx(0.0185377, rel=1e-5)
-    assert (main["noisy_a"], main["noisy_b"]) == (0, 1)  # scratch 1/3 stopped on noise
+    assert (main["ci_low"], main["ci_high"]) == pytest.approx((-0.0081240, 0.0581240), abs=1e-7)
+    assert main["icc"] == pytest.approx(0.8) and main["design_effect"] == pytest.approx(2.6)
+    assert np.isnan(main["mde"]) and main["p_holm"] == main["p"]  # one target: p_holm = p
+    assert (main["noisy_a"], main["noisy_b"]) == (0, 1)  # scratch 1/2 stopped on noise
     assert rows["ticket − dense θ_k"]["mean"] == pytest.approx(0.035)
     assert rows["dense θ_k − scratch"]["mean"] == pytest.approx(-0.01)
     assert rows["dense θ_k − scratch"]["sd"] == pytest.approx(0, abs=1e-12)
-    assert rows["ticket − reinit"]["mean"] == pytest.approx(0.02)
+    # The reinit has transfer seed 0 only: one pair per search, 0.02 · (s + 1) below.
+    reinit = rows["ticket − reinit"]
+    assert (reinit["searches"], reinit["n"], reinit["transfer_seeds"]) == (4, 4, "1")
+    assert reinit["mean"] == pytest.approx(0.05) and reinit["family"] == "exploratory"
     assert "ticket − random mask" not in rows  # random pruning did not run: no row
+    # Exploratory: one Holm family of the three other rows with a p.
+    exploratory = [r for r in result.tables["primary"] if r["family"] == "exploratory"]
+    ps = [r["p"] for r in exploratory]
+    assert [r["p_holm"] for r in exploratory] == pytest.approx(statistics.holm(ps), nan_ok=True)
 
     md = result.files["table2.md"].decode()
     assert md.startswith("# Primary result: ticket − scratch at level 2, named in advance")
     line = next(x for x in md.splitlines() if "(primary)" in x)
-    assert "| 8 | +2.50 | [+1.16, +3.84] |" in line and "| 1.85 |" in line
-    assert "the interval excludes 0: ticket is better" in line
+    assert "| 4 × 3 | +2.50 | [−0.81, +5.81] |".replace("−", "-") in line
+    assert "| not estimable (n = 4) | 0.80 (2.60) |" in line
+    assert "no difference detected; what it could detect is not estimable (n = 4)" in line
+    assert "Per search (tickets seed: mean over its transfer seeds) of histo, cifar10 " \
+           "tickets: 0: +2.00, 1: +5.00, 2: +0.00, 3: +3.00." in md
+    reinit_line = next(x for x in md.splitlines() if "| ticket − reinit |" in x)
+    assert reinit_line.endswith("| exploratory |")
     assert "# Table 2 (secondary)" in md
     assert result.files["primary.csv"].decode().splitlines()[0].startswith("target,tickets,")
     # Named on the command line instead: that level, and said so.
     other = report.analyze([root], overlap=False, primary_level=1)
     assert "--primary_level: --primary_level=1" in other.files["primary.md"].decode()
-    assert "absent: no pair has both sides" in other.files["primary.md"].decode()
+    assert "absent: no search has both sides" in other.files["primary.md"].decode()
 
 
-def test_random_pruning_is_a_line_a_row_and_a_contrast(tmp_path):
+def test_a_detected_primary_difference_gets_its_verdict_after_holm(tmp_path):
     root = make_pairs_grid(str(tmp_path / "grid"))
-    tickets = {s: os.path.join(root, "tickets", f"cifar10-frac1-seed{s}") for s in (0, 1)}
-    for (s, t), d in zip([(s, t) for s in (0, 1) for t in range(4)], DIFFERENCES):
-        scratch = 0.70 + 0.01 * t - 0.02 * s
-        # The random mask of level 2 from θ_k: 0.03 below the ticket in every pair.
-        make_transfer(root, "histo", "random", t, [(0.6, scratch + d - 0.03)], tickets[s],
-                      levels=[2], name=f"random-{s}-{t}")
-    make_transfer(root, "histo", "random_reinit", 0, [(0.6, 0.5)], tickets[0], levels=[2],
-                  name="random-reinit-0-0")
-    result = report.analyze([root], overlap=False)
-    rows = {r["contrast"]: r for r in result.tables["primary"]}
-    random = rows["ticket − random mask"]
-    assert random["n"] == 8 and random["mean"] == pytest.approx(0.03)
-    assert rows["ticket − scratch"]["mean"] == pytest.approx(0.025)  # the primary stands
-    table2 = {r["column"] for r in result.tables["table2"]}
-    assert {"random mask (cifar10 tickets)",
-            "random mask, fresh weights (cifar10 tickets)"} <= table2
-    legend = [t.get_text() for ax in result.figures["fig3"].axes
-              if ax.get_legend() for t in ax.get_legend().get_texts()]
-    assert any(text.startswith("random mask (cifar10 tickets)") for text in legend)
+    # A second target where the ticket is 0.05 ahead in every pair but for noise: two
+    # primary contrasts, one Holm family of two.
+    tickets = {s: os.path.join(root, "tickets", f"cifar10-frac1-seed{s}") for s in SEARCHES}
+    for s in SEARCHES:
+        for t in TRANSFER_SEEDS:
+            make_transfer(root, "other", "scratch", t, [(0.6, 0.6)], tickets[s], levels=[0],
+                          name=f"o-scratch-{s}-{t}")
+            make_transfer(root, "other", "rewind", t, [(0.6, 0.6), (0.7, 0.65 + 0.001 * s)],
+                          tickets[s], levels=[0, 2], name=f"o-rewind-{s}-{t}")
+    rows = report.analyze([root], overlap=False).tables["primary"]
+    primaries = [r for r in rows if r["primary"]]
+    assert len(primaries) == 2
+    assert [r["p_holm"] for r in primaries] == pytest.approx(
+        statistics.holm([r["p"] for r in primaries]))
+    other = next(r for r in primaries if r["target"] == "other")
+    assert other["p_holm"] < 0.05 and other["p_holm"] == pytest.approx(2 * other["p"])
+    md = report.analyze([root], overlap=False).files["primary.md"].decode()
+    assert "detected (p_holm < 0.05): ticket is better" in md
+
+
+def test_the_named_domain_contrast_and_the_target_ticket_row(tmp_path):
+    """(natural ticket − target ticket) on one target minus the same on another, per search,
+    from the grid's record; and the ticket − target ticket rows it is made of."""
+    root = str(tmp_path / "grid")
+    nat = {s: make_tickets(root, "cifar10", s, [(0.5, 0.5)] * 3) for s in (0, 1, 2)}
+    # natural ticket - target ticket, by search: art 0.05, 0.06, 0.07; histo -0.02, -0.01, 0.
+    gaps = {"art": [0.05, 0.06, 0.07], "histo": [-0.02, -0.01, 0.0]}
+    for target, gap in gaps.items():
+        for s in (0, 1, 2):
+            own = make_tickets(root, target, s, [(0.5, 0.5)] * 3)
+            make_transfer(root, target, "scratch", 0, [(0.6, 0.6)], nat[s], levels=[0],
+                          name=f"{target}-scratch-{s}")
+            make_transfer(root, target, "rewind", 0, [(0.6, 0.6), (0.7, 0.6 + gap[s])], nat[s],
+                          levels=[0, 2], name=f"{target}-rewind-{s}")
+            make_transfer(root, target, "rewind", 0, [(0.6, 0.6), (0.7, 0.6)], own,
+                          levels=[0, 2], name=f"{target}-own-{s}")
+    artifacts.write_json(os.path.join(root, "grid.json"), {
+        "kind": "grid", "primary_level": 2, "natural_sources": ["cifar10"],
+        "domain_contrast": ["art", "histo"]})
+    rows = report.analyze([root], overlap=False).tables["primary"]
+    by = {(r["target"], r["contrast"]): r for r in rows}
+    assert by[("art", "ticket − target ticket")]["mean"] == pytest.approx(0.06)
+    assert by[("histo", "ticket − target ticket")]["mean"] == pytest.approx(-0.01)
+    domain = by[("art vs histo", "(ticket − target ticket) on art − on histo")]
+    # Per search 0.07 in each: mean 0.07, sd 0.
+    assert domain["searches"] == 3 and domain["mean"] == pytest.approx(0.07)
+    assert domain["sd"] == pytest.approx(0, abs=1e-12) and domain["family"] == "exploratory"
+    # The target's own fine-tuned tickets are not a natural line: no primary of their own.
+    assert {r["tickets"] for r in rows if r["primary"]} == {"cifar10"}
 
 
 def test_tickets_seeds_fine_tuned_with_the_same_transfer_seeds_are_distinct_replicates(tmp_path):
@@ -543,24 +653,58 @@ def test_tickets_seeds_fine_tuned_with_the_same_transfer_seeds_are_distinct_repl
     levels = list(csv.DictReader(io.StringIO(result.files["levels.csv"].decode())))
     rewind2 = [(r["tickets_seed"], r["seed"]) for r in levels
                if r["role"] == "source" and r["level"] == "2"]
-    assert sorted(rewind2) == [(str(s), str(t)) for s in (0, 1) for t in range(4)]
+    assert sorted(rewind2) == [(str(s), str(t)) for s in SEARCHES for t in TRANSFER_SEEDS]
     table2 = _csv_rows(result.files["table2.csv"])[("histo", "cifar10")]
-    assert table2["paired_n"] == "8" and table2["noisy_stops"] == "0"
-    assert table2["noisy_stops_recorded"] == "8"
+    # Table 2's unit is the search too: 4, each the mean of its 3 transfer seeds.
+    assert table2["n"] == "4" and table2["paired_n"] == "4" and table2["noisy_stops"] == "0"
+    assert table2["noisy_stops_recorded"] == "12"
+    scratch_by_search = [np.mean([0.70 + 0.01 * t - 0.02 * s for t in TRANSFER_SEEDS])
+                         for s in SEARCHES]
+    assert float(table2["scratch_test_accuracy_std"]) == pytest.approx(
+        np.std(scratch_by_search, ddof=1))
 
 
-def test_lines_trained_with_different_recipes_are_named(tmp_path):
-    root = str(tmp_path / "grid")
-    tickets = make_tickets(root, "cifar10", 0, [(0.5, 0.5)] * 3)
-    make_transfer(root, "histo", "scratch", 0, [(0.6, 0.6)], tickets,
-                  recipe=["--max_epochs=10", "--patience=3"])
-    make_transfer(root, "histo", "rewind", 0, [(0.6, 0.6)] * 3, tickets,
-                  recipe=["--max_epochs=5", "--patience=3"])
+def test_a_root_with_two_recipes_is_split_by_recipe(tmp_path):
+    """Scratch and ticket of one recipe are never compared with another recipe's: each
+    recipe is its own view (its own Table 2 row, Fig. 3 panel and primary rows), named by
+    what differs."""
+    root = make_pairs_grid(str(tmp_path / "grid"), recipe=["--precise_bn=20"])
+    plain = str(tmp_path / "grid" / "plain")
+    tickets = os.path.join(root, "tickets", "cifar10-frac1-seed0")
+    make_transfer(plain, "histo", "scratch", 0, [(0.6, 0.9)], tickets, levels=[0])
     result = report.analyze([root], overlap=False)
-    md = result.files["table2.md"].decode()
-    assert "**Recipes differ between the lines compared**" in md
-    assert "- histo: max_epochs 10 (scratch); 5 (cifar10)" in md
-    assert any(note.startswith("recipes differ: histo") for note in result.notes)
+    rows = {(r["target"], r["contrast"]): r for r in result.tables["primary"]}
+    # The precise-BN ticket is compared with the precise-BN scratch only (0.9 elsewhere).
+    main = rows[("histo (precise_bn=20)", "ticket − scratch")]
+    assert main["mean"] == pytest.approx(0.025) and main["searches"] == 4
+    # The other recipe's view has a scratch line and no ticket: no contrast of its own.
+    assert {target for target, _ in rows} == {"histo (precise_bn=20)"}
+    table2 = {r["target"] for r in result.tables["table2"]}
+    assert table2 == {"histo (precise_bn=20)", "histo (precise_bn=0)"}
+
+
+def test_random_pruning_is_a_line_a_row_and_a_contrast(tmp_path):
+    root = make_pairs_grid(str(tmp_path / "grid"))
+    tickets = {s: os.path.join(root, "tickets", f"cifar10-frac1-seed{s}") for s in SEARCHES}
+    for s in SEARCHES:
+        scratch, d = 0.70 - 0.02 * s, DIFFERENCES[s][0]
+        # The random mask of level 2 from θ_k (transfer seed 0): 0.03 below the ticket.
+        make_transfer(root, "histo", "random", 0, [(0.6, scratch + d - 0.03)], tickets[s],
+                      levels=[2], name=f"random-{s}-0")
+    make_transfer(root, "histo", "random_reinit", 0, [(0.6, 0.5)], tickets[0], levels=[2],
+                  name="random-reinit-0-0")
+    result = report.analyze([root], overlap=False)
+    rows = {r["contrast"]: r for r in result.tables["primary"]}
+    random = rows["ticket − random mask"]
+    assert (random["searches"], random["n"]) == (4, 4)
+    assert random["mean"] == pytest.approx(0.03) and random["family"] == "exploratory"
+    assert rows["ticket − scratch"]["mean"] == pytest.approx(0.025)  # the primary stands
+    table2 = {r["column"] for r in result.tables["table2"]}
+    assert {"random mask (cifar10 tickets)",
+            "random mask, fresh weights (cifar10 tickets)"} <= table2
+    legend = [t.get_text() for ax in result.figures["fig3"].axes
+              if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert any(text.startswith("random mask (cifar10 tickets)") for text in legend)
 
 
 def test_every_pruned_line_picks_among_the_same_levels(tmp_path):
@@ -576,32 +720,43 @@ def test_every_pruned_line_picks_among_the_same_levels(tmp_path):
 
 
 def test_the_controls_table_and_its_search_level_contrasts(tmp_path, capsys):
-    """tools/controls.py on a grid's layout: per-seed rows, the ticket's lead over each
-    control, and per range the mean over searches of each search's mean difference."""
+    """tools/controls.py on a grid's layout with transfer seeds: per-replicate rows, the
+    ticket's (rewind transfer's) lead over each control, and per range the mean over
+    searches of each search's mean difference over its transfer seeds."""
     sys.path.insert(0, os.path.join(REPO, "tools"))
     import controls
 
     grid = str(tmp_path / "grid")
-    tickets = {0: [0.80, 0.82, 0.84], 1: [0.70, 0.74, 0.78]}  # test accuracy of levels 0-2
-    random = {0: [0.80, 0.80, 0.81], 1: [0.70, 0.73, 0.74]}
+    # Test accuracy of levels 0-2 by (search, transfer seed).
+    ticket = {(0, 0): [0.80, 0.82, 0.84], (0, 1): [0.80, 0.84, 0.84],
+              (1, 0): [0.70, 0.74, 0.78], (1, 1): [0.70, 0.72, 0.78]}
+    random = {(0, 0): [0.80, 0.80, 0.81], (0, 1): [0.80, 0.80, 0.81],
+              (1, 0): [0.70, 0.73, 0.74], (1, 1): [0.70, 0.71, 0.74]}
     for seed in (0, 1):
-        made = make_tickets(grid, "fashion_mnist", seed, [(a, a) for a in tickets[seed]])
+        made = make_tickets(grid, "fashion_mnist", seed, [(0.5, 0.5)] * 3)
         path = os.path.join(grid, "tickets", f"fashion_mnist-seed{seed}")
         os.rename(made, path)
-        make_transfer(grid, "fashion_mnist", "random", seed, [(a, a) for a in random[seed]],
-                      path, name=f"fashion_mnist/fashion_mnist-random-seed{seed}")
-        make_transfer(grid, "fashion_mnist", "reinit", seed, [(0.5, 0.5)] * 2, path,
-                      name=f"fashion_mnist/fashion_mnist-reinit-seed{seed}")  # no level 2
-    data = controls.read(grid, "fashion_mnist", "fashion_mnist", "tickets",
-                         ["random", "reinit"], [0, 1])
-    # Search means over levels 1-2: seed 0 (2 + 3) / 2 = 2.5 points, seed 1 (1 + 4) / 2 = 2.5.
-    means, d = controls.contrast(data, "tickets", "random", [1, 2])
-    assert (d.n, d.pairs) == (2, (0, 1)) and d.mean == pytest.approx(2.5) and d.sd == 0
-    assert controls.contrast(data, "tickets", "reinit", [1, 2]) is None  # reinit lacks level 2
+        for t in (0, 1):
+            for condition, values in (("rewind", ticket), ("random", random)):
+                make_transfer(grid, "fashion_mnist", condition, t,
+                              [(a, a) for a in values[(seed, t)]], path,
+                              name=f"fashion_mnist/fashion_mnist-{condition}-seed{seed}-t{t}")
+            make_transfer(grid, "fashion_mnist", "reinit", t, [(0.5, 0.5)] * 2, path,
+                          name=f"fashion_mnist/fashion_mnist-reinit-seed{seed}-t{t}")  # no L2
+    data = controls.read(grid, "fashion_mnist", "fashion_mnist", "rewind",
+                         ["random", "reinit"], [0, 1], transfer_seeds=[0, 1])
+    # Replicate means over levels 1-2: 0/0 (2 + 3) / 2 = 2.5, 0/1 (4 + 3) / 2 = 3.5 (search 0:
+    # 3.0); 1/0 (1 + 4) / 2 = 2.5, 1/1 (1 + 4) / 2 = 2.5 (search 1: 2.5).
+    d = controls.contrast(data, "rewind", "random", [1, 2])
+    assert (d.n, len(d.pairs)) == (2, 4) and d.mean == pytest.approx(2.75)
+    assert d.search_means == pytest.approx({0: 3.0, 1: 2.5})
+    assert controls.contrast(data, "rewind", "reinit", [1, 2]) is None  # reinit lacks level 2
     controls.main([f"--grid={grid}", "--target=fashion_mnist", "--controls=random,reinit",
-                   "--ranges=1-2,1"])
+                   "--transfer_seeds=0,1", "--ranges=1-2,1"])
     out = capsys.readouterr().out
+    assert "## Tickets seed 0, transfer seed 1" in out
     assert "| 2 | 0.6400 | 84.00 | 81.00 | — | +3.00 | — |" in out
-    assert "| tickets − random | +2.50, +2.50 | +2.50 |" in out
-    assert "| tickets − reinit | — (a search lacks a level) |" in out
-    assert "| tickets − random | +2.00, +1.00 | +1.50 | [−4.85, +7.85] |" in out  # level 1
+    assert "| rewind − random | +3.00, +2.50 | +2.75 |" in out
+    assert "| not estimable (n = 2) |" in out
+    assert "| rewind − reinit | — (a replicate lacks a level) |" in out
+    assert "n = 2 ticket searches, 2 transfer seeds each" in out

@@ -32,8 +32,10 @@ def test_grid_expands_to_the_expected_runs():
             # random masks of their density from θ_k.
             expected |= {f"transfer/{target}/{src}-{c}-seed{s}"
                          for src in ("fashion_mnist", "cifar10") for c in ("reinit", "random")}
+            # target_transfer: the target's own tickets fine-tuned on it with a fresh head.
             expected |= {f"transfer/{target}/{target}-reinit-seed{s}",
                          f"transfer/{target}/{target}-random-seed{s}",
+                         f"transfer/{target}/{target}-rewind-seed{s}",
                          f"transfer/{target}/dense-scratch-seed{s}"}
         expected.add(f"transfer/mouse_lba/human_lba-rewind-seed{s}")
         # The instability analysis of every ticket run but the fractions' and related ones.
@@ -212,6 +214,29 @@ def test_transfer_seeds_make_pairs_in_an_order_that_keeps_them_whole():
     sharded = grid.expand(sources=["fashion_mnist"], targets=["histo"], seeds=[0, 1],
                           conditions=["rewind", "scratch"], transfer_seeds=[0, 1])
     assert [run.binary for run in sharded[:2]] == ["find_tickets"] * 2
+
+
+def test_controls_take_their_own_transfer_seeds_and_levels():
+    """The study's allocation: ticket and scratch with every transfer seed, the controls
+    (source_reinit, source_random, target_transfer) with the first only, at their levels."""
+    runs = grid.expand(sources=["cifar10"], targets=["histo"], seeds=[3],
+                       conditions=["rewind", "scratch", "source_reinit", "source_random",
+                                   "target_tickets", "target_transfer"],
+                       transfer_levels="0,5", reinit_levels="5", transfer_seeds=[0, 1],
+                       control_transfer_seeds=[0], tickets_first=False)
+    by_name = {run.name: run for run in runs}
+    assert {name for name in by_name if name.startswith("transfer/")} == {
+        f"transfer/histo/{run}" for run in (
+            "dense-scratch-seed3-t0", "dense-scratch-seed3-t1", "cifar10-rewind-seed3-t0",
+            "cifar10-rewind-seed3-t1", "cifar10-reinit-seed3-t0", "cifar10-random-seed3-t0",
+            "histo-rewind-seed3-t0")}
+    own = by_name["transfer/histo/histo-rewind-seed3-t0"]
+    assert own.needs == ("tickets/histo-seed3",)
+    assert own.args == ("--target=histo", "--seed=0", "--train_fraction=1", "--levels=5")
+    assert "--levels=0,5" in by_name["transfer/histo/cifar10-rewind-seed3-t1"].args
+    with pytest.raises(ValueError, match="target_transfer fine-tunes the target tickets"):
+        grid.expand(sources=["cifar10"], targets=["histo"], seeds=[0],
+                    conditions=["target_transfer"])
 
 
 def test_tickets_of_another_grid_are_read_where_they_are(tmp_path):

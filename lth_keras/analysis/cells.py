@@ -1,12 +1,12 @@
-"""Cells: runs that differ only by their seeds, summarised as mean ± std over them.
+"""Cells: runs that differ only by their seeds, summarised with the ticket search as the unit.
 
-A run's replicate is (tickets seed, seed) (collect.RunRecord.replicate): with one seed
-per ticket run the two are equal and a replicate is "a seed"; a grid with
---transfer_seeds fine-tunes each ticket run with several. The standard deviation
-is the sample one (numpy ddof=1) when a level has at least two replicates; with
-one it is NaN, and tables print "n=1" instead of a spread. Each level is
-summarised over the replicates that have finished it, and every statistic
-carries its n.
+A run's replicate is (tickets seed, transfer seed) (collect.RunRecord.replicate): with one
+transfer per ticket run the two are equal; a grid with --transfer_seeds fine-tunes each
+ticket run with several. Transfer seeds of one search are not independent replicates
+(analysis/statistics.py), so a level's statistic first averages each search's replicates,
+then summarises the searches: mean, sample standard deviation (ddof=1; NaN with one
+search, and tables print "n=1" instead of a spread), and n in searches. Each level is
+summarised over the replicates that have finished it.
 """
 
 from __future__ import annotations
@@ -17,24 +17,29 @@ import json
 import numpy as np
 
 from lth_keras.analysis.collect import AnalysisError
+from lth_keras.analysis.statistics import search_means
 
 
 @dataclasses.dataclass(frozen=True)
 class Stat:
-    """Mean and sample std (ddof=1; NaN when n < 2) of per-seed values."""
+    """Mean and sample std (ddof=1; NaN when n < 2) over searches of each search's mean."""
 
     mean: float
     std: float
-    n: int
-    values: tuple
+    n: int            # searches
+    values: tuple     # the per-search means, by search
+    replicates: int = 0  # runs behind them (searches × transfer seeds)
 
 
-def summarize(values):
-    values = tuple(float(v) for v in values)
+def summarize(by_replicate):
+    """The Stat of {replicate: value} (a plain sequence: one search per value)."""
+    if not isinstance(by_replicate, dict):
+        by_replicate = dict(enumerate(by_replicate))
+    values = tuple(search_means(by_replicate).values())
     n = len(values)
     mean = float(np.mean(values)) if n else float("nan")
     std = float(np.std(values, ddof=1)) if n >= 2 else float("nan")
-    return Stat(mean, std, n, values)
+    return Stat(mean, std, n, values, len(by_replicate))
 
 
 class Cell:
@@ -53,7 +58,7 @@ class Cell:
 
     @property
     def seeds(self):
-        """Replicate labels: the seed, or "<tickets seed>/<seed>" where they differ."""
+        """Replicate labels, "<tickets seed>/<transfer seed>"."""
         return [replicate_label(r.replicate) for r in self.runs]
 
     def levels(self):
@@ -64,7 +69,8 @@ class Cell:
         return sum(level in r.levels for r in self.runs)
 
     def values(self, level, attribute):
-        """Per-seed values of a Level attribute (e.g. "test_accuracy"), seeds that have it."""
+        """Per-replicate values of a Level attribute (e.g. "density"), replicates that have
+        it."""
         return np.array([getattr(r.levels[level], attribute) for r in self.runs
                          if level in r.levels])
 
@@ -81,7 +87,8 @@ class Cell:
         return sum(f is True for f in flags), sum(f is not None for f in flags)
 
     def stat(self, level, attribute):
-        return summarize(self.values(level, attribute))
+        """The Stat over searches of a Level attribute at `level`."""
+        return summarize(self.by_seed(level, attribute))
 
 
 def group_cells(runs):
@@ -103,9 +110,9 @@ def group_cells(runs):
 
 
 def replicate_label(replicate):
-    """"3" for (3, 3); "0/2" for tickets seed 0 fine-tuned with seed 2."""
+    """"<tickets seed>/<transfer seed>": "0/2" for tickets seed 0 fine-tuned with seed 2."""
     tickets_seed, seed = replicate
-    return str(seed) if tickets_seed == seed else f"{tickets_seed}/{seed}"
+    return f"{tickets_seed}/{seed}"
 
 
 def distinct_labels(cells, base_labels):

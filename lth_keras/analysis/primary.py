@@ -1,24 +1,33 @@
-"""The primary result: the comparison a grid named before it ran (--primary_level).
+"""The primary result: the comparison a grid named before it ran (--primary_level), and the
+exploratory contrasts beside it, with the ticket search as the unit.
 
-Table 2 picks each line's best level on the same seeds it then reports, which
+Table 2 picks each line's best level on the same searches it then reports, which
 favours the pruned lines and leaves the pick's own noise in the p-value. A grid
 that names one level in advance (`experiment --primary_level=L`, recorded in its
 grid.json) gets, for every natural-source ticket line of every target:
 
-  ticket - scratch        the primary result: level L of the rewind transfer
-                          (m_L ⊙ θ_k) minus the dense model from θ_0
-and, at the same pairs, secondary contrasts that say where a difference comes from:
-  ticket - dense θ_k      level L minus level 0 of the same transfer: sparsity alone,
-                          both starting from k epochs of source training
-  dense θ_k - scratch     level 0 minus scratch: k epochs of source training alone
-  ticket - reinit         level L minus the same mask from fresh weights: the
-                          ticket's weights beyond its mask
-  ticket - random mask    level L minus a random mask of the same per-layer density
-                          from the same θ_k: which weights the ticket kept, beyond
-                          its sparsity (random pruning)
+  ticket − scratch          THE PRIMARY CONTRAST: level L of the rewind transfer
+                            (m_L ⊙ θ_k, a fresh head) minus the dense model from θ_0
+and, at the same level, exploratory contrasts that say where a difference comes from:
+  ticket − dense θ_k        level L minus level 0 of the same transfer: sparsity alone,
+                            both starting from k epochs of source training
+  dense θ_k − scratch       level 0 minus scratch: k epochs of source training alone
+  ticket − reinit           level L minus the same mask from fresh weights: the
+                            ticket's weights beyond its mask
+  ticket − random mask      level L minus a random mask of the same per-layer density
+                            from the same θ_k: which weights it kept, beyond its sparsity
+  ticket − target ticket    level L minus the target's own tickets of level L, fine-tuned
+                            on the target the same way (grid condition target_transfer)
+and, when the grid names a domain contrast A:B (--domain_contrast), one across targets:
+  (ticket − target ticket) on A − the same on B, per search: the paper's second finding
+                            (natural tickets lose to target tickets on pathology, win on art)
 
-each as a statistics.PairedDifference of test accuracy over replicates (tickets
-seed, transfer seed), with the count of early stops on noise on either side.
+Every side is compared like with like: the views (analysis/targets.py) never mix
+recipes, and every side of a contrast starts with a fresh head. Each contrast is a
+statistics.SearchDifference of test accuracy (the search as the unit, its transfer seeds
+averaged first). The primary contrasts are one family and get verdicts at p_holm < 0.05
+(Holm over the family; one target's primary has p_holm = p). Every other contrast is one
+exploratory family, reported with its Holm-adjusted p and no verdict.
 """
 
 from __future__ import annotations
@@ -30,10 +39,14 @@ import os
 from lth_keras import artifacts
 from lth_keras.analysis.cells import replicate_label
 from lth_keras.analysis.collect import AnalysisError
-from lth_keras.analysis.statistics import ALPHA, POWER, PairedDifference, paired_difference
+from lth_keras.analysis.statistics import (ALPHA, MIN_SEARCHES_FOR_MDE, POWER, SearchDifference,
+                                           detectable_text, holm, search_difference,
+                                           search_means)
 from lth_keras.lottery.directory import GRID_RECORD, LEVELS, TENSORBOARD
 
 PRIMARY = "ticket − scratch"
+TARGET_TICKET = "ticket − target ticket"
+PRIMARY_FAMILY, EXPLORATORY = "primary", "exploratory"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,26 +68,37 @@ class Side:
         return None if any(f is None for f in flags) else sum(flags)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Contrast:
     target: str
     source: str
     name: str
     level: int  # the primary level
-    a: Side
-    b: Side
-    difference: PairedDifference
+    a: Side | None  # None for a contrast across targets
+    b: Side | None
+    difference: SearchDifference
+    family: str = EXPLORATORY
+    p_holm: float = math.nan
 
     @property
     def primary(self):
-        return self.name == PRIMARY
+        return self.family == PRIMARY_FAMILY
 
 
-def named_level(roots):
-    """The primary level the grids under `roots` named (their grid.json), or None; two
-    grids that name different levels are an AnalysisError (say which with
-    --primary_level)."""
-    found = {}
+@dataclasses.dataclass(frozen=True)
+class GridPlan:
+    """What the grids under the analysed roots named before they ran (their grid.json)."""
+
+    primary_level: int | None = None
+    natural: tuple = ()            # the grids' natural sources, by dataset label
+    domain_contrast: tuple = None  # (A, B): the targets of the named cross-target contrast
+    where: str = ""                # the grid.json files that say so
+
+
+def grid_plan(roots):
+    """The GridPlan of every grid.json under `roots`; grids that name different primary
+    levels or domain contrasts are an AnalysisError (say which with --primary_level)."""
+    records = {}
     for root in roots:
         for directory, subdirs, files in os.walk(root, followlinks=True):
             subdirs[:] = [d for d in subdirs if not d.startswith(".")
@@ -82,17 +106,28 @@ def named_level(roots):
             if GRID_RECORD in files:
                 path = os.path.join(directory, GRID_RECORD)
                 try:
-                    level = artifacts.read_json(path).get("primary_level")
+                    record = artifacts.read_json(path)
+                    record.get("primary_level")
                 except (artifacts.ArtifactError, AttributeError) as e:
                     raise AnalysisError(f"{path}: not a grid record ({e})")
-                if level is not None:
-                    found[path] = level
-    levels = set(found.values())
-    if len(levels) > 1:
+                records[path] = record
+    levels = {p: r["primary_level"] for p, r in records.items()
+              if r.get("primary_level") is not None}
+    if len(set(levels.values())) > 1:
         raise AnalysisError("the grids name different primary levels ("
-                            + ", ".join(f"{p}: {level}" for p, level in sorted(found.items()))
+                            + ", ".join(f"{p}: {level}" for p, level in sorted(levels.items()))
                             + "): give --primary_level")
-    return levels.pop() if levels else None
+    contrasts = {p: tuple(r["domain_contrast"]) for p, r in records.items()
+                 if r.get("domain_contrast")}
+    if len(set(contrasts.values())) > 1:
+        raise AnalysisError("the grids name different domain contrasts ("
+                            + ", ".join(f"{p}: {':'.join(c)}" for p, c in sorted(contrasts.items()))
+                            + ")")
+    natural = sorted({os.path.basename(os.path.normpath(s)) for r in records.values()
+                      for s in r.get("natural_sources", ())})
+    return GridPlan(next(iter(levels.values()), None), tuple(natural),
+                    next(iter(contrasts.values()), None),
+                    ", ".join(sorted(levels)) or ", ".join(sorted(records)))
 
 
 def _control(controls, line, condition):
@@ -102,111 +137,193 @@ def _control(controls, line, condition):
                  and r.cell.setting.get("tickets") == line.cell.setting.get("tickets")), None)
 
 
-def contrasts(views, level):
-    """Every Contrast at `level`, the primary one first for each ticket line."""
+def _target_ticket_line(view):
+    """The target's own tickets fine-tuned on it like the natural ones (rewind), or None."""
+    return next((line for line in view.sources if line.cell.source == view.target), None)
+
+
+def contrasts(views, level, domain_contrast=None):
+    """Every Contrast at `level`: for each natural ticket line the primary first, then the
+    exploratory ones, then the domain contrast; p_holm filled in per family."""
     out = []
+    natural_lines = {}  # target: (view, line, target ticket line), for the domain contrast
     for view in views:
-        scratch = Side(view.baseline, 0)
+        target_ticket = _target_ticket_line(view)
         for line in view.sources:
+            if line.cell.source not in view.natural:
+                continue
             ticket, dense = Side(line, level), Side(line, 0)
-            reinit = _control(view.reinit, line, "reinit")
-            random = _control(view.random, line, "random")
+            scratch = Side(view.baseline, 0)
             rows = [(PRIMARY, ticket, scratch), ("ticket − dense θ_k", ticket, dense),
                     ("dense θ_k − scratch", dense, scratch),
-                    ("ticket − reinit", ticket, Side(reinit, level))]
-            if random is not None:  # a control the paper has not: a row only where it ran
+                    ("ticket − reinit", ticket, Side(_control(view.reinit, line, "reinit"),
+                                                     level))]
+            random = _control(view.random, line, "random")
+            if random is not None:  # controls the paper has not: a row only where they ran
                 rows.append(("ticket − random mask", ticket, Side(random, level)))
+            if target_ticket is not None:
+                rows.append((TARGET_TICKET, ticket, Side(target_ticket, level)))
+                natural_lines.setdefault(view.target, (view, line, target_ticket))
             for name, a, b in rows:
                 out.append(Contrast(view.title, line.label, name, level, a, b,
-                                    paired_difference(a.values(), b.values())))
+                                    search_difference(a.values(), b.values()),
+                                    PRIMARY_FAMILY if name == PRIMARY else EXPLORATORY))
+    if domain_contrast:
+        out.append(_domain(natural_lines, level, *domain_contrast))
+    for family in (PRIMARY_FAMILY, EXPLORATORY):
+        members = [c for c in out if c.family == family]
+        for c, p in zip(members, holm([c.difference.p for c in members])):
+            c.p_holm = p
     return out
 
 
+def _domain(natural_lines, level, first, second):
+    """(ticket − target ticket) on `first` minus the same on `second`, per search."""
+    name = f"({TARGET_TICKET}) on {first} − on {second}"
+    gaps = []
+    for target in (first, second):
+        found = natural_lines.get(target)
+        if found is None:
+            gaps.append({})
+            continue
+        _, line, target_ticket = found
+        a, b = Side(line, level).values(), Side(target_ticket, level).values()
+        gaps.append(search_means({k: a[k] - b[k] for k in set(a) & set(b)}))
+    source = next((found[1].label for found in natural_lines.values()), "—")
+    return Contrast(f"{first} vs {second}", source, name, level, None, None,
+                    search_difference(*gaps))
+
+
 def _points(x, sign=True):
-    if math.isnan(x):
+    if x is None or math.isnan(x):
         return "—"
     return f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
 
 
 def _noisy(contrast):
+    if contrast.a is None:
+        return "—"
     pairs = set(contrast.difference.pairs)
     a, b = contrast.a.noisy(pairs), contrast.b.noisy(pairs)
     return " / ".join("not recorded" if x is None else str(x) for x in (a, b))
 
 
-def verdict(difference, name=PRIMARY):
-    """One sentence on what a difference's interval says; `name` is "a − b"."""
-    d = difference
-    first, _, second = name.partition(" − ")
+def verdict(contrast):
+    """The reading of a contrast: a verdict for a primary one (at p_holm < ALPHA), the word
+    "exploratory" for the others."""
+    d = contrast.difference
     if d.n == 0:
-        return "absent: no pair has both sides"
+        return "absent: no search has both sides"
+    if contrast.family != PRIMARY_FAMILY:
+        return "exploratory"
+    first, _, second = contrast.name.partition(" − ")
     if d.n < 2:
-        return "one pair: no interval"
-    low, high = d.ci
-    if low > 0:
-        return f"the interval excludes 0: {first} is better"
-    if high < 0:
-        return f"the interval excludes 0: {second} is better"
-    return (f"the interval includes 0: no difference detected; this study could detect "
-            f"{100 * d.mde:.1f} points with 80% power")
+        return "one search: no interval, no verdict"
+    if contrast.p_holm < ALPHA:
+        better = first if d.mean > 0 else second
+        return f"detected (p_holm < {ALPHA}): {better} is better"
+    if d.mde_estimable and not math.isnan(d.mde):
+        return (f"no difference detected; this study could detect {100 * d.mde:.1f} points "
+                f"with {POWER:.0%} power")
+    return f"no difference detected; what it could detect is not estimable (n = {d.n})"
+
+
+def _icc(d):
+    c = d.components
+    if math.isnan(c.icc):
+        return "—"
+    return f"{c.icc:.2f} ({c.design_effect:.2f})"
 
 
 def markdown(items, level, source_of_level):
-    """The primary section of table2.md."""
-    density = next((run.levels[level].density for c in items if c.a.line is not None
-                    for run in c.a.line.cell.runs if level in run.levels), math.nan)
+    """primary.md (and the head of table2.md)."""
+    density = next((run.levels[level].density for c in items if c.a is not None
+                    and c.a.line is not None for run in c.a.line.cell.runs
+                    if level in run.levels), math.nan)
     lines = [
         f"# Primary result: ticket − scratch at level {level}, named in advance",
         "",
         f"Named before the grid ran ({source_of_level}): the natural-source ticket of level "
-        f"{level} (density {density:.4f} of the prunable weights) fine-tuned on the target, "
-        "minus the dense network trained from scratch, in points of test accuracy, paired by "
-        "replicate (tickets seed/transfer seed: the same θ_0, head and target batches). 95% "
-        f"CI from the t distribution; p: two-sided paired t-test; MDE: the smallest true "
-        f"difference this n and the observed spread of the differences detect with "
-        f"{POWER:.0%} power at α = {ALPHA} (an estimate: the spread is observed). Noisy stops: "
-        "runs that stopped early on a noisy validation loss, first side / second side. "
-        "Pairs that share a tickets seed share its ticket: n counts fine-tuning replicates "
-        "of that many ticket searches. The secondary rows split the difference: sparsity "
-        "alone (ticket − dense θ_k), k epochs of source training alone (dense θ_k − "
-        "scratch), the ticket's weights beyond its mask (ticket − reinit) and, where random "
-        "pruning ran, which weights the ticket kept beyond its sparsity (ticket − random mask).",
+        f"{level} (density {density:.4f} of the prunable weights) fine-tuned on the target "
+        "with a fresh head, minus the dense network trained from scratch, in points of test "
+        "accuracy. **The unit is the ticket search**: a search's transfer seeds share its "
+        "θ_0, masks and θ_k, so each search's differences are averaged over its transfer "
+        "seeds first, and the interval, test and power are over searches (df = searches − 1). "
+        "95% CI from the t distribution; p: two-sided one-sample t-test of the search means; "
+        "p_holm: Holm-adjusted within its family. Detectable: the smallest true difference "
+        f"this many searches detect with {POWER:.0%} power at α = {ALPHA}, given the observed "
+        f"spread; below {MIN_SEARCHES_FOR_MDE} searches it is not estimable. ICC: the share "
+        "of the pair differences' variance that lies between searches (one-way random "
+        "effects, truncated at 0), with the design effect 1 + (m₀ − 1)·ICC in brackets; "
+        "where the ICC is high more searches narrow the interval, where it is low more "
+        "transfer seeds also do. Noisy stops: runs that stopped early on a noisy "
+        "validation loss, first side / second side.",
         "",
-        "| target | tickets | contrast | n | mean | 95% CI | p | MDE (80% power) | "
-        "noisy stops | reading |",
-        "|---|---|---|---:|---:|---|---:|---:|---|---|",
+        "Only the primary contrasts get a verdict (at p_holm < 0.05, Holm over the targets' "
+        "primary contrasts). Every other row is exploratory: one family over every target, "
+        "its p Holm-adjusted, no verdict. The rows split the difference: sparsity alone "
+        "(ticket − dense θ_k), k epochs of source training alone (dense θ_k − scratch), the "
+        "ticket's weights beyond its mask (ticket − reinit), which weights it kept beyond its "
+        "sparsity (ticket − random mask), and the natural ticket against the target's own "
+        "tickets (ticket − target ticket).",
+        "",
+        "| target | tickets | contrast | searches × seeds | mean | 95% CI | p | p_holm | "
+        "detectable (80%) | ICC (design effect) | noisy stops | reading |",
+        "|---|---|---|---|---:|---|---:|---:|---:|---:|---|---|",
     ]
     for c in items:
         d = c.difference
         name = f"**{c.name} (primary)**" if c.primary else c.name
         ci = "—" if math.isnan(d.ci[0]) else f"[{_points(d.ci[0])}, {_points(d.ci[1])}]"
         p = "—" if math.isnan(d.p) else f"{d.p:.3g}"
-        lines.append(f"| {c.target} | {c.source} | {name} | {d.n} | {_points(d.mean)} | {ci} | "
-                     f"{p} | {_points(d.mde, sign=False)} | {_noisy(c)} | {verdict(d, c.name)} |")
+        p_holm = "—" if math.isnan(c.p_holm) else f"{c.p_holm:.3g}"
+        size = f"{d.n} × {d.transfer_seeds}" if d.n else "0"
+        lines.append(f"| {c.target} | {c.source} | {name} | {size} | {_points(d.mean)} | {ci} "
+                     f"| {p} | {p_holm} | {detectable_text(d)} | {_icc(d)} | {_noisy(c)} | "
+                     f"{verdict(c)} |")
     if not items:
         lines.append("| — | — | no target has natural-source tickets | 0 | — | — | — | — | — "
-                     "| absent |")
+                     "| — | — | absent |")
     lines.append("")
     for c in items:
         if c.primary and c.difference.n:
-            pairs = ", ".join(f"{k[0]}/{k[1]}: {_points(c.a.values()[k] - c.b.values()[k])}"
-                              for k in c.difference.pairs)
-            lines.append(f"Per pair (tickets seed/transfer seed) of {c.target}, {c.source} "
-                         f"tickets: {pairs}.")
+            d, comp = c.difference, c.difference.components
+            means = ", ".join(f"{s}: {_points(m)}" for s, m in d.search_means.items())
+            lines.append(f"Per search (tickets seed: mean over its transfer seeds) of "
+                         f"{c.target}, {c.source} tickets: {means}.")
+            if not math.isnan(comp.within):
+                between = ("—" if math.isnan(comp.between)
+                           else f"{100 * math.sqrt(comp.between):.2f}")
+                lines.append(f"Variance of its {comp.replicates} pair differences: between "
+                             f"searches sd {between} points, within searches sd "
+                             f"{100 * math.sqrt(comp.within):.2f} points, m₀ "
+                             f"{comp.m0:.2f}." if not math.isnan(comp.m0) else
+                             f"Within searches sd {100 * math.sqrt(comp.within):.2f} points.")
+            lines.append("")
     return "\n".join(lines) + "\n"
 
 
 CSV = ("target", "tickets", "contrast", "primary", "level", "n", "mean", "sd", "ci_low",
-       "ci_high", "t", "p", "mde", "noisy_a", "noisy_b", "pairs")
+       "ci_high", "t", "p", "mde", "noisy_a", "noisy_b", "pairs", "unit", "searches",
+       "transfer_seeds", "icc", "design_effect", "between_var", "within_var", "family",
+       "p_holm")
 
 
 def rows(items):
+    """primary.csv: one dict per contrast. n counts pairs (replicates); searches the units."""
     out = []
     for c in items:
         d, pairs = c.difference, set(c.difference.pairs)
+        comp = d.components
         out.append({"target": c.target, "tickets": c.source, "contrast": c.name,
-                    "primary": c.primary, "level": c.level, "n": d.n, "mean": d.mean,
-                    "sd": d.sd, "ci_low": d.ci[0], "ci_high": d.ci[1], "t": d.t, "p": d.p,
-                    "mde": d.mde, "noisy_a": c.a.noisy(pairs), "noisy_b": c.b.noisy(pairs),
-                    "pairs": " ".join(replicate_label(k) for k in d.pairs)})
+                    "primary": c.primary, "level": c.level, "n": len(d.pairs),
+                    "mean": d.mean, "sd": d.sd, "ci_low": d.ci[0], "ci_high": d.ci[1],
+                    "t": d.t, "p": d.p, "mde": d.mde,
+                    "noisy_a": c.a.noisy(pairs) if c.a else None,
+                    "noisy_b": c.b.noisy(pairs) if c.b else None,
+                    "pairs": " ".join(replicate_label(k) for k in d.pairs),
+                    "unit": "search", "searches": d.n, "transfer_seeds": d.transfer_seeds,
+                    "icc": comp.icc, "design_effect": comp.design_effect,
+                    "between_var": comp.between, "within_var": comp.within,
+                    "family": c.family, "p_holm": c.p_holm})
     return out

@@ -24,13 +24,14 @@ class Report:
     figures: dict = dataclasses.field(default_factory=dict)  # {"fig3": Figure, ...}
 
 
-def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
+def analyze(roots, *, natural=None, density_runs=None, overlap=True,
             overlap_levels=None, primary_level=None):
     """Reads the runs under `roots` and renders tables, figures and overlaps.
 
     Args:
       roots: directories searched for run directories.
-      natural: dataset names that count as natural-image sources.
+      natural: dataset names that count as natural-image sources (None: the sources
+        lth_keras knows and those the grids under `roots` name in their grid.json).
       density_runs: run directories for the per-layer density plots (None:
         every find_tickets run found).
       overlap: whether to compute mask overlaps (reads masks, the slow part).
@@ -40,24 +41,25 @@ def analyze(roots, *, natural=NATURAL_SOURCES, density_runs=None, overlap=True,
     """
     stability_runs = []
     runs = collect.collect_runs(roots, stability_runs)
+    plan = primary.grid_plan(roots)
+    if natural is None:
+        natural = tuple(sorted(set(NATURAL_SOURCES) | set(plan.natural)))
     views = build_views(group_cells(runs), natural)
     table = tables.build_table(views)
     files, notes, figs = {}, [], {}
     rows = {}
     named = "--primary_level"
     if primary_level is None:
-        primary_level, named = primary.named_level(roots), "the grid's grid.json"
+        primary_level, named = plan.primary_level, f"the grid's record, {plan.where}"
     primary_text = None
     if primary_level is not None:
-        contrasts = primary.contrasts(views, primary_level)
+        contrasts = primary.contrasts(views, primary_level, plan.domain_contrast)
         primary_text = primary.markdown(contrasts, primary_level,
                                         f"{named}: --primary_level={primary_level}")
         rows["primary"] = primary.rows(contrasts)
         files["primary.md"] = primary_text.encode()
         files["primary.csv"] = tables.csv_text(primary.CSV, rows["primary"]).encode()
-    recipe_notes = tables.recipe_differences(views)
-    notes += [f"recipes differ: {note}" for note in recipe_notes]
-    table2 = tables.table2_markdown(table, primary_text, recipe_notes)
+    table2 = tables.table2_markdown(table, primary_text)
     files["table2.md"] = table2.encode()
     files["table2.csv"] = tables.table2_csv(table).encode()
     files["table2.tex"] = tables.table2_latex(table).encode()

@@ -8,22 +8,23 @@ experiment):
      target has: a line with more candidates would otherwise win more often by
      chance alone (the quick grid's target tickets had levels 1-6, its transfers
      2, 4 and 6).
-  2. Pick the candidate with the highest MEAN over seeds of the VALIDATION
-     accuracy; on a tie, the lower level.
-  3. Report that level's TEST accuracy, mean ± std over the seeds (std with
+     When the lines share no level, no level is picked (and the table says so).
+  2. Pick the candidate with the highest MEAN over ticket searches of the VALIDATION
+     accuracy (each search's transfer seeds averaged first); on a tie, the lower level.
+  3. Report that level's TEST accuracy, mean ± std over the searches (std with
      ddof=1; n=1 has no std).
 The "picked by test (optimistic)" variant replaces validation by test accuracy
 in step 2; it uses the test set for a decision and is shown only because the
 paper does not say how it picked. Scratch is the dense level 0.
 
 Each pruned cell is compared with the target's scratch baseline by Welch's
-t-test (two-sided, unequal variances) on the per-seed test accuracies; NaN
-when either side has fewer than two seeds. Beside it, a paired t-test on the
-per-seed differences over the seeds both have: every run of a seed starts from
-the same θ_0 (drawn from the seed alone, whatever the dataset) and sees the
-same target carve and data order, so the two samples are paired, not
-independent. Neither test accounts for the level having been picked on the
-same seeds' validation accuracy. Best and second best are ranked
+t-test (two-sided, unequal variances) on the per-search test accuracies; NaN
+when either side has fewer than two searches. Beside it, a paired t-test with
+the search as the unit (statistics.search_difference): every run of a tickets
+seed starts from the same θ_0 (drawn from the seed alone, whatever the dataset),
+and a transfer seed fixes the head and the target's batches, so the two samples
+are paired, not independent. Neither test accounts for the level having been
+picked on the same searches' validation accuracy. Best and second best are ranked
 per target row by the reported test mean, scratch included; equal means share
 a rank. Markdown marks them **bold** and _italic_, LaTeX with
 \\cellcolor{green!25} and \\cellcolor{yellow!25} (the paper's green and yellow
@@ -45,7 +46,7 @@ import numpy as np
 from scipy import stats
 
 from lth_keras.analysis.cells import Stat
-from lth_keras.analysis.statistics import paired_difference
+from lth_keras.analysis.statistics import search_difference
 
 MISSING = "—"
 BEST, SECOND = "best", "second"
@@ -53,7 +54,7 @@ BEST, SECOND = "best", "second"
 
 @dataclasses.dataclass(frozen=True)
 class Pick:
-    """One level of a cell, summarised over the seeds that finished it."""
+    """One level of a cell, summarised over the searches that finished it."""
 
     level: int
     val: Stat
@@ -61,7 +62,7 @@ class Pick:
     density: float  # the seeds share the level's sparsity; these are means
     fraction_pruned: float
     fraction_pruned_all_params: float
-    test_by_seed: dict = dataclasses.field(default_factory=dict)  # {seed: test accuracy}
+    test_by_seed: dict = dataclasses.field(default_factory=dict)  # {replicate: test accuracy}
 
 
 def summarize_level(cell, level):
@@ -90,16 +91,17 @@ def common_candidates(cells):
 
 
 def pick_level(cell, by="val_accuracy", candidates=None):
-    """The best pruned level of `cell` by mean `by` (see the module docstring), or None.
-    `candidates`: the levels allowed (default: the cell's own candidates)."""
+    """The best pruned level of `cell` by mean `by` over searches (see the module
+    docstring), or None. `candidates`: the levels allowed (None: the cell's own
+    candidates; an empty list allows none)."""
     levels = candidate_levels(cell)
-    if candidates:
-        levels = [level for level in levels if level in candidates] or levels
+    if candidates is not None:
+        levels = [level for level in levels if level in candidates]
     if not levels:
         return None
     best, best_mean = None, -math.inf
     for level in levels:  # ascending: a tie keeps the lower level
-        mean = float(np.mean(cell.values(level, by)))
+        mean = cell.stat(level, by).mean
         if mean > best_mean:
             best, best_mean = level, mean
     return summarize_level(cell, best)
@@ -120,11 +122,11 @@ def welch(a, b):
     return float(result.statistic), float(result.pvalue)
 
 
-def paired(a_by_seed, b_by_seed):
-    """(t, p, n) of the two-sided paired t-test of a - b over the n replicates both have
-    ({replicate: value} each), or (NaN, NaN, n) when n < 2 or the differences are
-    constant."""
-    difference = paired_difference(a_by_seed, b_by_seed)
+def paired(a_by_replicate, b_by_replicate):
+    """(t, p, n searches) of the two-sided paired t-test of a - b with the ticket search as
+    the unit, over the replicates both have ({replicate: value} each), or (NaN, NaN, n) when
+    n < 2 or the search means are constant."""
+    difference = search_difference(a_by_replicate, b_by_replicate)
     return difference.t, difference.p, difference.n
 
 
@@ -140,7 +142,7 @@ class Entry:
     scratch: Pick | None  # the view's baseline
     welch: tuple = (math.nan, math.nan)
     optimistic_welch: tuple = (math.nan, math.nan)
-    paired: tuple = (math.nan, math.nan, 0)  # (t, p, n seeds)
+    paired: tuple = (math.nan, math.nan, 0)  # (t, p, n searches)
     rank: str = ""
     optimistic_rank: str = ""
     candidates: tuple = ()  # the levels the pick chose among
@@ -180,7 +182,7 @@ def build_table(views):
                                                                    candidates=candidates),
                           pick_level(line.cell, "test_accuracy", candidates), scratch,
                           candidates=tuple(level for level in candidate_levels(line.cell)
-                                           if not candidates or level in candidates))
+                                           if level in candidates))
             if scratch:
                 for pick, attr in ((entry.pick, "welch"), (entry.optimistic, "optimistic_welch")):
                     if pick:
@@ -225,7 +227,7 @@ def _rank(entries, pick_attr, rank_attr):
 # --- formatting ---------------------------------------------------------------
 
 def _accuracy(stat):
-    """'81.72 ± 0.39 (n=4)' in percent, or '81.72 (n=1)'."""
+    """'81.72 ± 0.39 (n=4)' in percent (n: ticket searches), or '81.72 (n=1)'."""
     if stat.n == 0:
         return MISSING
     if stat.n == 1:
@@ -265,10 +267,9 @@ def _is_scratch_column(table, column):
     return any(cells[column].line.role == "scratch" for _, cells in table.rows if column in cells)
 
 
-def table2_markdown(table, primary=None, recipe_notes=()):
+def table2_markdown(table, primary=None):
     """Table 2 as Markdown; `primary` (primary.markdown's text) comes first when the grid
-    named a primary level, and Table 2 is then labelled secondary. `recipe_notes` say
-    where a target's lines were trained with different recipes."""
+    named a primary level, and Table 2 is then labelled secondary."""
     def by_val(e):
         return _marked(_accuracy(e.pick.test) if e.pick else MISSING, e.rank)
 
@@ -277,7 +278,7 @@ def table2_markdown(table, primary=None, recipe_notes=()):
                        e.optimistic_rank)
 
     def candidates(e):
-        return ",".join(map(str, e.candidates)) or MISSING
+        return ",".join(map(str, e.candidates)) or "none shared"
 
     def noisy(e):
         flagged, recorded = e.noisy_stops
@@ -294,20 +295,17 @@ def table2_markdown(table, primary=None, recipe_notes=()):
         title,
         "",
         "Each pruned cell is the level L >= 1 with the highest mean *validation* accuracy over "
-        "seeds (among the levels finished by the most seeds, and of those the ones every pruned "
-        "line of the target has; ties: lower level); its *test* accuracy is shown. Scratch is "
-        "the dense model. Mean ± sample std (ddof=1) over n seeds (a seed \"0/2\" is tickets "
-        "seed 0 fine-tuned with seed 2); n=1 has no spread. **Bold**: best in the row, "
+        "ticket searches (among the levels finished by the most runs, and of those the ones "
+        "every pruned line of the target has; ties: lower level); its *test* accuracy is "
+        "shown. Scratch is the dense model. The unit is the ticket search: each search's "
+        "transfer seeds are averaged first, then mean ± sample std (ddof=1) over the n "
+        "searches; n=1 has no spread. **Bold**: best in the row, "
         f"_italic_: second best (scratch included). {MISSING}: no finished run."
         + (" Picking the best of several levels on the same seeds favours the pruned cells; "
            "the primary result above names its level in advance." if primary else ""),
         "",
         _markdown_table(table, by_val),
     ]
-    if recipe_notes:
-        parts += ["**Recipes differ between the lines compared** (a comparison of them mixes "
-                  "the recipe with the condition):", ""]
-        parts += [f"- {note}" for note in recipe_notes] + [""]
     parts += [
         "## Candidate levels and early stops on noise",
         "",
@@ -319,18 +317,19 @@ def table2_markdown(table, primary=None, recipe_notes=()):
         _markdown_table(table, noisy, scratch + pruned),
         "## Welch's t-test: best pruned model vs scratch (p-value)",
         "",
-        "Two-sided, unequal variances, on the per-seed test accuracies of the level above and of "
-        f"scratch; {MISSING} when either side has fewer than 2 seeds.",
+        "Two-sided, unequal variances, on the per-search test accuracies of the level above and "
+        f"of scratch; {MISSING} when either side has fewer than 2 searches.",
         "",
         _markdown_table(table, lambda e: _p_value(e.welch[1]), pruned),
-        "## Paired t-test: best pruned model vs scratch (p-value, n seeds)",
+        "## Paired t-test: best pruned model vs scratch (p-value, n searches)",
         "",
-        "Two-sided, on the per-seed differences over the seeds both have: a seed's runs start "
-        "from the same θ_0 and see the same target carve and data order, so the samples are "
-        "paired (Welch's test above treats them as independent). Caveat: neither test accounts "
-        "for the level having been picked on these seeds' validation accuracy, and with 3-4 "
-        f"seeds either has little power. {MISSING} when fewer than 2 seeds are shared or the "
-        "differences are constant.",
+        "Two-sided, with the ticket search as the unit: each search's mean difference over the "
+        "transfer seeds both sides have (a tickets seed's runs start from the same θ_0; a "
+        "transfer seed fixes the head and the target's batches), then the one-sample t-test "
+        "of those means (Welch's test above treats the sides as independent). Caveat: neither "
+        "test accounts for the level having been picked on these searches' validation "
+        f"accuracy, and with few searches either has little power. {MISSING} when fewer than 2 "
+        "searches are shared or their differences are constant.",
         "",
         _markdown_table(table, lambda e: (f"{_p_value(e.paired[1])} (n={e.paired[2]})"
                                           if not math.isnan(e.paired[1]) else MISSING), pruned),
@@ -343,40 +342,6 @@ def table2_markdown(table, primary=None, recipe_notes=()):
         _markdown_table(table, by_test),
     ]
     return "\n".join(parts)
-
-
-def recipe_differences(views):
-    """One line per target view whose lines were trained with different recipes (the
-    fine-tuning and search settings of settings.RECIPE but the seed): which setting, and
-    which lines had which value."""
-    from lth_keras import settings
-
-    defaults = {f.name: f.default for group in settings.FIND_TICKETS
-                for f in dataclasses.fields(group)}
-    fields = [name for name in settings.RECIPE if name != "seed"]
-    notes = []
-    for view in views:
-        lines = view.scratch + view.fig3_lines() + view.final
-        differing = []
-        for name in fields:
-            by_value = {}
-            for line in lines:
-                value = line.cell.setting.get(name, defaults[name])
-                value = tuple(value) if isinstance(value, list) else value
-                by_value.setdefault(value, []).append(line.label)
-            if len(by_value) > 1:
-                differing.append(f"{name} " + "; ".join(
-                    f"{_short(value)} ({', '.join(labels)})" for value, labels in
-                    sorted(by_value.items(), key=lambda kv: str(kv[0]))))
-        if differing:
-            notes.append(f"{view.title}: " + " — ".join(differing))
-    return notes
-
-
-def _short(value):
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def table3_markdown(table):
@@ -580,9 +545,11 @@ def levels_csv(views):
 
 
 def levels_markdown(views):
-    """Per target view, test accuracy (mean ± std over seeds) of every line at every level."""
+    """Per target view, test accuracy (mean ± std over searches) of every line at every
+    level."""
     out = ["# Test accuracy at every level (%)", "",
-           "Mean ± sample std (ddof=1) over the n seeds that finished the level; density is "
+           "Mean ± sample std (ddof=1) over the n ticket searches that finished the level "
+           "(each search's transfer seeds averaged first); density is "
            f"the fraction of prunable weights left. {MISSING}: no finished run.", ""]
     for view in views:
         lines = _view_lines(view)

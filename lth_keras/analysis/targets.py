@@ -2,7 +2,11 @@
 
 A target is a dataset that transfers were fine-tuned on, or a non-natural
 dataset that tickets were searched on. Its cells are split by architecture
-(model and input size), so a view never mixes models. Within a view:
+(model and input size) and by recipe (the training settings of settings.RECIPE but
+the seed: batch, learning rate and schedule, epochs, patience, precision, BatchNorm),
+so a view never mixes models or recipes: every comparison in it is like with like, and
+a root that holds two recipes gives one view per recipe, titled by what differs.
+Within a view:
 
   sources          rewind transfers (m_L ⊙ θ_k), one line per ticket source
   target_tickets   find_tickets runs on the target itself, full training set
@@ -19,6 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import json
+
+from lth_keras import settings
 from lth_keras.analysis.cells import distinct_labels
 from lth_keras.analysis.collect import TICKETS
 from lth_keras.datasets import SOURCES, TARGETS
@@ -73,20 +80,54 @@ def build_views(cells, natural=NATURAL_SOURCES):
     groups = {}
     for cell in cells:
         if cell.dataset in targets:
-            groups.setdefault((cell.dataset, cell.model, cell.image_size), []).append(cell)
+            key = (cell.dataset, cell.model, cell.image_size, json.dumps(recipe(cell)))
+            groups.setdefault(key, []).append(cell)
     order = {name: i for i, name in enumerate(TARGETS)}
-    keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), k[0], k[1], k[2]))
-    models_per_target = {}
-    for target, model, size in keys:
-        models_per_target.setdefault(target, set()).add((model, size))
+    keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), *k))
+    per_target = {}
+    for key in keys:
+        per_target.setdefault(key[0], []).append(key)
 
     views = []
-    for target, model, size in keys:
-        title = target if len(models_per_target[target]) == 1 else f"{target} ({model}, {size}px)"
+    for target, model, size, recipe_text in keys:
+        title = _title(target, model, size, recipe_text, per_target[target])
         view = TargetView(target, model, size, title, natural)
-        _fill(view, groups[(target, model, size)])
+        _fill(view, groups[(target, model, size, recipe_text)])
         views.append(view)
     return views
+
+
+def recipe(cell):
+    """{setting: value} of the training recipe a cell's runs used (settings.RECIPE but the
+    seed; defaults where the record leaves a setting out)."""
+    defaults = {f.name: f.default for group in settings.FIND_TICKETS
+                for f in dataclasses.fields(group)}
+    out = {}
+    for name in settings.RECIPE:
+        if name != "seed":
+            value = cell.setting.get(name, defaults[name])
+            out[name] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def _title(target, model, size, recipe_text, siblings):
+    """The target's name, with the architecture and the recipe settings that tell this view
+    from the target's other views."""
+    if len(siblings) == 1:
+        return target
+    parts = []
+    if len({(m, s) for _, m, s, _ in siblings}) > 1:
+        parts.append(f"{model}, {size}px")
+    mine, others = json.loads(recipe_text), [json.loads(k[3]) for k in siblings]
+    differing = [name for name in mine if len({json.dumps(o[name]) for o in others}) > 1]
+    parts += [f"{name}={_short(mine[name])}" for name in differing]
+    return f"{target} ({', '.join(parts)})"
+
+
+def _short(value):
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _fill(view, cells):

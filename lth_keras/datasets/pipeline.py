@@ -21,6 +21,10 @@ from lth_keras.datasets.plan import InputPlan, channel_stats, resize_size  # noq
 __all__ = ["InputPipeline", "channel_stats", "resize_size"]
 
 STREAM_BYTES = 256 << 20
+# Batches made in parallel, and made ahead of the step: enough to keep a step fed on a
+# host that also trains (the batch is a gather and a crop, a small fraction of a step).
+MAP_CALLS = 2
+PREFETCH = 4
 
 
 class InputPipeline(InputPlan):
@@ -34,6 +38,11 @@ class InputPipeline(InputPlan):
         self._evaluation = {}
         self._options = tf.data.Options()
         self._options.deterministic = True
+        # tf.data's autotuning thread sleeps between optimisations, up to 60 s as a run
+        # goes on, and deleting an iterator waits for it: every epoch's iterators (training,
+        # precise BN, evaluation) stalled the process for seconds to a minute with no CPU
+        # in use (measured: tools/benchmark/iterator_deletion.py). Fixed parallelism instead.
+        self._options.autotune.enabled = False
 
     @classmethod
     def of(cls, plan: InputPlan) -> "InputPipeline":
@@ -100,8 +109,8 @@ class InputPipeline(InputPlan):
         from batch `start_step` on (a run resumed in the middle of an epoch)."""
         order, boxes = self.train_plan(epoch)
         ds = tf.data.Dataset.from_tensor_slices((order[start_step:], boxes[start_step:]))
-        ds = ds.map(self._batch_fn("train"), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(self._options)
+        ds = ds.map(self._batch_fn("train"), num_parallel_calls=MAP_CALLS, deterministic=True)
+        return ds.prefetch(PREFETCH).with_options(self._options)
 
     def evaluation(self, split: str) -> tf.data.Dataset:
         """Centre-cropped (images, labels, weights) batches of `split` in order, every
@@ -116,9 +125,9 @@ class InputPipeline(InputPlan):
                 return images, labels, weights
 
             ds = tf.data.Dataset.from_tensor_slices((order, weights))
-            ds = ds.map(centred, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            ds = ds.map(centred, num_parallel_calls=MAP_CALLS, deterministic=True)
             # The same every time, so build it once and hand out the same dataset.
-            self._evaluation[split] = ds.prefetch(tf.data.AUTOTUNE).with_options(self._options)
+            self._evaluation[split] = ds.prefetch(PREFETCH).with_options(self._options)
         return self._evaluation[split]
 
     def evaluation_batches(self, split: str) -> int:

@@ -268,6 +268,16 @@ class EpochLoop:
 
         return statistics_steps
 
+    def _iterate(self, dataset):
+        """An iterator over `dataset`'s batches for strategy.run. With one replica (a CPU, one
+        GPU) it is the dataset's own: the strategy's distributed iterator feeds each device
+        through a per-device dataset whose tf.data autotuning cannot be turned off, and its
+        deletion at the end of every epoch and evaluation waited for that thread's sleep
+        (seconds to a minute, no CPU in use; tools/benchmark/iterator_deletion.py)."""
+        if self.strategy.num_replicas_in_sync == 1:
+            return iter(dataset)
+        return iter(self.strategy.experimental_distribute_dataset(dataset))
+
     def recompute_batchnorm(self, epoch, batches):
         """Precise BN: every BatchNormalization's moving mean and variance become the
         average of their values over the first `batches` training batches of epoch
@@ -275,8 +285,7 @@ class EpochLoop:
         if not self._statistics:
             return
         batches = min(int(batches), self.pipeline.steps_per_epoch)
-        iterator = iter(self.strategy.experimental_distribute_dataset(
-            self.pipeline.train_epoch(epoch, 0)))
+        iterator = self._iterate(self.pipeline.train_epoch(epoch, 0))
         with batch_statistics(self._batchnorm):
             sums = self._statistics_steps(iterator, tf.constant(batches))
         for variable, total in zip(self._statistics, sums):
@@ -286,7 +295,7 @@ class EpochLoop:
         """{"loss", "accuracy"} on a split, in inference mode (one host read)."""
         dataset = self.pipeline.evaluation(split)
         steps = self.pipeline.evaluation_batches(split)
-        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        iterator = self._iterate(dataset)
         totals = self._eval_steps(iterator, tf.constant(steps)).numpy()
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
 
@@ -295,8 +304,7 @@ class EpochLoop:
         (sums: loss, correct, count, steps done). `stop()` true ends it early, at a call
         boundary."""
         steps = self.pipeline.steps_per_epoch
-        iterator = iter(self.strategy.experimental_distribute_dataset(
-            self.pipeline.train_epoch(epoch, start_step)))
+        iterator = self._iterate(self.pipeline.train_epoch(epoch, start_step))
         totals = tf.constant(np.zeros(3) if sums is None else np.asarray(sums), tf.float64)
         done = start_step
         while done < steps and not (stop and stop()):
