@@ -35,7 +35,6 @@ import sys
 import time
 
 from lth_keras import artifacts, settings
-from lth_keras.datasets.sources import SOURCES
 from lth_keras.errors import GridError, UserError
 from lth_keras.lottery.directory import (GRID_RECORD, OUTPUT_ROOT, THETA_0, RunDirectory,
                                          StabilityRun)
@@ -108,8 +107,8 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
            control_transfer_seeds=None, tickets_first=True):
     """The grid's runs, each listed after the runs it needs.
 
-    Natural sources keep the preset's --train_fraction; targets and related
-    sources are used whole, except by train_fractions. With `tickets_first` every
+    Natural sources (--sources: names or folders) keep the preset's --train_fraction;
+    targets and related sources are used whole, except by train_fractions. With `tickets_first` every
     find_tickets run comes first (a sharded grid's tasks then start with tickets);
     otherwise seed by seed, and within a seed transfer seed by transfer seed with
     scratch first, so that a grid cut short leaves complete pairs. The controls are
@@ -131,11 +130,11 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         raise ValueError("scratch takes θ_0 from a ticket run: add sources or target_tickets")
     runs = {}
 
-    def tickets(dataset, seed, fraction=None):
+    def tickets(dataset, seed, fraction=None, natural=False):
         label = dataset_label(dataset)
         name = f"tickets/{label}-seed{seed}" + (f"-frac{fraction:g}" if fraction else "")
         args = [f"--source={dataset}", f"--seed={seed}"]
-        if dataset not in SOURCES or fraction:  # natural sources keep the preset's subset
+        if not natural or fraction:  # natural sources (named or folders) keep the preset's
             args.append(f"--train_fraction={fraction or 1}")
         runs.setdefault(name, GridRun(name, "find_tickets", tuple(args)))
         return name
@@ -161,7 +160,7 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         runs.setdefault(name, GridRun(name, "stability", tuple(args), tickets=ticket_run))
 
     for seed in seeds:
-        natural = ({source: tickets(source, seed) for source in sources}
+        natural = ({source: tickets(source, seed, natural=True) for source in sources}
                    if {"rewind", "final", "scratch", "source_reinit", "source_random",
                        "stability"} & set(conditions) else {})
         if "stability" in conditions:

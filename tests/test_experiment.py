@@ -58,6 +58,10 @@ def test_grid_expands_to_the_expected_runs():
     assert not any(a.startswith("--train_fraction") for a in
                    by_name["tickets/cifar10-seed0"].args)
     assert "--train_fraction=0.5" in by_name["tickets/human_lba-seed1-frac0.5"].args
+    # A natural source given as a folder keeps its preset's subset too.
+    folder = grid.expand(sources=["/data/cifar10_jpeg"], targets=["histo"], seeds=[0],
+                         conditions=["rewind"])
+    assert folder[0].args == ("--source=/data/cifar10_jpeg", "--seed=0")
     # Every run comes after the runs it needs.
     position = {name: i for i, name in enumerate(names)}
     assert all(position[n] < position[run.name] for run in runs for n in run.needs)
