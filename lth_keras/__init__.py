@@ -1,13 +1,13 @@
 """lth_keras: lottery tickets found on natural images, transferred to non-natural ones.
 
 The Python API (lth_keras/api.py): lth_keras.find_tickets, transfer, stability,
-experiment, analyze and export; settings objects in lth_keras.settings. Imported on first use, so that
+experiment, analyze, plan and export; settings objects in lth_keras.settings. Imported on first use, so that
 `import lth_keras` stays light.
 """
 
 from lth_keras.version import __version__
 
-API = ("find_tickets", "transfer", "stability", "experiment", "analyze", "export")
+API = ("find_tickets", "transfer", "stability", "experiment", "analyze", "plan", "export")
 __all__ = ["__version__", *API]
 
 

@@ -19,6 +19,7 @@ process). Each function is one short step from its settings to lth_keras.lottery
 (the protocols), grid, analysis or tflite.
 """
 
+import dataclasses
 import os
 
 from lth_keras import settings
@@ -130,6 +131,45 @@ def analyze(runs, *, output_dir=None, **options):
         for name, data in result.files.items():
             artifacts.write_bytes(os.path.join(output_dir, name), data)
     return result
+
+
+@dataclasses.dataclass
+class PlanResult:
+    plan: object      # analysis.planning.Plan
+    markdown: str
+    rows: list        # plan.csv's rows
+    files: dict       # {name: bytes}, written to output_dir when given
+
+
+def plan(runs, *, output_dir=None, **options):
+    """Plans a study from the pilot grid under `runs` (a path or a list).
+
+    Options are the Planning settings: level, effect (points), power, alpha, design
+    ("8x2" or (8, 2)), max_searches, max_transfer_seeds, throughput (images/s). Returns a
+    PlanResult; plan.md and plan.csv are written to `output_dir` when it is given.
+    """
+    from lth_keras import artifacts
+    from lth_keras.analysis import planning, tables
+
+    if isinstance(options.get("design"), (tuple, list)):
+        options["design"] = "x".join(map(str, options["design"]))
+    roots = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs or ())
+    groups, _ = settings.resolve((settings.Planning,), options=dict(options, runs=roots))
+    settings.check(groups)
+    spec = groups[settings.Planning]
+    found = planning.plan_study(list(spec.runs), level=spec.level, effect=spec.effect / 100,
+                                power=spec.power, alpha=spec.alpha, design=spec.design_pair(),
+                                max_searches=spec.max_searches,
+                                max_transfer_seeds=spec.max_transfer_seeds,
+                                throughput=spec.throughput or None)
+    text = planning.markdown(found, spec.power, spec.alpha)
+    rows = planning.rows(found)
+    files = {"plan.md": text.encode(),
+             "plan.csv": tables.csv_text(planning.PLAN_CSV, rows).encode()}
+    if output_dir:
+        for name, data in files.items():
+            artifacts.write_bytes(os.path.join(output_dir, name), data)
+    return PlanResult(found, text, rows, files)
 
 
 def export(run, level, *, output_dir=None, **options):

@@ -430,6 +430,51 @@ class Analysis:
 
 
 @dataclasses.dataclass(frozen=True)
+class Planning:
+    """What `plan` reads and assumes (lth_keras/analysis/planning.py); it writes plan.md and
+    plan.csv to --output_dir."""
+    runs: tuple = option(None, "Comma list of directories holding the pilot grid's runs (at "
+                               "least 3 ticket searches with 2 transfer seeds each).",
+                         item=str, result=False)
+    level: int = option(None, "The level of the ticket - scratch contrast (default: the "
+                              "primary level the pilot's grid named).", result=False)
+    effect: float = option(2.0, "The true difference to detect, in points of accuracy.",
+                           result=False)
+    power: float = option(0.8, "The power wanted.", result=False)
+    alpha: float = option(0.05, "The two-sided test's level.", result=False)
+    design: str = option("", "A design to evaluate beside the cheapest, SEARCHESxSEEDS "
+                             "(e.g. 8x2): its power and the effect it detects.",
+                         result=False)
+    max_searches: int = option(100, "The most searches a design may have.", result=False)
+    max_transfer_seeds: int = option(8, "The most transfer seeds per search a design may "
+                                        "have.", result=False)
+    throughput: float = option(0.0, "Images per second that hours are computed at (0: the "
+                                    "pilot's own wall times).", result=False)
+
+    def check(self):
+        _check(self.runs, "--runs is required: the pilot grid's directory")
+        _check(self.effect > 0, "--effect must be > 0 (points of accuracy)")
+        _check(0 < self.power < 1 and 0 < self.alpha < 1, "--power and --alpha must be in (0, 1)")
+        _check(self.max_searches >= 2 and self.max_transfer_seeds >= 1,
+               "--max_searches must be >= 2 and --max_transfer_seeds >= 1")
+        _check(self.throughput >= 0, "--throughput must be >= 0 (images per second)")
+        self.design_pair()
+
+    def design_pair(self):
+        """(searches, transfer seeds) of --design, or None."""
+        if not self.design:
+            return None
+        n, _, m = self.design.lower().partition("x")
+        try:
+            n, m = int(n), int(m)
+        except ValueError:
+            n = m = 0
+        _check(n >= 2 and m >= 1, f"--design must be SEARCHESxSEEDS with at least 2 searches "
+                                  f"and 1 seed (e.g. 8x2), got {self.design!r}")
+        return n, m
+
+
+@dataclasses.dataclass(frozen=True)
 class Export:
     """What `export` converts (lth_keras/tflite.py); it writes to --output_dir."""
     run: str = option(None, "A transfer (or find_tickets) run directory.", result=False)
@@ -460,6 +505,7 @@ TRANSFER = COMMON + (Transfer,)
 STABILITY = COMMON + (Stability,)
 EXPERIMENT = COMMON + (Grid,)
 ANALYZE = (Analysis, Run)
+PLAN = (Planning, Run)
 EXPORT = (Export, Run)
 
 

@@ -45,6 +45,9 @@ class Level:
     best_epoch: int = None
     epochs: int = None
     noisy_stop: bool = None  # early stopping fired on noise (None: not recorded, < 0.5)
+    images: int = None      # what training the level cost (None: not recorded)
+    flops: float = None     # training FLOPs, dense kernels
+    seconds: float = None
 
 
 @dataclasses.dataclass
@@ -268,6 +271,8 @@ def _read_level(path, level, run):
         layer_density[name] = _Fields(path, info, prefix=f"density.layers.{name}.").get(
             "density", numbers.Real)
     noisy = metrics.get("noisy_stop")
+    cost = metrics.get("cost") if isinstance(metrics.get("cost"), dict) else {}
+    flops = cost.get("training_flops") if isinstance(cost.get("training_flops"), dict) else {}
     return Level(level=level, density=float(density.get("density", numbers.Real)),
                  fraction_pruned=float(density.get("fraction_pruned", numbers.Real)),
                  fraction_pruned_all_params=float(
@@ -276,7 +281,9 @@ def _read_level(path, level, run):
                  test_accuracy=float(test.get("accuracy", numbers.Real)),
                  layer_density=layer_density, best_epoch=metrics.get("best_epoch"),
                  epochs=metrics.get("epochs"),
-                 noisy_stop=noisy if isinstance(noisy, bool) else None)
+                 noisy_stop=noisy if isinstance(noisy, bool) else None,
+                 images=cost.get("images"), flops=flops.get("dense"),
+                 seconds=cost.get("seconds"))
 
 
 def _read_json(path):

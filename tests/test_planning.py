@@ -1,0 +1,108 @@
+"""The study planner: power against published and hand-computed numbers, the cheapest
+design, and a plan made from a fabricated pilot grid (tests/test_analyze.py's formats)."""
+
+import math
+import os
+
+import pytest
+from scipy import stats
+
+from conftest import run_binary
+from lth_keras.analysis import planning
+from test_analyze import make_pairs_grid, make_tickets, make_transfer
+
+
+def _nct_power(effect_sd, n):
+    """The reference: scipy's noncentral t, a different algorithm from ours (which
+    integrates over the chi-square of the variance)."""
+    df, lam = n - 1, effect_sd * math.sqrt(n)
+    critical = stats.t.ppf(0.975, df)
+    return stats.nct.sf(critical, df, lam) + stats.nct.cdf(-critical, df, lam)
+
+
+def test_power_against_published_numbers():
+    # G*Power, one-sample t-test, two-sided α = 0.05, d = 1: power 0.8030962 at n = 10 and
+    # 0.7476... below 0.8 at n = 9. Here d = 1 is an effect of 0.02 with σ²_b = 1e-4 and
+    # σ²_w = 9e-4 over m = 3 seeds: a search mean's variance 1e-4 + 3e-4 = 4e-4, sd 0.02.
+    assert planning.study_power(0.02, 1e-4, 9e-4, 10, 3) == pytest.approx(0.8030962, abs=2e-6)
+    assert planning.study_power(0.02, 1e-4, 9e-4, 9, 3) < 0.8
+    assert planning.searches_needed(0.02, 1e-4, 9e-4, 3) == 10
+    # The same variance from one seed per search with no within-search noise.
+    assert planning.study_power(0.02, 4e-4, 0.0, 10, 1) == pytest.approx(0.8030962, abs=2e-6)
+    # d = 0.5 at n = 34: 0.8077775 (G*Power 0.8077).
+    assert planning.study_power(0.01, 4e-4, 0.0, 34, 1) == pytest.approx(0.8077775, abs=2e-6)
+
+
+def test_the_cheapest_design_trades_searches_for_seeds():
+    # σ²_b = 1e-4, σ²_w = 9e-4, effect 0.02; a search costs 30 s, a seed 2 s. By hand:
+    # m = 1: sd of a search mean sqrt(1e-3) = 0.0316, d = 0.632, 22 searches: 22 · 32 = 704;
+    # m = 3: d = 1, 10 searches (above): 10 · 36 = 360; m = 7: 7 searches, 7 · 44 = 308,
+    # the cheapest up to 8 seeds (m = 8: 7 · 46 = 322; m = 5: 8 · 40 = 320).
+    found = planning.designs(0.02, 1e-4, 9e-4, planning.Cost(30, 0, 30), planning.Cost(2, 0, 2))
+    by_m = {d.transfer_seeds: d for d in found}
+    assert (by_m[1].searches, by_m[1].cost.seconds) == (22, 704)
+    assert (by_m[3].searches, by_m[3].cost.seconds) == (10, 360)
+    best = planning.cheapest(found)
+    assert (best.searches, best.transfer_seeds, best.cost.seconds) == (7, 7, 308)
+    for d in found:  # each is the fewest searches with 80% power, by the reference
+        sd = math.sqrt(1e-4 + 9e-4 / d.transfer_seeds)
+        assert _nct_power(0.02 / sd, d.searches) >= 0.8 > _nct_power(0.02 / sd, d.searches - 1)
+    # The effect a design detects: 10 x 3 detects 0.02 at 80.3%, so a little less at 80%.
+    assert planning.detectable(1e-4, 9e-4, 10, 3) == pytest.approx(0.019920, abs=1e-6)
+
+
+def test_a_plan_from_a_pilot_grid(tmp_path):
+    # The clustered grid of test_analyze: σ²_b = 4e-4, σ²_w = 1e-4 at level 2; every level
+    # recorded 1000 images, 10 s and 3 GFLOP: a search (levels 0-2) 30 s, a seed (the
+    # ticket's level 2 and its scratch) 20 s.
+    root = make_pairs_grid(str(tmp_path / "pilot"))
+    plan = planning.plan_study([root], effect=0.02, design=(8, 2))
+    assert plan.level == 2  # the grid's primary level
+    assert (plan.search_cost.seconds, plan.seed_cost.seconds) == (30, 20)
+    assert (plan.search_cost.images, plan.search_cost.flops) == (3000, 9e9)
+    (target,) = plan.targets
+    assert target.pilot.components.between == pytest.approx(4e-4)
+    best = target.best
+    # Little noise within a search: one seed each is cheapest.
+    assert best.transfer_seeds == 1
+    sd = math.sqrt(4e-4 + 1e-4)
+    assert _nct_power(0.02 / sd, best.searches) >= 0.8 > _nct_power(0.02 / sd, best.searches - 1)
+    assert best.cost.seconds == best.searches * 50
+    given = target.given
+    assert (given.searches, given.transfer_seeds) == (8, 2)
+    assert given.power == pytest.approx(_nct_power(0.02 / math.sqrt(4e-4 + 0.5e-4), 8), abs=1e-6)
+    assert plan.overall == best
+    text = planning.markdown(plan)
+    assert f"| 1 | {best.searches} **(cheapest)** |" in text
+    assert "The design named, 8 searches × 2 transfer seeds" in text
+
+
+def test_a_pilot_that_cannot_feed_the_planner_is_refused(tmp_path):
+    root = str(tmp_path / "pilot")
+    # Two searches, one transfer seed each: neither variance component can be told apart.
+    for s in (0, 1):
+        tickets = make_tickets(root, "cifar10", s, [(0.5, 0.5)] * 3)
+        make_transfer(root, "histo", "scratch", 0, [(0.6, 0.6)], tickets, levels=[0],
+                      name=f"scratch-{s}")
+        make_transfer(root, "histo", "rewind", 0, [(0.6, 0.6), (0.7, 0.7)], tickets,
+                      levels=[0, 2], name=f"rewind-{s}")
+    with pytest.raises(planning.PlanningError, match="needs at least 3 searches with at "
+                                                     "least 2 transfer seeds"):
+        planning.plan_study([root], level=2)
+    # The binary: one line, exit 1, nothing written.
+    out = tmp_path / "plan"
+    proc = run_binary("lth_keras.plan", f"--runs={root}", "--level=2", f"--output_dir={out}")
+    assert proc.returncode == 1 and not out.exists()
+    assert proc.stderr.strip().splitlines()[-1].startswith("plan: error: histo: the pilot has 2")
+    bad = run_binary("lth_keras.plan", f"--runs={root}", "--design=8", f"--output_dir={out}")
+    assert bad.returncode == 1 and "--design must be SEARCHESxSEEDS" in bad.stderr
+
+
+def test_the_plan_binary_writes_its_files(tmp_path):
+    root = make_pairs_grid(str(tmp_path / "pilot"))
+    out = tmp_path / "plan"
+    proc = run_binary("lth_keras.plan", f"--runs={root}", "--effect=2", "--design=8x2",
+                      f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ["plan.csv", "plan.md"]
+    assert "# Study plan: ticket − scratch at level 2" in (out / "plan.md").read_text()
