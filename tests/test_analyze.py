@@ -762,3 +762,21 @@ def test_the_controls_table_and_its_search_level_contrasts(tmp_path, capsys):
     assert "| not estimable (n = 2) |" in out
     assert "| rewind − reinit | — (a replicate lacks a level) |" in out
     assert "n = 2 ticket searches, 2 transfer seeds each" in out
+
+
+def test_the_records_copied_for_git_recompute_the_same_tables(tmp_path):
+    """tools/reference_records.py keeps what the analysis reads and nothing heavy: the
+    primary result and Table 2 recomputed from the copy are the originals."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import reference_records
+
+    root = make_pairs_grid(str(tmp_path / "grid"))
+    copy = str(tmp_path / "copy")
+    assert reference_records.copy_records(root, copy) > 0
+    assert reference_records.copy_records(root, copy) == 0  # nothing changed since
+    kept = {os.path.relpath(os.path.join(d, f), copy) for d, _, fs in os.walk(copy) for f in fs}
+    assert not any(name.endswith(".npz") for name in kept) and "grid.json" in kept
+    original = report.analyze([root], overlap=False)
+    again = report.analyze([copy], overlap=False)
+    for name in ("primary.csv", "table2.csv", "levels.csv"):
+        assert again.files[name] == original.files[name]

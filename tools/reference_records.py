@@ -1,0 +1,75 @@
+"""Copy the records behind a grid's numbers into a folder that git tracks.
+
+  python tools/reference_records.py outputs/quick_cifar outputs/reference/quick_cifar/runs
+
+Every run directory under the grid (find_tickets, transfer, stability) keeps its tree,
+with only what the analysis reads: config.json, summary.csv/.md, each level's
+metrics.json, a stability run's paths/*.json and report; the grid's grid.json and its
+timings. No weights, masks, checkpoints or TensorBoard files: a few kilobytes a run.
+`python -m lth_keras.analyze --runs=<copy> --no-mask_overlap` then recomputes every table
+from the copy (masks are what it cannot read there). Files that are already there and
+equal are left alone; the copy is atomic per file. Re-run it as runs land.
+"""
+
+import argparse
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from lth_keras import artifacts  # noqa: E402
+
+KEPT = {"config.json", "summary.csv", "summary.md", "metrics.json", "grid.json",
+        "stability.md", "stability.csv", "stability.png"}
+SKIPPED_DIRS = {"tensorboard", "__pycache__"}
+
+
+def kept(relative):
+    """Whether a file (its path relative to the grid) is a record to keep."""
+    parts = relative.split(os.sep)
+    name = parts[-1]
+    if any(p in SKIPPED_DIRS or p.startswith(".") for p in parts):
+        return False
+    if parts[0] == "logs":
+        return name.startswith("timings") and name.endswith(".json")
+    if "paths" in parts[:-1] and name.endswith(".json"):
+        return True
+    return name in KEPT
+
+
+def copy_records(grid, destination):
+    """Copies the records of `grid` into `destination`; returns how many files changed."""
+    changed = 0
+    for directory, subdirs, files in os.walk(grid):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            source = os.path.join(directory, name)
+            relative = os.path.relpath(source, grid)
+            if not kept(relative):
+                continue
+            target = os.path.join(destination, relative)
+            with open(source, "rb") as f:
+                data = f.read()
+            if os.path.exists(target):
+                with open(target, "rb") as f:
+                    if f.read() == data:
+                        continue
+            artifacts.write_bytes(target, data)
+            changed += 1
+    return changed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", help="a grid's --output_dir")
+    parser.add_argument("destination", help="where the records go (tracked by git)")
+    options = parser.parse_args(argv)
+    if not os.path.isdir(options.grid):
+        sys.exit(f"reference_records: error: {options.grid}: no such directory")
+    changed = copy_records(options.grid, options.destination)
+    print(f"{changed} file(s) written under {options.destination}")
+
+
+if __name__ == "__main__":
+    main()
