@@ -59,11 +59,12 @@ def stability(*objects, preset=None, verbose=True, **options):
     """Instability analysis of a ticket run; returns the StabilityRun, its report
     (stability.md, .csv, .png) written into it.
 
-    Example: stability(tickets=run, levels=[0, 3], rewind_points=[0, 2]). Two copies of
-    each level's m_L ⊙ θ_k train on two data orders with the ticket run's recipe (but
-    for what is named, as with transfer); `run.paths()` holds each evaluated path,
-    lth_keras.analysis.stability.rows(run) the table. The ticket run must hold level
-    0's weights after each k (find_tickets save_epochs=...).
+    Example: stability(tickets=run, levels=[0, 3], rewind_points=["0", "40it", "2"]).
+    Pairs of copies (pairs=3) of each level's m_L ⊙ θ_k train from step k to the budget's
+    step T with the ticket run's recipe (but for what is named, as with transfer), each on
+    a data order of its own; `run.paths()` holds each evaluated path,
+    lth_keras.analysis.stability.cells(pair_rows(run), threshold) the table. The ticket
+    run must hold level 0's weights at each k (find_tickets save_epochs=..., save_steps=...).
     """
     from lth_keras.analysis import stability as report
     from lth_keras.lottery import stability as protocol
@@ -76,13 +77,16 @@ def stability(*objects, preset=None, verbose=True, **options):
 
 
 def _ticket_options(options):
-    """A TicketRun given as `tickets` becomes its path; a list of `levels` a comma string."""
+    """A TicketRun given as `tickets` becomes its path; a list of `levels` a comma string;
+    rewind points may be numbers (epochs)."""
     from lth_keras.lottery import directory
 
     if isinstance(options.get("tickets"), directory.RunDirectory):
         options["tickets"] = options["tickets"].path
     if isinstance(options.get("levels"), (list, tuple)):
         options["levels"] = ",".join(str(level) for level in options["levels"])
+    if isinstance(options.get("rewind_points"), (list, tuple)):
+        options["rewind_points"] = tuple(str(k) for k in options["rewind_points"])
 
 
 def experiment(preset=None, *, list_only=False, **options):

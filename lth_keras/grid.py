@@ -225,9 +225,10 @@ def state(run, layout, rounds=None):
     directory = RunDirectory(path)
     if run.binary == "find_tickets":
         wanted = set(_ticket_levels(directory, rounds))
-    elif run.binary == "stability":  # every (level, k) it chose has its path
+    elif run.binary == "stability":  # every (level, k, pair) it chose has its path
         wanted = _record(directory, lambda config: {
-            (level, k) for level in config["levels"] for k in config["rewind_points"]})
+            (level, k, pair) for level in config["levels"] for k in config["rewind_points"]
+            for pair in range(config["pairs"])})
         paths = set(StabilityRun(path).paths())
         return DONE if wanted <= paths else PARTIAL
     else:

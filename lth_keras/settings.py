@@ -158,6 +158,10 @@ class Pruning:
     save_epochs: tuple = option((), "Epochs of level 0 whose weights are kept besides θ_0 and "
                                     "θ_k (theta_epoch_EE.npz), the rewind points that "
                                     "`stability` can try, e.g. 1,4.", item=int, result=False)
+    save_steps: tuple = option((), "Steps of level 0 whose weights are kept "
+                                   "(theta_step_SSSSSS.npz): rewind points inside an epoch "
+                                   "for `stability`, e.g. 40 (--rewind_points=40it).",
+                               item=int, result=False)
 
     def check(self, training):
         _check(self.rounds >= 0, "--rounds must be >= 0")
@@ -166,6 +170,7 @@ class Pruning:
                f"--rewind_epoch must be in [0, --max_epochs={training.max_epochs})")
         _check(all(0 <= e < training.max_epochs for e in self.save_epochs),
                f"--save_epochs must be in [0, --max_epochs={training.max_epochs})")
+        _check(all(s > 0 for s in self.save_steps), "--save_steps must be > 0 (steps)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,33 +224,59 @@ class Stability:
     tickets: str = option(None, "A find_tickets run directory.", result=False)
     levels: str = option("all", "'all' or a comma list of the ticket run's levels.",
                          result=False)
-    rewind_points: tuple = option((), "Rewind points k to try, epochs of level 0 (0: θ_0). "
-                                      "Default: every one the ticket run holds (0, its "
-                                      "rewind epoch and its --save_epochs).", item=int,
-                                  result=False)
-    data_orders: tuple = option((), "The two copies' data-order seeds (their batch order "
-                                    "and crops). Default: the ticket run's seed (its copy "
-                                    "at the run's own k is that level of the run) and that "
-                                    "seed + 1.", item=int,
-                                  result=False)  # the identity holds the seeds as resolved
+    rewind_points: tuple = option((), "Rewind points k to try: epochs of level 0 (2 or 2ep; 0: "
+                                      "θ_0) or steps (40it). Default: every one the ticket "
+                                      "run holds (0, its rewind epoch, its --save_epochs and "
+                                      "--save_steps).", item=str, result=False)
+    budget: str = option("", "T, the steps every copy trains to, from its rewind point k "
+                             "(T - k steps, the schedule continued from k, no early "
+                             "stopping, the final weights kept): epochs (10 or 10ep) or "
+                             "steps (1260it). Default: the steps level 0 of the ticket run "
+                             "trained.", result=False)  # the identity holds T as resolved
+    pairs: int = option(3, "Independent pairs of copies per level and k, each pair on two "
+                           "data orders of its own (Frankle et al. average 3).",
+                        result=False)  # more pairs add copies to the same analysis
+    data_orders: tuple = option((), "The copies' data-order seeds (their batch order and "
+                                    "crops), two per pair (one seed twice: the negative "
+                                    "control, a barrier of exactly 0). Default: the ticket "
+                                    "run's seed + 0, 1, ..., 2·pairs - 1, all distinct.",
+                                item=int,
+                                result=False)  # the identity holds the seeds as resolved
+    mask_runs: tuple = option((), "Masks per rewind point: K:RUN pairs, RUN a find_tickets "
+                                  "run rewound to epoch K (--rewind_epoch=K, else the ticket "
+                                  "run's settings); at k = K the copies start from RUN's "
+                                  "m_L ⊙ θ_K. Default: the ticket run's masks at every k.",
+                              item=str, result=False)  # the identity holds the runs' hashes
     points: int = option(11, "Points on the linear path between the two copies, ends "
                              "included.")
-    bn: str = option("reestimate", "BatchNormalization statistics at the path's inner points: "
-                                   "re-estimated on training batches at the interpolated "
+    bn: str = option("reestimate", "BatchNormalization statistics at every point of the path, "
+                                   "ends included: re-estimated on training batches at its "
                                    "weights (reestimate), or interpolated like the weights "
-                                   "(interpolate).", choices=BN_AT_INTERPOLATION)
+                                   "(interpolate; the ends keep the copies' own).",
+                     choices=BN_AT_INTERPOLATION)
     bn_batches: int = option(20, "Training batches the statistics are re-estimated on.")
     threshold: float = option(0.02, "The error barrier (a fraction) below which a copy pair "
                                     "counts as stable (Frankle et al.: 2%).", result=False)
 
     def check(self):
+        from lth_keras import steps
+
         _check(self.tickets, "--tickets is required: a find_tickets run directory")
-        _check(not self.data_orders or len(self.data_orders) == 2,
-               "--data_orders takes the two copies' seeds, e.g. 0,1")
+        _check(self.pairs >= 1, "--pairs must be >= 1")
+        _check(not self.data_orders or len(self.data_orders) == 2 * self.pairs,
+               f"--data_orders takes the copies' seeds, two per pair: {2 * self.pairs} for "
+               f"--pairs={self.pairs}")
         _check(self.points >= 3, "--points must be >= 3 (the two ends and a point between)")
         _check(self.bn_batches >= 1, "--bn_batches must be >= 1")
         _check(0 < self.threshold < 1, "--threshold must be in (0, 1)")
-        _check(all(k >= 0 for k in self.rewind_points), "--rewind_points must be >= 0")
+        try:
+            steps.check(self.rewind_points)
+            steps.check([self.budget] if self.budget else [])
+        except ValueError as e:
+            raise SettingsError(f"--rewind_points / --budget: {e}") from None
+        pairs = [m.split(":", 1) for m in self.mask_runs]
+        _check(all(len(p) == 2 and p[0].strip().isdigit() and p[1] for p in pairs),
+               "--mask_runs takes K:RUN pairs, K an epoch, e.g. 0:outputs/tickets/run-k0")
         _check_choices(self)
 
 

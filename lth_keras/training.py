@@ -70,9 +70,13 @@ class TrainingResult:
     val: dict              # {"loss", "accuracy"} of the kept weights
     test: dict
     noisy_stop: bool = False  # see noisy_stop()
+    budget: dict = None    # a fixed budget: {"first_step", "last_step", "steps"}
 
     def as_dict(self):
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.budget is None:  # early-stopped levels record what they always have
+            del out["budget"]
+        return out
 
 
 class Trainer:
@@ -134,14 +138,16 @@ class Trainer:
         """{"loss", "accuracy"} on a split, in inference mode."""
         return self.loop.evaluate(split)
 
-    def _train_epoch(self, epoch, state):
-        """Trains epoch `epoch` from `state`'s step on; (sums, steps done)."""
+    def _train_epoch(self, epoch, state, end_step=None):
+        """Trains epoch `epoch` from `state`'s step on (with its sums), up to `end_step`
+        (None: the epoch's end); (sums, steps done)."""
         progress = None
         if self.verbose and sys.stdout.isatty():
             progress = keras.utils.Progbar(self.plan.steps_per_epoch,
                                            stateful_metrics=["loss", "accuracy"])
         sums, done = self.loop.train_epoch(epoch, start_step=state["step"], sums=state["sums"],
-                                           progress=progress, stop=interruptions.requested)
+                                           progress=progress, stop=interruptions.requested,
+                                           end_step=end_step)
         if not math.isfinite(sums[0]):
             raise TrainingDivergedError(
                 f"the training loss became {sums[0]} in epoch {epoch + 1}; lower "
@@ -149,8 +155,9 @@ class Trainer:
         return sums, done
 
     def fit(self, *, checkpoint_path=None, min_epochs=0, on_epoch_end=None,
-            metrics_tag=""):
-        """Trains to early stopping and leaves the best-validation-loss weights in the model.
+            metrics_tag="", first_step=0, last_step=None, snapshot_steps=(), on_step=None):
+        """Trains and leaves the kept weights in the model: to early stopping, keeping the
+        best-validation-loss weights; or, with `last_step`, for a fixed budget.
 
         Args:
           checkpoint_path: an .npz of the training state, written at the end of an epoch
@@ -161,11 +168,22 @@ class Trainer:
           on_epoch_end: called as on_epoch_end(epoch) after each 1-based epoch,
             before that epoch is checkpointed (the θ_k snapshot hook).
           metrics_tag: prefix for log lines.
+          first_step: the global step training starts from (a rewind point inside level
+            0's training): its epoch and batch, and the learning rate schedule at it.
+          last_step: a fixed budget: train up to this global step, no early stopping, and
+            keep the final weights (Frankle et al.'s copies "trained to completion").
+          snapshot_steps, on_step: on_step(step) is called when training reaches each of
+            these global steps (the --save_steps hook), inside an epoch too.
         """
         recipe = self.training
+        steps_per_epoch = self.plan.steps_per_epoch
+        fixed = last_step is not None
         # step/sums: how far into epoch `epoch` a run interrupted mid-epoch had got.
-        state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0,
-                 "wait": 0, "step": 0, "sums": None}
+        state = {"epoch": first_step // steps_per_epoch, "history": [],
+                 "best_val_loss": math.inf, "best_epoch": 0, "wait": 0,
+                 "step": first_step % steps_per_epoch, "sums": None}
+        if first_step:  # the schedule goes on from the rewind point; momentum starts fresh
+            self.optimizer.iterations.assign(first_step)
         best = None
         if checkpoint_path and os.path.exists(checkpoint_path):
             restored = self._restore(checkpoint_path)
@@ -183,22 +201,40 @@ class Trainer:
             if checkpoint_path and self.runtime.is_chief:
                 self._save(checkpoint_path, state, best)
 
+        def interrupted(done):
+            state["step"] = done
+            checkpoint()
+            raise TrainingInterrupted(interruptions.signum, checkpoint_path)
+
         last_saved = time.monotonic()
         stopped_early = False
         interruptions.training = True
         try:
-            while state["epoch"] < recipe.max_epochs:
-                if state["wait"] >= recipe.patience and state["epoch"] >= min_epochs:
+            while True:
+                epoch = state["epoch"]
+                if fixed:
+                    if epoch * steps_per_epoch + state["step"] >= last_step:
+                        break
+                elif epoch >= recipe.max_epochs:
+                    break
+                elif state["wait"] >= recipe.patience and epoch >= min_epochs:
                     stopped_early = True
                     break
-                epoch = state["epoch"]
+                end = (min(steps_per_epoch, last_step - epoch * steps_per_epoch) if fixed
+                       else steps_per_epoch)
+                begin = max(0, first_step - epoch * steps_per_epoch)
                 lr = self.schedule.lr_at_epoch(epoch)
                 start = time.time()
-                sums, done = self._train_epoch(epoch, state)
-                if done < self.plan.steps_per_epoch:  # stopped by a signal
-                    state.update(step=done, sums=[float(x) for x in sums])
-                    checkpoint()
-                    raise TrainingInterrupted(interruptions.signum, checkpoint_path)
+                stops = sorted(s - epoch * steps_per_epoch for s in snapshot_steps
+                               if state["step"] < s - epoch * steps_per_epoch < end)
+                for stop in [*stops, end]:
+                    sums, done = self._train_epoch(epoch, state, end_step=stop)
+                    state["sums"] = [float(x) for x in sums]
+                    if done < stop:  # stopped by a signal
+                        interrupted(done)
+                    state["step"] = done
+                    if stop < end and on_step:
+                        on_step(epoch * steps_per_epoch + stop)
                 state.update(step=0, sums=None)
                 if recipe.precise_bn:
                     # The moving statistics of a fast-moving network lag its weights; the
@@ -208,13 +244,14 @@ class Trainer:
                 record = {"epoch": epoch + 1, "lr": lr, "train_loss": sums[0] / sums[2],
                           "train_accuracy": sums[1] / sums[2], "val_loss": val["loss"],
                           "val_accuracy": val["accuracy"],
-                          "images": int(self.plan.steps_per_epoch * self.plan.batch_size),
+                          "images": int((end - begin) * self.plan.batch_size),
                           "seconds": time.time() - start}
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
-                if val["loss"] < state["best_val_loss"]:
+                if fixed or val["loss"] < state["best_val_loss"]:
                     state.update(best_val_loss=val["loss"], best_epoch=epoch + 1, wait=0)
-                    best = weights.snapshot(self.model)
+                    # A fixed budget keeps the final weights: written when training ends.
+                    best = None if fixed else weights.snapshot(self.model)
                 else:
                     state["wait"] += 1
                 self._log_epoch(record, metrics_tag)
@@ -229,19 +266,26 @@ class Trainer:
         finally:
             interruptions.training = False
 
-        if best is None:
+        if fixed:
+            if not state["history"]:
+                raise TrainingDivergedError(f"a budget of step {last_step} from step "
+                                            f"{first_step} trains nothing")
+        elif best is None:
             raise TrainingDivergedError(
                 f"the validation loss was never finite in {state['epoch']} epochs")
-        weights.assign(self.model, best)
-        kept = state["history"][state["best_epoch"] - 1]
-        stopped = stopped_early or state["wait"] >= recipe.patience
+        else:
+            weights.assign(self.model, best)
+        kept = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
+        stopped = stopped_early or (not fixed and state["wait"] >= recipe.patience)
         result = TrainingResult(
             history=state["history"], best_epoch=state["best_epoch"], epochs=state["epoch"],
             stopped_early=stopped,
             val={"loss": kept["val_loss"], "accuracy": kept["val_accuracy"]},
             test=self.evaluate("test"),
             noisy_stop=noisy_stop(state["history"], state["best_epoch"], stopped,
-                                  recipe.patience))
+                                  recipe.patience),
+            budget={"first_step": first_step, "last_step": last_step,
+                    "steps": last_step - first_step} if fixed else None)
         if self._writer:
             self._writer.scalar("test/accuracy", result.test["accuracy"], result.best_epoch)
             self._writer.scalar("test/loss", result.test["loss"], result.best_epoch)

@@ -284,7 +284,7 @@ def test_a_grid_in_one_process_trains_as_child_processes_do(tiny_grid, tmp_path)
     # The stability run of the tickets, at level 2 and every rewind point they hold.
     from lth_keras.lottery.directory import StabilityRun
     stability = StabilityRun(str(root / "stability" / "fashion_mnist-seed0"))
-    assert sorted(stability.paths()) == [(2, 0), (2, 1)]
+    assert sorted(stability.paths()) == [(2, k, pair) for k in ("00", "01") for pair in range(3)]
     assert (root / "stability" / "fashion_mnist-seed0" / "stability.md").exists()
     by_name = {run.name: run for run in grid.expand(
         sources=["fashion_mnist"], targets=["colours"], seeds=[0],

@@ -1,6 +1,9 @@
-"""Instability analysis on cases whose answer is known: a copy at the run's own k is the
-ticket level, copies on one data order have a barrier of 0, the path's ends are the
-copies, and BatchNorm statistics at the inner points are re-estimated."""
+"""Instability analysis on cases whose answer is known: copies train a fixed budget from
+their rewind point (a copy from θ_0 on the ticket's data order for level 0's best epochs
+is that level; a copy from a step inside an epoch continues the exact batches), copies
+on one data order have no barrier, copies with permuted hidden units a large one, every
+point is evaluated alike (the re-estimated end is the copy as precise BN evaluates it),
+and several pairs, rewind points in steps and masks per k are what they say."""
 
 import os
 import shutil
@@ -19,8 +22,9 @@ from lth_keras.lottery.directory import StabilityRun
 
 pytestmark = pytest.mark.slow
 
-# tiny_tickets: LeNet (no BatchNorm), levels 0..2, rewind epoch 1, seed 3.
-LEVELS, POINTS = "0,2", 5
+# tiny_tickets: LeNet (no BatchNorm), levels 0..2, rewind epoch 1, seed 3, 8 steps an epoch
+# (270 training images, batch 32).
+LEVELS, POINTS, STEPS_PER_EPOCH = "0,2", 5, 8
 
 
 def _stability(tickets, output_dir, *extra, data_dir):
@@ -37,27 +41,79 @@ def _stability_here(tickets, output_dir, *extra, data_dir):
 @pytest.fixture(scope="module")
 def stability_run(tiny_tickets, tiny_fashion_dir, tmp_path_factory):
     return _stability_here(tiny_tickets.path, str(tmp_path_factory.mktemp("stability") / "run"),
-                           f"--levels={LEVELS}", f"--points={POINTS}", data_dir=tiny_fashion_dir)
+                           f"--levels={LEVELS}", f"--points={POINTS}", "--pairs=2",
+                           data_dir=tiny_fashion_dir)
 
 
-def test_every_level_and_rewind_point_has_a_path_of_the_points_asked(stability_run):
+def _budget(tiny_tickets):
+    return tiny_tickets.metrics(0)["epochs"] * STEPS_PER_EPOCH
+
+
+def test_every_level_rewind_point_and_pair_has_a_path_of_the_points_asked(stability_run):
     paths = stability_run.paths()
-    assert sorted(paths) == [(0, 0), (0, 1), (2, 0), (2, 1)]  # k: θ_0 and the run's θ_k
-    for (level, k), path in paths.items():
-        assert [p["alpha"] for p in path["points"]] == list(np.linspace(0, 1, POINTS))
-        errors = [1 - p["test"]["accuracy"] for p in path["points"]]
-        assert path["barrier"]["test"] == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2)
+    # k: θ_0 and the run's θ_k (epoch 1); two pairs each.
+    assert sorted(paths) == [(level, k, pair) for level in (0, 2) for k in ("00", "01")
+                             for pair in (0, 1)]
+    alphas = np.linspace(0, 1, POINTS)
+    for (level, k, pair), path in paths.items():
+        assert [p["alpha"] for p in path["points"]] == list(alphas)
+        for split in ("val", "test"):
+            errors = [1 - p[split]["accuracy"] for p in path["points"]]
+            assert path["barrier"][split] == pytest.approx(
+                max(errors) - (errors[0] + errors[-1]) / 2)
+            assert path["inside"][split] == pytest.approx(max(
+                e - ((1 - a) * errors[0] + a * errors[-1]) for a, e in zip(alphas, errors)))
+            assert path["end_gap"][split] == pytest.approx(abs(errors[0] - errors[-1]))
         assert path["bn"].startswith("none")  # LeNet has no BatchNorm
-    for name in ("stability.csv", "stability.md", "stability.png"):
+        assert [c["copy"] for c in path["copies"]] == [2 * pair, 2 * pair + 1]
+    for name in ("stability.csv", "stability.pairs.csv", "stability.md", "stability.png"):
         assert os.path.getsize(stability_run.file(name)) > 0
+    assert "the ticket run's, rewound to epoch 1, at every k" in open(
+        stability_run.file("stability.md")).read()
     leftovers = [f for _, _, files in os.walk(stability_run.path) for f in files
                  if f.endswith(".tmp") or f == "checkpoint.npz"]
     assert not leftovers
 
 
+def test_every_copy_trains_the_fixed_budget_on_a_data_order_of_its_own(tiny_tickets,
+                                                                        stability_run):
+    budget = _budget(tiny_tickets)
+    orders = set()
+    for k, first in (("00", 0), ("01", STEPS_PER_EPOCH)):
+        for copy in range(4):
+            run = stability_run.copy(k, copy)
+            for level in (0, 2):
+                m = run.metrics(level)
+                # T - k steps from step k, nothing stopped early, the final weights kept.
+                assert m["budget"] == {"first_step": first, "last_step": budget,
+                                       "steps": budget - first}
+                assert sum(e["images"] for e in m["history"]) == (budget - first) * 32
+                assert not m["stopped_early"] and m["best_epoch"] == m["epochs"]
+                assert m["k_steps"] == first
+            orders.add(run.metrics(0)["data_order"])
+    assert orders == {3, 4, 5, 6}  # the ticket seed + 0..3: two pairs, four orders
+
+
+def test_a_copy_from_theta_0_for_level_0s_best_epochs_is_that_level(tiny_tickets,
+                                                                    tiny_fashion_dir, tmp_path):
+    # On the ticket's own data order, from θ_0 with a fresh optimizer and the schedule from
+    # step 0, a copy trained exactly as many steps as level 0's kept epoch ends on θ_i(0).
+    best = tiny_tickets.metrics(0)["best_epoch"]
+    run = _stability_here(tiny_tickets.path, str(tmp_path / "known"), "--levels=0",
+                          "--rewind_points=0", f"--budget={best}", "--pairs=1",
+                          "--data_orders=3,4", "--points=3", data_dir=tiny_fashion_dir)
+    copy = run.copy("00", 0)
+    assert copy.metrics(0)["budget"]["steps"] == best * STEPS_PER_EPOCH
+    assert weights.digest(copy.weights(0)) == weights.digest(tiny_tickets.theta_i(0))
+    assert copy.metrics(0)["test"] == tiny_tickets.metrics(0)["test"]
+    # Copy B sees another data order: another network.
+    assert weights.digest(run.copy("00", 1).weights(0)) != weights.digest(
+        tiny_tickets.theta_i(0))
+
+
 def test_copies_start_from_the_ticket_mask_times_theta_k(tiny_tickets, stability_run):
-    for k, theta in ((0, tiny_tickets.theta("0")), (1, tiny_tickets.theta("k"))):
-        for copy in (0, 1):
+    for k, theta in (("00", tiny_tickets.theta("0")), ("01", tiny_tickets.theta("k"))):
+        for copy in range(4):
             run = stability_run.copy(k, copy)
             for level in (0, 2):
                 mask = tiny_tickets.mask(level)
@@ -67,68 +123,114 @@ def test_copies_start_from_the_ticket_mask_times_theta_k(tiny_tickets, stability
                 assert all(np.all(tuned[p][m == 0] == 0) for p, m in mask.items())
 
 
-def test_copy_a_at_the_runs_own_rewind_point_is_the_ticket_level(tiny_tickets, stability_run):
-    # Copy A trains on the ticket run's own data order with its recipe: from θ_k at a
-    # pruned level, and from θ_0 at level 0, it is the ticket run's level bit for bit.
-    for k, level in ((1, 2), (0, 0)):
-        copy = stability_run.copy(k, 0)
-        assert weights.digest(copy.weights(level)) == weights.digest(tiny_tickets.theta_i(level))
-        assert copy.metrics(level)["test"] == tiny_tickets.metrics(level)["test"]
-    # Copy B sees another data order: another network.
-    other = stability_run.copy(1, 1)
-    assert weights.digest(other.weights(2)) != weights.digest(tiny_tickets.theta_i(2))
-
-
 def test_the_paths_ends_reproduce_the_copies_own_test_error(stability_run):
-    for (level, k), path in stability_run.paths().items():
-        for end, copy in ((path["points"][0], 0), (path["points"][-1], 1)):
+    for (level, k, pair), path in stability_run.paths().items():
+        for end, copy in ((path["points"][0], 2 * pair), (path["points"][-1], 2 * pair + 1)):
             own = stability_run.copy(k, copy).metrics(level)["test"]
             assert end["test"]["accuracy"] == own["accuracy"], (level, k, copy)
             assert end["test"]["loss"] == pytest.approx(own["loss"], rel=1e-6)
+
+
+def test_rewind_points_in_steps_continue_the_exact_batches(tiny_fashion_dir, tmp_path):
+    # Plain SGD (momentum 0, so a fresh optimizer at the rewind point changes nothing): a
+    # copy from θ at step 4 (mid-epoch) on the ticket's data order continues the very
+    # trajectory that passed through it, and ends where the copy from θ_0 ends.
+    common = ["--rounds=0", "--momentum=0"]
+    saved = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "saved"), *common,
+                                   "--save_steps=4,16")
+    plain = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "plain"), *common)
+    # Step 16 is epoch 2: kept as that epoch's file. Snapshots change nothing of the run.
+    assert saved.saved_steps() == [0, 4, 8, 16] and saved.saved_epochs() == [0, 1, 2]
+    assert os.path.exists(saved.file("theta_step_000004.npz"))
+    assert weights.digest(saved.theta_i(0)) == weights.digest(plain.theta_i(0))
+    assert saved.config()["hparams_hash"] == plain.config()["hparams_hash"]
+    run = _stability_here(saved.path, str(tmp_path / "steps"), "--levels=0",
+                          "--rewind_points=0,4it", "--pairs=1", "--data_orders=3,4",
+                          "--points=3", data_dir=tiny_fashion_dir)
+    assert sorted(run.paths()) == [(0, "00", 0), (0, "004it", 0)]
+    from_step_4 = run.copy("004it", 0)
+    assert from_step_4.metrics(0)["budget"]["first_step"] == 4
+    assert weights.digest(from_step_4.weights(0)) == weights.digest(run.copy("00", 0).weights(0))
+    # Its own data order (copy B) does not.
+    assert weights.digest(run.copy("004it", 1).weights(0)) != weights.digest(
+        run.copy("00", 1).weights(0))
 
 
 def test_a_rerun_skips_every_finished_copy_and_path(tiny_tickets, tiny_fashion_dir,
                                                     stability_run, tmp_path):
     out = str(tmp_path / "rerun")
     shutil.copytree(stability_run.path, out)
-    stamp = os.stat(os.path.join(out, "paths", "level_02_k_01.json")).st_mtime_ns
-    # The default data orders named as they resolve (the ticket seed 3, and 4): the same run.
+    stamp = os.stat(os.path.join(out, "paths", "level_02_k_01_pair_1.json")).st_mtime_ns
     proc = _stability(tiny_tickets.path, out, f"--levels={LEVELS}", f"--points={POINTS}",
-                      "--data_orders=3,4", data_dir=tiny_fashion_dir)
+                      "--pairs=2", data_dir=tiny_fashion_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| level | weights left | k |" in proc.stdout  # the report's table
-    assert "level 2, k=1, copy B: finished already, skipping" in proc.stderr
-    assert "level 2, k=1: path evaluated already, skipping" in proc.stderr
-    assert os.stat(os.path.join(out, "paths", "level_02_k_01.json")).st_mtime_ns == stamp
+    assert "| level | weights left | k | pairs |" in proc.stdout  # the report's table
+    assert "level 2, k=01, copy 3: finished already, skipping" in proc.stderr
+    assert "level 2, k=01, pair 1: path evaluated already, skipping" in proc.stderr
+    assert os.stat(os.path.join(out, "paths", "level_02_k_01_pair_1.json")).st_mtime_ns == stamp
 
 
-def test_copies_on_one_data_order_have_no_barrier_through_the_api(tiny_tickets,
-                                                                  tiny_fashion_dir, tmp_path):
+def test_negative_control_copies_on_one_data_order_have_no_barrier(tiny_tickets,
+                                                                   tiny_fashion_dir, tmp_path):
     # The same start, recipe and data order twice: one network, so every point of the
-    # path is that network and the barrier is exactly 0. Run through the Python API.
+    # path is that network and every number is exactly 0. Run through the Python API.
     import lth_keras
     from lth_keras.analysis import stability
 
     run = lth_keras.stability(tickets=tiny_tickets, data_dir=tiny_fashion_dir,
                               output_dir=str(tmp_path / "same_order"), levels=[2],
-                              rewind_points=[1], data_orders=[7, 7], points=3,
+                              rewind_points=["1"], pairs=1, data_orders=[7, 7], points=3,
                               deterministic=True, verbose=False)
-    assert len(stability.rows(run)) == 1
+    assert len(stability.pair_rows(run)) == 1
     assert os.path.getsize(run.file("stability.md")) > 0
-    path = run.paths()[2, 1]
-    assert path["barrier"] == {"val": 0.0, "test": 0.0}
+    path = run.paths()[2, "01", 0]
+    for name in ("barrier", "inside", "end_gap"):
+        assert path[name] == {"val": 0.0, "test": 0.0}
     assert len({p["test"]["accuracy"] for p in path["points"]}) == 1
-    assert weights.digest(run.copy(1, 0).weights(2)) == weights.digest(run.copy(1, 1).weights(2))
+    assert weights.digest(run.copy("01", 0).weights(2)) == weights.digest(
+        run.copy("01", 1).weights(2))
     assert run.config()["identity"]["data_orders"] == [7, 7]
+
+
+def _permuted(arrays):
+    """The same LeNet with the hidden units of its first layer (fc1) in reverse order: it
+    computes the same function, but its weights lie elsewhere."""
+    order = np.arange(arrays["fc1/kernel"].shape[1])[::-1]
+    out = dict(arrays)
+    for name in ("fc1/kernel", "fc1/mask"):
+        out[name] = arrays[name][:, order]
+    out["fc1/bias"] = arrays["fc1/bias"][order]
+    for name in ("fc2/kernel", "fc2/mask"):
+        out[name] = arrays[name][order]
+    return out
+
+
+def test_positive_control_permuted_hidden_units_cross_a_barrier(tiny_tickets, tiny_fashion_dir,
+                                                                stability_run, tmp_path):
+    # Copy B replaced by copy A with its hidden units permuted: the ends are one function
+    # (no end gap), and the straight path between them leaves the basin: the tiny copies
+    # are at about 70%, their midpoint 7-10 points lower, well above the 2% threshold.
+    out = tmp_path / "permuted"
+    shutil.copytree(stability_run.path, out)
+    run = StabilityRun(str(out))
+    a = run.copy("01", 0).weights(0)
+    artifacts.write_arrays(run.copy("01", 1).level_file(0, "weights.npz"), _permuted(a))
+    _stability_here(tiny_tickets.path, str(out), f"--levels={LEVELS}", f"--points={POINTS}",
+                    "--pairs=2", data_dir=tiny_fashion_dir)
+    path = run.paths()[0, "01", 0]
+    assert path["end_gap"]["val"] == 0 and path["end_gap"]["test"] == 0
+    for split in ("val", "test"):
+        assert path["barrier"][split] > 0.05
+        assert path["inside"][split] == path["barrier"][split]
 
 
 def test_a_killed_stability_run_resumes_to_the_same_paths(tiny_tickets, tiny_fashion_dir,
                                                           stability_run, tmp_path):
     out = tmp_path / "killed"
-    # Level 2 only: its copies at k = 0 (copy A, then B), then at k = 1, then the paths.
+    # Level 2 only: its copies at k = 0 (copies 0-3), then at k = 1, then the paths.
     args = [sys.executable, "-m", "lth_keras.stability", f"--tickets={tiny_tickets.path}",
             f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}", "--deterministic",
-            "--levels=2", f"--points={POINTS}", "--checkpoint_every=0"]
+            "--levels=2", f"--points={POINTS}", "--pairs=2", "--checkpoint_every=0"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     landmark = out / "k_00" / "copy_1" / "levels" / "level_02" / "metrics.json"
@@ -137,10 +239,10 @@ def test_a_killed_stability_run_resumes_to_the_same_paths(tiny_tickets, tiny_fas
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert landmark.exists() and not (out / "paths" / "level_02_k_01.json").exists()
+    assert landmark.exists() and not (out / "paths" / "level_02_k_01_pair_0.json").exists()
     resumed = _stability_here(tiny_tickets.path, str(out), "--levels=2", f"--points={POINTS}",
-                              data_dir=tiny_fashion_dir)
-    assert sorted(resumed.paths()) == [(2, 0), (2, 1)]
+                              "--pairs=2", data_dir=tiny_fashion_dir)
+    assert sorted(resumed.paths()) == [(2, k, p) for k in ("00", "01") for p in (0, 1)]
     for key, path in resumed.paths().items():
         assert path["points"] == stability_run.paths()[key]["points"], key
 
@@ -152,7 +254,11 @@ def test_a_rewind_point_the_run_does_not_hold_is_one_line_and_nothing_written(
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("stability: error: ")
-    assert "after epochs 0,1 only, not 3: find tickets with --save_epochs=3" in lines[-1]
+    assert "at 0 ep, 1 ep only, not 3 ep: find tickets with --save_epochs" in lines[-1]
+    assert not out.exists()
+    late = _stability(tiny_tickets.path, out, "--rewind_points=1", "--budget=8it",
+                      data_dir=tiny_fashion_dir)
+    assert late.returncode == 1 and "not before the budget's end, step 8" in late.stderr
     assert not out.exists()
 
 
@@ -168,6 +274,31 @@ def test_save_epochs_keeps_level_0s_weights_and_leaves_the_run_alone(tiny_fashio
     assert run.metrics(0)["test"] == tiny_tickets.metrics(0)["test"]
 
 
+def test_masks_per_rewind_point_come_from_runs_rewound_there(tiny_tickets, tiny_fashion_dir,
+                                                             tmp_path):
+    rewound_to_0 = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "k0"),
+                                          "--rewind_epoch=0")
+    run = _stability_here(tiny_tickets.path, str(tmp_path / "per_k"), "--levels=2",
+                          "--pairs=1", "--points=3", f"--mask_runs=0:{rewound_to_0.path}",
+                          data_dir=tiny_fashion_dir)
+    # At k = 0 the copies start from the k = 0 run's ticket, m_2 ⊙ θ_0; at k = 1 from the
+    # ticket run's own.
+    assert run.copy("00", 0).metrics(2)["start_digest"] == ticket_search.expected_start_digest(
+        rewound_to_0.theta("k"), rewound_to_0.mask(2))
+    assert run.copy("01", 0).metrics(2)["start_digest"] == ticket_search.expected_start_digest(
+        tiny_tickets.theta("k"), tiny_tickets.mask(2))
+    assert weights.digest(rewound_to_0.mask(2)) != weights.digest(tiny_tickets.mask(2))
+    text = open(run.file("stability.md")).read()
+    assert "Masks: per k, from runs rewound to it (k=00: " in text
+    # A run that differs in more than its rewind epoch is refused, in one line.
+    other_seed = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "seed4"),
+                                        "--rewind_epoch=0", "--seed=4", "--rounds=0")
+    proc = _stability(tiny_tickets.path, tmp_path / "never", "--levels=0",
+                      f"--mask_runs=0:{other_seed.path}", data_dir=tiny_fashion_dir)
+    assert proc.returncode == 1 and "differs from" in proc.stderr.splitlines()[-1]
+    assert "in more than its rewind epoch (seed)" in proc.stderr.splitlines()[-1]
+
+
 @pytest.fixture(scope="module")
 def bn_tickets(tiny_fashion_dir, tmp_path_factory):
     """Tiny ResNet-8 tickets (BatchNorm), levels 0..1, rewind epoch 1."""
@@ -179,7 +310,7 @@ def bn_tickets(tiny_fashion_dir, tmp_path_factory):
 def _scaled_statistics(run):
     """Both copies' stored BatchNorm statistics made nonsense (the weights as they are)."""
     for copy in (0, 1):
-        path = run.copy(1, copy).level_file(1, "weights.npz")
+        path = run.copy("01", copy).level_file(1, "weights.npz")
         arrays = artifacts.read_arrays(path)
         for name in arrays:
             if name.endswith("moving_variance"):
@@ -189,31 +320,38 @@ def _scaled_statistics(run):
         artifacts.write_arrays(path, arrays)
 
 
-def test_batchnorm_statistics_at_inner_points_are_re_estimated(bn_tickets, tiny_fashion_dir,
-                                                               tmp_path):
-    common = ["--levels=1", "--rewind_points=1", "--points=3"]
+def test_every_point_is_evaluated_alike_the_ends_re_estimated(bn_tickets, tiny_fashion_dir,
+                                                              tmp_path):
+    # Copies trained with precise BN on 2 batches: their own evaluation after the last
+    # epoch re-estimates the statistics on the first 2 batches of that epoch, which is
+    # what the path does at every point. So copy A's end is copy A, evaluated directly.
+    common = ["--levels=1", "--rewind_points=1", "--points=3", "--pairs=1", "--precise_bn=2",
+              "--bn_batches=2"]
     clean = str(tmp_path / "clean")
     _stability_here(bn_tickets.path, clean, *common, data_dir=tiny_fashion_dir)
-    middle = StabilityRun(clean).paths()[1, 1]["points"][1]
-    assert StabilityRun(clean).paths()[1, 1]["bn"] == "reestimate"
-    # The inner point's statistics come from the interpolated network on training
-    # batches, not from the copies: nonsense stored in both copies leaves it unchanged.
+    path = StabilityRun(clean).paths()[1, "01", 0]
+    assert path["bn"] == "reestimate"
+    own = StabilityRun(clean).copy("01", 0).metrics(1)
+    assert path["points"][0]["val"]["accuracy"] == own["val"]["accuracy"]
+    assert path["points"][0]["val"]["loss"] == pytest.approx(own["val"]["loss"], rel=1e-6)
+    assert path["points"][0]["test"] == own["test"]
+    # Statistics come from the network at each point, the ends included, never from the
+    # copies: nonsense stored in both copies changes no point. Interpolated statistics
+    # (another run) keep the copies' own at the ends, and carry the nonsense.
     for bn in ("reestimate", "interpolate"):
-        # The copies as trained, their statistics spoiled; --bn=interpolate is another
-        # run, so it gets the copies but not the clean run's record.
         spoiled = str(tmp_path / f"spoiled_{bn}")
         shutil.copytree(clean, spoiled, ignore=None if bn == "reestimate" else
                         shutil.ignore_patterns("config.json", "paths"))
         _scaled_statistics(StabilityRun(spoiled))
         _stability_here(bn_tickets.path, spoiled, *common, f"--bn={bn}",
                         data_dir=tiny_fashion_dir)
-        # The copies changed, so the path was evaluated again.
-        path = StabilityRun(spoiled).paths()[1, 1]
-        assert path["copies"] != StabilityRun(clean).paths()[1, 1]["copies"]
+        again = StabilityRun(spoiled).paths()[1, "01", 0]
+        assert again["copies"] != path["copies"]  # the copies changed: evaluated again
         if bn == "reestimate":
-            assert path["points"][1] == middle
+            assert again["points"] == path["points"]
         else:
-            assert path["points"][1]["test"] != middle["test"]
+            assert again["points"][0]["test"] != path["points"][0]["test"]
+            assert again["points"][1]["test"] != path["points"][1]["test"]
 
 
 def test_analyze_reports_every_stability_run_it_finds(stability_run, tiny_tickets, tmp_path):
@@ -225,9 +363,12 @@ def test_analyze_reports_every_stability_run_it_finds(stability_run, tiny_ticket
     os.symlink(tiny_tickets.path, root / "tickets")
     report = lth_keras.analyze([str(root)], mask_overlap=False, output_dir=str(tmp_path / "out"))
     rows = report.tables["stability_stability"]
-    assert [(r["level"], r["k"]) for r in rows] == [(0, 0), (0, 1), (2, 0), (2, 1)]
-    assert rows[-1]["test_barrier"] == stability_run.paths()[2, 1]["barrier"]["test"]
-    for ext in ("md", "csv", "png"):
+    assert [(r["level"], r["k"], r["pairs"]) for r in rows] == [
+        (0, "00", 2), (0, "01", 2), (2, "00", 2), (2, "01", 2)]
+    paths = stability_run.paths()
+    assert rows[-1]["test_barrier"] == pytest.approx(np.mean(
+        [paths[2, "01", p]["barrier"]["test"] for p in (0, 1)]))
+    for ext in ("md", "csv", "pairs.csv", "png"):
         assert (tmp_path / "out" / f"stability_stability.{ext}").stat().st_size > 0
     assert "stability_stability" in report.figures
 
@@ -235,9 +376,13 @@ def test_analyze_reports_every_stability_run_it_finds(stability_run, tiny_ticket
 @pytest.mark.parametrize("flags, needle", [
     ([], "--tickets is required"),
     (["--tickets=/nonexistent"], "--tickets=/nonexistent: no such directory"),
-    (["--data_orders=1,2,3"], "--data_orders takes the two copies' seeds"),
+    (["--data_orders=1,2,3"], "--data_orders takes the copies' seeds, two per pair: 6"),
+    (["--pairs=0"], "--pairs must be >= 1"),
     (["--points=2"], "--points must be >= 3"),
     (["--bn_batches=0"], "--bn_batches must be >= 1"),
+    (["--rewind_points=2x"], "'2x' is not a point of training"),
+    (["--budget=ten"], "'ten' is not a point of training"),
+    (["--mask_runs=x"], "--mask_runs takes K:RUN pairs"),
     (["--levels=9"], "--levels 9 not in"),
     (["--seed=4"], "--seed is the ticket run's"),
 ])

@@ -21,7 +21,7 @@ sys.path.insert(0, REPO)
 from lth_keras import artifacts  # noqa: E402
 
 KEPT = {"config.json", "summary.csv", "summary.md", "metrics.json", "grid.json",
-        "stability.md", "stability.csv", "stability.png"}
+        "stability.md", "stability.csv", "stability.pairs.csv", "stability.png"}
 SKIPPED_DIRS = {"tensorboard", "__pycache__"}
 
 

@@ -1,103 +1,209 @@
-"""The report of a stability run (lottery/stability.py): the error barrier against the
-rewind point k at each level, as a table (stability.md, stability.csv) and a figure
-(stability.png), and the smallest k from which each level trains stably.
+"""The report of a stability run (lottery/stability.py): per level and rewind point k, the
+error barrier over pairs of copies with its interval, the barrier inside the path and the
+gap between the ends, as tables (stability.md, stability.csv with a row per pair) and a
+figure (stability.png), and the k from which each level trains stably.
 
-Stability is judged on the validation barrier, never on test (the project's rule
-for every choice); the test barrier is shown beside it, as Frankle et al. report
-theirs. Each cell is one pair of copies: a barrier is a single measurement, with no
-interval, and a barrier near the threshold does not settle k.
+Stability is judged on the validation barrier, never on test (the project's rule for
+every choice); the test barrier is shown beside it, as Frankle et al. report theirs. A
+cell's barrier is the mean over its pairs, with a 95% t-interval over pairs (df = pairs -
+1). A barrier is a maximum, never negative, and noise in the errors along the path raises
+it: its mean over pairs is biased upward, most where the true barrier is near 0.
+
+The rule is monotone: a level is stable from k when the mean validation barrier is at
+most the threshold at k and at every larger k tried. A cell whose interval straddles the
+threshold is "uncertain"; a level whose stable k rests on one is said to be so.
 """
+
+import math
+
+import numpy as np
+from scipy import stats
 
 from lth_keras import artifacts
 from lth_keras.analysis import figures
 from lth_keras.analysis.tables import csv_text
-from lth_keras.lottery.directory import STABILITY_CSV, STABILITY_MD, STABILITY_PNG
+from lth_keras.lottery.directory import (STABILITY_CSV, STABILITY_MD, STABILITY_PAIRS_CSV,
+                                         STABILITY_PNG)
 
-COLUMNS = ("level", "density", "k", "val_barrier", "test_barrier", "test_error_ends",
-           "test_error_max", "copy_a_test_accuracy", "copy_b_test_accuracy", "bn")
+PAIR_COLUMNS = ("level", "density", "k", "k_steps", "pair", "val_barrier", "val_inside",
+                "val_end_gap", "test_barrier", "test_inside", "test_end_gap",
+                "copy_a_test_accuracy", "copy_b_test_accuracy", "bn")
+CELL_COLUMNS = ("level", "density", "k", "k_steps", "pairs", "val_barrier", "val_barrier_low",
+                "val_barrier_high", "val_inside", "val_end_gap", "test_barrier",
+                "test_barrier_low", "test_barrier_high", "test_inside", "test_end_gap",
+                "uncertain")
 
 
-def rows(run):
-    """One row per evaluated (level, k) of a StabilityRun, errors as fractions."""
+def pair_rows(run):
+    """One row per evaluated (level, k, pair) of a StabilityRun, errors as fractions, in
+    the order of level, rewind step, pair."""
     out = []
-    for (level, k), path in sorted(run.paths().items()):
-        errors = [1 - p["test"]["accuracy"] for p in path["points"]]
-        out.append({"level": level, "density": path["density"], "k": k,
-                    "val_barrier": path["barrier"]["val"],
-                    "test_barrier": path["barrier"]["test"],
-                    "test_error_ends": (errors[0] + errors[-1]) / 2,
-                    "test_error_max": max(errors),
-                    "copy_a_test_accuracy": path["copies"][0]["test"]["accuracy"],
-                    "copy_b_test_accuracy": path["copies"][1]["test"]["accuracy"],
-                    "bn": path["bn"]})
+    for (level, k, pair), path in run.paths().items():
+        row = {"level": level, "density": path["density"], "k": k,
+               "k_steps": path.get("k_steps"), "pair": pair,
+               "copy_a_test_accuracy": path["copies"][0]["test"]["accuracy"],
+               "copy_b_test_accuracy": path["copies"][1]["test"]["accuracy"], "bn": path["bn"]}
+        for split in ("val", "test"):
+            row[f"{split}_barrier"] = path["barrier"][split]
+            row[f"{split}_inside"] = path["inside"][split]
+            row[f"{split}_end_gap"] = path["end_gap"][split]
+        out.append(row)
+    return sorted(out, key=lambda r: (r["level"], r["k_steps"], r["pair"]))
+
+
+def mean_interval(values):
+    """(mean, low, high) of a 95% t-interval; NaN bounds with fewer than 2 values."""
+    values = np.asarray(values, np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def cells(pairs, threshold):
+    """One row per (level, k): the means over pairs, the barriers' intervals, and whether
+    the validation interval straddles `threshold`."""
+    out = []
+    keys = sorted({(r["level"], r["k_steps"], r["k"]) for r in pairs})
+    for level, k_steps, k in keys:
+        mine = [r for r in pairs if r["level"] == level and r["k_steps"] == k_steps]
+        row = {"level": level, "density": mine[0]["density"], "k": k, "k_steps": k_steps,
+               "pairs": len(mine)}
+        for split in ("val", "test"):
+            mean, low, high = mean_interval([r[f"{split}_barrier"] for r in mine])
+            row.update({f"{split}_barrier": mean, f"{split}_barrier_low": low,
+                        f"{split}_barrier_high": high,
+                        f"{split}_inside": float(np.mean([r[f"{split}_inside"] for r in mine])),
+                        f"{split}_end_gap": float(np.mean([r[f"{split}_end_gap"]
+                                                           for r in mine]))})
+        row["uncertain"] = bool(row["val_barrier_low"] <= threshold < row["val_barrier_high"])
+        out.append(row)
     return out
 
 
 def stable_from(table, threshold):
-    """{level: the smallest k whose validation barrier is at most `threshold`, or None}."""
-    levels = sorted({r["level"] for r in table})
-    return {level: min((r["k"] for r in table
-                        if r["level"] == level and r["val_barrier"] <= threshold), default=None)
-            for level in levels}
+    """{level: (the k label from which the mean validation barrier is at most `threshold`
+    at k and at every larger k tried, or None; whether a cell from there on is
+    uncertain)}."""
+    out = {}
+    for level in sorted({r["level"] for r in table}):
+        mine = sorted((r for r in table if r["level"] == level), key=lambda r: r["k_steps"])
+        found = None
+        for i, row in enumerate(mine):
+            if all(r["val_barrier"] <= threshold for r in mine[i:]):
+                found = i
+                break
+        if found is None:
+            out[level] = (None, any(r["uncertain"] for r in mine))
+        else:
+            out[level] = (mine[found]["k"], any(r["uncertain"] for r in mine[max(0, found - 1):]))
+    return out
 
 
-def markdown(table, threshold, title):
+def _interval(row, split):
+    low, high = row[f"{split}_barrier_low"], row[f"{split}_barrier_high"]
+    mean = f"{100 * row[f'{split}_barrier']:.2f}"
+    return mean if math.isnan(low) else f"{mean} [{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def markdown(table, threshold, title, record):
     lines = [f"{title}\n",
-             "| level | weights left | k | val barrier | test barrier | test error, ends "
-             "(mean) | test error, highest | copies' test acc |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Copies trained to step {record.get('budget_steps')} from each k (a fixed "
+             "budget, the schedule continued from k, no early stopping, final weights); "
+             + (f"the learning rate is annealed at epochs "
+                f"{', '.join(map(str, record['annealed_at_epochs']))} within it."
+                if record.get("annealed_at_epochs") else
+                "**the learning rate is never annealed within it: the copies end "
+                "unconverged.**"),
+             f"Masks: {_masks_text(record.get('masks'))}.", "",
+             "| level | weights left | k | pairs | val barrier [95% CI] | inside | end gap | "
+             "test barrier [95% CI] | inside | end gap | |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in table:
-        lines.append(f"| {r['level']} | {100 * r['density']:.1f}% | {r['k']} | "
-                     f"{100 * r['val_barrier']:.2f} | {100 * r['test_barrier']:.2f} | "
-                     f"{100 * r['test_error_ends']:.2f} | {100 * r['test_error_max']:.2f} | "
-                     f"{100 * r['copy_a_test_accuracy']:.2f} / "
-                     f"{100 * r['copy_b_test_accuracy']:.2f} |")
-    lines += ["", f"Barriers in points of error (%). Stable: validation barrier at most "
-                  f"{100 * threshold:g}%."]
-    for level, k in stable_from(table, threshold).items():
-        tried = ", ".join(str(r["k"]) for r in table if r["level"] == level)
-        lines.append(f"- level {level}: " + (f"stable from k = {k}" if k is not None
-                                             else f"not stable at any k tried ({tried})"))
-    bn = sorted({r["bn"] for r in table})
-    lines += ["", f"BatchNorm statistics at the inner points: {', '.join(bn) or '—'}. One "
-                  "pair of copies per row: a single measurement, no interval. float32 "
-                  "results differ between machines; bit-identical reruns need the same "
-                  "machine, software and --deterministic."]
+        lines.append(f"| {r['level']} | {100 * r['density']:.1f}% | {r['k']} | {r['pairs']} | "
+                     f"{_interval(r, 'val')} | {100 * r['val_inside']:.2f} | "
+                     f"{100 * r['val_end_gap']:.2f} | {_interval(r, 'test')} | "
+                     f"{100 * r['test_inside']:.2f} | {100 * r['test_end_gap']:.2f} | "
+                     f"{'uncertain' if r['uncertain'] else ''} |")
+    lines += ["", "Errors in points (%), means over the pairs. Barrier: the highest error on "
+                  "the path minus the mean error of its ends (Frankle et al.'s, which the "
+                  "threshold judges). Inside: the highest rise above the straight line between "
+                  "the ends' errors. End gap: the difference between the ends' errors. A "
+                  "barrier of about half the end gap comes from the ends, not the path. A "
+                  "barrier is never negative, so its mean is biased upward. k: epochs (02) or "
+                  "steps (040it) of level 0.", "",
+              f"Stable from k: the mean validation barrier is at most {100 * threshold:g}% at "
+              f"k and at every larger k tried; uncertain: its 95% interval straddles "
+              f"{100 * threshold:g}%."]
+    for level, (k, uncertain) in stable_from(table, threshold).items():
+        tried = ", ".join(r["k"] for r in table if r["level"] == level)
+        text = (f"stable from k = {k}" if k is not None
+                else f"not stable from any k tried ({tried})")
+        lines.append(f"- level {level}: {text}" + (" (uncertain: an interval near it straddles "
+                                                    "the threshold)" if uncertain else ""))
+    bn = sorted({r["bn"] for r in table}) if table and "bn" in table[0] else []
+    lines += ["", f"BatchNorm statistics at every point: {', '.join(bn) or 'as recorded'}. "
+                  "float32 results differ between machines; bit-identical reruns need the "
+                  "same machine, software and --deterministic."]
     return "\n".join(lines) + "\n"
 
 
+def _masks_text(masks):
+    if isinstance(masks, dict):
+        return "per k, from runs rewound to it (" + ", ".join(
+            f"k={k}: {path}" for k, path in sorted(masks.items())) + ")"
+    return str(masks or "the ticket run's")
+
+
 def figure(table, threshold):
-    """Validation and test error barriers (%) against k, a line per level, side by side;
-    None when nothing to draw. The threshold is drawn on validation only: k is chosen there."""
+    """Validation and test error barriers (%) against k with their intervals, a line per
+    level, side by side; None when nothing to draw. The threshold is drawn on validation
+    only: k is chosen there."""
     if not table:
         return None
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(2 * figures.PANEL[0], figures.PANEL[1]), layout="constrained")
+    positions = {k: i for i, k in enumerate(sorted({r["k_steps"] for r in table}))}
+    labels = {r["k_steps"]: r["k"] for r in table}
     for ax, (split, name) in zip(fig.subplots(1, 2, sharey=True),
                                  (("val", "validation"), ("test", "test"))):
         for level in sorted({r["level"] for r in table}):
-            mine = [r for r in table if r["level"] == level]
-            ax.plot([r["k"] for r in mine], [100 * r[f"{split}_barrier"] for r in mine],
-                    marker="o", markersize=3,
-                    label=f"level {level} ({100 * mine[0]['density']:.1f}% left)")
+            mine = sorted((r for r in table if r["level"] == level), key=lambda r: r["k_steps"])
+            x = [positions[r["k_steps"]] for r in mine]
+            y = np.array([100 * r[f"{split}_barrier"] for r in mine])
+            low = np.array([100 * r[f"{split}_barrier_low"] for r in mine])
+            high = np.array([100 * r[f"{split}_barrier_high"] for r in mine])
+            line = ax.plot(x, y, marker="o", markersize=3,
+                           label=f"level {level} ({100 * mine[0]['density']:.1f}% left)")[0]
+            if not np.all(np.isnan(low)):
+                ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
         if split == "val":
             ax.axhline(100 * threshold, color="black", linestyle="--", linewidth=1,
                        label=f"threshold {100 * threshold:g}% (chooses k)")
         ax.set_title(f"{name} (chooses k)" if split == "val" else name, fontsize=9)
-        ax.set_xlabel("rewind point k (epochs of level 0)")
-        ax.set_ylabel(f"{name} error barrier (%)")
-        ax.set_xticks(sorted({r["k"] for r in table}))
+        ax.set_xlabel("rewind point k (ep: epochs, it: steps of level 0)")
+        ax.set_ylabel(f"{name} error barrier (%), mean and 95% CI over pairs")
+        ax.set_xticks(list(positions.values()))
+        ax.set_xticklabels([_tick(labels[k]) for k in positions])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     return fig
 
 
+def _tick(label):
+    return label if label.endswith("it") else f"{int(label)}ep"
+
+
 def report(run, threshold):
-    """(rows, {"csv" / "md" / "png": bytes}, the figure or None) of a StabilityRun."""
-    table = rows(run)
-    out = {"csv": csv_text(COLUMNS, table).encode(),
-           "md": markdown(table, threshold, run.title()).encode()}
+    """(cell rows, {"csv" / "md" / "png" / "pairs.csv": bytes}, the figure or None) of a
+    StabilityRun."""
+    pairs = pair_rows(run)
+    table = cells(pairs, threshold)
+    out = {"csv": csv_text(CELL_COLUMNS, table).encode(),
+           "pairs.csv": csv_text(PAIR_COLUMNS, pairs).encode(),
+           "md": markdown(table, threshold, run.title(), run.config()).encode()}
     fig = figure(table, threshold)
     if fig is not None:
         out["png"] = figures.render(fig, ("png",))["png"]
@@ -112,7 +218,8 @@ def threshold_of(run):
 def write_report(run, threshold):
     """Writes the report into the run directory; returns its Markdown."""
     _, out, _ = report(run, threshold)
-    for name in (STABILITY_CSV, STABILITY_MD, STABILITY_PNG):
-        if name.rsplit(".", 1)[1] in out:
-            artifacts.write_bytes(run.file(name), out[name.rsplit(".", 1)[1]])
+    for suffix, name in (("csv", STABILITY_CSV), ("pairs.csv", STABILITY_PAIRS_CSV),
+                         ("md", STABILITY_MD), ("png", STABILITY_PNG)):
+        if suffix in out:
+            artifacts.write_bytes(run.file(name), out[suffix])
     return out["md"].decode()

@@ -467,10 +467,11 @@ class EpochLoop:
                          for p in self.plan.sample_positions(boxes))
         return order, rows, columns
 
-    def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None):
-        """Trains epoch `epoch` from step `start_step` (with the sums so far); returns
-        (sums: loss, correct, count, steps done), read once at its end. `stop()` true ends
-        it early, after the step in flight."""
+    def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None,
+                    end_step=None):
+        """Trains epoch `epoch` from step `start_step` up to `end_step` (None: its end),
+        with the sums so far; returns (sums: loss, correct, count, steps done), read once
+        at its end. `stop()` true ends it early, after the step in flight."""
         order, rows, columns = self._training_batches(epoch)
         images, labels = self.data.split("train")
         mean, std = self.data.normalisation
@@ -481,7 +482,7 @@ class EpochLoop:
                  self.runtime.replicated(np.zeros(3, loss_dtype()) if sums is None
                                          else np.asarray(sums, loss_dtype())),
                  self.runtime.replicated(np.int32(start_step)))
-        steps = self.plan.steps_per_epoch
+        steps = self.plan.steps_per_epoch if end_step is None else end_step
         every = max(1, steps // _PROGRESS_READS)
         done = start_step
         while done < steps and not (stop and stop()):

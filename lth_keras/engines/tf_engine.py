@@ -299,11 +299,12 @@ class EpochLoop:
         totals = self._eval_steps(iterator, tf.constant(steps)).numpy()
         return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
 
-    def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None):
-        """Trains epoch `epoch` from step `start_step` (with the sums so far); returns
-        (sums: loss, correct, count, steps done). `stop()` true ends it early, at a call
-        boundary."""
-        steps = self.pipeline.steps_per_epoch
+    def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None,
+                    end_step=None):
+        """Trains epoch `epoch` from step `start_step` up to `end_step` (None: its end),
+        with the sums so far; returns (sums: loss, correct, count, steps done). `stop()`
+        true ends it early, at a call boundary."""
+        steps = self.pipeline.steps_per_epoch if end_step is None else end_step
         iterator = self._iterate(self.pipeline.train_epoch(epoch, start_step))
         totals = tf.constant(np.zeros(3) if sums is None else np.asarray(sums), tf.float64)
         done = start_step

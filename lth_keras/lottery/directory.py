@@ -7,6 +7,7 @@ loop, transfers, the grid, analysis, export) reads through it:
                             hardware, the dataset summary and the input normalisation
   theta_0.npz, theta_k.npz  find_tickets: weights at initialisation and after epoch k
   theta_epoch_EE.npz        find_tickets --save_epochs: level 0's weights after epoch E
+  theta_step_SSSSSS.npz     find_tickets --save_steps: level 0's weights after step S
   levels/level_LL/          metrics.json (written last: the level is finished), and
                             find_tickets: mask.npz (m_L, bool), theta_i.npz (θ_i(L));
                             transfer: weights.npz (the fine-tuned model);
@@ -18,11 +19,13 @@ loop, transfers, the grid, analysis, export) reads through it:
 A stability run (instability analysis of a ticket run's levels) holds config.json,
 its lock and:
 
-  k_KK/copy_C/              a copy's run directory per rewind point k and copy C:
-                            levels/level_LL/ (weights.npz, metrics.json), summary,
-                            tensorboard, as the level loop writes them
-  paths/level_LL_k_KK.json  the linear path between the two copies, evaluated
-  stability.csv, stability.md, stability.png   its report (analysis/stability.py)
+  k_K/copy_C/               a copy's run directory per rewind point k and copy C (pair
+                            C // 2): levels/level_LL/ (weights.npz, metrics.json),
+                            summary, tensorboard, as the level loop writes them; K is
+                            the point's label, "02" (epoch 2) or "040it" (step 40)
+  paths/level_LL_k_K_pair_P.json   the linear path between pair P's two copies, evaluated
+  stability.csv, stability.pairs.csv, stability.md, stability.png
+                            its report (analysis/stability.py)
 
 A run's identity is its result-defining settings that differ from their defaults
 and the data fingerprint; a re-run into the same directory must have the same
@@ -45,6 +48,7 @@ OUTPUT_ROOT = "outputs"
 CONFIG = "config.json"
 THETA_0, THETA_K = "theta_0.npz", "theta_k.npz"
 THETA_EPOCH = re.compile(r"theta_epoch_(\d{2,})\.npz")
+THETA_STEP = re.compile(r"theta_step_(\d{6,})\.npz")
 LEVELS = "levels"
 # A level's directory: level_LL, two digits at least (levels/level_07, level_123).
 LEVEL_NAME = re.compile(r"level_(\d{2,})")
@@ -52,8 +56,9 @@ MASK, THETA_I, WEIGHTS = "mask.npz", "theta_i.npz", "weights.npz"
 METRICS, CHECKPOINT = "metrics.json", "checkpoint.npz"
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 PATHS = "paths"
-PATH_NAME = re.compile(r"level_(\d{2,})_k_(\d{2,})\.json")
+PATH_NAME = re.compile(r"level_(\d{2,})_k_(\d{2,}|\d{3,}it)_pair_(\d+)\.json")
 STABILITY_CSV, STABILITY_MD, STABILITY_PNG = "stability.csv", "stability.md", "stability.png"
+STABILITY_PAIRS_CSV = "stability.pairs.csv"  # a row per pair of copies
 TENSORBOARD = "tensorboard"
 LOCK_FILE = ".lock"
 # An experiment grid's record, at its root (its primary level, named before it ran).
@@ -84,6 +89,10 @@ def level_name(level):
 
 def theta_epoch_name(epoch):
     return f"theta_epoch_{epoch:02d}.npz"
+
+
+def theta_step_name(step):
+    return f"theta_step_{step:06d}.npz"
 
 
 class RunDirectory:
@@ -211,6 +220,10 @@ class TicketRun(RunDirectory):
     def rewind_epoch(self):
         return self.config()["hparams"].get("rewind_epoch", 2)
 
+    def steps_per_epoch(self):
+        """The training steps of one epoch of the run (its input plan's)."""
+        return self.config()["input"]["steps_per_epoch"]
+
     def saved_epochs(self):
         """The epochs of level 0 whose weights the run holds: 0 (θ_0), its rewind epoch
         (θ_k, once level 0 reached it) and those of --save_epochs."""
@@ -220,6 +233,14 @@ class TicketRun(RunDirectory):
         epochs |= {self.rewind_epoch()} if THETA_K in names else set()
         return sorted(epochs)
 
+    def saved_steps(self):
+        """The global steps of level 0 whose weights the run holds: its saved epochs (in
+        steps) and those of --save_steps."""
+        names = os.listdir(self.path) if os.path.isdir(self.path) else []
+        spe = self.steps_per_epoch()
+        steps = {int(m.group(1)) for m in map(THETA_STEP.fullmatch, names) if m}
+        return sorted(steps | {e * spe for e in self.saved_epochs()})
+
     def epoch_file(self, epoch):
         """Where level 0's weights after `epoch` are: θ_0, θ_k or a --save_epochs file."""
         if epoch == 0:
@@ -228,9 +249,19 @@ class TicketRun(RunDirectory):
             return self.file(THETA_K)
         return self.file(theta_epoch_name(epoch))
 
+    def step_file(self, step):
+        """Where level 0's weights after global `step` are: an epoch's file at a whole
+        epoch, else a --save_steps file."""
+        epoch, rest = divmod(step, self.steps_per_epoch())
+        return self.epoch_file(epoch) if rest == 0 else self.file(theta_step_name(step))
+
     def theta_at(self, epoch):
         """Level 0's weights after `epoch` (0: θ_0)."""
         return artifacts.read_arrays(self.epoch_file(epoch))
+
+    def theta_at_step(self, step):
+        """Level 0's weights after global `step` (0: θ_0)."""
+        return artifacts.read_arrays(self.step_file(step))
 
 
 def open_ticket_run(path):
@@ -250,22 +281,23 @@ class TransferRun(RunDirectory):
 
 
 class StabilityRun(RunDirectory):
-    """A stability run directory: two copies per rewind point, the paths between them."""
+    """A stability run directory: the copies per rewind point, the paths between pairs."""
 
     def copy(self, k, copy):
-        return CopyRun(self.file(f"k_{k:02d}", f"copy_{copy}"), self, k, copy)
+        """Copy `copy` (pair copy // 2) at rewind point k, a label ("02", "040it")."""
+        return CopyRun(self.file(f"k_{k}", f"copy_{copy}"), self, k, copy)
 
-    def path_file(self, level, k):
-        return self.file(PATHS, f"level_{level:02d}_k_{k:02d}.json")
+    def path_file(self, level, k, pair):
+        return self.file(PATHS, f"level_{level:02d}_k_{k}_pair_{pair}.json")
 
     def paths(self):
-        """{(level, k): the evaluated path} of every path written."""
+        """{(level, k label, pair): the evaluated path} of every path written."""
         root = self.file(PATHS)
         names = sorted(os.listdir(root)) if os.path.isdir(root) else []
         found = {}
         for m in map(PATH_NAME.fullmatch, names):
             if m:
-                found[int(m.group(1)), int(m.group(2))] = artifacts.read_json(
+                found[int(m.group(1)), m.group(2), int(m.group(3))] = artifacts.read_json(
                     os.path.join(root, m.group(0)))
         return found
 
@@ -275,9 +307,15 @@ class StabilityRun(RunDirectory):
             self.copy(k, copy).finished_levels() for k, copy in self._copies())
 
     def _copies(self):
-        """(k, copy) of every copy directory there."""
-        found = (re.fullmatch(r"k_(\d{2,})", name) for name in sorted(os.listdir(self.path)))
-        return [(int(m.group(1)), copy) for m in found if m for copy in (0, 1)]
+        """(k label, copy) of every copy directory there."""
+        out = []
+        for name in sorted(os.listdir(self.path)):
+            m = re.fullmatch(r"k_(\d{2,}|\d{3,}it)", name)
+            if m and os.path.isdir(self.file(name)):
+                out += [(m.group(1), int(c.group(1))) for c in
+                        map(re.compile(r"copy_(\d+)").fullmatch, os.listdir(self.file(name)))
+                        if c]
+        return out
 
     def title(self):
         config = self.config()

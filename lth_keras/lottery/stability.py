@@ -2,26 +2,36 @@
 connectivity and the lottery ticket hypothesis"): is training a ticket from θ_k
 stable to SGD noise?
 
-For a level L and a rewind point k (an epoch of level 0; 0 is θ_0), two copies of
-m_L ⊙ θ_k are trained with the ticket run's recipe, each on a data order of its own
-(its input plan's seed: batch order and crops), through the one level loop. The
-network is then evaluated at `points` evenly spaced points of the straight line
-between the two trained copies, on validation and test. The error barrier is the
-highest error on that path minus the mean error of its two ends: near 0 when the
-copies ended in one linearly connected basin, so that the outcome of training was
-fixed by k already. The smallest k whose barrier is below a threshold is the
-earliest rewind point from which the ticket trains stably (analysis/stability.py).
+For a level L and a rewind point k (a step of level 0's training: "2ep", "40it"; 0 is
+θ_0), `pairs` independent pairs of copies of m_L ⊙ θ_k are trained, each copy on a data
+order of its own (its input plan's seed: batch order and crops), through the one level
+loop, for a fixed budget: from step k to step T (T: the steps level 0 of the ticket run
+trained, or --budget), the learning-rate schedule continued from step k, a fresh
+momentum, no early stopping, the final weights kept ("trained to completion"). Copies
+that stop early at different epochs differ whatever the path between them looks like.
 
-What each point holds: every weight is (1 - α)·θ_A + α·θ_B, but the masks, which
-both copies share, and the variables that are not floating point. The ends are the
-two copies as they were trained. BatchNormalization's moving statistics at the
-inner points are re-estimated by default: after the interpolated weights are
-loaded, they become the average of the statistics of the first `bn_batches`
-training batches (copy A's first epoch) at those weights, as precise BN computes
-them (training.batch_statistics). Interpolated statistics (--bn=interpolate) are
-not the statistics of the interpolated network's activations, whose variance
-shrinks between two unaligned networks; a barrier measured with them partly
-measures that mismatch. The directory layout is in directory.py.
+Each pair's straight path is evaluated at `points` evenly spaced points, ends included,
+alike at every point: every weight is (1 - α)·θ_A + α·θ_B, but the masks, which both
+copies share, and the variables that are not floating point; with --bn=reestimate (the
+default) BatchNormalization's moving statistics at EVERY point, the ends too, become the
+average of the statistics of `bn_batches` training batches at that point's weights, as
+precise BN computes them (training.batch_statistics): the first batches of the last epoch
+the pair's first copy trained, so that its end is exactly that copy as a precise-BN
+recipe evaluates it after its last epoch. Interpolated statistics (--bn=interpolate) are not the
+statistics of the interpolated network's activations, whose variance shrinks between two
+unaligned networks. Three numbers per pair and split, errors as fractions:
+
+  barrier        the highest error on the path minus the mean error of its ends:
+                 Frankle et al.'s instability, which their 2% threshold judges;
+  inside         max over α of E(α) - ((1 - α)·E(0) + α·E(1)): the rise above the line
+                 between the ends, which the ends' own gap cannot make;
+  end gap        |E(1) - E(0)|.
+
+A barrier that is half the end gap comes from the ends, not the path. The masks at k
+are the ticket run's (one mask for every k: its own rewind point's) unless --mask_runs
+names, per k, a run rewound to k (Frankle et al. §5 prune with rewinding to each k); the
+report says which. The directory layout is in directory.py; the report, the interval
+over pairs and the stable k are in analysis/stability.py.
 """
 
 import dataclasses
@@ -30,7 +40,7 @@ import os
 import numpy as np
 from absl import logging
 
-from lth_keras import artifacts, settings, weights
+from lth_keras import artifacts, settings, steps, weights
 from lth_keras.errors import SettingsError
 from lth_keras.lottery import directory, levels, transfer
 from lth_keras.lottery.directory import WEIGHTS, StabilityRun
@@ -50,8 +60,11 @@ def stability(groups, given, verbose=True):
     settings.check(groups)  # before the heavy imports: a bad setting is reported at once
     spec, run_settings = groups[Stability], groups[settings.Run]
     ticket_run, chosen, groups = _ticket_run(groups, given)
-    rewind_points = _rewind_points(spec, ticket_run)
     config = ticket_run.config()
+    per_epoch = ticket_run.steps_per_epoch()
+    budget = _budget(spec, ticket_run, per_epoch)
+    rewind_points = _rewind_points(spec, ticket_run, per_epoch, budget)
+    mask_runs = _mask_runs(spec, config, per_epoch, chosen)
     model_settings, training = groups[Model], groups[Training]
     # The data need no framework: missing or other data are reported before it starts.
     dataset = inputs.load_dataset(config["settings"]["pruning"]["source"], groups)
@@ -62,6 +75,10 @@ def stability(groups, given, verbose=True):
     channels = config["input"].get("channels", 3)
     plans = [inputs.input_plan(dataset, {**groups, Training: dataclasses.replace(
         training, seed=order)}, channels=channels) for order in orders]
+    if plans[0].steps_per_epoch != per_epoch:
+        raise SettingsError(f"an epoch has {plans[0].steps_per_epoch} steps here and "
+                            f"{per_epoch} in {spec.tickets}: the batch size or the data "
+                            "differ from the ticket run's")
     inputs.start_framework()
     from lth_keras import models
     from lth_keras.training import Trainer
@@ -77,55 +94,86 @@ def stability(groups, given, verbose=True):
                                    bn_momentum=model_settings.bn_momentum)
     tickets = {"path": os.path.abspath(ticket_run.path), "hparams_hash": config["hparams_hash"],
                "source": config["dataset"]["name"]}
+    annealed = [b for b in training.lr_boundaries if b * per_epoch < budget]
     with directory.locked(run.path):
         directory.start(run.config_path, kind="stability", groups=groups, dataset=dataset,
                         plan=plans[0], runtime=rt,
                         extra={"tickets": tickets, "levels": chosen,
-                               "rewind_points": rewind_points},
+                               "rewind_points": [steps.label(k, per_epoch)
+                                                 for k in rewind_points],
+                               "rewind_steps": rewind_points, "pairs": spec.pairs,
+                               "copy_data_orders": list(orders),
+                               "budget_steps": budget, "steps_per_epoch": per_epoch,
+                               "annealed_at_epochs": annealed,
+                               "masks": {steps.label(k, per_epoch): os.path.abspath(r.path)
+                                         for k, r in mask_runs.items()} or "the ticket run's, "
+                                        f"rewound to epoch {ticket_run.rewind_epoch()}, at "
+                                        "every k"},
                         identity_extra={"tickets_hash": directory.run_id(config),
-                                        "data_orders": list(orders)},
+                                        "data_orders": list(spec.data_orders)
+                                        or "the ticket run's seed + copy index",
+                                        "copies": "fixed budget", "budget_steps": budget,
+                                        "mask_runs": {str(k): directory.run_id(r.config())
+                                                      for k, r in mask_runs.items()}},
                         holds_results=run.holds_results)
-        logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
-        # Copy A's trainer evaluates the paths: its compiled steps exist by then.
-        evaluator = None
+        logging.info("run directory: %s (engine: %s); copies train to step %d (%s)%s",
+                     output_dir, rt.name, budget, steps.text(budget, per_epoch),
+                     "" if annealed else ": the learning rate is never annealed within it, "
+                     "the copies end unconverged")
+        # Each pair's first copy's trainer evaluates its paths (on its data order's batches).
+        evaluators = {}
         for k in rewind_points:
-            theta = ticket_run.theta_at(k)
+            label = steps.label(k, per_epoch)
+            source = mask_runs.get(k, ticket_run)
+            theta = source.theta("k") if k in mask_runs else ticket_run.theta_at_step(k)
             for copy, (order, plan) in enumerate(zip(orders, plans)):
-                copy_run = run.copy(k, copy)
-                protocol = CopyTraining(copy_run, model, ticket_run, theta, order)
+                copy_run = run.copy(label, copy)
+                protocol = CopyTraining(copy_run, model, source, theta, order,
+                                        first_step=k, last_step=budget)
                 levels.train_levels(copy_run, protocol, chosen, plan, rt, training,
                                     checkpoint_every=run_settings.checkpoint_every,
                                     verbose=verbose)
             for level in chosen:
-                if path_is_current(run, level, k):
-                    logging.info("level %d, k=%d: path evaluated already, skipping", level, k)
-                    continue
-                evaluator = evaluator or Trainer(model, plans[0], training, rt, verbose=False)
-                path = evaluate_path(run, level, k, model, evaluator, spec)
-                artifacts.write_json(run.path_file(level, k), path)
-                logging.info("level %d, k=%d: error barrier %.2f%% on validation, %.2f%% on "
-                             "test", level, k, 100 * path["barrier"]["val"],
-                             100 * path["barrier"]["test"])
+                for pair in range(spec.pairs):
+                    if path_is_current(run, level, label, pair):
+                        logging.info("level %d, k=%s, pair %d: path evaluated already, "
+                                     "skipping", level, label, pair)
+                        continue
+                    if pair not in evaluators:
+                        evaluators[pair] = Trainer(model, plans[2 * pair], training, rt,
+                                                   verbose=False)
+                    path = evaluate_path(run, level, label, pair, model, evaluators[pair],
+                                         spec, last_epoch=(budget - 1) // per_epoch)
+                    path.update(k_steps=k, budget_steps=budget,
+                                mask_run=os.path.abspath(source.path))
+                    artifacts.write_json(run.path_file(level, label, pair), path)
+                    logging.info("level %d, k=%s, pair %d: error barrier %.2f%% on "
+                                 "validation (inside the path %.2f%%, end gap %.2f%%), %.2f%% "
+                                 "on test", level, label, pair,
+                                 100 * path["barrier"]["val"], 100 * path["inside"]["val"],
+                                 100 * path["end_gap"]["val"], 100 * path["barrier"]["test"])
     return run
 
 
 def data_orders(spec, seed):
-    """The copies' data-order seeds: --data_orders, or the ticket run's seed (copy A at
-    the run's own k is then that level of the run) and the next."""
-    return tuple(spec.data_orders) or (seed, seed + 1)
+    """The copies' data-order seeds, two per pair: --data_orders, or the ticket run's seed
+    + 0, 1, ..., 2·pairs - 1."""
+    return tuple(spec.data_orders) or tuple(seed + i for i in range(2 * spec.pairs))
 
 
 class CopyTraining(levels.Protocol):
-    """A copy's starting points: m_L ⊙ θ_k, the mask of each level and one θ_k."""
+    """A copy's starting points: m_L ⊙ θ_k, the mask of each level and one θ_k, trained
+    from step k to the budget's step T."""
 
     arrays = WEIGHTS
 
-    def __init__(self, run, model, ticket_run, theta, data_order):
+    def __init__(self, run, model, ticket_run, theta, data_order, *, first_step, last_step):
         self.run, self.model, self.ticket_run = run, model, ticket_run
         self.theta, self.data_order = theta, data_order
+        self.first_step, self.last_step = first_step, last_step
 
     def tag(self, level):
-        return f"level {level}, k={self.run.k}, copy {'AB'[self.run.copy]}"
+        return f"level {level}, k={self.run.k}, copy {self.run.copy}"
 
     def keeps(self, level):
         return levels.trained_with(self.run, level, self.ticket_run.mask(level),
@@ -136,8 +184,11 @@ class CopyTraining(levels.Protocol):
         weights.load_ticket(self.model, self.theta, masks)
         return masks
 
+    def fit_options(self, level):
+        return {"first_step": self.first_step, "last_step": self.last_step}
+
     def record(self, level, masks):
-        return {"k": self.run.k, "data_order": self.data_order,
+        return {"k": self.run.k, "k_steps": self.first_step, "data_order": self.data_order,
                 "mask_digest": weights.digest(masks)}
 
 
@@ -152,57 +203,77 @@ def interpolate(a, b, alpha, keep):
     return out
 
 
-def evaluate_path(run, level, k, model, evaluator, spec):
-    """The record of the path between level `level`'s two copies at rewind point k:
-    validation and test loss and accuracy at each point, the ends' own metrics, and
-    the error barriers."""
+def evaluate_path(run, level, k, pair, model, evaluator, spec, last_epoch):
+    """The record of the path between pair `pair`'s two copies of level `level` at rewind
+    point k (a label): validation and test loss and accuracy at each point, every point
+    evaluated alike (statistics re-estimated on the first batches of `last_epoch` of
+    `evaluator`'s plan, the pair's first copy's), the copies' own metrics, and per split
+    the barrier, the barrier inside the path and the gap between the ends."""
     from lth_keras.training import batchnorm_layers
 
-    copies = [run.copy(k, copy) for copy in (0, 1)]
+    copies = [run.copy(k, 2 * pair + i) for i in (0, 1)]
     ends = [c.weights(level) for c in copies]
     masks = weights.mask_paths(model)
     if any(not np.array_equal(ends[0][p], ends[1][p]) for p in masks):
-        raise SettingsError(f"the copies of level {level} at k={k} hold different masks")
-    statistics = {v.path for layer in batchnorm_layers(model)
-                  for v in (layer.moving_mean, layer.moving_variance)}
-    # Re-estimated statistics are overwritten after loading: interpolating them is moot.
+        raise SettingsError(f"the copies of level {level} at k={k}, pair {pair} hold "
+                            "different masks")
+    reestimate = spec.bn == "reestimate" and bool(batchnorm_layers(model))
     alphas = np.linspace(0.0, 1.0, spec.points)
     points = []
     for i, alpha in enumerate(alphas):
-        inner = 0 < i < len(alphas) - 1
-        end = ends[0] if i == 0 else ends[1]
-        weights.assign(model, interpolate(ends[0], ends[1], alpha, set(masks)) if inner
-                       else end)
-        if inner and spec.bn == "reestimate" and statistics:
-            evaluator.loop.recompute_batchnorm(0, spec.bn_batches)
+        end = {0: ends[0], len(alphas) - 1: ends[1]}.get(i)
+        weights.assign(model, end if end is not None
+                       else interpolate(ends[0], ends[1], alpha, set(masks)))
+        if reestimate:  # every point alike, the ends too
+            evaluator.loop.recompute_batchnorm(last_epoch, spec.bn_batches)
         points.append({"alpha": float(alpha), "val": evaluator.evaluate("val"),
                        "test": evaluator.evaluate("test")})
     metrics = [c.metrics(level) for c in copies]
-    return {"level": level, "k": k, "density": metrics[0]["density"]["density"],
-            "bn": spec.bn if statistics else "none (no BatchNormalization)",
-            "bn_batches": spec.bn_batches, "points": points,
-            "copies": [{"data_order": m["data_order"], "val": m["val"], "test": m["test"],
-                        "epochs": m["epochs"], "best_epoch": m["best_epoch"],
-                        "digest": weights.digest(end)} for m, end in zip(metrics, ends)],
-            "barrier": {split: error_barrier([p[split]["accuracy"] for p in points])
-                        for split in ("val", "test")}}
+    return {"level": level, "k": k, "pair": pair,
+            "density": metrics[0]["density"]["density"],
+            "bn": spec.bn if batchnorm_layers(model) else "none (no BatchNormalization)",
+            "bn_batches": spec.bn_batches, "bn_epoch": last_epoch, "points": points,
+            "copies": [{"copy": c.copy, "data_order": m["data_order"], "val": m["val"],
+                        "test": m["test"], "epochs": m["epochs"], "budget": m.get("budget"),
+                        "digest": weights.digest(end)}
+                       for c, m, end in zip(copies, metrics, ends)],
+            **path_summary(alphas, points)}
+
+
+def path_summary(alphas, points):
+    """{"barrier", "inside", "end_gap"}: each {split: value} of a path's points."""
+    out = {"barrier": {}, "inside": {}, "end_gap": {}}
+    for split in ("val", "test"):
+        accuracies = [p[split]["accuracy"] for p in points]
+        out["barrier"][split] = error_barrier(accuracies)
+        out["inside"][split] = inside_barrier(alphas, accuracies)
+        out["end_gap"][split] = abs(accuracies[0] - accuracies[-1])
+    return out
 
 
 def error_barrier(accuracies):
-    """The highest error along a path minus the mean error of its two ends (a fraction)."""
+    """Frankle et al.'s: the highest error along a path minus the mean error of its two
+    ends (a fraction)."""
     errors = [1.0 - a for a in accuracies]
     return max(errors) - (errors[0] + errors[-1]) / 2
 
 
-def path_is_current(run, level, k):
-    """Whether the path of (level, k) was evaluated between the copies that are there now
-    (a copy trained again since, after its ticket level was recomputed, is not)."""
-    if not os.path.exists(run.path_file(level, k)):
+def inside_barrier(alphas, accuracies):
+    """The highest rise of the error above the straight line between the ends' errors:
+    max over α of E(α) - ((1 - α)·E(0) + α·E(1)); 0 at the ends, so never negative."""
+    errors = [1.0 - a for a in accuracies]
+    return max(e - ((1 - a) * errors[0] + a * errors[-1]) for a, e in zip(alphas, errors))
+
+
+def path_is_current(run, level, k, pair):
+    """Whether the path of (level, k, pair) was evaluated between the copies that are there
+    now (a copy trained again since, after its ticket level was recomputed, is not)."""
+    if not os.path.exists(run.path_file(level, k, pair)):
         return False
     try:
-        path = artifacts.read_json(run.path_file(level, k))
+        path = artifacts.read_json(run.path_file(level, k, pair))
         return [c["digest"] for c in path["copies"]] == [
-            weights.digest(run.copy(k, copy).weights(level)) for copy in (0, 1)]
+            weights.digest(run.copy(k, 2 * pair + i).weights(level)) for i in (0, 1)]
     except (artifacts.ArtifactError, KeyError, TypeError):
         return False
 
@@ -227,16 +298,56 @@ def _ticket_run(groups, given):
     return ticket_run, chosen, groups
 
 
-def _rewind_points(spec, ticket_run):
-    """The rewind points to try: --rewind_points, each held by the ticket run, or all."""
-    held = ticket_run.saved_epochs()
-    if not spec.rewind_points:
-        return held
-    absent = [k for k in spec.rewind_points if k not in held]
+def _budget(spec, ticket_run, per_epoch):
+    """T in steps: --budget, or the steps level 0 of the ticket run trained."""
+    if spec.budget:
+        return steps.parse(spec.budget, per_epoch)
+    if not ticket_run.is_finished(0):
+        raise SettingsError(f"{spec.tickets} has not finished level 0, whose steps are the "
+                            "copies' budget: finish it, or give --budget")
+    return ticket_run.metrics(0)["epochs"] * per_epoch
+
+
+def _rewind_points(spec, ticket_run, per_epoch, budget):
+    """The rewind points to try, in steps: --rewind_points, each held by the ticket run and
+    before the budget's end, or every one it holds."""
+    held = ticket_run.saved_steps()
+    wanted = ([steps.parse(k, per_epoch) for k in spec.rewind_points] if spec.rewind_points
+              else held)
+    absent = [k for k in wanted if k not in held]
     if absent:
+        names = ", ".join(steps.text(k, per_epoch) for k in absent)
         raise SettingsError(
-            f"{ticket_run.path} holds level 0's weights after epochs {','.join(map(str, held))} "
-            f"only, not {','.join(map(str, absent))}: find tickets with --save_epochs="
-            f"{','.join(map(str, absent))} (a finished level 0 must be trained again: move "
-            f"{directory.level_name(0)} and the later levels away)")
-    return sorted(set(spec.rewind_points))
+            f"{ticket_run.path} holds level 0's weights at "
+            f"{', '.join(steps.text(k, per_epoch) for k in held)} only, not {names}: find "
+            "tickets with --save_epochs (epochs) or --save_steps (steps) (a finished level 0 "
+            f"must be trained again: move {directory.level_name(0)} and the later levels away)")
+    late = [k for k in wanted if k >= budget]
+    if late:
+        raise SettingsError(f"rewind points {', '.join(steps.text(k, per_epoch) for k in late)} "
+                            f"are not before the budget's end, step {budget}")
+    return sorted(set(wanted))
+
+
+def _mask_runs(spec, config, per_epoch, chosen):
+    """{k in steps: the TicketRun rewound to k} of --mask_runs, each checked to be the ticket
+    run's search but for its rewind epoch, and finished at every level the analysis uses."""
+    out = {}
+    for item in spec.mask_runs:
+        epoch, path = item.split(":", 1)
+        run, other = directory.open_ticket_run(path)
+        if other["hparams"].get("rewind_epoch") != int(epoch):
+            raise SettingsError(f"--mask_runs: {path} is rewound to epoch "
+                                f"{other['hparams'].get('rewind_epoch')}, not {epoch}")
+        differ = sorted(name for name in set(config["hparams"]) | set(other["hparams"])
+                        if name != "rewind_epoch"
+                        and config["hparams"].get(name) != other["hparams"].get(name))
+        if differ or other["dataset"]["fingerprint"] != config["dataset"]["fingerprint"]:
+            raise SettingsError(f"--mask_runs: {path} differs from {spec.tickets} in more than "
+                                f"its rewind epoch ({', '.join(differ) or 'its data'})")
+        missing = [level for level in chosen if not run.is_finished(level)]
+        if missing:
+            raise SettingsError(f"--mask_runs: {path} has not finished levels "
+                                f"{','.join(map(str, missing))}")
+        out[int(epoch) * per_epoch] = run
+    return out

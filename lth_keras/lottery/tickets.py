@@ -46,28 +46,34 @@ def find_tickets(groups, verbose=True):
                                        input_shape=(plan.image_size,) * 2 + (plan.channels,),
                                        num_classes=dataset.num_classes, seed=training.seed,
                                        bn_momentum=model_settings.bn_momentum)
+        # A --save_steps step at a whole epoch is that epoch's snapshot.
+        spe = plan.steps_per_epoch
         search(run, model, plan, rt, training, rounds=spec.rounds, prune_rate=spec.prune_rate,
                pruning_mode=spec.pruning, rewind_epoch=spec.rewind_epoch,
-               save_epochs=spec.save_epochs, checkpoint_every=run_settings.checkpoint_every,
-               verbose=verbose)
+               save_epochs=(*spec.save_epochs, *(s // spe for s in spec.save_steps
+                                                 if s % spe == 0)),
+               save_steps=[s for s in spec.save_steps if s % spe],
+               checkpoint_every=run_settings.checkpoint_every, verbose=verbose)
     return run
 
 
 def search(run, model, plan, runtime, training, *, rounds, prune_rate, pruning_mode="global",
-           rewind_epoch=2, save_epochs=(), checkpoint_every=600.0, verbose=True):
+           rewind_epoch=2, save_epochs=(), save_steps=(), checkpoint_every=600.0,
+           verbose=True):
     """Runs (or resumes) levels 0..rounds of IMP with late resetting into `run`.
 
     `model` is built with θ_0 under `runtime.scope()`; `plan` is the data's InputPlan,
     `training` the recipe (settings.Training); level 0 keeps its weights after each epoch
-    of `save_epochs` besides θ_k. Finished levels are skipped (after their
-    artifacts are checked); an interrupted level resumes from its last epoch checkpoint.
+    of `save_epochs` and each global step of `save_steps` besides θ_k. Finished levels are
+    skipped (after their artifacts are checked); an interrupted level resumes from its
+    last epoch checkpoint.
     """
     theta_0 = weights.snapshot(model)
     _check_or_write_theta_0(run, theta_0)
     _discard_damaged_levels(run)
     protocol = TicketSearch(run, model, theta_0, prune_rate=prune_rate,
                             pruning_mode=pruning_mode, rewind_epoch=rewind_epoch,
-                            save_epochs=save_epochs)
+                            save_epochs=save_epochs, save_steps=save_steps)
     return levels.train_levels(run, protocol, range(rounds + 1), plan, runtime, training,
                                checkpoint_every=checkpoint_every, verbose=verbose)
 
@@ -79,11 +85,12 @@ class TicketSearch(levels.Protocol):
     arrays = directory.THETA_I
 
     def __init__(self, run, model, theta_0, *, prune_rate, pruning_mode, rewind_epoch,
-                 save_epochs=()):
+                 save_epochs=(), save_steps=()):
         self.run, self.model, self.theta_0 = run, model, theta_0
         self.prune_rate, self.pruning_mode, self.rewind_epoch = (prune_rate, pruning_mode,
                                                                  rewind_epoch)
         self.save_epochs = set(save_epochs) - {0, rewind_epoch}  # θ_0 and θ_k are kept anyway
+        self.save_steps = sorted(set(save_steps))
         # θ_k and the last θ_i, as written, are kept between levels: on ResNet-50 each is
         # 190 MB that would be read back from disk every level.
         self.theta_k = self.previous = None
@@ -116,10 +123,15 @@ class TicketSearch(levels.Protocol):
             if epoch == self.rewind_epoch or epoch in self.save_epochs:
                 artifacts.write_arrays(self.run.epoch_file(epoch), weights.snapshot(self.model))
 
+        def save_step(step):
+            artifacts.write_arrays(self.run.file(directory.theta_step_name(step)),
+                                   weights.snapshot(self.model))
+
         # Early stopping may not stop level 0 before θ_k exists. (It may stop before a
         # later --save_epochs epoch: that snapshot is then absent, and the run's result
         # the same as without it.)
-        return {"min_epochs": self.rewind_epoch, "on_epoch_end": save_snapshots}
+        return {"min_epochs": self.rewind_epoch, "on_epoch_end": save_snapshots,
+                "snapshot_steps": self.save_steps, "on_step": save_step}
 
     def finished(self, level, trained):
         self.previous = trained

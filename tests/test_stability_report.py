@@ -1,0 +1,65 @@
+"""The instability report's rules on hand-made numbers: the barrier inside a path, the
+interval over pairs, the monotone "stable from k" and the uncertain cells."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lth_keras.analysis import stability as report
+from lth_keras.lottery import stability
+
+
+def test_barriers_of_a_hand_made_path():
+    # Errors along α = 0, 0.25, 0.5, 0.75, 1: 0.10, 0.20, 0.25, 0.30, 0.40. The ends' mean
+    # is 0.25, the highest error 0.40 (an end): Frankle's barrier 0.15, all from the ends.
+    # Above the line 0.10 + 0.30·α the errors rise by 0.025, 0, -0.025, 0: inside 0.025.
+    alphas = np.linspace(0, 1, 5)
+    accuracies = [0.90, 0.80, 0.75, 0.70, 0.60]
+    points = [{"val": {"accuracy": a}, "test": {"accuracy": a}} for a in accuracies]
+    summary = stability.path_summary(alphas, points)
+    assert summary["barrier"]["val"] == pytest.approx(0.15)
+    assert summary["inside"]["val"] == pytest.approx(0.025)
+    assert summary["end_gap"]["val"] == pytest.approx(0.30)
+    # A bump in the middle of two equal ends: all three say the same.
+    bump = [0.9, 0.85, 0.6, 0.85, 0.9]
+    assert stability.error_barrier(bump) == pytest.approx(0.3)
+    assert stability.inside_barrier(alphas, bump) == pytest.approx(0.3)
+
+
+def _pairs(level, k, k_steps, barriers):
+    return [{"level": level, "density": 0.5, "k": k, "k_steps": k_steps, "pair": p,
+             "val_barrier": b, "val_inside": b / 2, "val_end_gap": 0.0, "test_barrier": b,
+             "test_inside": 0.0, "test_end_gap": 0.0} for p, b in enumerate(barriers)]
+
+
+def test_the_interval_over_pairs():
+    # 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t(0.975, 2) = 4.302653: ± 0.0248414.
+    (cell,) = report.cells(_pairs(0, "01", 8, [0.01, 0.02, 0.03]), threshold=0.02)
+    assert cell["val_barrier"] == pytest.approx(0.02) and cell["pairs"] == 3
+    assert (cell["val_barrier_low"], cell["val_barrier_high"]) == pytest.approx(
+        (0.02 - 0.0248414, 0.02 + 0.0248414), abs=1e-7)
+    assert cell["uncertain"]  # the interval straddles the 2% threshold
+    (one,) = report.cells(_pairs(0, "01", 8, [0.01]), threshold=0.02)
+    assert math.isnan(one["val_barrier_low"]) and not one["uncertain"]
+
+
+def test_stable_from_is_monotone_and_says_when_it_is_uncertain():
+    rows = (_pairs(3, "00", 0, [0.05, 0.06, 0.07]) + _pairs(3, "040it", 40, [0.01, 0.01, 0.01])
+            + _pairs(3, "01", 126, [0.03, 0.03, 0.03]) + _pairs(3, "02", 252, [0.005] * 3)
+            + _pairs(3, "04", 504, [0.004, 0.006, 0.005]))
+    table = report.cells(rows, threshold=0.02)
+    # 40it is under 2% but 1 ep above it: the smallest k below at every larger k is 2 ep.
+    assert report.stable_from(table, 0.02) == {3: ("02", False)}
+    never = report.cells(_pairs(1, "00", 0, [0.01] * 3) + _pairs(1, "01", 126, [0.05] * 3), 0.02)
+    assert report.stable_from(never, 0.02) == {1: (None, False)}
+    edge = report.cells(_pairs(2, "00", 0, [0.01, 0.02, 0.035]) + _pairs(2, "01", 126, [0.001] * 3),
+                        0.02)
+    # Stable from 00 (mean 0.0217 > 0.02: no) -> from 01; the cell before it is uncertain.
+    assert report.stable_from(edge, 0.02) == {2: ("01", True)}
+    text = report.markdown(table, 0.02, "title", {"budget_steps": 1260, "annealed_at_epochs": [7],
+                                                  "masks": "the ticket run's"})
+    assert "- level 3: stable from k = 02" in text
+    assert "annealed at epochs 7" in text
+    unconverged = report.markdown(table, 0.02, "t", {"budget_steps": 10, "annealed_at_epochs": []})
+    assert "the copies end unconverged" in unconverged
