@@ -66,10 +66,11 @@ class GridRun:
     args: tuple               # flags of the binary, but --tickets and --output_dir
     tickets: str = None       # name of the find_tickets run a transfer reads
     only_theta_0: bool = False  # it reads only θ_0 of those tickets (scratch)
+    mask_runs: tuple = ()     # stability: (epoch K, name of the tickets rewound to K)
 
     @property
     def needs(self):
-        return (self.tickets,) if self.tickets else ()
+        return ((self.tickets,) if self.tickets else ()) + tuple(n for _, n in self.mask_runs)
 
     def can_start(self, layout, state_of):
         """Whether what this run reads exists: θ_0 for scratch (written when its ticket run
@@ -89,6 +90,9 @@ class GridRun:
         args = [f"--output_dir={self.directory(layout)}", *self.args]
         if self.tickets:
             args.append(f"--tickets={layout.directory(self.tickets)}")
+        if self.mask_runs:  # one comma list: a list flag given twice keeps the last
+            args.append("--mask_runs=" + ",".join(f"{epoch}:{layout.directory(name)}"
+                                                  for epoch, name in self.mask_runs))
         return args
 
 
@@ -104,7 +108,7 @@ def dataset_label(name):
 
 def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(),
            transfer_levels="all", transfer_seeds=(), reinit_levels=None,
-           control_transfer_seeds=None, tickets_first=True):
+           control_transfer_seeds=None, mask_rewind_epochs=(), tickets_first=True):
     """The grid's runs, each listed after the runs it needs.
 
     Natural sources (--sources: names or folders) keep the preset's --train_fraction;
@@ -112,7 +116,9 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
     find_tickets run comes first (a sharded grid's tasks then start with tickets);
     otherwise seed by seed, and within a seed transfer seed by transfer seed with
     scratch first, so that a grid cut short leaves complete pairs. The controls are
-    fine-tuned with `control_transfer_seeds` only (default: every transfer seed).
+    fine-tuned with `control_transfer_seeds` only (default: every transfer seed). With
+    `mask_rewind_epochs`, every stability run also gets, for each epoch K, a ticket run of
+    its own settings rewound to K, whose masks its copies use at k = K.
     """
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
@@ -130,12 +136,15 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         raise ValueError("scratch takes θ_0 from a ticket run: add sources or target_tickets")
     runs = {}
 
-    def tickets(dataset, seed, fraction=None, natural=False):
+    def tickets(dataset, seed, fraction=None, natural=False, rewind_epoch=None):
         label = dataset_label(dataset)
-        name = f"tickets/{label}-seed{seed}" + (f"-frac{fraction:g}" if fraction else "")
+        name = (f"tickets/{label}-seed{seed}" + (f"-frac{fraction:g}" if fraction else "")
+                + (f"-k{rewind_epoch}" if rewind_epoch is not None else ""))
         args = [f"--source={dataset}", f"--seed={seed}"]
         if not natural or fraction:  # natural sources (named or folders) keep the preset's
             args.append(f"--train_fraction={fraction or 1}")
+        if rewind_epoch is not None:
+            args.append(f"--rewind_epoch={rewind_epoch}")
         runs.setdefault(name, GridRun(name, "find_tickets", tuple(args)))
         return name
 
@@ -153,11 +162,14 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         runs.setdefault(name, GridRun(name, "transfer", tuple(args), tickets=ticket_run,
                                   only_theta_0=condition == "scratch"))
 
-    def stability(ticket_run, label, seed):
+    def stability(ticket_run, dataset, seed, natural=False):
         levels = reinit_levels or transfer_levels
         args = [f"--levels={levels}"] if levels != "all" else []
-        name = f"stability/{label}-seed{seed}"
-        runs.setdefault(name, GridRun(name, "stability", tuple(args), tickets=ticket_run))
+        name = f"stability/{dataset_label(dataset)}-seed{seed}"
+        masks = tuple((k, tickets(dataset, seed, natural=natural, rewind_epoch=k))
+                      for k in mask_rewind_epochs)
+        runs.setdefault(name, GridRun(name, "stability", tuple(args), tickets=ticket_run,
+                                      mask_runs=masks))
 
     for seed in seeds:
         natural = ({source: tickets(source, seed, natural=True) for source in sources}
@@ -165,11 +177,11 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
                        "stability"} & set(conditions) else {})
         if "stability" in conditions:
             for source, ticket_run in natural.items():
-                stability(ticket_run, dataset_label(source), seed)
+                stability(ticket_run, source, seed, natural=True)
         for target in targets:
             own = tickets(target, seed) if "target_tickets" in conditions else None
             if own and "stability" in conditions:
-                stability(own, dataset_label(target), seed)
+                stability(own, target, seed)
             for t in transfer_seeds or (seed,):
                 is_control_seed = control_transfer_seeds is None or t in control_transfer_seeds
                 if "scratch" in conditions:
@@ -293,6 +305,7 @@ def runs_of(grid, tickets_first=True):
                       transfer_levels=grid.transfer_levels, transfer_seeds=grid.transfer_seeds,
                       reinit_levels=grid.reinit_levels,
                       control_transfer_seeds=grid.control_transfer_seeds,
+                      mask_rewind_epochs=grid.mask_rewind_epochs,
                       tickets_first=tickets_first)
     except ValueError as e:
         raise settings.SettingsError(str(e))

@@ -364,6 +364,12 @@ class Grid:
                                       "target_transfer) "
                                       "(default: --transfer_levels): the control is needed "
                                       "only where the tickets are compared.", result=False)
+    mask_rewind_epochs: tuple = option((), "The stability condition with masks per rewind "
+                                           "point: for each epoch K, a ticket run of the "
+                                           "same settings rewound to K (tickets/<name>-kK), "
+                                           "whose masks the copies use at k = K "
+                                           "(stability --mask_runs).", item=int,
+                                       result=False)
     primary_level: int = option(None, "The pruning level of the grid's primary result, named "
                                       "before it runs: analyze then reports ticket - scratch "
                                       "at this level (paired difference, 95% CI, p, the "

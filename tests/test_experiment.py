@@ -243,6 +243,25 @@ def test_controls_take_their_own_transfer_seeds_and_levels():
                     conditions=["target_transfer"])
 
 
+def test_stability_with_masks_per_rewind_point_gets_runs_rewound_there(tmp_path):
+    runs = grid.expand(sources=[], targets=["fashion_mnist"], seeds=[1],
+                       conditions=["target_tickets", "stability"], reinit_levels="0,7",
+                       mask_rewind_epochs=[0, 2], tickets_first=False)
+    by_name = {run.name: run for run in runs}
+    assert [run.name for run in runs] == [
+        "tickets/fashion_mnist-seed1", "tickets/fashion_mnist-seed1-k0",
+        "tickets/fashion_mnist-seed1-k2", "stability/fashion_mnist-seed1"]
+    assert "--rewind_epoch=2" in by_name["tickets/fashion_mnist-seed1-k2"].args
+    analysis = by_name["stability/fashion_mnist-seed1"]
+    assert analysis.needs == ("tickets/fashion_mnist-seed1", "tickets/fashion_mnist-seed1-k0",
+                              "tickets/fashion_mnist-seed1-k2")
+    assert analysis.command_args(str(tmp_path)) == [
+        f"--output_dir={tmp_path / 'stability/fashion_mnist-seed1'}", "--levels=0,7",
+        f"--tickets={tmp_path / 'tickets/fashion_mnist-seed1'}",
+        f"--mask_runs=0:{tmp_path / 'tickets/fashion_mnist-seed1-k0'},"
+        f"2:{tmp_path / 'tickets/fashion_mnist-seed1-k2'}"]
+
+
 def test_tickets_of_another_grid_are_read_where_they_are(tmp_path):
     layout = grid.Layout(str(tmp_path / "b"), tickets_dir=str(tmp_path / "a" / "tickets"))
     run = grid.GridRun("transfer/t/x-rewind-seed0", "transfer", ("--seed=0",),
