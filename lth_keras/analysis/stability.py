@@ -31,7 +31,7 @@ PAIR_COLUMNS = ("level", "density", "k", "k_steps", "pair", "val_barrier", "val_
 CELL_COLUMNS = ("level", "density", "k", "k_steps", "pairs", "val_barrier", "val_barrier_low",
                 "val_barrier_high", "val_inside", "val_end_gap", "test_barrier",
                 "test_barrier_low", "test_barrier_high", "test_inside", "test_end_gap",
-                "uncertain")
+                "uncertain", "bn")
 
 
 def pair_rows(run):
@@ -69,7 +69,7 @@ def cells(pairs, threshold):
     for level, k_steps, k in keys:
         mine = [r for r in pairs if r["level"] == level and r["k_steps"] == k_steps]
         row = {"level": level, "density": mine[0]["density"], "k": k, "k_steps": k_steps,
-               "pairs": len(mine)}
+               "pairs": len(mine), "bn": mine[0].get("bn")}
         for split in ("val", "test"):
             mean, low, high = mean_interval([r[f"{split}_barrier"] for r in mine])
             row.update({f"{split}_barrier": mean, f"{split}_barrier_low": low,
@@ -142,7 +142,7 @@ def markdown(table, threshold, title, record):
                 else f"not stable from any k tried ({tried})")
         lines.append(f"- level {level}: {text}" + (" (uncertain: an interval near it straddles "
                                                     "the threshold)" if uncertain else ""))
-    bn = sorted({r["bn"] for r in table}) if table and "bn" in table[0] else []
+    bn = sorted({r["bn"] for r in table if r.get("bn")})
     lines += ["", f"BatchNorm statistics at every point: {', '.join(bn) or 'as recorded'}. "
                   "float32 results differ between machines; bit-identical reruns need the "
                   "same machine, software and --deterministic."]
