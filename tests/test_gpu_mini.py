@@ -15,9 +15,7 @@ import pytest
 from conftest import HISTOLOGY, REPO, needs_histology
 
 pytest.importorskip("jax", reason="the device runs the JAX engine")
-FASHION = "/usr/share/datasets/fashion-mnist"
-needs_fashion = pytest.mark.skipif(not os.path.isdir(FASHION),
-                                   reason="apt-get install dataset-fashion-mnist")
+CIFAR_JPEG = os.path.join(os.path.dirname(HISTOLOGY), "cifar10_jpeg")
 
 
 def _tool(*args, env=None, timeout=600):
@@ -28,19 +26,20 @@ def _tool(*args, env=None, timeout=600):
 
 @pytest.mark.slow
 @needs_histology
-@needs_fashion
 def test_the_gpu_mini_paper_dry_run(tmp_path):
     data, out = tmp_path / "data", tmp_path / "returned"
     proc = _tool("prepare", "--tiny", f"--out={data}", f"--histology={HISTOLOGY}",
-                 f"--fashion_dir={FASHION}")
+                 f"--source={CIFAR_JPEG}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     prepared = json.loads(proc.stdout)
     manifest = json.loads((data / "manifest.json").read_text())
     # The pre-resized copy holds the original folder's pixels at the storage size.
     assert manifest["histology"]["fingerprint"] == prepared["histology_fingerprint"]
     assert manifest["storage_size"] == 18 and prepared["travel_bytes"] < 64 * 2**20
-    assert sorted(os.listdir(data / "fashion_mnist")) == sorted(
-        f for f in os.listdir(FASHION) if f.endswith("-ubyte.gz"))
+    # The source travels as its own files: 20 a class and split at this size.
+    assert manifest["cifar10_jpeg"]["images"] == 20 * 10 * 2
+    assert sorted(os.listdir(data / "cifar10_jpeg" / "train")) == sorted(
+        os.listdir(os.path.join(CIFAR_JPEG, "train")))
 
     shadow = tmp_path / "shadow" / "tensorflow"
     shadow.mkdir(parents=True)
@@ -58,17 +57,20 @@ def test_the_gpu_mini_paper_dry_run(tmp_path):
     assert "gpu_mini/grid.json" in names
     report = json.loads((out / "gpu_mini_report.json").read_text())
     assert report["exit"] == 0 and not report["stopped_at_budget"]
-    # tickets, then per transfer seed scratch, the ticket, its reinit and random pruning
-    assert len(report["runs"]) == 9 and set(report["stages"]) >= {"grid", "packing", "total"}
-    assert any(run.endswith("fashion_mnist-random-seed0-t1") for run in report["runs"])
+    # per search: tickets, then per transfer seed scratch and the ticket, and with transfer
+    # seed 0 only (--control_transfer_seeds) its reinit and random pruning
+    assert len(report["runs"]) == 2 * 7 and set(report["stages"]) >= {"grid", "packing", "total"}
+    assert any(run.endswith("cifar10_jpeg-random-seed1-t0") for run in report["runs"])
+    assert not any(run.endswith("cifar10_jpeg-random-seed1-t1") for run in report["runs"])
 
     analysis = tmp_path / "analysis"
     proc = _tool("analyze", str(out), f"--runs={tmp_path / 'runs'}", f"--output_dir={analysis}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO((analysis / "primary.csv").read_text())))
     primary = next(r for r in rows if r["primary"] == "True")
-    assert (primary["contrast"], primary["level"], primary["n"]) == ("ticket − scratch", "1", "2")
-    assert primary["ci_low"] and primary["mde"]
+    assert (primary["contrast"], primary["level"], primary["unit"], primary["searches"],
+            primary["n"]) == ("ticket − scratch", "1", "search", "2", "4")
+    assert primary["ci_low"] and not primary["mde"]  # 2 searches: not estimable
     assert "# Primary result: ticket − scratch at level 1" in proc.stdout
     assert (analysis / "stages.md").read_text().startswith("# Wall time per stage")
     assert (analysis / "fig3.png").stat().st_size > 1000

@@ -5,8 +5,8 @@
   python tools/gpu_mini.py analyze DIR        # here: unpack what came back, analyze it
 
 prepare writes, into ignored folders of the checkout:
-  .gpu_mini/fashion_mnist/       Fashion-MNIST's four original files (30 MB), read by
-                                 the source loader as from any --data_dir
+  .gpu_mini/cifar10_jpeg/        the natural colour source, its JPEG files as they are
+                                 (25 MB; never to be reported as CIFAR-10)
   .gpu_mini/histology_nuclei/    the target, decoded and resized once to the storage size
                                  of the preset's crops (73 px for 64) with the loader's
                                  own resize, saved as PNG: the loader reads them without
@@ -30,9 +30,9 @@ analyze unpacks gpu_mini_runs.tar.gz into outputs/gpu_mini/ and runs lth_keras's
 analysis on it (no mask overlap: the masks stay on the device), into --output_dir
 (outputs/reference/gpu_mini/ by default), with stages.md from the report.
 
---tiny is the same path at CPU size (ResNet-8 at 16 px, one ticket seed, two
-transfer seeds, one round, two epochs a ticket level and one a transfer):
-tests/test_gpu_mini.py runs it.
+--tiny is the same path at CPU size (ResNet-8 at 16 px, 20 source images a class, two
+ticket searches with two transfer seeds each, one round, two epochs a ticket level and
+one a transfer): tests/test_gpu_mini.py runs it.
 """
 
 import argparse
@@ -57,15 +57,16 @@ TICKETS_PRESET = os.path.join("flags", "gpu_mini_tickets.cfg")
 TRANSFER_PRESET = os.path.join("flags", "gpu_mini_transfer.cfg")
 TRAVEL_LIMIT = 64 * 2**20
 RETURN_FILES, RETURN_FILE_LIMIT = 8, 16 * 2**20
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+SHARED = os.path.join(REPO, os.pardir, "shared", "data")
+SOURCE = "cifar10_jpeg"
+TINY_PER_CLASS = 20  # source images a class and split that --tiny carries
 # The CPU-size stand-ins of --tiny: appended to the presets (later flags win).
 TINY_TICKETS = ["--model=resnet8", "--image_size=16", "--rounds=1", "--max_epochs=2",
-                "--rewind_epoch=1", "--train_fraction=0.01", "--val_fraction=0.01",
+                "--rewind_epoch=1", "--train_fraction=1", "--val_fraction=0.1",
                 "--mixed_precision=off", "--precise_bn=4"]
 TINY_TRANSFER = ["--mixed_precision=off", "--precise_bn=4", "--max_epochs=1"]
-TINY_GRID = ["--seeds=0", "--transfer_seeds=0,1", "--transfer_levels=0,1", "--reinit_levels=1",
-             "--primary_level=1"]
+TINY_GRID = ["--seeds=0,1", "--transfer_seeds=0,1", "--control_transfer_seeds=0",
+             "--transfer_levels=0,1", "--reinit_levels=1", "--primary_level=1"]
 
 
 class ToolError(Exception):
@@ -80,16 +81,23 @@ def _preset_image_size(tiny):
     return groups[settings.Model].image_size
 
 
-def _fashion_dir(given):
-    candidates = [given] if given else [os.path.join(REPO, os.pardir, "shared", "data"),
-                                        "/usr/share/datasets/fashion-mnist"]
-    for d in candidates:
-        for folder in (d, os.path.join(d, "fashion_mnist")):
-            if all(os.path.isfile(os.path.join(folder, f)) for f in FASHION_FILES):
-                return folder
-    raise ToolError("Fashion-MNIST's four original files are not in "
-                    f"{' or '.join(candidates)}: apt-get install dataset-fashion-mnist, or "
-                    "--fashion_dir")
+def _copy_source(folder, out, tiny):
+    """The source's image files copied as they are (--tiny: the first TINY_PER_CLASS of each
+    class and split); returns how many."""
+    if not os.path.isdir(os.path.join(folder, "train")):
+        raise ToolError(f"{folder}: not the {SOURCE} folder (no train/); give --source")
+    copied = 0
+    for split in sorted(os.listdir(folder)):
+        if not os.path.isdir(os.path.join(folder, split)):
+            continue
+        for name in sorted(os.listdir(os.path.join(folder, split))):
+            files = sorted(os.listdir(os.path.join(folder, split, name)))
+            os.makedirs(os.path.join(out, split, name))
+            for f in files[:TINY_PER_CLASS] if tiny else files:
+                shutil.copyfile(os.path.join(folder, split, name, f),
+                                os.path.join(out, split, name, f))
+                copied += 1
+    return copied
 
 
 def _travel_size(extra):
@@ -116,11 +124,8 @@ def prepare(args):
     if not os.path.isdir(args.histology):
         raise ToolError(f"{args.histology}: no such folder (--histology)")
     shutil.rmtree(out, ignore_errors=True)
-    fashion = os.path.join(out, "fashion_mnist")
-    os.makedirs(fashion)
-    source = _fashion_dir(args.fashion_dir)
-    for name in FASHION_FILES:
-        shutil.copyfile(os.path.join(source, name), os.path.join(fashion, name))
+    source = os.path.abspath(args.source)
+    copied = _copy_source(source, os.path.join(out, SOURCE), args.tiny)
 
     original = load_image_folder(args.histology, storage_size=storage, cache_dir="")
     target = os.path.join(out, os.path.basename(os.path.normpath(args.histology)))
@@ -138,7 +143,7 @@ def prepare(args):
     artifacts.write_json(os.path.join(out, "manifest.json"), {
         "storage_size": storage, "histology": {"from": os.path.abspath(args.histology),
                                                "fingerprint": original.fingerprint()},
-        "fashion_mnist": {"from": source, "files": list(FASHION_FILES)}})
+        SOURCE: {"from": source, "images": copied, "tiny": args.tiny}})
 
     wheels = os.path.join(REPO, WHEELS)  # downloaded by tools/gpu_mini.sh prepare
     carried = [out] + ([wheels] if os.path.isdir(wheels) else [])
@@ -184,7 +189,8 @@ def run(args):
     target = os.path.join(data, "histology_nuclei")
     command = [sys.executable, "-m", "lth_keras.experiment",
                f"--flagfile={os.path.join(REPO, PRESET)}", f"--data_dir={data}",
-               f"--targets={target}", f"--output_dir={root}", "--cache_dir="]
+               f"--sources={os.path.join(data, SOURCE)}", f"--targets={target}",
+               f"--output_dir={root}", "--cache_dir="]
     if args.tiny:
         tickets = _flagfile(os.path.join(work, "tickets.cfg"), TICKETS_PRESET, TINY_TICKETS)
         transfer = _flagfile(os.path.join(work, "transfer.cfg"), TRANSFER_PRESET, TINY_TRANSFER)
@@ -307,9 +313,8 @@ def main(argv=None):
     p = commands.add_parser("prepare")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--out", default=os.path.join(REPO, DATA))
-    p.add_argument("--histology", default=os.path.join(REPO, os.pardir, "shared", "data",
-                                                       "histology_nuclei"))
-    p.add_argument("--fashion_dir", default=None)
+    p.add_argument("--histology", default=os.path.join(SHARED, "histology_nuclei"))
+    p.add_argument("--source", default=os.path.join(SHARED, SOURCE))
     r = commands.add_parser("run")
     r.add_argument("--tiny", action="store_true")
     r.add_argument("--data", default=os.path.join(REPO, DATA))
