@@ -16,7 +16,7 @@ those of the binaries, which are thin shells over the same code: a run started
 here resumes from the command line and the other way round. Calling them again
 in the same process reuses its engine runtime (devices are set up once per
 process). Each function is one short step from its settings to lth_keras.lottery
-(the protocols), grid, analysis or tflite.
+(the protocols), grid, analysis or tflite_export.
 """
 
 import dataclasses
@@ -48,7 +48,7 @@ def transfer(*objects, preset=None, verbose=True, **options):
     options or a settings object name, even at its default: an object passed
     (Training(...)) counts as naming every field it has.
     """
-    from lth_keras.lottery import transfer as protocol
+    from lth_keras.lottery import fine_tuning as protocol
 
     _ticket_options(options)
     groups, given = settings.resolve(settings.TRANSFER, objects, preset, options)
@@ -63,11 +63,11 @@ def stability(*objects, preset=None, verbose=True, **options):
     Pairs of copies (pairs=3) of each level's m_L ⊙ θ_k train from step k to the budget's
     step T with the ticket run's recipe (but for what is named, as with transfer), each on
     a data order of its own; `run.paths()` holds each evaluated path,
-    lth_keras.analysis.stability.cells(pair_rows(run), threshold) the table. The ticket
+    lth_keras.analysis.stability_report.cells(pair_rows(run), threshold) the table. The ticket
     run must hold level 0's weights at each k (find_tickets save_epochs=..., save_steps=...).
     """
-    from lth_keras.analysis import stability as report
-    from lth_keras.lottery import stability as protocol
+    from lth_keras.analysis import stability_report as report
+    from lth_keras.lottery import instability as protocol
 
     _ticket_options(options)
     groups, given = settings.resolve(settings.STABILITY, objects, preset, options)
@@ -178,14 +178,14 @@ def plan(runs, *, output_dir=None, **options):
 
 def export(run, level, *, output_dir=None, **options):
     """Exports a finished level of a run as a plain Keras model and sparse / dense TFLite
-    files (lth_keras/tflite.py); returns the report (export.json). Options are the
+    files (lth_keras/tflite_export.py); returns the report (export.json). Options are the
     Export settings: check_batch, tolerance. `output_dir` defaults to
     <run>/export/level_LL/."""
-    from lth_keras import tflite
+    from lth_keras import tflite_export
 
     if isinstance(run, os.PathLike) or hasattr(run, "path"):
         run = getattr(run, "path", run)
     groups, _ = settings.resolve((settings.Export,), options=dict(options, run=os.fspath(run),
                                                                   level=level))
     settings.check(groups)
-    return tflite.export_level(groups[settings.Export], output_dir)
+    return tflite_export.export_level(groups[settings.Export], output_dir)

@@ -5,7 +5,7 @@
 
 The run is a transfer run (the fine-tuned target model of the level) or a
 find_tickets run (θ_i of the level, with the source head). What is written, and
-how it is checked, is in lth_keras/tflite.py. A thin shell over lth_keras.export()
+how it is checked, is in lth_keras/tflite_export.py. A thin shell over lth_keras.export()
 (lth_keras/api.py); its flags are the Export settings (lth_keras/settings.py).
 """
 
@@ -19,13 +19,13 @@ settings.define_flags([settings.Export])
 def main(argv):
     cli.no_arguments(argv)
     groups = settings.from_flags(settings.EXPORT)
-    from lth_keras import api, tflite
+    from lth_keras import api, tflite_export
 
     options = dataclasses.asdict(groups[settings.Export])
     output_dir = groups[settings.Run].output_dir
     report = api.export(options.pop("run"), options.pop("level"), output_dir=output_dir,
                         **options)
-    print(tflite.format_report(report), end="")
+    print(tflite_export.format_report(report), end="")
     print(f"artifacts: {report['output_dir']}")
 
 

@@ -370,8 +370,8 @@ def _in_this_process(run, arguments, log_path):
 
     from absl import logging
 
-    from lth_keras.analysis import stability as stability_report
-    from lth_keras.lottery import stability, tickets, transfer
+    from lth_keras.analysis import stability_report
+    from lth_keras.lottery import fine_tuning, instability, tickets
 
     groups = {"find_tickets": settings.FIND_TICKETS, "transfer": settings.TRANSFER,
               "stability": settings.STABILITY}[run.binary]
@@ -384,10 +384,10 @@ def _in_this_process(run, arguments, log_path):
         if run.binary == "find_tickets":
             tickets.find_tickets(parsed)
         elif run.binary == "stability":
-            stability_report.write_report(stability.stability(parsed, given),
+            stability_report.write_report(instability.stability(parsed, given),
                                           parsed[settings.Stability].threshold)
         else:  # what the command line names is what a transfer does not take from its tickets
-            transfer.transfer(parsed, given)
+            fine_tuning.transfer(parsed, given)
         return 0, ""
     except Exception as e:  # noqa: BLE001 - one run's failure is reported; the grid goes on
         message = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)

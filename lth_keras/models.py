@@ -308,7 +308,7 @@ def replace_head(model, num_classes, kernel_seed):
     The body's layers (hence its variable objects, masks included) are shared,
     not copied: training the new model changes `model`'s body too. The new
     head is a plain Dense whose Glorot-uniform kernel is drawn from `kernel_seed`
-    itself (a transfer's own stream, lottery.transfer.head_seed), not from the model
+    itself (a transfer's own stream, lottery.fine_tuning.head_seed), not from the model
     seed's per-layer stream that θ_0's head came from.
     """
     features = head_layer(model).input

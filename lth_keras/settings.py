@@ -60,7 +60,7 @@ class Data:
     split: tuple = option(None, "For an image folder without val/ or test/: seeded stratified "
                                 "train,val,test fractions to carve, e.g. 0.7,0.1,0.2.",
                           item=float)
-    # How images reach the model (datasets/plan.py); a transfer takes both from its tickets.
+    # How images reach the model (datasets/epoch_plan.py); a transfer takes both from its tickets.
     crop: str = option("random", "random: resize to image_size·256/224 and crop image_size, "
                                  "at random for training and in the centre for evaluation (the "
                                  "paper's); none: the stored pixels as they are, no resize and "
@@ -220,7 +220,7 @@ BN_AT_INTERPOLATION = ("reestimate", "interpolate")
 
 @dataclasses.dataclass(frozen=True)
 class Stability:
-    """Instability analysis (Frankle et al. 2020) of a ticket run (lottery/stability.py)."""
+    """Instability analysis (Frankle et al. 2020) of a ticket run (lottery/instability.py)."""
     tickets: str = option(None, "A find_tickets run directory.", result=False)
     levels: str = option("all", "'all' or a comma list of the ticket run's levels.",
                          result=False)
@@ -513,7 +513,7 @@ class Planning:
 
 @dataclasses.dataclass(frozen=True)
 class Export:
-    """What `export` converts (lth_keras/tflite.py); it writes to --output_dir."""
+    """What `export` converts (lth_keras/tflite_export.py); it writes to --output_dir."""
     run: str = option(None, "A transfer (or find_tickets) run directory.", result=False)
     level: int = option(None, "The finished level to export.", result=False)
     check_batch: int = option(16, "Random inputs the prediction check runs on.", result=False)

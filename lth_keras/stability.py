@@ -13,7 +13,7 @@ the path and the gap between the ends say where it comes from. Writes stability.
 .csv / .pairs.csv / .png into the run directory (outputs/stability/<ticket run>/ by
 default). Re-running the same command skips finished copies and paths and resumes an
 interrupted copy. A thin shell over
-lth_keras.lottery.stability and lth_keras.analysis.stability (also
+lth_keras.lottery.instability and lth_keras.analysis.stability_report (also
 lth_keras.stability() in Python); its flags are the Stability settings and the
 common ones (lth_keras/settings.py).
 """
@@ -25,11 +25,11 @@ settings.define_flags([settings.Stability])
 
 def main(argv):
     cli.no_arguments(argv)
-    from lth_keras.lottery import stability
+    from lth_keras.lottery import instability
 
     groups = settings.from_flags(settings.STABILITY)
-    run = stability.stability(groups, settings.given(settings.STABILITY))
-    from lth_keras.analysis import stability as report  # matplotlib: after the settings' checks
+    run = instability.stability(groups, settings.given(settings.STABILITY))
+    from lth_keras.analysis import stability_report as report  # matplotlib: after the settings' checks
 
     print(report.write_report(run, groups[settings.Stability].threshold), end="")
     print(f"artifacts: {run.path}")

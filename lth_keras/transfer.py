@@ -7,7 +7,7 @@
 
 The model and input size are the ticket's. Re-running the same command skips
 finished levels and resumes an interrupted one from its last epoch. A thin shell
-over lth_keras.lottery.transfer (also lth_keras.transfer() in Python); its flags
+over lth_keras.lottery.fine_tuning (also lth_keras.transfer() in Python); its flags
 are the Transfer settings and the common ones (lth_keras/settings.py).
 """
 
@@ -18,10 +18,10 @@ settings.define_flags([settings.Transfer])
 
 def main(argv):
     cli.no_arguments(argv)
-    from lth_keras.lottery import transfer
+    from lth_keras.lottery import fine_tuning
 
     # What the command line names is kept; the rest of the recipe is the ticket run's.
-    cli.print_run(transfer.transfer(settings.from_flags(settings.TRANSFER),
+    cli.print_run(fine_tuning.transfer(settings.from_flags(settings.TRANSFER),
                                     settings.given(settings.TRANSFER)))
 
 

@@ -124,17 +124,17 @@ def in_process(binary, *args):
     training, not a process start and a TensorFlow import (~7 s of CPU each). Returns
     the run; a bad setting raises."""
     from lth_keras import settings
-    from lth_keras.lottery import stability, tickets, transfer
+    from lth_keras.lottery import fine_tuning, instability, tickets
 
     if binary == "find_tickets":
         groups, _ = settings.parse_given(settings.FIND_TICKETS, args)
         return tickets.find_tickets(groups, verbose=False)
     if binary == "transfer":
-        return transfer.transfer(*settings.parse_given(settings.TRANSFER, args), verbose=False)
-    from lth_keras.analysis import stability as report
+        return fine_tuning.transfer(*settings.parse_given(settings.TRANSFER, args), verbose=False)
+    from lth_keras.analysis import stability_report as report
 
     groups, given = settings.parse_given(settings.STABILITY, args)
-    run = stability.stability(groups, given, verbose=False)
+    run = instability.stability(groups, given, verbose=False)
     report.write_report(run, groups[settings.Stability].threshold)
     return run
 
@@ -180,12 +180,12 @@ def expected_start_digest(run, body, mask):
     """Digest of m ⊙ body with the target head that a fresh model of a transfer run's
     seed gets: what its level must have started from."""
     from lth_keras import weights
-    from lth_keras.lottery import architecture, transfer
+    from lth_keras.lottery import architecture, fine_tuning
 
     config = run.config()
     source, target = architecture.build_target_model(config["model"],
                                                     config["dataset"]["num_classes"],
-                                                    transfer.head_seed(
+                                                    fine_tuning.head_seed(
                                                         config["hparams"]["seed"],
                                                         config["dataset"]["name"]))
     weights.load_ticket(source, body, mask)

@@ -18,7 +18,7 @@ from scipy import stats
 from conftest import REPO, run_binary
 from lth_keras import artifacts, settings
 from lth_keras.lottery import directory
-from lth_keras.analysis import cells, collect, figures, masks, report, statistics, targets
+from lth_keras.analysis import cells, collect, figures, masks, report, statistics, views
 
 LAYERS = {"fc1/kernel": (10, 10), "fc2/kernel": (10, 5)}
 SIZE = sum(int(np.prod(s)) for s in LAYERS.values())
@@ -293,8 +293,8 @@ def test_figures_are_written_and_read_like_the_paper(results, analysis):
         assert out[f"{name}.pdf"].startswith(b"%PDF") and len(out[f"{name}.pdf"]) > 1000
     assert out["density_human_lba-frac1-seed0.png"].startswith(b"\x89PNG")
 
-    views = targets.build_views(cells.group_cells(collect.collect_runs([results])))
-    fig = figures.figure3(views)
+    found = views.build_views(cells.group_cells(collect.collect_runs([results])))
+    fig = figures.figure3(found)
     ax = fig.axes[0]
     assert ax.get_title() == "human_lba"
     assert "pruned" in ax.get_xlabel() and "accuracy" in ax.get_ylabel()
@@ -427,8 +427,8 @@ def test_fig4_draws_the_theta_k_line_from_real_transfer_hparams(results):
     hparams = [artifacts.read_json(os.path.join(r.path, "config.json"))["hparams"]
                for r in (rewind, final)]
     assert (hparams[0]["init"], hparams[1]["init"]) == ("rewind", "final")
-    views = targets.build_views(cells.group_cells(collect.collect_runs([results])))
-    panel = next(a for a in figures.figure4(views).axes if a.get_title() == "θ_k vs θ_i: human_lba")
+    found = views.build_views(cells.group_cells(collect.collect_runs([results])))
+    panel = next(a for a in figures.figure4(found).axes if a.get_title() == "θ_k vs θ_i: human_lba")
     legend = [t.get_text() for t in panel.get_legend().get_texts()]
     assert legend[:2] == ["cifar10 θ_k (ticket) (n=1-2)", "cifar10 θ_i (final weights) (n=2)"]
     styles = sorted(line.get_linestyle() for line in panel.get_lines())

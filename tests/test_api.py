@@ -166,12 +166,12 @@ def test_a_recipe_setting_named_at_its_default_is_the_transfers(tiny_tickets):
     # max_epochs defaults to 100 and the tickets trained with 3: named at 100, the transfer
     # trains with 100 (a recorded override); not named, with the ticket's 3.
     from lth_keras import settings
-    from lth_keras.lottery import transfer
+    from lth_keras.lottery import fine_tuning
 
     for options, epochs, overrides in (({"max_epochs": 100}, 100, {"max_epochs"}),
                                        ({}, 3, set())):
         groups, given = settings.resolve(settings.TRANSFER, options={
             "tickets": tiny_tickets.path, "target": "fashion_mnist", **options})
-        _, _, groups, found = transfer._ticket_run(groups, given)
+        _, _, groups, found = fine_tuning._ticket_run(groups, given)
         assert groups[settings.Training].max_epochs == epochs
         assert set(found) == overrides

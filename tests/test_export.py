@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import run_binary
-from lth_keras import artifacts, lottery, models, pruning, tflite, weights
+from lth_keras import artifacts, lottery, models, pruning, tflite_export, weights
 from lth_keras.errors import UserError
 from lth_keras.lottery import architecture
 from lth_keras.layers import MASKED_LAYER_TYPES
@@ -118,7 +118,7 @@ def test_export_of_a_90_percent_ticket_agrees_and_the_sparse_tflite_is_smaller(t
     np.testing.assert_array_equal(model(x), target(x))  # the stored model came back
 
     out = tmp_path / "out"
-    report = tflite.export(model, str(out), "ticket", description=description)
+    report = tflite_export.export(model, str(out), "ticket", description=description)
 
     files = report["files"]
     assert sorted(os.listdir(out)) == sorted([*files, "export.json"])
@@ -138,7 +138,7 @@ def test_export_of_a_90_percent_ticket_agrees_and_the_sparse_tflite_is_smaller(t
     np.testing.assert_allclose(reloaded(x), target(x), rtol=0, atol=1e-5)
     for variant in ("sparse", "dense"):
         flatbuffer = (out / f"ticket_{variant}.tflite").read_bytes()
-        np.testing.assert_allclose(tflite.tflite_predict(flatbuffer, x), target(x),
+        np.testing.assert_allclose(tflite_export.tflite_predict(flatbuffer, x), target(x),
                                    rtol=0, atol=1e-4)
 
 
@@ -148,7 +148,7 @@ def test_weights_below_30_percent_zeros_stay_dense_in_tflite(tmp_path):
     rates = {"conv1": 0.9, "conv2": 0.9, "conv3": 0.9, "conv4": 0.9, "fc1": 0.9, "fc2": 0.2}
     _fabricate_transfer_run(tmp_path / "run", 1, _layerwise_masks(rates), model_config=config)
     model, description = architecture.level_model(str(tmp_path / "run"), 1)
-    report = tflite.export(model, str(tmp_path / "out"), "conv4", description=description)
+    report = tflite_export.export(model, str(tmp_path / "out"), "conv4", description=description)
     kernels = report["sparsity"]["kernels"]
     assert not kernels["fc2/kernel"]["tflite_compressed"]
     assert kernels["conv1/kernel"]["tflite_compressed"]
@@ -176,10 +176,10 @@ def test_export_of_a_find_tickets_run(tmp_path):
 
 def test_disagreeing_export_is_refused_and_writes_nothing(tmp_path, monkeypatch):
     model = models.build_model("lenet_300_100", input_shape=(16, 16, 3), num_classes=4, seed=0)
-    real_predict = tflite.tflite_predict
-    monkeypatch.setattr(tflite, "tflite_predict", lambda fb, x: real_predict(fb, x) + 0.5)
-    with pytest.raises(tflite.ExportError, match="sparse TFLite|dense TFLite"):
-        tflite.export(model, str(tmp_path / "out"), "m")
+    real_predict = tflite_export.tflite_predict
+    monkeypatch.setattr(tflite_export, "tflite_predict", lambda fb, x: real_predict(fb, x) + 0.5)
+    with pytest.raises(tflite_export.ExportError, match="sparse TFLite|dense TFLite"):
+        tflite_export.export(model, str(tmp_path / "out"), "m")
     assert not (tmp_path / "out").exists()
 
 

@@ -287,19 +287,19 @@ def test_replace_head_shares_the_body(models, name):
 def test_a_transfer_head_is_independent_of_theta_0s_head():
     """The grid gives a transfer its ticket's seed; with the same class count the fresh
     head must still be a new draw, not θ_0's head again (nor correlated with it)."""
-    from lth_keras.lottery import architecture, transfer
+    from lth_keras.lottery import architecture, fine_tuning
 
     ticket_heads, transfer_heads = [], []
     for seed in range(4):
         config = {"model": "lenet_300_100", "image_size": 16, "source_classes": 10,
                   "seed": seed, "bn_momentum": 0.9}
         source, target = architecture.build_target_model(
-            config, 10, transfer.head_seed(seed, "fashion_mnist"))
+            config, 10, fine_tuning.head_seed(seed, "fashion_mnist"))
         ticket_heads.append(np.asarray(head_layer(source).kernel).ravel())
         transfer_heads.append(np.asarray(head_layer(target).kernel).ravel())
         assert not np.array_equal(ticket_heads[-1], transfer_heads[-1])
     r = np.corrcoef(np.concatenate(ticket_heads), np.concatenate(transfer_heads))[0, 1]
     assert abs(r) < 0.08, r  # 4000 pairs: |r| of independent draws is ~0.016
     # Its own stream: fixed by (seed, target), and another target draws another head.
-    assert transfer.head_seed(0, "a") == transfer.head_seed(0, "a")
-    assert len({transfer.head_seed(s, t) for s in range(3) for t in "ab"}) == 6
+    assert fine_tuning.head_seed(0, "a") == fine_tuning.head_seed(0, "a")
+    assert len({fine_tuning.head_seed(s, t) for s in range(3) for t in "ab"}) == 6

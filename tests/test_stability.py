@@ -175,7 +175,7 @@ def test_negative_control_copies_on_one_data_order_have_no_barrier(tiny_tickets,
     # The same start, recipe and data order twice: one network, so every point of the
     # path is that network and every number is exactly 0. Run through the Python API.
     import lth_keras
-    from lth_keras.analysis import stability
+    from lth_keras.analysis import stability_report as stability
 
     run = lth_keras.stability(tickets=tiny_tickets, data_dir=tiny_fashion_dir,
                               output_dir=str(tmp_path / "same_order"), levels=[2],

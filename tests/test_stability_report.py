@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from lth_keras.analysis import stability as report
-from lth_keras.lottery import stability
+from lth_keras.analysis import stability_report as report
+from lth_keras.lottery import instability as stability
 
 
 def test_barriers_of_a_hand_made_path():

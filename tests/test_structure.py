@@ -92,7 +92,7 @@ def test_the_graph_holds_function_level_imports():
     # Both made inside functions: the grid's in-process runs, and the trainer of a level.
     assert "lth_keras.lottery.tickets" in graph["lth_keras.grid"]
     assert "lth_keras.training" in graph["lth_keras.lottery.levels"]
-    assert "lth_keras.lottery.directory" in graph["lth_keras.lottery.transfer"]
+    assert "lth_keras.lottery.directory" in graph["lth_keras.lottery.fine_tuning"]
 
 
 def test_lth_keras_has_no_import_cycle():

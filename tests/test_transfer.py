@@ -12,7 +12,7 @@ from conftest import (HISTOLOGY, TICKET_ROUNDS, expected_start_digest, in_proces
                       needs_histology, refused_in_process, run_binary)
 from lth_keras import artifacts, lottery, settings, weights
 from lth_keras.errors import UserError
-from lth_keras.lottery import architecture, transfer as protocol
+from lth_keras.lottery import architecture, fine_tuning as protocol
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ import os
 from lth_keras import artifacts, settings
 from lth_keras.lottery.directory import (CONFIG, LEVEL_NAME, LEVELS, METRICS, RunDirectory,
                                          StabilityRun, level_name)
-from lth_keras.lottery.transfer import CONDITIONS
+from lth_keras.lottery.fine_tuning import CONDITIONS
 
 KINDS = ("find_tickets", "transfer")
-STABILITY = "stability"  # a stability run: read by analysis/stability.py
+STABILITY = "stability"  # a stability run: read by analysis/stability_report.py
 TICKETS = "tickets"  # the condition name given to find_tickets runs
 # The transfer settings that make its condition (rewind, final, reinit, random, ...):
 # the condition stands for them, so that cells of two conditions compare on the rest.
@@ -66,7 +66,7 @@ class RunRecord:
 
     path: str
     kind: str
-    condition: str  # TICKETS for find_tickets; else one of lottery.transfer.CONDITIONS
+    condition: str  # TICKETS for find_tickets; else one of lottery.fine_tuning.CONDITIONS
     dataset: str
     source: str | None
     seed: int
@@ -123,7 +123,7 @@ def find_run_dirs(roots):
 def collect_runs(roots, stability=None):
     """Reads every find_tickets and transfer run under `roots`; the ticket settings of
     transfers are resolved. The stability runs found are appended to `stability` (a
-    list), as StabilityRun directories (analysis/stability.py reads them)."""
+    list), as StabilityRun directories (analysis/stability_report.py reads them)."""
     paths = find_run_dirs(roots)
     if not paths:
         raise AnalysisError(f"no run directories (config.json) under {', '.join(roots)}")

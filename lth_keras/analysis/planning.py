@@ -184,16 +184,16 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
     `level` (default: the level its grid named) on every target. `effect` is a fraction
     of accuracy (0.02: 2 points); `design`, (n, m), is a design to evaluate beside the
     cheapest."""
-    from lth_keras.analysis import cells, collect, primary, targets
+    from lth_keras.analysis import cells, collect, primary, views
 
     runs = collect.collect_runs(roots)
     record = primary.grid_plan(roots)
     level = record.primary_level if level is None else level
     if level is None:
         raise PlanningError("no level: the pilot's grid names no primary level; give --level")
-    natural = tuple(sorted(set(targets.NATURAL_SOURCES) | set(record.natural)))
-    views = targets.build_views(cells.group_cells(runs), natural)
-    found = [c for c in primary.contrasts(views, level) if c.primary]
+    natural = tuple(sorted(set(views.NATURAL_SOURCES) | set(record.natural)))
+    found_views = views.build_views(cells.group_cells(runs), natural)
+    found = [c for c in primary.contrasts(found_views, level) if c.primary]
     if not found:
         raise PlanningError(f"no ticket - scratch pair at level {level} under "
                             f"{', '.join(roots)}: the pilot must fine-tune natural tickets "

@@ -22,7 +22,7 @@ and, when the grid names a domain contrast A:B (--domain_contrast), one across t
   (ticket − target ticket) on A − the same on B, per search: the paper's second finding
                             (natural tickets lose to target tickets on pathology, win on art)
 
-Every side is compared like with like: the views (analysis/targets.py) never mix
+Every side is compared like with like: the views (analysis/views.py) never mix
 recipes, and every side of a contrast starts with a fresh head. Each contrast is a
 statistics.SearchDifference of test accuracy (the search as the unit, its transfer seeds
 averaged first). The primary contrasts are one family and get verdicts at p_holm < 0.05
@@ -51,7 +51,7 @@ PRIMARY_FAMILY, EXPLORATORY = "primary", "exploratory"
 
 @dataclasses.dataclass(frozen=True)
 class Side:
-    line: object  # targets.Line, or None when the view has no such line
+    line: object  # views.Line, or None when the view has no such line
     level: int
 
     def values(self):

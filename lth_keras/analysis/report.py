@@ -10,9 +10,9 @@ import dataclasses
 import os
 import re
 
-from lth_keras.analysis import collect, figures, masks, primary, stability, tables
+from lth_keras.analysis import collect, figures, masks, primary, stability_report, tables
 from lth_keras.analysis.cells import group_cells
-from lth_keras.analysis.targets import NATURAL_SOURCES, build_views
+from lth_keras.analysis.views import NATURAL_SOURCES, build_views
 
 
 @dataclasses.dataclass
@@ -94,7 +94,7 @@ def analyze(roots, *, natural=None, density_runs=None, overlap=True,
 
     for run, name in zip(stability_runs, _stability_names(stability_runs)):
         # Each stability run's own report, at its own threshold.
-        rows[name], out, fig = stability.report(run, stability.threshold_of(run))
+        rows[name], out, fig = stability_report.report(run, stability_report.threshold_of(run))
         files.update({f"{name}.{fmt}": data for fmt, data in out.items()})
         if fig is not None:
             figs[name] = fig

@@ -136,7 +136,7 @@ class Entry:
 
     row: str
     column: str
-    line: object  # targets.Line
+    line: object  # views.Line
     pick: Pick | None  # by validation accuracy (scratch: level 0)
     optimistic: Pick | None  # by test accuracy (scratch: level 0)
     scratch: Pick | None  # the view's baseline

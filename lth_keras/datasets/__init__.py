@@ -1,5 +1,13 @@
 """Datasets: in-memory splits, the natural-image sources, the epoch plan, the tf.data pipeline.
 
+  dataset     ImageDataset and Split: uint8 images and labels per split; carving, subsets
+  sources     the natural-image sources (Fashion-MNIST, CIFAR-10/100) from their files
+  folders     image folders <root>/{train,val,test}/<class>/*, checked and decoded
+  cache       decoded image folders kept on disk, memory-mapped
+  targets     the paper's targets (Table 1) and their counts
+  epoch_plan  InputPlan: which images, crops and normalisation each epoch feeds
+  pipeline    the TensorFlow engine's tf.data input (TensorFlow only)
+
 Everything here but the tf.data pipeline works without TensorFlow. The pipeline
 is imported lazily: importing TensorFlow takes seconds, loading or validating
 data (e.g. failing fast on missing files) does not need it, and the JAX engine
@@ -8,7 +16,7 @@ never does.
 
 import os
 
-from lth_keras.datasets.base import (
+from lth_keras.datasets.dataset import (
     SPLITS,
     DataError,
     ImageDataset,
@@ -28,7 +36,7 @@ from lth_keras.datasets.folders import (
     parse_split,
     scan_image_folder,
 )
-from lth_keras.datasets.plan import InputPlan, channel_stats, resize_size
+from lth_keras.datasets.epoch_plan import InputPlan, channel_stats, resize_size
 from lth_keras.datasets.targets import TARGETS, TargetSpec, load_target
 
 _PIPELINE_NAMES = ("InputPipeline",)

@@ -55,7 +55,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lth_keras.datasets.base import (
+from lth_keras.datasets.dataset import (
     SPLITS,
     DataError,
     ImageDataset,

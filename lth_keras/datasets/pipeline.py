@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from lth_keras.datasets.plan import InputPlan, channel_stats, resize_size  # noqa: F401
+from lth_keras.datasets.epoch_plan import InputPlan, channel_stats, resize_size  # noqa: F401
 
 __all__ = ["InputPipeline", "channel_stats", "resize_size"]
 

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from lth_keras.datasets.base import (
+from lth_keras.datasets.dataset import (
     SPLITS,
     DataError,
     ImageDataset,

@@ -14,7 +14,7 @@ import os
 
 from absl import logging
 
-from lth_keras.datasets.base import SPLITS, DataError, MissingDataError
+from lth_keras.datasets.dataset import SPLITS, DataError, MissingDataError
 from lth_keras.datasets.folders import FolderDataset, load_image_folder, scan_image_folder
 
 

@@ -6,18 +6,18 @@
                         on the accelerators as uint8 (engines/jax_engine.py)
 
 Both run the same recipe (training.Trainer), on the same epoch plan
-(datasets/plan.py), and read and write the same run directories: a ticket found
+(datasets/epoch_plan.py), and read and write the same run directories: a ticket found
 with one engine transfers, or resumes, with the other. Nothing outside this
 package imports TensorFlow or JAX for training.
 
-This module chooses the engine; what both build on is engines/base.py, which the
+This module chooses the engine; what both build on is engines/engine.py, which the
 engines import (never this package), so the imports run one way.
 """
 
 import keras
 
 from lth_keras import settings
-from lth_keras.engines.base import ConfigurationError, Runtime
+from lth_keras.engines.engine import ConfigurationError, Runtime
 
 __all__ = ["ConfigurationError", "Runtime", "backend", "process_runtime", "runtime", "setup"]
 

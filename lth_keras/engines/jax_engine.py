@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lth_keras.engines import base
+from lth_keras.engines import engine
 from lth_keras.errors import ConfigurationError
 from lth_keras.layers import gradient_masks, mask_gradients
 from lth_keras.training import (batch_statistics, batch_sums, batchnorm_layers, cross_entropy,
@@ -39,7 +39,7 @@ from lth_keras.training import (batch_statistics, batch_sums, batchnorm_layers, 
 _PROGRESS_READS = 20  # host reads of the running metrics per epoch, on a terminal only
 
 
-class Runtime(base.Runtime):
+class Runtime(engine.Runtime):
     """Devices, precision and data parallelism of this process, on JAX, from the run's
     settings (settings.Run; its steps_per_execution is the TensorFlow engine's: the host
     never waits for a step here) and the recipe's (settings.Training: seed, precision)."""
@@ -64,7 +64,7 @@ class Runtime(base.Runtime):
         if run.deterministic:
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                        + " --xla_gpu_deterministic_ops=true").strip()
-        cache = base.compilation_cache_dir(run.compilation_cache)
+        cache = engine.compilation_cache_dir(run.compilation_cache)
         if cache:
             # Every step of a run compiles in seconds (ResNet-50: 20 s on an H200), and a
             # grid starts many processes of the same shapes: the second one loads them.
@@ -98,7 +98,7 @@ class Runtime(base.Runtime):
         random.seed(training.seed)
         np.random.seed(training.seed)
         # bfloat16 keeps float32's exponent range: no loss scaling.
-        base.set_precision(training.mixed_precision)
+        engine.set_precision(training.mixed_precision)
 
     def release(self):
         super().release()
@@ -203,7 +203,7 @@ def _join_cluster(timeout):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
         # JAX's own timeout aborts the process with a C++ stack trace: ours comes first.
-        with base.watchdog(timeout, f"not every process of the cluster joined within "
+        with engine.watchdog(timeout, f"not every process of the cluster joined within "
                                        f"{timeout} s (--worker_timeout); start them all"):
             jax.distributed.initialize(initialization_timeout=int(timeout) + 60, **kwargs)
     except (ValueError, RuntimeError) as e:
@@ -442,7 +442,7 @@ class CompiledSteps:
             return self._statistics(*args)
 
 
-class EpochLoop:
+class EpochLoop(engine.EpochLoop):
     """Epochs of one model over the device data, with the steps of its signature."""
 
     def __init__(self, runtime, model, optimizer, plan, training):

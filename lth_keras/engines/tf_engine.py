@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lth_keras.engines import base
+from lth_keras.engines import engine
 from lth_keras.errors import ConfigurationError
 from lth_keras.layers import gradient_masks, mask_gradients
 from lth_keras.training import (batch_statistics, batch_sums, batchnorm_layers, cross_entropy,
@@ -30,7 +30,7 @@ class _OwnRetracing:
 tf.get_logger().addFilter(_OwnRetracing())
 
 
-class Runtime(base.Runtime):
+class Runtime(engine.Runtime):
     """A tf.distribute strategy, precision and determinism for this process, from the
     run's settings (settings.Run; its compilation_cache is the JAX engine's: TensorFlow
     retraces its loop per run) and the recipe's (settings.Training: seed, precision)."""
@@ -51,7 +51,7 @@ class Runtime(base.Runtime):
 
     def configure(self, run, training):
         keras.utils.set_random_seed(training.seed)
-        base.set_precision(training.mixed_precision)
+        engine.set_precision(training.mixed_precision)
         # float16's narrow exponent needs loss scaling; bfloat16 has float32's.
         self.loss_scaling = training.mixed_precision == "float16"
         # XLA: the usual speed-up for ResNets on GPUs, 1.8x slower on CPUs.
@@ -116,10 +116,10 @@ def make_strategy(name="default", cpu_devices=0, worker_timeout=600):
             raise ConfigurationError(
                 "--strategy=multi_worker needs the TF_CONFIG environment variable")
         # TensorFlow waits for missing workers for an hour and ignores SIGTERM meanwhile.
-        with base.watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
+        with engine.watchdog(worker_timeout, f"not every worker of TF_CONFIG joined within "
                                               f"{worker_timeout} s (--worker_timeout); start them all"):
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            base.check_agreement(worker_values(strategy, 0), "rendezvous")
+            engine.check_agreement(worker_values(strategy, 0), "rendezvous")
         return strategy
     gpus = tf.config.list_logical_devices("GPU")
     devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -158,7 +158,7 @@ def is_chief(strategy):
         and "chief" not in resolver.cluster_spec().as_dict())
 
 
-class EpochLoop:
+class EpochLoop(engine.EpochLoop):
     """Compiled train and eval steps of one model; epochs over the tf.data pipeline.
 
     The host never waits for a step: `steps_per_execution` steps run in one

@@ -1,10 +1,12 @@
 """The protocol: finding lottery tickets and transferring them (PROTOCOL.md).
 
-  directory     a run directory: every path, the record, identity, lock, legacy runs
+  directory     a run directory: every path, the record, identity, lock
   levels        the one level loop of every protocol, and the level summaries
   tickets       IMP with late resetting (find_tickets)
-  transfer      the transfer conditions: what a transfer takes from its tickets, and
-                fine-tuning
+  fine_tuning   the transfer conditions: what a transfer takes from its tickets, and
+                fine-tuning (transfer)
+  instability   the instability analysis: pairs of copies trained from θ_k for a fixed
+                budget, the paths between them (stability)
   architecture  the network a run trains, from its record (source, target, a level's)
   inputs        what a run is made of, from its settings: dataset, input plan, engine
 

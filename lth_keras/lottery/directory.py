@@ -25,7 +25,7 @@ its lock and:
                             the point's label, "02" (epoch 2) or "040it" (step 40)
   paths/level_LL_k_K_pair_P.json   the linear path between pair P's two copies, evaluated
   stability.csv, stability.pairs.csv, stability.md, stability.png
-                            its report (analysis/stability.py)
+                            its report (analysis/stability_report.py)
 
 A run's identity is its result-defining settings that differ from their defaults
 and the data fingerprint; a re-run into the same directory must have the same

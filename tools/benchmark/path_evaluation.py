@@ -34,7 +34,7 @@ PHASES = ("weights", "batchnorm", "val", "test")
 def measure_point(trainer, ends, alpha, keep):
     """Seconds of each phase of one point of the path between `ends`."""
     from lth_keras import weights
-    from lth_keras.lottery.stability import interpolate
+    from lth_keras.lottery.instability import interpolate
 
     seconds = {}
     start = time.perf_counter()
@@ -60,7 +60,7 @@ def main(argv=None):
 
     from lth_keras import settings, weights
     from lth_keras.datasets import ImageDataset, Split
-    from lth_keras.datasets.plan import InputPlan
+    from lth_keras.datasets.epoch_plan import InputPlan
     from lth_keras.engines import tf_engine
     from lth_keras.training import Trainer
     from tools import fixtures
@@ -107,7 +107,7 @@ def main(argv=None):
     print(f"ResNet-20, 32 px, {args.points} points a path, median over {args.rounds} paths "
           f"a way ({tf.config.threading.get_intra_op_parallelism_threads() or 'default'} "
           "intra-op threads):")
-    print(f"| phase | before (s) | after (s) | before / after |")
+    print("| phase | before (s) | after (s) | before / after |")
     print("|---|---:|---:|---:|")
     totals = {}
     for phase in PHASES:

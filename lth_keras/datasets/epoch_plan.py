@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lth_keras.datasets.base import SPLITS, DataError, ImageDataset
+from lth_keras.datasets.dataset import SPLITS, DataError, ImageDataset
 
 # crop_and_resize drops a whole row/column to the extrapolation value when float
 # error puts its sample a hair past the last pixel (seen for e.g. 37 px images

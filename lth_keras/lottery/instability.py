@@ -31,7 +31,7 @@ A barrier that is half the end gap comes from the ends, not the path. The masks 
 are the ticket run's (one mask for every k: its own rewind point's) unless --mask_runs
 names, per k, a run rewound to k (Frankle et al. §5 prune with rewinding to each k); the
 report says which. The directory layout is in directory.py; the report, the interval
-over pairs and the stable k are in analysis/stability.py.
+over pairs and the stable k are in analysis/stability_report.py.
 """
 
 import dataclasses
@@ -42,7 +42,7 @@ from absl import logging
 
 from lth_keras import artifacts, settings, steps, weights
 from lth_keras.errors import SettingsError
-from lth_keras.lottery import directory, levels, transfer
+from lth_keras.lottery import directory, fine_tuning, levels
 from lth_keras.lottery.directory import WEIGHTS, StabilityRun
 from lth_keras.settings import Data, Model, Stability, Training
 
@@ -283,7 +283,7 @@ def _ticket_run(groups, given):
     read before anything heavy is imported."""
     spec = groups[Stability]
     ticket_run, config = directory.open_ticket_run(spec.tickets)
-    groups, overrides = transfer.from_tickets(groups, config["hparams"], given, spec.tickets)
+    groups, overrides = fine_tuning.from_tickets(groups, config["hparams"], given, spec.tickets)
     if "seed" in overrides:
         raise SettingsError("--seed is the ticket run's (it fixes the validation split); the "
                             "copies' data orders are --data_orders")
@@ -294,7 +294,7 @@ def _ticket_run(groups, given):
     groups[Data] = dataclasses.replace(groups[Data], **{
         name: tuple(recorded[name]) if isinstance(recorded[name], list) else recorded[name]
         for name in SPLIT_SETTINGS if name in recorded})
-    chosen = transfer.chosen_levels(ticket_run, spec.levels, spec.tickets)
+    chosen = fine_tuning.chosen_levels(ticket_run, spec.levels, spec.tickets)
     return ticket_run, chosen, groups
 
 

@@ -1,4 +1,5 @@
-"""What both engines build on: the Runtime interface and the helpers it shares.
+"""What both engines build on: the Runtime and EpochLoop interfaces and the helpers they
+share.
 
 The engines (tf_engine.py, jax_engine.py) import this module, never the package:
 lth_keras.engines chooses an engine and imports it, so the imports run one way.
@@ -13,8 +14,8 @@ import keras
 
 from lth_keras.errors import ConfigurationError, WorkerError
 
-__all__ = ["ConfigurationError", "Runtime", "compilation_cache_dir", "set_precision",
-           "watchdog"]
+__all__ = ["ConfigurationError", "EpochLoop", "Runtime", "compilation_cache_dir",
+           "set_precision", "watchdog"]
 
 
 class Runtime:
@@ -63,11 +64,34 @@ class Runtime:
         return ()
 
     def epoch_loop(self, model, optimizer, plan, training):
-        """An object with train_epoch(epoch, progress) and evaluate(split) for `model`."""
+        """The EpochLoop that trains and evaluates `model` with `optimizer` on `plan`."""
         raise NotImplementedError
 
     def environment(self):
         """Engine, versions and devices, for run records."""
+        raise NotImplementedError
+
+
+class EpochLoop:
+    """What training.Trainer calls to train and evaluate one model on one input plan: every
+    method an engine's loop implements (tf_engine.EpochLoop, jax_engine.EpochLoop)."""
+
+    def train_epoch(self, epoch, *, start_step=0, sums=None, progress=None, stop=None,
+                    end_step=None):
+        """Trains epoch `epoch` (0-based) of the plan from batch `start_step` up to
+        `end_step` (None: the epoch's end), adding to `sums` (loss, correct, count; None:
+        zeros); returns (sums, steps done). `stop()` true ends it early, at a step
+        boundary (a signal); `progress` a keras Progbar to update."""
+        raise NotImplementedError
+
+    def evaluate(self, split):
+        """{"loss", "accuracy"} of the model on `split` ("val", "test"), in inference mode."""
+        raise NotImplementedError
+
+    def recompute_batchnorm(self, epoch, batches):
+        """Precise BN: every BatchNormalization's moving mean and variance become the average
+        of their values over the first `batches` training batches of epoch `epoch` (its
+        crops), at the current weights. A model without BatchNorm is left as it is."""
         raise NotImplementedError
 
 

@@ -1,4 +1,4 @@
-"""The report of a stability run (lottery/stability.py): per level and rewind point k, the
+"""The report of a stability run (lottery/instability.py): per level and rewind point k, the
 error barrier over pairs of copies with its interval, the barrier inside the path and the
 gap between the ends, as tables (stability.md, stability.csv with a row per pair) and a
 figure (stability.png), and the k from which each level trains stably.
