@@ -307,7 +307,7 @@ def test_figures_are_written_and_read_like_the_paper(results, analysis):
     assert len(ax.collections) >= 3  # ±1 std bands: 3 lines and the scratch band
     assert ax.xaxis_inverted() or ax.get_xlim()[0] > ax.get_xlim()[1]
     # Fig. 4 has its three rows: θ_k vs θ_i, related source, train fractions.
-    titles = [a.get_title() for a in figures.figure4(views).axes if a.get_visible()]
+    titles = [a.get_title() for a in figures.figure4(found).axes if a.get_visible()]
     assert titles == ["θ_k vs θ_i: human_lba", "related vs natural source: mouse_lba",
                       "training-set fraction: human_lba"]
 
