@@ -21,7 +21,7 @@ settings.define_flags([settings.Analysis])
 
 def main(argv):
     cli.no_arguments(argv)
-    groups = settings.from_flags(settings.ANALYZE)
+    groups, _ = settings.from_command_line(settings.ANALYZE)
     from lth_keras import api
     from lth_keras.lottery import directory
 

@@ -32,10 +32,10 @@ def find_tickets(*objects, preset=None, verbose=True, **options):
     The TicketRun reads what the run holds: summary() (a row per level), mask(level),
     theta("0"), theta("k"), theta_i(level), metrics(level).
     """
-    from lth_keras.lottery import tickets
+    from lth_keras import runner
 
-    groups, _ = settings.resolve(settings.FIND_TICKETS, objects, preset, options)
-    return tickets.find_tickets(groups, verbose=verbose)
+    return runner.run("find_tickets", *settings.resolve(settings.FIND_TICKETS, objects, preset,
+                                                        options), verbose=verbose)
 
 
 def transfer(*objects, preset=None, verbose=True, **options):
@@ -48,11 +48,11 @@ def transfer(*objects, preset=None, verbose=True, **options):
     options or a settings object name, even at its default: an object passed
     (Training(...)) counts as naming every field it has.
     """
-    from lth_keras.lottery import fine_tuning as protocol
+    from lth_keras import runner
 
     _ticket_options(options)
-    groups, given = settings.resolve(settings.TRANSFER, objects, preset, options)
-    return protocol.transfer(groups, given, verbose=verbose)
+    return runner.run("transfer", *settings.resolve(settings.TRANSFER, objects, preset, options),
+                      verbose=verbose)
 
 
 def stability(*objects, preset=None, verbose=True, **options):
@@ -66,14 +66,11 @@ def stability(*objects, preset=None, verbose=True, **options):
     lth_keras.analysis.stability_report.cells(pair_rows(run), threshold) the table. The ticket
     run must hold level 0's weights at each k (find_tickets save_epochs=..., save_steps=...).
     """
-    from lth_keras.analysis import stability_report as report
-    from lth_keras.lottery import instability as protocol
+    from lth_keras import runner
 
     _ticket_options(options)
-    groups, given = settings.resolve(settings.STABILITY, objects, preset, options)
-    run = protocol.stability(groups, given, verbose=verbose)
-    report.write_report(run, groups[settings.Stability].threshold)
-    return run
+    return runner.run("stability", *settings.resolve(settings.STABILITY, objects, preset,
+                                                     options), verbose=verbose)
 
 
 def _ticket_options(options):
@@ -100,11 +97,12 @@ def experiment(preset=None, *, list_only=False, **options):
     """
     from lth_keras import grid
 
-    groups, _ = settings.resolve(settings.EXPERIMENT, (), preset,
+    chosen, _ = settings.resolve(settings.EXPERIMENT, (), preset,
                                  dict(options, list=list_only))
-    forwarded = [settings.flag_text(name, value) for name, value in sorted(options.items())
-                 if name in grid.forwarded_fields()]
-    return grid.experiment(groups[settings.Grid], groups[settings.Run], forwarded)
+    # Typed as the settings type them, then passed on to every run.
+    common = {name: getattr(obj, name) for obj in chosen.values()
+              for name in options if name in grid.forwarded_fields() and hasattr(obj, name)}
+    return grid.experiment(chosen[settings.Grid], chosen[settings.Run], common)
 
 
 def analyze(runs, *, output_dir=None, **options):

@@ -37,12 +37,17 @@ def print_run(run):
     print(f"artifacts: {run.path}")
 
 
-def forwarded_flags():
-    """The common settings given on this command line that the grid passes on."""
+def forwarded_values():
+    """{field: value} of the common settings given on this command line that the grid
+    passes on to every run."""
+    import dataclasses
+
     from lth_keras import grid
 
-    return [FLAGS[name].serialize() for name in sorted(grid.forwarded_fields())
-            if FLAGS[name].present]
+    chosen, named = settings.from_command_line(settings.COMMON)
+    return {f.name: getattr(obj, f.name) for group, obj in chosen.items()
+            for f in dataclasses.fields(group)
+            if f.name in named and f.name in grid.forwarded_fields()}
 
 
 def _cluster_error(e):

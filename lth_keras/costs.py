@@ -74,11 +74,6 @@ def train_images(dataset, train_fraction=1.0, val_fraction=0.1):
     return round(n * train_fraction)
 
 
-def _flag(args, name, default=None):
-    prefix = f"--{name}="
-    return next((a[len(prefix):] for a in args if a.startswith(prefix)), default)
-
-
 def grid_cost(runs, *, rounds, epochs_per_level, forward, prunable, prune_rate=0.2,
               val_fraction=0.1, source_train_fraction=1.0):
     """Images and training FLOPs of grid runs (lth_keras.grid.GridRun), assuming every level
@@ -88,14 +83,17 @@ def grid_cost(runs, *, rounds, epochs_per_level, forward, prunable, prune_rate=0
     forward: dense forward FLOPs of one image; prunable: the part of it in prunable
     kernels. Returns {"runs", "levels", "images", "training_flops": {"dense", "masked"}}.
     """
+    from lth_keras import settings
+
     total = {"runs": 0, "levels": 0, "images": 0, "training_flops": {"dense": 0, "masked": 0}}
     for run in runs:
-        dataset = _flag(run.args, "source") or _flag(run.args, "target")
-        fraction = float(_flag(run.args, "train_fraction", source_train_fraction))
-        per_epoch = train_images(dataset, fraction, val_fraction)
-        listed = _flag(run.args, "levels")
-        levels = ([0] if "--scratch" in run.args else
-                  [int(x) for x in listed.split(",")] if listed else range(rounds + 1))
+        values = run.values
+        dataset = values.get("source") or values.get("target")
+        per_epoch = train_images(dataset, values.get("train_fraction", source_train_fraction),
+                                 val_fraction)
+        listed = settings.parse_levels(values.get("levels"), "levels")
+        levels = ([0] if values.get("scratch") else listed if listed is not None
+                  else range(rounds + 1))
         total["runs"] += 1
         for level in levels:
             images = per_epoch * epochs_per_level
@@ -114,7 +112,7 @@ def paper_cost(preset, runs, images_per_s, epochs=None):
     Images, training FLOPs (dense, and at each level's density) and hours at each
     throughput of `images_per_s` (img/s) of one source-seed ticket search and of the
     whole grid. preset: {settings group: settings} of the tickets preset
-    (settings.parse(settings.FIND_TICKETS, ...) of flags/paper.cfg); runs: the grid's
+    (settings.from_arguments(settings.FIND_TICKETS, ...) of flags/paper.cfg); runs: the grid's
     runs (grid.runs_of, flags/paper_grid.cfg). `epochs` per level: None is the
     preset's max_epochs, an upper bound that early stopping cuts.
     """

@@ -23,8 +23,8 @@ def main(argv):
     cli.no_arguments(argv)
     from lth_keras import grid
 
-    groups = settings.from_flags(settings.EXPERIMENT)
-    grid.experiment(groups[settings.Grid], groups[settings.Run], cli.forwarded_flags())
+    chosen, _ = settings.from_command_line(settings.EXPERIMENT)
+    grid.experiment(chosen[settings.Grid], chosen[settings.Run], cli.forwarded_values())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ settings.define_flags([settings.Export])
 
 def main(argv):
     cli.no_arguments(argv)
-    groups = settings.from_flags(settings.EXPORT)
+    groups, _ = settings.from_command_line(settings.EXPORT)
     from lth_keras import api, tflite_export
 
     options = dataclasses.asdict(groups[settings.Export])

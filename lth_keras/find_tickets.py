@@ -15,9 +15,9 @@ settings.define_flags([settings.Pruning])
 
 def main(argv):
     cli.no_arguments(argv)
-    from lth_keras.lottery import tickets
+    from lth_keras import runner
 
-    cli.print_run(tickets.find_tickets(settings.from_flags(settings.FIND_TICKETS)))
+    cli.print_run(runner.run("find_tickets", *settings.from_command_line(settings.FIND_TICKETS)))
 
 
 if __name__ == "__main__":

@@ -59,11 +59,11 @@ class Layout:
 
 @dataclasses.dataclass(frozen=True)
 class GridRun:
-    """One run of the grid: its binary, its flags and the ticket run it reads."""
+    """One run of the grid: its binary, its own settings and the ticket run it reads."""
 
     name: str                 # unique, also the run directory below the grid root
     binary: str               # "find_tickets", "transfer" or "stability"
-    args: tuple               # flags of the binary, but --tickets and --output_dir
+    values: dict              # {field: value} of its settings, but tickets and output_dir
     tickets: str = None       # name of the find_tickets run a transfer reads
     only_theta_0: bool = False  # it reads only θ_0 of those tickets (scratch)
     mask_runs: tuple = ()     # stability: (epoch K, name of the tickets rewound to K)
@@ -84,16 +84,17 @@ class GridRun:
     def directory(self, layout):
         return _layout(layout).directory(self.name)
 
-    def command_args(self, layout):
-        """The binary's flags, with the run directories placed by `layout`."""
+    def settings_values(self, layout):
+        """{field: value} of the run's settings, with the run directories placed by
+        `layout`."""
         layout = _layout(layout)
-        args = [f"--output_dir={self.directory(layout)}", *self.args]
+        values = {"output_dir": self.directory(layout), **self.values}
         if self.tickets:
-            args.append(f"--tickets={layout.directory(self.tickets)}")
-        if self.mask_runs:  # one comma list: a list flag given twice keeps the last
-            args.append("--mask_runs=" + ",".join(f"{epoch}:{layout.directory(name)}"
-                                                  for epoch, name in self.mask_runs))
-        return args
+            values["tickets"] = layout.directory(self.tickets)
+        if self.mask_runs:
+            values["mask_runs"] = tuple(f"{epoch}:{layout.directory(name)}"
+                                        for epoch, name in self.mask_runs)
+        return values
 
 
 def _layout(layout):
@@ -140,35 +141,36 @@ def expand(*, sources, targets, seeds, conditions, related=(), train_fractions=(
         label = dataset_label(dataset)
         name = (f"tickets/{label}-seed{seed}" + (f"-frac{fraction:g}" if fraction else "")
                 + (f"-k{rewind_epoch}" if rewind_epoch is not None else ""))
-        args = [f"--source={dataset}", f"--seed={seed}"]
+        values = {"source": dataset, "seed": seed}
         if not natural or fraction:  # natural sources (named or folders) keep the preset's
-            args.append(f"--train_fraction={fraction or 1}")
+            values["train_fraction"] = fraction or 1.0
         if rewind_epoch is not None:
-            args.append(f"--rewind_epoch={rewind_epoch}")
-        runs.setdefault(name, GridRun(name, "find_tickets", tuple(args)))
+            values["rewind_epoch"] = rewind_epoch
+        runs.setdefault(name, GridRun(name, "find_tickets", values))
         return name
 
     def transfer(ticket_run, source_label, target, seed, transfer_seed, condition):
         name = f"transfer/{dataset_label(target)}/{source_label}-{condition}-seed{seed}"
         if transfer_seeds:
             name += f"-t{transfer_seed}"
-        args = [f"--target={target}", f"--seed={transfer_seed}", "--train_fraction=1"]
-        args += {"final": ["--init=final"], "reinit": ["--reinit"], "random": ["--random_mask"],
-                 "scratch": ["--scratch"]}.get(condition, [])
+        values = {"target": target, "seed": transfer_seed, "train_fraction": 1.0,
+                  **{"final": {"init": "final"}, "reinit": {"reinit": True},
+                     "random": {"random_mask": True},
+                     "scratch": {"scratch": True}}.get(condition, {})}
         control = condition in ("reinit", "random") or source_label == dataset_label(target)
         levels = reinit_levels if control and reinit_levels else transfer_levels
         if condition != "scratch" and levels != "all":
-            args.append(f"--levels={levels}")
-        runs.setdefault(name, GridRun(name, "transfer", tuple(args), tickets=ticket_run,
-                                  only_theta_0=condition == "scratch"))
+            values["levels"] = levels
+        runs.setdefault(name, GridRun(name, "transfer", values, tickets=ticket_run,
+                                      only_theta_0=condition == "scratch"))
 
     def stability(ticket_run, dataset, seed, natural=False):
         levels = reinit_levels or transfer_levels
-        args = [f"--levels={levels}"] if levels != "all" else []
+        values = {"levels": levels} if levels != "all" else {}
         name = f"stability/{dataset_label(dataset)}-seed{seed}"
         masks = tuple((k, tickets(dataset, seed, natural=natural, rewind_epoch=k))
                       for k in mask_rewind_epochs)
-        runs.setdefault(name, GridRun(name, "stability", tuple(args), tickets=ticket_run,
+        runs.setdefault(name, GridRun(name, "stability", values, tickets=ticket_run,
                                       mask_runs=masks))
 
     for seed in seeds:
@@ -234,18 +236,18 @@ def state(run, layout, rounds=None):
     path = run.directory(layout)
     if not os.path.exists(RunDirectory(path).config_path):
         return PARTIAL if os.path.isdir(path) and os.listdir(path) else PENDING
+    if run.binary == "stability":  # every (level, k, pair) it chose has its path
+        analysis = StabilityRun(path)
+        chosen = _record(analysis).stability
+        wanted = {(level, k, pair) for level in chosen.levels for k in chosen.rewind_points
+                  for pair in range(chosen.pairs)}
+        return DONE if wanted <= set(analysis.paths()) else PARTIAL
     directory = RunDirectory(path)
     if run.binary == "find_tickets":
         wanted = set(_ticket_levels(directory, rounds))
-    elif run.binary == "stability":  # every (level, k, pair) it chose has its path
-        wanted = _record(directory, lambda config: {
-            (level, k, pair) for level in config["levels"] for k in config["rewind_points"]
-            for pair in range(config["pairs"])})
-        paths = set(StabilityRun(path).paths())
-        return DONE if wanted <= paths else PARTIAL
     else:
-        wanted = set(_record(directory, lambda config: config["levels"]))
-        if not run.only_theta_0 and not any(a.startswith("--levels=") for a in run.args):
+        wanted = set(_record(directory).levels)
+        if not run.only_theta_0 and "levels" not in run.values:
             tickets = RunDirectory(_layout(layout).directory(run.tickets))
             if os.path.exists(tickets.config_path):
                 wanted |= set(_ticket_levels(tickets, rounds))
@@ -253,20 +255,18 @@ def state(run, layout, rounds=None):
     return DONE if wanted <= finished else PARTIAL
 
 
-def _record(directory, read):
-    """read(config) of a run directory, or ArtifactError naming it."""
+def _record(directory):
+    """The Record of a run directory, or ArtifactError naming it."""
     try:
-        return read(directory.config())
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        return directory.record()
+    except artifacts.ArtifactError as e:
         raise artifacts.ArtifactError(f"{directory.path}: unreadable run record ({e})")
 
 
 def _ticket_levels(directory, rounds):
     """The levels a ticket run is to reach: 0..the larger of its recorded rounds and the
     grid's."""
-    recorded = _record(directory, lambda config: (
-        config["settings"]["pruning"]["rounds"] if "settings" in config
-        else config["flags"]["rounds"]))  # records before identity version 2
+    recorded = _record(directory).settings[settings.Pruning].rounds
     return range(max(recorded, rounds or 0) + 1)
 
 
@@ -311,22 +311,15 @@ def runs_of(grid, tickets_first=True):
         raise settings.SettingsError(str(e))
 
 
-def _arguments(run, layout, presets, forwarded):
-    """The run's command line after the binary: its preset, the grid's common settings,
-    its own flags."""
-    return [*presets[run.binary], *forwarded, *run.command_args(layout)]
-
-
-def _device_flags(tickets_preset):
-    """The device and bookkeeping settings (settings.Run) that the tickets preset names,
-    as flags: a stability run, which has no preset, takes its recipe from its ticket run
-    and runs on the devices its tickets were found on (one process, in_process, has one
-    set of devices)."""
-    parsed, given = settings.parse_given(settings.FIND_TICKETS,
-                                         [f"--flagfile={tickets_preset}"])
-    return [settings.flag_text(f.name, getattr(parsed[settings.Run], f.name))
-            for f in dataclasses.fields(settings.Run)
-            if f.name in given and f.name != "output_dir"]
+def _device_values(tickets_preset):
+    """{field: value} of the device and bookkeeping settings (settings.Run) that the tickets
+    preset names: a stability run, which has no preset, takes its recipe from its ticket
+    run and runs on the devices its tickets were found on (one process, in_process, has
+    one set of devices)."""
+    chosen, given = settings.from_arguments(settings.FIND_TICKETS,
+                                            [f"--flagfile={tickets_preset}"])
+    return {f.name: getattr(chosen[settings.Run], f.name) for f in dataclasses.fields(settings.Run)
+            if f.name in given and f.name != "output_dir"}
 
 
 def _die_with_parent():
@@ -349,8 +342,10 @@ def _wait_for(run, can_start, deadline):
         time.sleep(min(30.0, max(0.0, deadline - time.time())))
 
 
-def _in_child(run, arguments, log_path):
-    """(exit status, last line of its log) of the run as a child process of its binary."""
+def _in_child(run, preset, values, log_path):
+    """(exit status, last line of its log) of the run as a child process of its binary:
+    its preset, then `values` as flags (what crosses to another process is text)."""
+    arguments = [*preset, *(settings.flag_text(name, value) for name, value in values.items())]
     with open(log_path, "ab") as log:
         code = subprocess.call([sys.executable, "-m", f"lth_keras.{run.binary}", *arguments],
                                stdout=log, stderr=subprocess.STDOUT,
@@ -361,33 +356,26 @@ def _in_child(run, arguments, log_path):
         return code, ([line for line in log.read().splitlines() if line.strip()] or [""])[-1]
 
 
-def _in_this_process(run, arguments, log_path):
-    """(exit status, error line) of the run through the API in this process (the engine
-    runtime, and on JAX its compiled steps, carry over from run to run), its log lines
-    also written to `log_path`. A stop request (SIGINT/SIGTERM) ends the grid."""
+def _in_this_process(run, preset, values, log_path):
+    """(exit status, error line) of the run in this process (the engine runtime, and on JAX
+    its compiled steps, carry over from run to run), its preset parsed and `values` applied
+    as typed settings, its log lines also written to `log_path`. A stop request
+    (SIGINT/SIGTERM) ends the grid."""
     import logging as std_logging
     import traceback
 
     from absl import logging
 
-    from lth_keras.analysis import stability_report
-    from lth_keras.lottery import fine_tuning, instability, tickets
+    from lth_keras import runner
 
-    groups = {"find_tickets": settings.FIND_TICKETS, "transfer": settings.TRANSFER,
-              "stability": settings.STABILITY}[run.binary]
     handler = std_logging.FileHandler(log_path)
     handler.setFormatter(std_logging.Formatter("%(levelname).1s%(asctime)s %(message)s"))
     logger = logging.get_absl_logger()
     logger.addHandler(handler)
     try:
-        parsed, given = settings.parse_given(groups, arguments)
-        if run.binary == "find_tickets":
-            tickets.find_tickets(parsed)
-        elif run.binary == "stability":
-            stability_report.write_report(instability.stability(parsed, given),
-                                          parsed[settings.Stability].threshold)
-        else:  # what the command line names is what a transfer does not take from its tickets
-            fine_tuning.transfer(parsed, given)
+        chosen, given = settings.from_arguments(runner.GROUPS[run.binary], preset)
+        # What the grid names is what a transfer does not take from its tickets.
+        runner.run(run.binary, settings.replaced(chosen, values), given | set(values))
         return 0, ""
     except Exception as e:  # noqa: BLE001 - one run's failure is reported; the grid goes on
         message = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
@@ -422,7 +410,9 @@ def _execute(mine, layout, states, presets, forwarded, wait_for_inputs, in_proce
         print(f"{tag}: running {run.binary} (log: {log_path})", flush=True)
         start = time.time()
         execute = _in_this_process if in_process else _in_child
-        code, last = execute(run, _arguments(run, layout, presets, forwarded), log_path)
+        # The run's settings: its preset's, then the grid's common ones, then its own.
+        values = {**forwarded, **presets.values_of(run.binary), **run.settings_values(layout)}
+        code, last = execute(run, presets.arguments_of(run.binary), values, log_path)
         seconds = time.time() - start
         timings.record(run.name, seconds, code)
         if code == 0:
@@ -466,13 +456,49 @@ def write_record(root, grid, run_settings):
                             else None)})
 
 
-def experiment(grid, run_settings, forwarded=()):
+@dataclasses.dataclass(frozen=True)
+class Presets:
+    """What every run of a binary starts from: its preset (a flagfile), and for stability
+    runs, which have none, the tickets preset's device settings."""
+    flagfiles: dict   # {binary: [--flagfile=...] or []}
+    stability_values: dict
+
+    def arguments_of(self, binary):
+        return self.flagfiles.get(binary, [])
+
+    def values_of(self, binary):
+        return self.stability_values if binary == "stability" else {}
+
+
+def _presets(grid):
+    """The grid's Presets: its run presets found from any working directory."""
+    flagfiles = {"stability": []}
+    for binary, flag in (("find_tickets", "tickets_flagfile"),
+                         ("transfer", "transfer_flagfile")):
+        path = getattr(grid, flag)
+        if binary == "transfer" and not path:  # no preset: the ticket runs' recipe
+            flagfiles[binary] = []
+            continue
+        # The grid presets name their run presets relative to the project
+        # ("flags/quick.cfg"): found from any working directory (a notebook's, a job's).
+        in_project = os.path.join(os.path.dirname(settings.FLAGS_DIR), path)
+        if not os.path.isfile(path) and os.path.isfile(in_project):
+            path = in_project
+        if not os.path.isfile(path):
+            raise settings.SettingsError(f"--{flag}={path}: no such file")
+        flagfiles[binary] = [f"--flagfile={os.path.abspath(path)}"]
+    tickets_preset = flagfiles["find_tickets"][0].split("=", 1)[1]
+    return Presets(flagfiles, _device_values(tickets_preset))
+
+
+def experiment(grid, run_settings, forwarded=None):
     """Runs this task's share of the grid (or with grid.list only lists it, printing a
     table); returns one row per run of the whole grid: {"run", "binary", "state", "task",
     "needs"}.
 
-    `forwarded` are command-line settings for every run (see forwarded_fields).
+    `forwarded` ({field: value}) are settings for every run (see forwarded_fields).
     """
+    forwarded = dict(forwarded or {})
     list_only = grid.list
     index, count = task(grid)
     # One task runs seed by seed (a grid cut short keeps complete pairs); several start
@@ -483,27 +509,10 @@ def experiment(grid, run_settings, forwarded=()):
     by_name = {run.name: run for run in runs}
     task_of = {run.name: i % count for i, run in enumerate(runs)}
     mine = shard(runs, index, count)
-    presets = {}  # {binary: its preset's flags}
-    for binary, flag in (("find_tickets", "tickets_flagfile"),
-                         ("transfer", "transfer_flagfile")):
-        path = getattr(grid, flag)
-        if binary == "transfer" and not path:  # no preset: the ticket runs' recipe
-            presets[binary] = []
-            continue
-        # The grid presets name their run presets relative to the project
-        # ("flags/quick.cfg"): found from any working directory (a notebook's, a job's).
-        in_project = os.path.join(os.path.dirname(settings.FLAGS_DIR), path)
-        if not os.path.isfile(path) and os.path.isfile(in_project):
-            path = in_project
-        if not os.path.isfile(path):
-            raise settings.SettingsError(f"--{flag}={path}: no such file")
-        presets[binary] = [f"--flagfile={os.path.abspath(path)}"]
-        if binary == "find_tickets":
-            tickets_preset = os.path.abspath(path)
-    presets["stability"] = _device_flags(tickets_preset)
+    presets = _presets(grid)
     # The rounds every ticket run is to reach: the tickets preset's, as the runs get it.
-    rounds = settings.parse(settings.FIND_TICKETS, [*presets["find_tickets"],
-                                                    *forwarded])[settings.Pruning].rounds
+    rounds = settings.from_arguments(settings.FIND_TICKETS, presets.arguments_of(
+        "find_tickets"))[0][settings.Pruning].rounds
     if grid.primary_level is not None and grid.primary_level > rounds:
         raise settings.SettingsError(f"--primary_level={grid.primary_level} is beyond the "
                                      f"tickets preset's {rounds} rounds")
@@ -530,7 +539,7 @@ def experiment(grid, run_settings, forwarded=()):
     print(f"grid: {len(runs)} runs under {root}; task {index} of {count} has {len(mine)}"
           + (" (in this process)" if grid.in_process else ""), flush=True)
     write_record(root, grid, run_settings)
-    failed, waiting = _execute(mine, layout, states, presets, list(forwarded),
+    failed, waiting = _execute(mine, layout, states, presets, forwarded,
                                grid.wait_for_inputs, grid.in_process,
                                Timings(root, index, count))
     if waiting:

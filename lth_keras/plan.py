@@ -18,7 +18,7 @@ settings.define_flags([settings.Planning])
 
 def main(argv):
     cli.no_arguments(argv)
-    groups = settings.from_flags(settings.PLAN)
+    groups, _ = settings.from_command_line(settings.PLAN)
     from lth_keras import api
     from lth_keras.lottery import directory
 

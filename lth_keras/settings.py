@@ -34,6 +34,24 @@ def option(default, help, *, result=True, choices=None, item=None, per_run=False
         "per_run": per_run})
 
 
+def parse_levels(text, flag):
+    """The levels a "'all' or comma list" setting names: None for all, else a sorted list
+    of distinct levels; SettingsError naming `flag` otherwise. The one reader of that
+    format (transfer and stability --levels, the grid's levels, --overlap_levels)."""
+    if text is None or str(text).strip() == "all":
+        return None
+    try:
+        levels = sorted({int(x) for x in str(text).split(",") if x.strip()})
+    except ValueError:
+        raise SettingsError(f"{flag} must be 'all' or a comma list of integers, "
+                            f"got {text!r}") from None
+    if not levels:
+        raise SettingsError(f"{flag} names no level")
+    if levels[0] < 0:
+        raise SettingsError(f"{flag} must name levels >= 0, got {text!r}")
+    return levels
+
+
 def _check(condition, message):
     if not condition:
         raise SettingsError(message)
@@ -421,10 +439,11 @@ class Grid:
         _check(self.control_transfer_seeds is None
                or set(self.control_transfer_seeds) <= set(self.transfer_seeds),
                "--control_transfer_seeds must be among --transfer_seeds")
-        listed = self.transfer_levels.strip()
-        _check(self.primary_level is None or listed == "all"
-               or str(self.primary_level) in [x.strip() for x in listed.split(",")],
-               f"--primary_level={self.primary_level} is not one of --transfer_levels={listed}")
+        listed = parse_levels(self.transfer_levels, "--transfer_levels")
+        parse_levels(self.reinit_levels or "all", "--reinit_levels")
+        _check(self.primary_level is None or listed is None or self.primary_level in listed,
+               f"--primary_level={self.primary_level} is not one of "
+               f"--transfer_levels={self.transfer_levels}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,13 +476,8 @@ class Analysis:
 
     def levels_to_overlap(self):
         """The levels of --overlap_levels as a set, None for all."""
-        if self.overlap_levels.strip() == "all":
-            return None
-        try:
-            return {int(x) for x in self.overlap_levels.split(",") if x.strip()}
-        except ValueError:
-            raise SettingsError(f"--overlap_levels must be 'all' or a comma list of integers, "
-                                f"got {self.overlap_levels!r}") from None
+        levels = parse_levels(self.overlap_levels, "--overlap_levels")
+        return None if levels is None else set(levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,6 +556,8 @@ TRANSFER = COMMON + (Transfer,)
 STABILITY = COMMON + (Stability,)
 EXPERIMENT = COMMON + (Grid,)
 ANALYZE = (Analysis, Run)
+ALL_GROUPS = (Data, Model, Training, Pruning, Transfer, Stability, Run, Grid, Analysis, Planning,
+              Export)
 PLAN = (Planning, Run)
 EXPORT = (Export, Run)
 
@@ -604,16 +620,27 @@ def _from_text(f, text):
         raise SettingsError(f"--{f.name} must be {f.type.__name__}, got {text!r}") from None
 
 
-def from_flags(groups, flag_values=None):
-    """{group: settings object} from parsed flags."""
+def _from_flag_values(groups, flag_values):
+    """({group: settings object}, the names of the fields set explicitly) of parsed flags."""
+    chosen = {group: group(**{f.name: _typed(f, flag_values[f.name].value)
+                              for f in dataclasses.fields(group)}) for group in groups}
+    named = {f.name for group in groups for f in dataclasses.fields(group)
+             if flag_values[f.name].present}
+    return chosen, named
+
+
+def from_command_line(groups):
+    """({group: settings object}, the names given) of this process's command line, as
+    absl parsed it into the global flags (a binary's main)."""
     from absl import flags
 
-    flag_values = flags.FLAGS if flag_values is None else flag_values
-    return {group: group(**{f.name: _typed(f, flag_values[f.name].value)
-                            for f in dataclasses.fields(group)}) for group in groups}
+    return _from_flag_values(groups, flags.FLAGS)
 
 
-def _parsed(groups, args):
+def from_arguments(groups, args=()):
+    """({group: settings object}, the names given) of command-line arguments such as
+    ["--flagfile=flags/quick.cfg", "--seed=1"], without touching the global flags. Flags
+    that no group defines are an error."""
     from absl import flags
 
     flag_values = flags.FlagValues()
@@ -622,45 +649,20 @@ def _parsed(groups, args):
         flag_values(["lth_keras", *args], known_only=False)
     except flags.Error as e:
         raise SettingsError(str(e).splitlines()[0]) from None
-    return flag_values
+    return _from_flag_values(groups, flag_values)
 
 
-def parse(groups, args=()):
-    """{group: settings object} from command-line arguments such as
-    ["--flagfile=flags/quick.cfg", "--seed=1"], without touching the global flags.
-    Flags that no group defines are an error."""
-    return from_flags(groups, _parsed(groups, args))
-
-
-def parse_given(groups, args):
-    """(parse(groups, args), the names of the fields that `args` set explicitly)."""
-    flag_values = _parsed(groups, args)
-    return from_flags(groups, flag_values), _named(groups, flag_values)
-
-
-def given(groups, args=()):
-    """The names of the fields that `args` (without args: the global flags' command line)
-    set explicitly, flagfiles included."""
-    from absl import flags
-
-    return _named(groups, _parsed(groups, args) if args else flags.FLAGS)
-
-
-def _named(groups, flag_values):
-    return {f.name for group in groups for f in dataclasses.fields(group)
-            if flag_values[f.name].present}
-
-
-def with_options(settings, options):
-    """`settings` ({group: object}) with `options` ({field name: value}) applied, each to
-    the group that has the field; an unknown name is an error."""
-    settings = dict(settings)
-    owners = {f.name: group for group in settings for f in dataclasses.fields(group)}
-    unknown = sorted(set(options) - set(owners))
+def replaced(chosen, values):
+    """`chosen` ({group: object}) with `values` ({field name: value}) applied, each to the
+    group that has the field, typed as the field is (text as on a command line, lists or
+    comma strings for list fields); an unknown name is an error."""
+    chosen = dict(chosen)
+    owners = {f.name: group for group in chosen for f in dataclasses.fields(group)}
+    unknown = sorted(set(values) - set(owners))
     if unknown:
         raise SettingsError(f"unknown option(s) {', '.join(unknown)}; known: "
                             f"{', '.join(sorted(owners))}")
-    for name, value in options.items():
+    for name, value in values.items():
         group = owners[name]
         f = next(f for f in dataclasses.fields(group) if f.name == name)
         if f.metadata["item"] is not None and isinstance(value, str):
@@ -669,8 +671,8 @@ def with_options(settings, options):
             value = _typed(f, value)
         elif isinstance(value, str) and f.type in (int, float, bool):
             value = _from_text(f, value)
-        settings[group] = dataclasses.replace(settings[group], **{name: value})
-    return settings
+        chosen[group] = dataclasses.replace(chosen[group], **{name: value})
+    return chosen
 
 
 # --- presets and the Python API ------------------------------------------------------
@@ -693,11 +695,11 @@ def preset_path(preset):
 
 def resolve(groups, objects=(), preset=None, options=None):
     """({group: settings object}, the names of the fields given): defaults, then the
-    preset, then `objects`, then `options` ({field name: value}). A field counts as
-    given when the preset or an option names it, even at its default, and every field
-    of an object passed counts as given."""
-    resolved, named = parse_given(groups, [f"--flagfile={preset_path(preset)}"] if preset
-                                  else [])
+    preset, then `objects`, then `options` ({field name: value}): the Python API's. A
+    field counts as given when the preset or an option names it, even at its default,
+    and every field of an object passed counts as given."""
+    resolved, named = from_arguments(groups, [f"--flagfile={preset_path(preset)}"] if preset
+                                     else [])
     for obj in objects:
         if type(obj) not in resolved:
             raise SettingsError(f"{type(obj).__name__} settings do not apply here (it takes "
@@ -705,7 +707,7 @@ def resolve(groups, objects=(), preset=None, options=None):
         resolved[type(obj)] = obj
         named |= {f.name for f in dataclasses.fields(obj)}
     options = options or {}
-    return with_options(resolved, options), named | set(options)
+    return replaced(resolved, options), named | set(options)
 
 
 def flag_text(name, value):
@@ -746,25 +748,26 @@ def result_values(settings):
             if f.metadata["result"]}
 
 
-# lth_keras 0.1 recorded --mixed_precision as a bool; True was bfloat16.
-_OLD_SPELLINGS = {"mixed_precision": {False: "off", True: "bfloat16"}}
-
-
-def typed_values(values):
-    """{field: value} as the settings type them: list settings as their items' type
-    (records from before identity version 2 kept the flags' strings), and values an
-    earlier version spelled otherwise in today's spelling."""
-    items = {f.name: f.metadata["item"] for group in FIND_TICKETS + (Transfer, Grid)
-             for f in dataclasses.fields(group) if f.metadata["item"] is not None}
-
-    def typed(name, value):
-        if name in items and isinstance(value, list):
-            return [items[name](x) for x in value]
-        if isinstance(value, bool) and name in _OLD_SPELLINGS:
-            return _OLD_SPELLINGS[name][value]
-        return value
-
-    return {k: typed(k, v) for k, v in values.items()}
+def from_record(sections):
+    """{group: settings object} of a run record's "settings" ({group name: {field: value}},
+    as `record` writes it): lists typed as the fields' items; a field the record lacks (an
+    earlier version's record) has its default, one it has that this version lacks is
+    left out."""
+    out = {}
+    for group in ALL_GROUPS:
+        values = sections.get(group.__name__.lower())
+        if not isinstance(values, dict):
+            continue
+        fields = {f.name: f for f in dataclasses.fields(group)}
+        given = {}
+        for name, value in values.items():
+            f = fields.get(name)
+            if f is None:
+                continue
+            item = f.metadata["item"]
+            given[name] = tuple(item(v) for v in value) if item and value is not None else value
+        out[group] = group(**given)
+    return out
 
 
 def changed(settings):

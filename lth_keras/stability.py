@@ -25,13 +25,12 @@ settings.define_flags([settings.Stability])
 
 def main(argv):
     cli.no_arguments(argv)
-    from lth_keras.lottery import instability
+    from lth_keras import runner
+    from lth_keras.lottery.directory import STABILITY_MD
 
-    groups = settings.from_flags(settings.STABILITY)
-    run = instability.stability(groups, settings.given(settings.STABILITY))
-    from lth_keras.analysis import stability_report as report  # matplotlib: after the settings' checks
-
-    print(report.write_report(run, groups[settings.Stability].threshold), end="")
+    run = runner.run("stability", *settings.from_command_line(settings.STABILITY))
+    with open(run.file(STABILITY_MD)) as report:
+        print(report.read(), end="")
     print(f"artifacts: {run.path}")
 
 

@@ -18,11 +18,10 @@ settings.define_flags([settings.Transfer])
 
 def main(argv):
     cli.no_arguments(argv)
-    from lth_keras.lottery import fine_tuning
+    from lth_keras import runner
 
     # What the command line names is kept; the rest of the recipe is the ticket run's.
-    cli.print_run(fine_tuning.transfer(settings.from_flags(settings.TRANSFER),
-                                    settings.given(settings.TRANSFER)))
+    cli.print_run(runner.run("transfer", *settings.from_command_line(settings.TRANSFER)))
 
 
 if __name__ == "__main__":

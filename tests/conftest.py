@@ -118,25 +118,36 @@ def find_tiny_tickets(data_dir, output_dir, *extra):
 
 
 def in_process(binary, *args):
-    """What `python -m lth_keras.<binary> args` computes, run here through the code the
-    binary is a shell over (the same settings parsing, protocol and run directory; the
-    API's equality with fresh processes is test_api's): a fixture's run then costs its
-    training, not a process start and a TensorFlow import (~7 s of CPU each). Returns
-    the run; a bad setting raises."""
-    from lth_keras import settings
-    from lth_keras.lottery import fine_tuning, instability, tickets
+    """What `python -m lth_keras.<binary> args` computes, run here through the one way into
+    the protocols the binary also takes (runner.run, after the same settings parsing): a
+    fixture's run then costs its training, not a process start and a TensorFlow import
+    (~7 s of CPU each). Returns the run; a bad setting raises."""
+    from lth_keras import runner, settings
 
-    if binary == "find_tickets":
-        groups, _ = settings.parse_given(settings.FIND_TICKETS, args)
-        return tickets.find_tickets(groups, verbose=False)
-    if binary == "transfer":
-        return fine_tuning.transfer(*settings.parse_given(settings.TRANSFER, args), verbose=False)
-    from lth_keras.analysis import stability_report as report
+    chosen, given = settings.from_arguments(runner.GROUPS[binary], args)
+    return runner.run(binary, chosen, given, verbose=False)
 
-    groups, given = settings.parse_given(settings.STABILITY, args)
-    run = instability.stability(groups, given, verbose=False)
-    report.write_report(run, groups[settings.Stability].threshold)
-    return run
+
+def fabricated_record(kind, args=(), *, dataset="fashion_mnist", num_classes=3,
+                      identity_extra=None, **extra):
+    """A config.json as lth_keras writes it for a `kind` run of the settings `args` on
+    `dataset` (fingerprint dataset * 3), with `extra` top-level entries: what tests that
+    fabricate run directories without training write."""
+    from lth_keras import runner, settings
+    from lth_keras.version import __version__
+
+    chosen, _ = settings.from_arguments(runner.GROUPS[kind], args)
+    ident = settings.identity(chosen, dataset * 3, **(identity_extra or {}))
+    return {"kind": kind, "hparams": {**settings.result_values(chosen), **(identity_extra or {})},
+            "hparams_hash": settings.identity_hash(ident), "identity": ident,
+            "settings": settings.record(chosen),
+            "dataset": {"name": dataset, "num_classes": num_classes,
+                        "class_names": [f"c{i}" for i in range(num_classes)],
+                        "sizes": {"train": 10, "val": 5, "test": 5},
+                        "fingerprint": dataset * 3},
+            "input": {"steps_per_epoch": 8, "channels": 3, "batch_size": 32},
+            "replicas": 1, "environment": {"lth_keras": __version__, "engine": "tensorflow"},
+            **extra}
 
 
 def refused_in_process(binary, output_dir, *args):
@@ -179,15 +190,13 @@ def tiny_tickets(tiny_fashion_dir, tmp_path_factory):
 def expected_start_digest(run, body, mask):
     """Digest of m ⊙ body with the target head that a fresh model of a transfer run's
     seed gets: what its level must have started from."""
-    from lth_keras import weights
+    from lth_keras import settings, weights
     from lth_keras.lottery import architecture, fine_tuning
 
-    config = run.config()
-    source, target = architecture.build_target_model(config["model"],
-                                                    config["dataset"]["num_classes"],
-                                                    fine_tuning.head_seed(
-                                                        config["hparams"]["seed"],
-                                                        config["dataset"]["name"]))
+    record = run.record()
+    source, target = architecture.build_target_model(
+        record.model, record.dataset.num_classes,
+        fine_tuning.head_seed(record.settings[settings.Training].seed, record.dataset.name))
     weights.load_ticket(source, body, mask)
     return weights.digest(weights.snapshot(target))
 

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import REPO, run_binary
-from lth_keras import artifacts, settings
-from lth_keras.lottery import directory
+from conftest import REPO, fabricated_record, run_binary
+from lth_keras import artifacts
 from lth_keras.analysis import cells, collect, figures, masks, report, statistics, views
 
 LAYERS = {"fc1/kernel": (10, 10), "fc2/kernel": (10, 5)}
@@ -53,20 +52,13 @@ def _metrics(level, val, test, mask, condition=None, noisy_stop=None):
     return metrics
 
 
-def _dataset(name):
-    return {"name": name, "num_classes": 3, "class_names": ["a", "b", "c"],
-            "sizes": {"train": 10, "val": 5, "test": 5}, "fingerprint": name * 3}
-
-
 def make_tickets(root, dataset, seed, accuracies, train_fraction=1.0, in_progress=None):
     """A find_tickets run; accuracies[L] = (val, test) of level L."""
-    hparams = {"source": dataset, "model": "lenet_300_100", "image_size": 16, "seed": seed,
-               "train_fraction": train_fraction, "prune_rate": 0.2, "rewind_epoch": 1,
-               "learning_rate": 0.01}
     path = os.path.join(root, "tickets", f"{dataset}-frac{train_fraction:g}-seed{seed}")
-    artifacts.write_json(os.path.join(path, "config.json"), {
-        "kind": "find_tickets", "hparams": hparams, "hparams_hash": directory.hparams_hash(hparams),
-        "dataset": _dataset(dataset)})
+    artifacts.write_json(os.path.join(path, "config.json"), fabricated_record(
+        "find_tickets", [f"--source={dataset}", "--model=lenet_300_100", "--image_size=16",
+                         f"--seed={seed}", f"--train_fraction={train_fraction}",
+                         "--rewind_epoch=1", "--learning_rate=0.01"], dataset=dataset))
     for level, (val, test) in enumerate(accuracies):
         mask = _mask(level, seed)
         level_dir = os.path.join(path, "levels", f"level_{level:02d}")
@@ -84,14 +76,11 @@ CONDITION_FLAGS = {"rewind": [], "final": ["--init=final"], "reinit": ["--reinit
                    "random_reinit": ["--random_mask", "--reinit"]}
 
 
-def transfer_hparams(target, condition, seed, tickets_hash, recipe=()):
-    """A transfer's hparams as directory.start records them: every result-defining setting
-    (init, reinit and scratch among them) plus the identity's extras."""
-    groups = settings.parse(settings.TRANSFER, [
-        f"--target={target}", "--model=lenet_300_100", "--image_size=16", f"--seed={seed}",
-        "--learning_rate=0.01", *CONDITION_FLAGS[condition], *recipe])
-    return {**settings.result_values(groups), "condition": condition,
-            "tickets_hash": tickets_hash, "head": "transfer seed/target/head"}
+def transfer_args(target, condition, seed, recipe=()):
+    """A transfer's settings as flags: every result-defining setting (init, reinit and
+    scratch among them)."""
+    return [f"--target={target}", "--model=lenet_300_100", "--image_size=16", f"--seed={seed}",
+            "--learning_rate=0.01", *CONDITION_FLAGS[condition], *recipe]
 
 
 def make_transfer(root, target, condition, seed, accuracies, tickets=None, in_progress=None,
@@ -105,16 +94,18 @@ def make_transfer(root, target, condition, seed, accuracies, tickets=None, in_pr
         config = artifacts.read_json(os.path.join(tickets, "config.json"))
         ticket_info = {"path": os.path.abspath(tickets), "hparams_hash": config["hparams_hash"],
                        "source": config["dataset"]["name"], "source_fingerprint": "f"}
-        tickets_seed = config["hparams"]["seed"]
-    model = {"model": "lenet_300_100", "image_size": 16, "source_classes": 3,
+        tickets_seed = config["settings"]["training"]["seed"]
+    model = {"model": "lenet_300_100", "image_size": 16, "channels": 3, "source_classes": 3,
              "seed": tickets_seed, "bn_momentum": 0.9}
-    hparams = transfer_hparams(target, condition, seed, ticket_info and ticket_info["hparams_hash"],
-                               recipe)
     source = ticket_info["source"] if ticket_info else "none"
     path = os.path.join(root, "transfer", name or f"{source}-{target}-{condition}-seed{seed}")
-    artifacts.write_json(os.path.join(path, "config.json"), {
-        "kind": "transfer", "condition": condition, "tickets": ticket_info, "hparams": hparams,
-        "hparams_hash": directory.hparams_hash(hparams), "dataset": _dataset(target), "model": model})
+    artifacts.write_json(os.path.join(path, "config.json"), fabricated_record(
+        "transfer", transfer_args(target, condition, seed, recipe), dataset=target,
+        identity_extra={"condition": condition,
+                        "tickets_hash": ticket_info and ticket_info["hparams_hash"],
+                        "head": "transfer seed/target/head"},
+        condition=condition, tickets=ticket_info, model=model,
+        levels=list(levels or range(len(accuracies)))))
     for level, (val, test) in zip(levels or range(len(accuracies)), accuracies):
         mask = _mask(level, 0)
         artifacts.write_json(os.path.join(path, "levels", f"level_{level:02d}", "metrics.json"),
@@ -320,7 +311,11 @@ def test_a_level_in_progress_is_left_out(results):
 @pytest.mark.parametrize("damage, needle", [
     (lambda p: open(os.path.join(p, "config.json"), "w").write("{not json"), "config.json"),
     (lambda p: _edit(os.path.join(p, "config.json"), kind="sweep"), "unknown run kind"),
-    (lambda p: _edit(os.path.join(p, "config.json"), hparams={"model": "x"}), "hparams.seed"),
+    (lambda p: _edit(os.path.join(p, "config.json"), settings="x"), "settings has an unexpected"),
+    (lambda p: _edit(os.path.join(p, "config.json"), dataset={"name": "x"}), "dataset.num_classes"),
+    # Records before 0.4 are refused, saying who wrote them and what to do.
+    (lambda p: _edit(os.path.join(p, "config.json"), environment={"lth_keras": "0.3.1"}),
+     "written by lth_keras 0.3.1; this version reads runs of 0.4 and later: move it away"),
     (lambda p: _edit(os.path.join(p, "levels", "level_01", "metrics.json"), test=None),
      "test"),
     (lambda p: _edit(os.path.join(p, "levels", "level_01", "metrics.json"), level=7), "level"),

@@ -49,8 +49,8 @@ def test_grid_cost_counts_levels_images_and_density():
 def test_paper_cost_tables_a_ticket_search_and_the_grid():
     from lth_keras import settings
 
-    preset = settings.parse(settings.FIND_TICKETS, ["--model=lenet_300_100", "--image_size=16",
-                                                    "--rounds=2", "--max_epochs=10"])
+    preset = settings.from_arguments(settings.FIND_TICKETS, ["--model=lenet_300_100", "--image_size=16",
+                                                    "--rounds=2", "--max_epochs=10"])[0]
     runs = grid.expand(sources=["cifar10"], targets=["bone_marrow"], seeds=[0],
                        conditions=["rewind"])
     table = costs.paper_cost(preset, runs, images_per_s=[100, 10], epochs=4)

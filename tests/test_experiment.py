@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_TICKETS, make_colour_folder, run_binary
+from conftest import REPO, TINY_TICKETS, fabricated_record, make_colour_folder, run_binary
 from lth_keras import grid
 
 SMALL = dict(sources=["fashion_mnist", "cifar10"], targets=["human_lba", "/data/my_slides"],
@@ -44,24 +44,23 @@ def test_grid_expands_to_the_expected_runs():
     assert set(names) == expected
     by_name = {run.name: run for run in runs}
     assert by_name["transfer/my_slides/cifar10-final-seed1"].needs == ("tickets/cifar10-seed1",)
-    assert "--init=final" in by_name["transfer/my_slides/cifar10-final-seed1"].args
+    assert by_name["transfer/my_slides/cifar10-final-seed1"].values["init"] == "final"
     assert by_name["transfer/human_lba/human_lba-reinit-seed0"].needs == (
         "tickets/human_lba-seed0",)
-    assert "--reinit" in by_name["transfer/human_lba/human_lba-reinit-seed0"].args
+    assert by_name["transfer/human_lba/human_lba-reinit-seed0"].values["reinit"] is True
     # One find_tickets run per (dataset, seed, fraction), shared by every transfer from it.
-    assert "--random_mask" in by_name["transfer/my_slides/cifar10-random-seed1"].args
+    assert by_name["transfer/my_slides/cifar10-random-seed1"].values["random_mask"] is True
     assert sum(r.needs == ("tickets/fashion_mnist-seed0",) for r in runs) == 11
     # (2 targets × rewind, final, scratch, source_reinit, source_random; its stability)
     assert by_name["stability/cifar10-seed1"].binary == "stability"
     # Targets are used whole; natural sources keep their preset's subset.
-    assert "--train_fraction=1" in by_name["tickets/my_slides-seed0"].args
-    assert not any(a.startswith("--train_fraction") for a in
-                   by_name["tickets/cifar10-seed0"].args)
-    assert "--train_fraction=0.5" in by_name["tickets/human_lba-seed1-frac0.5"].args
+    assert by_name["tickets/my_slides-seed0"].values["train_fraction"] == 1
+    assert "train_fraction" not in by_name["tickets/cifar10-seed0"].values
+    assert by_name["tickets/human_lba-seed1-frac0.5"].values["train_fraction"] == 0.5
     # A natural source given as a folder keeps its preset's subset too.
     folder = grid.expand(sources=["/data/cifar10_jpeg"], targets=["histo"], seeds=[0],
                          conditions=["rewind"])
-    assert folder[0].args == ("--source=/data/cifar10_jpeg", "--seed=0")
+    assert folder[0].values == {"source": "/data/cifar10_jpeg", "seed": 0}
     # Every run comes after the runs it needs.
     position = {name: i for i, name in enumerate(names)}
     assert all(position[n] < position[run.name] for run in runs for n in run.needs)
@@ -104,16 +103,19 @@ def test_a_transfer_of_every_level_grows_with_its_ticket_run(tmp_path):
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(config, f)
 
-    fabricate(tickets, {"settings": {"pruning": {"rounds": 2}}}, [0, 1, 2])
-    fabricate(rewind, {"levels": [0, 1, 2]}, [0, 1, 2])
-    fabricate(scratch, {"levels": [0]}, [0])
+    fabricate(tickets, fabricated_record("find_tickets", ["--rounds=2"]), [0, 1, 2])
+    fabricate(rewind, fabricated_record("transfer", ["--target=colours"], levels=[0, 1, 2]),
+              [0, 1, 2])
+    fabricate(scratch, fabricated_record("transfer", ["--target=colours", "--scratch"],
+                                         levels=[0]), [0])
     assert [grid.state(r, root, rounds=2) for r in (tickets, rewind, scratch)] == [grid.DONE] * 3
     # The preset now asks for 3 rounds: the tickets and the transfer of every level are
     # partial; scratch (level 0 only) stays done.
     assert [grid.state(r, root, rounds=3) for r in (tickets, rewind, scratch)] == [
         grid.PARTIAL, grid.PARTIAL, grid.DONE]
     # A transfer of chosen levels wants only those.
-    chosen = grid.GridRun(rewind.name, "transfer", rewind.args + ("--levels=0,2",), rewind.tickets)
+    chosen = grid.GridRun(rewind.name, "transfer", {**rewind.values, "levels": "0,2"},
+                          rewind.tickets)
     assert grid.state(chosen, root, rounds=3) == grid.DONE
 
 
@@ -209,10 +211,10 @@ def test_transfer_seeds_make_pairs_in_an_order_that_keeps_them_whole():
     assert names[10] == "tickets/fashion_mnist-seed1" and len(names) == 20
     by_name = {run.name: run for run in runs}
     reinit = by_name["transfer/histo/fashion_mnist-reinit-seed1-t2"]
-    assert reinit.args == ("--target=histo", "--seed=2", "--train_fraction=1", "--reinit",
-                           "--levels=7")
+    assert reinit.values == {"target": "histo", "seed": 2, "train_fraction": 1, "reinit": True,
+                             "levels": "7"}
     assert reinit.needs == ("tickets/fashion_mnist-seed1",)
-    assert "--levels=0,7" in by_name["transfer/histo/fashion_mnist-rewind-seed1-t2"].args
+    assert by_name["transfer/histo/fashion_mnist-rewind-seed1-t2"].values["levels"] == "0,7"
     assert by_name["transfer/histo/dense-scratch-seed1-t0"].needs == ("tickets/fashion_mnist-seed1",)
     # Sharded, the tickets still come first.
     sharded = grid.expand(sources=["fashion_mnist"], targets=["histo"], seeds=[0, 1],
@@ -236,8 +238,8 @@ def test_controls_take_their_own_transfer_seeds_and_levels():
             "histo-rewind-seed3-t0")}
     own = by_name["transfer/histo/histo-rewind-seed3-t0"]
     assert own.needs == ("tickets/histo-seed3",)
-    assert own.args == ("--target=histo", "--seed=0", "--train_fraction=1", "--levels=5")
-    assert "--levels=0,5" in by_name["transfer/histo/cifar10-rewind-seed3-t1"].args
+    assert own.values == {"target": "histo", "seed": 0, "train_fraction": 1, "levels": "5"}
+    assert by_name["transfer/histo/cifar10-rewind-seed3-t1"].values["levels"] == "0,5"
     with pytest.raises(ValueError, match="target_transfer fine-tunes the target tickets"):
         grid.expand(sources=["cifar10"], targets=["histo"], seeds=[0],
                     conditions=["target_transfer"])
@@ -251,25 +253,27 @@ def test_stability_with_masks_per_rewind_point_gets_runs_rewound_there(tmp_path)
     assert [run.name for run in runs] == [
         "tickets/fashion_mnist-seed1", "tickets/fashion_mnist-seed1-k0",
         "tickets/fashion_mnist-seed1-k2", "stability/fashion_mnist-seed1"]
-    assert "--rewind_epoch=2" in by_name["tickets/fashion_mnist-seed1-k2"].args
+    assert by_name["tickets/fashion_mnist-seed1-k2"].values["rewind_epoch"] == 2
     analysis = by_name["stability/fashion_mnist-seed1"]
     assert analysis.needs == ("tickets/fashion_mnist-seed1", "tickets/fashion_mnist-seed1-k0",
                               "tickets/fashion_mnist-seed1-k2")
-    assert analysis.command_args(str(tmp_path)) == [
-        f"--output_dir={tmp_path / 'stability/fashion_mnist-seed1'}", "--levels=0,7",
-        f"--tickets={tmp_path / 'tickets/fashion_mnist-seed1'}",
-        f"--mask_runs=0:{tmp_path / 'tickets/fashion_mnist-seed1-k0'},"
-        f"2:{tmp_path / 'tickets/fashion_mnist-seed1-k2'}"]
+    assert analysis.settings_values(str(tmp_path)) == {
+        "output_dir": str(tmp_path / "stability/fashion_mnist-seed1"), "levels": "0,7",
+        "tickets": str(tmp_path / "tickets/fashion_mnist-seed1"),
+        "mask_runs": (f"0:{tmp_path / 'tickets/fashion_mnist-seed1-k0'}",
+                      f"2:{tmp_path / 'tickets/fashion_mnist-seed1-k2'}")}
+    # Across a process boundary, a list flag given once (one given twice keeps the last).
+    assert grid.settings.flag_text("mask_runs", ("0:a", "2:b")) == "--mask_runs=0:a,2:b"
 
 
 def test_tickets_of_another_grid_are_read_where_they_are(tmp_path):
     layout = grid.Layout(str(tmp_path / "b"), tickets_dir=str(tmp_path / "a" / "tickets"))
-    run = grid.GridRun("transfer/t/x-rewind-seed0", "transfer", ("--seed=0",),
-                   tickets="tickets/x-seed0")
-    assert run.command_args(layout) == [
-        f"--output_dir={tmp_path / 'b' / 'transfer/t/x-rewind-seed0'}", "--seed=0",
-        f"--tickets={tmp_path / 'a' / 'tickets' / 'x-seed0'}"]
-    assert grid.GridRun("tickets/x-seed0", "find_tickets", ()).directory(layout) == str(
+    run = grid.GridRun("transfer/t/x-rewind-seed0", "transfer", {"seed": 0},
+                       tickets="tickets/x-seed0")
+    assert run.settings_values(layout) == {
+        "output_dir": str(tmp_path / "b" / "transfer/t/x-rewind-seed0"), "seed": 0,
+        "tickets": str(tmp_path / "a" / "tickets" / "x-seed0")}
+    assert grid.GridRun("tickets/x-seed0", "find_tickets", {}).directory(layout) == str(
         tmp_path / "a" / "tickets" / "x-seed0")
 
 

@@ -1,5 +1,6 @@
 """fold_masks and the export binary: plain layers, TFLite sparsity, prediction agreement."""
 
+import dataclasses
 import json
 import os
 
@@ -7,10 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_binary
+from conftest import fabricated_record, run_binary
 from lth_keras import artifacts, lottery, models, pruning, tflite_export, weights
 from lth_keras.errors import UserError
 from lth_keras.lottery import architecture
+from lth_keras.lottery.directory import ModelRecord
 from lth_keras.layers import MASKED_LAYER_TYPES
 
 
@@ -52,8 +54,8 @@ def test_fold_masks_gives_plain_layers_and_the_same_predictions(name):
 
 
 def test_fold_masks_of_a_replaced_head_model_copies_the_new_head():
-    config = {"model": "conv4", "image_size": 16, "source_classes": 10, "seed": 3,
-              "bn_momentum": 0.9}
+    config = ModelRecord(model="conv4", image_size=16, channels=3, source_classes=10, seed=3,
+                         bn_momentum=0.9)
     source, target = architecture.build_target_model(config, 4, head_seed=7)
     _random_ticket(source)
     folded = models.fold_masks(target)
@@ -77,8 +79,8 @@ def test_fold_masks_with_dense_masks_is_the_plain_architecture():
 # Export of run directories (fabricated in the documented formats)
 # --------------------------------------------------------------------------- #
 
-MODEL_CONFIG = {"model": "lenet_300_100", "image_size": 16, "source_classes": 10, "seed": 3,
-                "bn_momentum": 0.9}
+MODEL_CONFIG = ModelRecord(model="lenet_300_100", image_size=16, channels=3, source_classes=10,
+                           seed=3, bn_momentum=0.9)
 
 
 def _fabricate_transfer_run(path, level, masks_for, model_config=MODEL_CONFIG, num_classes=4):
@@ -90,10 +92,9 @@ def _fabricate_transfer_run(path, level, masks_for, model_config=MODEL_CONFIG, n
         if v.path.startswith(models.HEAD_NAME + "/"):
             v.assign(0.3 * rng.standard_normal(v.shape).astype(np.float32))
     run = lottery.TransferRun(str(path))
-    artifacts.write_json(run.config_path, {
-        "kind": "transfer", "condition": "rewind", "model": model_config,
-        "dataset": {"name": "fake_target", "num_classes": num_classes},
-        "hparams": {"condition": "rewind"}})
+    artifacts.write_json(run.config_path, fabricated_record(
+        "transfer", ["--target=fake_target"], dataset="fake_target", num_classes=num_classes,
+        condition="rewind", model=model_config.as_dict(), levels=[level]))
     artifacts.write_arrays(run.level_file(level, "weights.npz"), weights.snapshot(target))
     artifacts.write_json(run.level_file(level, "metrics.json"), {"level": level})
     return target
@@ -144,7 +145,7 @@ def test_export_of_a_90_percent_ticket_agrees_and_the_sparse_tflite_is_smaller(t
 
 def test_weights_below_30_percent_zeros_stay_dense_in_tflite(tmp_path):
     """The converter's threshold: conv kernels compress too, a 20%-sparse one does not."""
-    config = dict(MODEL_CONFIG, model="conv4")
+    config = dataclasses.replace(MODEL_CONFIG, model="conv4")
     rates = {"conv1": 0.9, "conv2": 0.9, "conv3": 0.9, "conv4": 0.9, "fc1": 0.9, "fc2": 0.2}
     _fabricate_transfer_run(tmp_path / "run", 1, _layerwise_masks(rates), model_config=config)
     model, description = architecture.level_model(str(tmp_path / "run"), 1)
@@ -163,9 +164,9 @@ def test_export_of_a_find_tickets_run(tmp_path):
     model = models.build_model("conv4", input_shape=(16, 16, 3), num_classes=10, seed=5)
     _random_ticket(model, density=0.5)
     run_dir = tmp_path / "tickets"
-    artifacts.write_json(run_dir / "config.json", {
-        "kind": "find_tickets", "dataset": {"name": "fake_source", "num_classes": 10},
-        "hparams": {"model": "conv4", "image_size": 16, "seed": 5, "bn_momentum": 0.9}})
+    artifacts.write_json(run_dir / "config.json", fabricated_record(
+        "find_tickets", ["--model=conv4", "--image_size=16", "--seed=5"],
+        dataset="fake_source", num_classes=10))
     artifacts.write_arrays(run_dir / "levels/level_00/theta_i.npz", weights.snapshot(model))
     artifacts.write_json(run_dir / "levels/level_00/metrics.json", {"level": 0})
     loaded, description = architecture.level_model(str(run_dir), 0)
@@ -188,18 +189,19 @@ def test_disagreeing_export_is_refused_and_writes_nothing(tmp_path, monkeypatch)
 def test_bad_run_directories_are_refused(tmp_path, case):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
+    transfer = fabricated_record("transfer", ["--target=fake_target"], dataset="fake_target",
+                                 num_classes=2, condition="rewind", levels=[3],
+                                 model=MODEL_CONFIG.as_dict())
     if case == "unknown_kind":
-        artifacts.write_json(run_dir / "config.json", {"kind": "benchmark"})
+        artifacts.write_json(run_dir / "config.json", dict(transfer, kind="benchmark"))
     elif case == "missing_model_keys":
-        artifacts.write_json(run_dir / "config.json", {
-            "kind": "transfer", "model": {"model": "conv4"}, "dataset": {"num_classes": 2}})
+        artifacts.write_json(run_dir / "config.json", dict(transfer, model={"model": "conv4"}))
     elif case == "unfinished_level":
-        artifacts.write_json(run_dir / "config.json", {
-            "kind": "transfer", "model": MODEL_CONFIG, "dataset": {"num_classes": 2}})
+        artifacts.write_json(run_dir / "config.json", transfer)
         artifacts.write_arrays(run_dir / "levels/level_03/checkpoint.npz", {"a": np.zeros(1)})
     message = {"no_config": "not a run directory", "unknown_kind": "'benchmark' run",
                "unfinished_level": "level 3 .* not finished; finished levels: none",
-               "missing_model_keys": "lacks 'image_size'"}[case]
+               "missing_model_keys": "missing key model.image_size"}[case]
     with pytest.raises((UserError, artifacts.ArtifactError), match=message):
         architecture.level_model(str(run_dir), 3)
 

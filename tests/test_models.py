@@ -288,11 +288,12 @@ def test_a_transfer_head_is_independent_of_theta_0s_head():
     """The grid gives a transfer its ticket's seed; with the same class count the fresh
     head must still be a new draw, not θ_0's head again (nor correlated with it)."""
     from lth_keras.lottery import architecture, fine_tuning
+    from lth_keras.lottery.directory import ModelRecord
 
     ticket_heads, transfer_heads = [], []
     for seed in range(4):
-        config = {"model": "lenet_300_100", "image_size": 16, "source_classes": 10,
-                  "seed": seed, "bn_momentum": 0.9}
+        config = ModelRecord(model="lenet_300_100", image_size=16, channels=3,
+                             source_classes=10, seed=seed, bn_momentum=0.9)
         source, target = architecture.build_target_model(
             config, 10, fine_tuning.head_seed(seed, "fashion_mnist"))
         ticket_heads.append(np.asarray(head_layer(source).kernel).ravel())

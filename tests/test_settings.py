@@ -13,9 +13,8 @@ from absl import flags
 
 from conftest import (REPO, TINY_TICKETS, in_process, kill_find_tickets_mid_level,
                       make_colour_folder, run_binary)
-from lth_keras import lottery, settings
+from lth_keras import artifacts, lottery, settings
 from lth_keras.errors import UserError
-from lth_keras.lottery import directory
 from lth_keras.settings import Pruning, Training
 
 PRESET = {name: os.path.join(REPO, "flags", f"{name}.cfg")
@@ -23,7 +22,7 @@ PRESET = {name: os.path.join(REPO, "flags", f"{name}.cfg")
 
 
 def _hash(groups, args, **extra):
-    return settings.identity_hash(settings.identity(settings.parse(groups, args),
+    return settings.identity_hash(settings.identity(settings.from_arguments(groups, args)[0],
                                                     "fingerprint", **extra))
 
 
@@ -65,7 +64,7 @@ def test_what_does_not_define_the_result_leaves_the_hash_alone():
     assert _hash(settings.FIND_TICKETS, quick + ["--prune_rate=0.2", "--batch_size=64"]) == base
     assert _hash(settings.FIND_TICKETS, quick + ["--prune_rate=0.3"]) != base
     assert _hash(settings.FIND_TICKETS, quick, ) != settings.identity_hash(settings.identity(
-        settings.parse(settings.FIND_TICKETS, quick), "other data"))
+        settings.from_arguments(settings.FIND_TICKETS, quick)[0], "other data"))
 
 
 def test_an_option_added_with_its_default_leaves_the_hashes_unchanged():
@@ -74,7 +73,7 @@ def test_an_option_added_with_its_default_leaves_the_hashes_unchanged():
                       settings.option(0.0, "A new option of the recipe."))],
         bases=(Training,), frozen=True)
     for name, ((groups, args), extra, expected) in PINNED.items():
-        parsed = settings.parse(groups, args)
+        parsed = settings.from_arguments(groups, args)[0]
         parsed[Training] = Extended(**dataclasses.asdict(parsed[Training]))
         assert settings.identity_hash(settings.identity(parsed, "fingerprint", **extra)) \
             == expected, name
@@ -106,28 +105,28 @@ def test_presets_hold_only_what_differs_from_the_defaults():
         defaults = {f.name: f.default for g in groups for f in dataclasses.fields(g)}
         for line in lines:
             name = line[2:].split("=")[0]
-            parsed = settings.parse(groups, [line])
+            parsed = settings.from_arguments(groups, [line])[0]
             value = next(getattr(obj, name) for obj in parsed.values() if hasattr(obj, name))
             assert value != defaults[name], f"{path} restates the default {line}"
 
 
 def test_bad_settings_are_one_line_errors():
     with pytest.raises(settings.SettingsError, match="--lr_boundaries must be a comma list"):
-        settings.parse(settings.FIND_TICKETS, ["--lr_boundaries=a,b"])
+        settings.from_arguments(settings.FIND_TICKETS, ["--lr_boundaries=a,b"])[0]
     with pytest.raises(settings.SettingsError, match="unknown option"):
-        settings.with_options(settings.parse(settings.FIND_TICKETS), {"learning_rat": 0.1})
+        settings.replaced(settings.from_arguments(settings.FIND_TICKETS)[0], {"learning_rat": 0.1})
     with pytest.raises(settings.SettingsError, match="--prune_rate"):
         Pruning(prune_rate=1.5).check(Training())
     for conflict, message in (("--scratch", "--scratch and --random_mask exclude"),
                               ("--init=final", "--random_mask starts from θ_k")):
         with pytest.raises(settings.SettingsError, match=message):
-            settings.check(settings.parse(settings.TRANSFER, [
-                "--target=x", "--tickets=t", "--random_mask", conflict]))
+            settings.check(settings.from_arguments(settings.TRANSFER, [
+                "--target=x", "--tickets=t", "--random_mask", conflict])[0])
 
 
 def test_the_transfer_condition_is_what_its_flags_name():
     def condition(*args):
-        return settings.parse(settings.TRANSFER, ["--target=x", *args])[settings.Transfer].condition
+        return settings.from_arguments(settings.TRANSFER, ["--target=x", *args])[0][settings.Transfer].condition
 
     assert [condition(), condition("--init=final"), condition("--reinit"),
             condition("--random_mask"), condition("--random_mask", "--reinit"),
@@ -163,43 +162,27 @@ def test_a_run_started_from_python_records_the_settings_it_trained_with(
     assert os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns == stamp
 
 
-def _as_legacy_record(path):
-    """Rewrites a run's config.json as lth_keras 0.2 wrote it (flags as spelled, their hash)."""
-    with open(path) as f:
-        config = json.load(f)
-    kind = config["kind"]
-    values = {k: v for group in config["settings"].values() for k, v in group.items()}
-    hparams = {name: ([str(x) for x in values[name]] if isinstance(values[name], list)
-                      else values[name]) for name in directory.LEGACY_RESULT_FLAGS[kind]}
-    if kind == "transfer":
-        hparams.update(condition=config["condition"], tickets_hash=config["hparams"]["tickets_hash"])
-    legacy = {"kind": kind, "hparams": hparams, "hparams_hash": directory.hparams_hash(hparams),
-              "flags": values, **{k: v for k, v in config.items()
-                                  if k not in ("hparams", "hparams_hash", "identity", "settings",
-                                               "kind")}}
-    with open(path, "w") as f:
-        json.dump(legacy, f)
-    return legacy
-
-
-def test_runs_recorded_before_identity_version_2_resume_and_are_migrated(tiny_tickets,
-                                                                         tiny_fashion_dir,
-                                                                         tmp_path):
+def test_a_run_written_before_0_4_is_refused_and_left_alone(tiny_tickets, tiny_fashion_dir,
+                                                            tmp_path):
+    # A record as lth_keras 0.2 wrote it (no identity, flags as spelled): refused in one
+    # line naming the version and what to do, its files untouched.
     out = str(tmp_path / "old")
     shutil.copytree(tiny_tickets.path, out)
-    legacy = _as_legacy_record(os.path.join(out, "config.json"))
+    path = os.path.join(out, "config.json")
+    config = json.loads(open(path).read())
+    old = {"kind": config["kind"], "hparams": config["hparams"], "hparams_hash": "0123456789ab",
+           "flags": config["settings"]["pruning"], "dataset": config["dataset"],
+           "environment": dict(config["environment"], lth_keras="0.2.0")}
+    artifacts.write_json(path, old)
     stamp = os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns
-    args = ["--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}", f"--output_dir={out}",
-            *TINY_TICKETS]
-    in_process("find_tickets", *args)
+    with pytest.raises(UserError) as refused:
+        in_process("find_tickets", "--source=fashion_mnist", f"--data_dir={tiny_fashion_dir}",
+                   f"--output_dir={out}", *TINY_TICKETS)
+    assert str(refused.value) == (f"{out} was written by lth_keras 0.2.0; this version reads "
+                                  "runs of 0.4 and later: move it away or run again into "
+                                  "another --output_dir")
     assert os.stat(os.path.join(out, "levels", "level_01", "mask.npz")).st_mtime_ns == stamp
-    config = lottery.TicketRun(out).config()
-    assert config["legacy_hash"] == legacy["hparams_hash"]
-    assert config["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
-    # Other settings are still refused, naming what differs.
-    _as_legacy_record(os.path.join(out, "config.json"))
-    with pytest.raises(UserError, match="prune_rate"):
-        in_process("find_tickets", *args, "--prune_rate=0.5")
+    assert artifacts.read_json(path) == old
 
 
 def test_resuming_with_more_rounds_updates_the_record_and_the_grid_sees_it(

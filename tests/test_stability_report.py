@@ -8,6 +8,7 @@ import pytest
 
 from lth_keras.analysis import stability_report as report
 from lth_keras.lottery import instability as stability
+from lth_keras.lottery.directory import StabilityRecord
 
 
 def test_barriers_of_a_hand_made_path():
@@ -44,6 +45,12 @@ def test_the_interval_over_pairs():
     assert math.isnan(one["val_barrier_low"]) and not one["uncertain"]
 
 
+def _record(budget, annealed):
+    return StabilityRecord(levels=(3,), rewind_points=("00",), rewind_steps=(0,), pairs=3,
+                           budget_steps=budget, steps_per_epoch=126,
+                           annealed_at_epochs=tuple(annealed), masks="the ticket run's")
+
+
 def test_stable_from_is_monotone_and_says_when_it_is_uncertain():
     rows = (_pairs(3, "00", 0, [0.05, 0.06, 0.07]) + _pairs(3, "040it", 40, [0.01, 0.01, 0.01])
             + _pairs(3, "01", 126, [0.03, 0.03, 0.03]) + _pairs(3, "02", 252, [0.005] * 3)
@@ -57,9 +64,8 @@ def test_stable_from_is_monotone_and_says_when_it_is_uncertain():
                         0.02)
     # Stable from 00 (mean 0.0217 > 0.02: no) -> from 01; the cell before it is uncertain.
     assert report.stable_from(edge, 0.02) == {2: ("01", True)}
-    text = report.markdown(table, 0.02, "title", {"budget_steps": 1260, "annealed_at_epochs": [7],
-                                                  "masks": "the ticket run's"})
+    text = report.markdown(table, 0.02, "title", _record(1260, [7]))
     assert "- level 3: stable from k = 02" in text
     assert "annealed at epochs 7" in text
-    unconverged = report.markdown(table, 0.02, "t", {"budget_steps": 10, "annealed_at_epochs": []})
+    unconverged = report.markdown(table, 0.02, "t", _record(10, []))
     assert "the copies end unconverged" in unconverged

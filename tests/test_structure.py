@@ -89,8 +89,10 @@ def test_the_cycle_finder_finds_cycles():
 
 def test_the_graph_holds_function_level_imports():
     graph = import_graph()
-    # Both made inside functions: the grid's in-process runs, and the trainer of a level.
-    assert "lth_keras.lottery.tickets" in graph["lth_keras.grid"]
+    # Made inside functions: the grid's in-process runs, the one way into the protocols, and
+    # the trainer of a level.
+    assert "lth_keras.runner" in graph["lth_keras.grid"]
+    assert "lth_keras.lottery.tickets" in graph["lth_keras.runner"]
     assert "lth_keras.training" in graph["lth_keras.lottery.levels"]
     assert "lth_keras.lottery.directory" in graph["lth_keras.lottery.fine_tuning"]
 

@@ -1,6 +1,7 @@
 """Transfer of tiny Fashion-MNIST tickets to a small image-folder target, and its controls
 (the real histology target too, when ../shared/data is beside the repository)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -89,11 +90,10 @@ def test_init_final_starts_from_theta_i(tiny_tickets, transfers):
 
 def test_reinit_changes_the_weights_but_not_the_mask(tiny_tickets, transfers):
     run, rewind = transfers["reinit"], transfers["rewind"]
-    config = run.config()
+    record = run.record()
     fresh = architecture.build_target_model(
-        dict(config["model"], seed=protocol.reinit_seed(config["model"]["seed"],
-                                                           config["hparams"]["seed"])),
-        4, head_seed=0)[0]
+        dataclasses.replace(record.model, seed=protocol.reinit_seed(
+            record.model.seed, record.settings[settings.Training].seed)), 4, head_seed=0)[0]
     theta_fresh = weights.snapshot(fresh)
     theta_0, theta_k = tiny_tickets.theta("0"), tiny_tickets.theta("k")
     kernel = next(iter(tiny_tickets.mask(0)))
@@ -143,11 +143,10 @@ def test_random_pruning_keeps_each_layers_count_and_starts_from_theta_k(tiny_tic
 def test_random_pruning_with_fresh_weights_differs_from_random_pruning_only_in_weights(
         tiny_tickets, transfers):
     run, random = transfers["random_reinit"], transfers["random"]
-    config = run.config()
+    record = run.record()
     fresh = weights.snapshot(architecture.build_target_model(
-        dict(config["model"], seed=protocol.reinit_seed(config["model"]["seed"],
-                                                           config["hparams"]["seed"])),
-        4, head_seed=0)[0])
+        dataclasses.replace(record.model, seed=protocol.reinit_seed(
+            record.model.seed, record.settings[settings.Training].seed)), 4, head_seed=0)[0])
     for level in run.finished_levels():
         ticket = tiny_tickets.mask(level)
         drawn = _masks_of(run, level, ticket)
@@ -240,7 +239,7 @@ def test_ticket_whose_weights_do_not_fit_is_refused(tiny_tickets, tmp_path):
     copy = _copy_run(tiny_tickets, tmp_path / "tampered")
     config_path = os.path.join(copy, "config.json")
     config = json.load(open(config_path))
-    config["hparams"]["image_size"] = 24
+    config["settings"]["model"]["image_size"] = 24
     artifacts.write_json(config_path, config)
     out = str(tmp_path / "never")
     assert "shape" in refused_in_process("transfer", out, f"--tickets={copy}",
@@ -345,23 +344,18 @@ def test_a_recipe_setting_given_wins_is_recorded_and_announced(tiny_tickets, tmp
     assert lottery.TransferRun(out).metrics(1)["epochs"] == 1
 
 
-def test_tickets_recorded_by_lth_keras_0_1_lend_their_recipe(tiny_tickets, tmp_path):
-    # 0.1 wrote --mixed_precision as a bool and list flags as strings; its tickets are
-    # still tickets, and a transfer from them takes their recipe in today's spelling.
-    old = tmp_path / "tickets_0.1"
+def test_tickets_recorded_before_0_4_are_refused_in_one_line(tiny_tickets, tmp_path):
+    # A record written by lth_keras 0.3 (its transfers drew their heads from θ_0's stream):
+    # refused, saying which version wrote it and what to do; nothing written.
+    old = tmp_path / "tickets_0.3"
     shutil.copytree(tiny_tickets.path, old)
-    with open(old / "config.json") as f:
-        config = json.load(f)
-    config["hparams"].update(mixed_precision=False,
-                             lr_boundaries=[str(x) for x in config["hparams"]["lr_boundaries"]])
-    with open(old / "config.json", "w") as f:
-        json.dump(config, f)
-    transferred = in_process("transfer", *_bare_flags(str(old), tmp_path / "from_0.1"),
-                             "--max_epochs=1").config()
-    assert transferred["hparams"]["mixed_precision"] == "off"
-    assert transferred["hparams"]["lr_boundaries"] == tiny_tickets.config()["hparams"]["lr_boundaries"]
-    assert transferred["recipe_overrides"] == {"max_epochs": {"tickets": 3, "transfer": 1}}
-    assert settings.typed_values({"mixed_precision": True}) == {"mixed_precision": "bfloat16"}
+    config = json.loads((old / "config.json").read_text())
+    config["environment"]["lth_keras"] = "0.3.1"
+    (old / "config.json").write_text(json.dumps(config))
+    out = str(tmp_path / "never")
+    message = refused_in_process("transfer", out, *_bare_flags(str(old), out))
+    assert message == (f"{old} was written by lth_keras 0.3.1; this version reads runs of 0.4 "
+                       "and later: move it away or run again into another --output_dir")
 
 
 # ---- tickets of another input pipeline ------------------------------------------------

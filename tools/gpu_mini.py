@@ -77,7 +77,7 @@ def _preset_image_size(tiny):
     from lth_keras import settings
 
     args = [f"--flagfile={os.path.join(REPO, TICKETS_PRESET)}"] + (TINY_TICKETS if tiny else [])
-    groups = settings.parse(settings.FIND_TICKETS, args)
+    groups, _ = settings.from_arguments(settings.FIND_TICKETS, args)
     return groups[settings.Model].image_size
 
 

@@ -14,7 +14,8 @@ import json
 import numbers
 import os
 
-from lth_keras import artifacts, settings
+from lth_keras import artifacts
+from lth_keras.settings import Data, Model, Training
 from lth_keras.lottery.directory import (CONFIG, LEVEL_NAME, LEVELS, METRICS, RunDirectory,
                                          StabilityRun, level_name)
 from lth_keras.lottery.fine_tuning import CONDITIONS
@@ -78,7 +79,6 @@ class RunRecord:
     levels: dict  # {level: Level}, finished levels only
     tickets_hash: str | None = None  # transfer: hparams_hash of the ticket run
     tickets_path: str | None = None  # transfer: where the ticket run was
-    legacy_hash: str | None = None   # its hash before identity version 2, if migrated
     tickets_seed: int | None = None  # the ticket run's seed (find_tickets: its own)
 
     @property
@@ -89,7 +89,7 @@ class RunRecord:
     @property
     def ids(self):
         """The hashes a transfer may name this run by."""
-        return {self.hparams_hash, self.legacy_hash} - {None}
+        return {self.hparams_hash}
 
     @property
     def name(self):
@@ -136,68 +136,67 @@ def collect_runs(roots, stability=None):
 
 
 def _kind(path):
-    config = _read_json(RunDirectory(path).config_path)
-    return config.get("kind") if isinstance(config, dict) else None
+    return _record(path).kind
+
+
+def _record(path):
+    """The typed record of the run directory at `path`, or AnalysisError naming it."""
+    directory = RunDirectory(path)
+    if not os.path.exists(directory.config_path):
+        raise AnalysisError(f"{path} is not a run directory (no config.json)")
+    try:
+        return directory.record()
+    except artifacts.ArtifactError as e:
+        raise AnalysisError(f"{directory.config_path}: malformed run directory: {e}") from None
 
 
 def read_run(path):
     """The RunRecord of `path`; AnalysisError if config.json or a level does not parse."""
     config_path = RunDirectory(path).config_path
-    if not os.path.exists(config_path):
-        raise AnalysisError(f"{path} is not a run directory (no config.json)")
-    config = _read_json(config_path)
-    field = _Fields(config_path, config)
-    kind = field.get("kind", str)
+    record = _record(path)
+    kind = record.kind
     if kind not in KINDS:
         raise AnalysisError(f"{config_path}: unknown run kind {kind!r} (expected "
                             f"{' or '.join(KINDS)})")
-    # Records before identity version 2 kept list settings as the flags' strings.
-    hparams = settings.typed_values(field.get("hparams", dict))
-    hp = _Fields(config_path, hparams, prefix="hparams.")
-    dataset = field.get("dataset", dict)
-    dataset_name = _Fields(config_path, dataset, prefix="dataset.").get("name", str)
+    seed = record.settings[Training].seed
+    data = record.settings[Data]
     # The dataset enters the setting by name: the --source / --target flag may spell
     # the same data as a name or a folder path.
-    common = dict(path=path, kind=kind, dataset=dataset_name, seed=hp.get("seed", int),
-                  hparams_hash=field.get("hparams_hash", str),
-                  legacy_hash=config.get("legacy_hash"))
+    common = dict(path=path, kind=kind, dataset=record.dataset.name, seed=seed,
+                  hparams_hash=record.hparams_hash, train_fraction=data.train_fraction)
     if kind == "find_tickets":
-        run = RunRecord(condition=TICKETS, source=dataset_name, model=hp.get("model", str),
-                  tickets_seed=hp.get("seed", int),
-                  image_size=hp.get("image_size", int),
-                  train_fraction=hp.get("train_fraction", numbers.Real),
-                  setting={"dataset": dataset_name, **_without(hparams, "seed", "source")},
-                  levels={}, **common)
+        model = record.settings[Model]
+        run = RunRecord(condition=TICKETS, source=record.dataset.name, model=model.model,
+                        tickets_seed=seed, image_size=model.image_size,
+                        setting={"dataset": record.dataset.name,
+                                 **_without(record.hparams, "seed", "source")},
+                        levels={}, **common)
     else:
-        condition = field.get("condition", str)
+        condition = record.condition
         if condition not in CONDITIONS:
             raise AnalysisError(f"{config_path}: unknown condition {condition!r} (expected one "
                                 f"of {', '.join(CONDITIONS)})")
-        model = _Fields(config_path, field.get("model", dict), prefix="model.")
-        tickets = field.get("tickets", (dict, type(None)))
+        if record.model is None:
+            raise AnalysisError(f"{config_path}: missing key model")
+        tickets = record.tickets
         if tickets is None and condition != "scratch":
             raise AnalysisError(f"{config_path}: a {condition} run must name its tickets "
                                 "(tickets is null)")
-        source = tickets_hash = tickets_path = None
-        if tickets is not None:
-            t = _Fields(config_path, tickets, prefix="tickets.")
-            source, tickets_hash = t.get("source", str), t.get("hparams_hash", str)
-            tickets_path = tickets.get("path")
-        model_name, image_size = model.get("model", str), model.get("image_size", int)
+        model = record.model
         # Until the ticket run is resolved (resolve_ticket_settings), the tickets
         # are known by their source and architecture.
         ticket_setting = None if tickets is None else {
-            "source": source, "model": model_name, "image_size": image_size}
+            "source": tickets.source, "model": model.model, "image_size": model.image_size}
         # The transfer's θ_0 and tickets come from the ticket run's seed (model.seed).
-        tickets_seed = model.obj.get("seed", hp.get("seed", int))
-        run = RunRecord(condition=condition, source=source, model=model_name, image_size=image_size,
-                  train_fraction=hp.get("train_fraction", numbers.Real),
-                  tickets_seed=tickets_seed if isinstance(tickets_seed, int) else None,
-                  setting={"dataset": dataset_name,
-                           **_without(hparams, "seed", "tickets_hash", "target",
-                                      *CONDITION_SETTINGS),
-                           "tickets": ticket_setting},
-                  levels={}, tickets_hash=tickets_hash, tickets_path=tickets_path, **common)
+        run = RunRecord(condition=condition, source=tickets and tickets.source,
+                        model=model.model, image_size=model.image_size,
+                        tickets_seed=model.seed,
+                        setting={"dataset": record.dataset.name,
+                                 **_without(record.hparams, "seed", "tickets_hash", "target",
+                                            *CONDITION_SETTINGS),
+                                 "tickets": ticket_setting},
+                        levels={}, tickets_hash=tickets and tickets.hparams_hash,
+                        tickets_path=tickets and tickets.path, **common)
     run.levels = _read_levels(run)
     return run
 

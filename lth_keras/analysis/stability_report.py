@@ -20,6 +20,7 @@ import numpy as np
 from scipy import stats
 
 from lth_keras import artifacts
+from lth_keras.settings import Stability
 from lth_keras.analysis import figures
 from lth_keras.analysis.tables import csv_text
 from lth_keras.lottery.directory import (STABILITY_CSV, STABILITY_MD, STABILITY_PAIRS_CSV,
@@ -108,15 +109,16 @@ def _interval(row, split):
 
 
 def markdown(table, threshold, title, record):
+    """stability.md; `record` is the run's StabilityRecord."""
     lines = [f"{title}\n",
-             f"Copies trained to step {record.get('budget_steps')} from each k (a fixed "
-             "budget, the schedule continued from k, no early stopping, final weights); "
+             f"Copies trained to step {record.budget_steps} from each k (a fixed budget, the "
+             "schedule continued from k, no early stopping, final weights); "
              + (f"the learning rate is annealed at epochs "
-                f"{', '.join(map(str, record['annealed_at_epochs']))} within it."
-                if record.get("annealed_at_epochs") else
+                f"{', '.join(map(str, record.annealed_at_epochs))} within it."
+                if record.annealed_at_epochs else
                 "**the learning rate is never annealed within it: the copies end "
                 "unconverged.**"),
-             f"Masks: {_masks_text(record.get('masks'))}.", "",
+             f"Masks: {_masks_text(record.masks)}.", "",
              "| level | weights left | k | pairs | val barrier [95% CI] | inside | end gap | "
              "test barrier [95% CI] | inside | end gap | |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -203,7 +205,7 @@ def report(run, threshold):
     table = cells(pairs, threshold)
     out = {"csv": csv_text(CELL_COLUMNS, table).encode(),
            "pairs.csv": csv_text(PAIR_COLUMNS, pairs).encode(),
-           "md": markdown(table, threshold, run.title(), run.config()).encode()}
+           "md": markdown(table, threshold, run.title(), run.record().stability).encode()}
     fig = figure(table, threshold)
     if fig is not None:
         out["png"] = figures.render(fig, ("png",))["png"]
@@ -212,7 +214,7 @@ def report(run, threshold):
 
 def threshold_of(run):
     """The threshold the run was made with (--threshold, recorded in config.json)."""
-    return run.config()["settings"]["stability"]["threshold"]
+    return run.record().settings[Stability].threshold
 
 
 def write_report(run, threshold):

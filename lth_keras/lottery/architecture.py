@@ -9,30 +9,27 @@ import os
 
 from lth_keras import models
 from lth_keras.errors import UserError
-from lth_keras.lottery.directory import RunDirectory
-from lth_keras.settings import Model
+from lth_keras.lottery.directory import ModelRecord, RunDirectory
+from lth_keras.settings import Model, Training
 
-# The runs whose levels hold a model, and what a model's description must say.
+# The runs whose levels hold a model.
 KINDS = ("transfer", "find_tickets")
-MODEL_KEYS = ("model", "image_size", "source_classes", "seed", "bn_momentum")
 
 
 def model_config(model_settings, channels, source_classes, seed):
     """The description of a source model: the Model settings, the input's channels, the
     source's classes and θ_0's seed (a transfer records it as config.json "model")."""
-    return {"model": model_settings.model, "image_size": model_settings.image_size,
-            "channels": channels, "source_classes": source_classes, "seed": seed,
-            "bn_momentum": model_settings.bn_momentum}
+    return ModelRecord(model=model_settings.model, image_size=model_settings.image_size,
+                       channels=channels, source_classes=source_classes, seed=seed,
+                       bn_momentum=model_settings.bn_momentum)
 
 
 def build_source_model(config):
-    """The ticket run's model as `config` (model_config) describes it: θ_0's architecture,
-    input and head. Call under `runtime.scope()`."""
-    return models.build_model(config["model"],
-                              input_shape=(config["image_size"],) * 2
-                              + (config.get("channels", 3),),  # 3 before it was recorded
-                              num_classes=config["source_classes"], seed=config["seed"],
-                              bn_momentum=config["bn_momentum"])
+    """The ticket run's model as `config` (a ModelRecord) describes it: θ_0's
+    architecture, input and head. Call under `runtime.scope()`."""
+    return models.build_model(config.model, input_shape=(config.image_size,) * 2
+                              + (config.channels,), num_classes=config.source_classes,
+                              seed=config.seed, bn_momentum=config.bn_momentum)
 
 
 def build_target_model(config, num_classes, head_seed):
@@ -40,7 +37,7 @@ def build_target_model(config, num_classes, head_seed):
 
     Tickets are stored with the source head; they load into the first model, and the
     second is the one trained; its head kernel is drawn from `head_seed`
-    (transfer.head_seed). Call under `runtime.scope()`.
+    (fine_tuning.head_seed). Call under `runtime.scope()`.
     """
     source = build_source_model(config)
     return source, models.replace_head(source, num_classes, head_seed)
@@ -62,24 +59,16 @@ def level_model(run_path, level):
     check(run_path, "--run is required: a transfer or find_tickets run directory")
     check(os.path.isdir(run_path), f"--run={run_path}: no such directory")
     run = RunDirectory(run_path)
-    config = run.config()
-    kind = config.get("kind")
+    record = run.record()
+    kind = record.kind
     check(kind in KINDS, f"{run_path} is a {kind!r} run; export reads {' or '.join(KINDS)} runs")
-    try:
-        num_classes = config["dataset"]["num_classes"]
-        if kind == "transfer":
-            description = dict(config["model"])
-        else:  # the ticket run itself: its source classes are its own
-            hp = config["hparams"]
-            description = model_config(
-                Model(model=hp["model"], image_size=hp["image_size"],
-                      bn_momentum=hp["bn_momentum"]),
-                config.get("input", {}).get("channels", 3), num_classes, hp["seed"])
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{run.config_path} lacks {e} of a {kind} run") from e
-    missing = [k for k in MODEL_KEYS if k not in description]
-    check(not missing, f"{run.config_path} lacks {', '.join(map(repr, missing))} of a {kind} "
-                       "run's model")
+    num_classes = record.dataset.num_classes
+    if kind == "transfer":
+        check(record.model is not None, f"{run.config_path} lacks the model of a transfer run")
+        description = record.model
+    else:  # the ticket run itself: its source classes are its own
+        description = model_config(record.settings[Model], record.channels, num_classes,
+                                   record.settings[Training].seed)
     finished = run.finished_levels()
     listed = ", ".join(map(str, finished)) if finished else "none"
     check(level is not None, f"--level is required; {run_path} has finished levels {listed}")
@@ -93,5 +82,5 @@ def level_model(run_path, level):
         model = build_source_model(description)
     weights.assign(model, stored)
     return model, {"run": os.path.abspath(run_path), "kind": kind, "level": level,
-                   "condition": config.get("condition"), "model": description,
-                   "num_classes": num_classes, "dataset": config["dataset"].get("name")}
+                   "condition": record.condition, "model": description.as_dict(),
+                   "num_classes": num_classes, "dataset": record.dataset.name}

@@ -29,8 +29,10 @@ its lock and:
 
 A run's identity is its result-defining settings that differ from their defaults
 and the data fingerprint; a re-run into the same directory must have the same
-identity, or it is refused (`start`). Records from before identity version 2 are
-recognised and brought up to date (`legacy_hparams`).
+identity, or it is refused (`start`). Records from before lth_keras 0.4 are refused.
+
+config.json is read here and nowhere else: a run's `record()` is a Record, its settings
+the settings dataclasses and its parts typed (tests/test_structure.py keeps it so).
 """
 
 import contextlib
@@ -83,6 +85,174 @@ SUMMARY_COLUMNS = {
 }
 
 
+# Records this version reads: written by lth_keras 0.4 or later.
+OLDEST_READABLE = (0, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRecord:
+    """The data a run trained on, as its record summarises them."""
+    name: str
+    num_classes: int
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRecord:
+    """The network a transfer loads its tickets into (architecture.model_config): the
+    ticket run's model, input, source classes and θ_0's seed."""
+    model: str
+    image_size: int
+    channels: int
+    source_classes: int
+    seed: int
+    bn_momentum: float
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TicketsRecord:
+    """The ticket run a transfer or stability run read."""
+    path: str
+    hparams_hash: str
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityRecord:
+    """What a stability run analyses: its levels and rewind points, its copies' budget."""
+    levels: tuple
+    rewind_points: tuple  # labels ("02", "040it")
+    rewind_steps: tuple
+    pairs: int
+    budget_steps: int
+    steps_per_epoch: int
+    annealed_at_epochs: tuple
+    masks: object  # {k label: mask run path}, or a sentence: one mask for every k
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A run's config.json, read and typed: what code outside this module may know of it."""
+    kind: str
+    lth_keras: str
+    hparams: dict          # the result-defining values its identity hashes
+    hparams_hash: str
+    settings: dict         # {settings group: object}: every setting it ran with
+    dataset: DatasetRecord
+    steps_per_epoch: int
+    channels: int          # the input's channels (a transfer feeds its ticket's)
+    replicas: int
+    engine: str
+    condition: str = None            # transfer
+    tickets: TicketsRecord = None    # transfer, stability
+    model: ModelRecord = None        # transfer
+    levels: tuple = None             # transfer: the levels it fine-tunes
+    stability: StabilityRecord = None
+
+
+class _Reader:
+    """Typed access to a JSON object of a record; a missing or mistyped key is an
+    ArtifactError naming the file and the key."""
+
+    def __init__(self, path, obj, prefix=""):
+        if not isinstance(obj, dict):
+            raise ArtifactError(f"{path}: {prefix.rstrip('.') or 'the file'} is not a JSON object")
+        self.path, self.obj, self.prefix = path, obj, prefix
+
+    def get(self, key, types, default=dataclasses.MISSING):
+        if key not in self.obj:
+            if default is not dataclasses.MISSING:
+                return default
+            raise ArtifactError(f"{self.path}: missing key {self.prefix}{key}")
+        value = self.obj[key]
+        # JSON true/false are Python bools, which are also Integral: not a number here.
+        if (isinstance(value, bool) and bool not in _as_tuple(types)) or not isinstance(
+                value, types):
+            raise ArtifactError(f"{self.path}: {self.prefix}{key} has an unexpected value "
+                                f"{str(value)[:60]}")
+        return value
+
+    def part(self, key, default=dataclasses.MISSING):
+        value = self.get(key, dict, default)
+        return value if value is None else _Reader(self.path, value, f"{self.prefix}{key}.")
+
+
+def _as_tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _version(text):
+    try:
+        return tuple(int(x) for x in str(text).split(".")[:2])
+    except ValueError:
+        return (0, 0)
+
+
+def _written_by(config):
+    environment = config.get("environment")
+    return (environment.get("lth_keras", "before 0.2") if isinstance(environment, dict)
+            else "before 0.2")
+
+
+def _too_old(config_path, config):
+    """The one line that refuses a record written before OLDEST_READABLE, or None."""
+    written_by = _written_by(config)
+    if "identity" in config and _version(written_by) >= OLDEST_READABLE:
+        return None
+    return (f"{os.path.dirname(config_path)} was written by lth_keras {written_by}; this "
+            f"version reads runs of {'.'.join(map(str, OLDEST_READABLE))} and later: move it "
+            "away or run again into another --output_dir")
+
+
+def read_record(config_path, config):
+    """The Record of a parsed config.json; ArtifactError (one line) when it is malformed,
+    or written by a version before OLDEST_READABLE."""
+    import numbers
+
+    top = _Reader(config_path, config)
+    written_by = _written_by(config)
+    refusal = _too_old(config_path, config)
+    if refusal:
+        raise ArtifactError(refusal)
+    kind = top.get("kind", str)
+    data = top.part("dataset")
+    source = top.part("input", None)
+    environment = top.part("environment", {}) or _Reader(config_path, {})
+    tickets = top.part("tickets", None)
+    model = top.part("model", None)
+    record = Record(
+        kind=kind, lth_keras=written_by, hparams=top.get("hparams", dict),
+        hparams_hash=top.get("hparams_hash", str),
+        settings=settings.from_record(top.get("settings", dict)),
+        dataset=DatasetRecord(data.get("name", str), data.get("num_classes", int),
+                              data.get("fingerprint", str)),
+        steps_per_epoch=source.get("steps_per_epoch", int) if source else None,
+        channels=source.get("channels", int, 3) if source else 3,
+        replicas=top.get("replicas", int, 1), engine=environment.get("engine", str, "unknown"),
+        condition=top.get("condition", str, None),
+        tickets=tickets and TicketsRecord(tickets.get("path", str),
+                                          tickets.get("hparams_hash", str),
+                                          tickets.get("source", str)),
+        model=model and ModelRecord(model.get("model", str), model.get("image_size", int),
+                                    model.get("channels", int, 3),
+                                    model.get("source_classes", int), model.get("seed", int),
+                                    model.get("bn_momentum", numbers.Real)),
+        levels=tuple(top.get("levels", list)) if kind in ("transfer", "stability") else None)
+    if kind == "stability":
+        record = dataclasses.replace(record, stability=StabilityRecord(
+            levels=tuple(top.get("levels", list)),
+            rewind_points=tuple(top.get("rewind_points", list)),
+            rewind_steps=tuple(top.get("rewind_steps", list)),
+            pairs=top.get("pairs", int), budget_steps=top.get("budget_steps", int),
+            steps_per_epoch=top.get("steps_per_epoch", int),
+            annealed_at_epochs=tuple(top.get("annealed_at_epochs", list)),
+            masks=top.get("masks", (dict, str))))
+    return record
+
+
 def level_name(level):
     return f"level_{level:02d}"
 
@@ -121,9 +291,23 @@ class RunDirectory:
         return self.file(CONFIG)
 
     def config(self):
+        """config.json as JSON; code outside this module asks record() instead."""
         if not os.path.exists(self.config_path):
             raise ArtifactError(f"{self.path} is not a run directory (no {CONFIG})")
         return artifacts.read_json(self.config_path)
+
+    def record(self):
+        """The run's Record (config.json read and typed, checked once per directory)."""
+        cached = getattr(self, "_record", None)
+        stamp = os.stat(self.config_path).st_mtime_ns if os.path.exists(
+            self.config_path) else None
+        if cached is None or cached[0] != stamp:
+            self._record = (stamp, read_record(self.config_path, self.config()))
+        return self._record[1]
+
+    @property
+    def kind(self):
+        return self.record().kind
 
     def is_finished(self, level):
         return os.path.exists(self.level_file(level, METRICS))
@@ -189,8 +373,7 @@ class RunDirectory:
 
     def summary(self):
         """One row per finished level: the columns of summary.csv."""
-        kind = self.config()["kind"]
-        return [summary_row(self.metrics(level), SUMMARY_COLUMNS[kind])
+        return [summary_row(self.metrics(level), SUMMARY_COLUMNS[self.kind])
                 for level in self.finished_levels()]
 
     def title(self):
@@ -218,11 +401,11 @@ class TicketRun(RunDirectory):
     """A find_tickets run directory: θ_0, θ_k, and each level's m_L and θ_i(L)."""
 
     def rewind_epoch(self):
-        return self.config()["hparams"].get("rewind_epoch", 2)
+        return self.record().settings[settings.Pruning].rewind_epoch
 
     def steps_per_epoch(self):
         """The training steps of one epoch of the run (its input plan's)."""
-        return self.config()["input"]["steps_per_epoch"]
+        return self.record().steps_per_epoch
 
     def saved_epochs(self):
         """The epochs of level 0 whose weights the run holds: 0 (θ_0), its rewind epoch
@@ -265,15 +448,14 @@ class TicketRun(RunDirectory):
 
 
 def open_ticket_run(path):
-    """(TicketRun, its record) of the find_tickets run directory named by --tickets; a
-    missing directory or another kind of run is a SettingsError."""
+    """The TicketRun of the find_tickets run directory named by --tickets; a missing
+    directory or another kind of run is a SettingsError."""
     if not os.path.isdir(path):
         raise SettingsError(f"--tickets={path}: no such directory")
     run = TicketRun(path)
-    config = run.config()
-    if config.get("kind") != "find_tickets":
-        raise SettingsError(f"{path} is a {config.get('kind')} run, not a find_tickets run")
-    return run, config
+    if run.kind != "find_tickets":
+        raise SettingsError(f"{path} is a {run.kind} run, not a find_tickets run")
+    return run
 
 
 class TransferRun(RunDirectory):
@@ -336,6 +518,9 @@ class CopyRun(RunDirectory):
     def config(self):
         return self.parent.config()
 
+    def record(self):
+        return self.parent.record()
+
     def tensorboard_hparams(self, level, density):
         return {**super().tensorboard_hparams(level, density), "k": self.k, "copy": self.copy,
                 "run": os.path.basename(os.path.normpath(self.parent.path))}
@@ -386,75 +571,51 @@ def default_dir(kind, name):
     return os.path.join(OUTPUT_ROOT, kind, name)
 
 
-def hparams_hash(values):
-    """The hash of a run before identity version 2: every result flag as spelled, hashed
-    as identities are."""
-    return settings.identity_hash(values)
+def tickets_dir(dataset, model, image_size, seed):
+    """outputs/tickets/<dataset>-<model>-<size>px-seed<seed>: a find_tickets run's default."""
+    return default_dir("tickets", f"{dataset}-{model}-{image_size}px-seed{seed}")
 
 
-# Before identity version 2 (lth_keras 0.2), a run was named by the hash of these flags'
-# values as spelled on the command line; such runs are recognised and their records
-# brought up to date when they resume (`start`).
-LEGACY_RESULT_FLAGS = {
-    "find_tickets": ("source", "model", "image_size", "train_fraction", "val_fraction", "split",
-                     "bn_momentum", "seed", "batch_size", "learning_rate", "momentum",
-                     "weight_decay", "lr_decay", "lr_boundaries", "max_epochs", "patience",
-                     "prune_rate", "rewind_epoch", "pruning", "mixed_precision"),
-    "transfer": ("target", "model", "image_size", "train_fraction", "val_fraction", "split",
-                 "bn_momentum", "seed", "batch_size", "learning_rate", "momentum",
-                 "weight_decay", "lr_decay", "lr_boundaries", "max_epochs", "patience",
-                 "mixed_precision"),
-}
+def transfer_dir(tickets, target, condition, train_fraction, seed):
+    """outputs/transfer/<ticket run>-<its id>/<target>-<condition>[-frac]-seed<seed>: a
+    transfer's default (the id keeps two ticket runs of one name apart); `tickets` is
+    None for scratch without tickets, whose tickets part is the architecture's."""
+    name = f"{target}-{condition}" + (f"-frac{train_fraction:g}" if train_fraction < 1 else "")
+    return default_dir("transfer", os.path.join(tickets, f"{name}-seed{seed}"))
 
 
-def legacy_hparams(kind, groups, extra=None):
-    """What a run of these settings recorded as its hparams before identity version 2."""
-    values = {}
-    for obj in groups.values():
-        for name, value in dataclasses.asdict(obj).items():
-            values[name] = [str(v) for v in value] if isinstance(value, tuple) else value
-    return {**{name: values[name] for name in LEGACY_RESULT_FLAGS[kind]}, **(extra or {})}
+def stability_dir(tickets):
+    """outputs/stability/<ticket run>: a stability run's default."""
+    return default_dir("stability", os.path.basename(os.path.normpath(tickets)))
 
 
 def run_id(config):
-    """A run's lasting identifier: its first hash (records migrated from before identity
-    version 2 keep their old one as legacy_hash), by which transfers name their tickets."""
-    return config.get("legacy_hash") or config["hparams_hash"]
+    """A run's lasting identifier, by which transfers name their tickets: its hash."""
+    return config["hparams_hash"]
 
 
-def _resumed_record(stored, record, where, identity_extra, legacy, extra):
+def _resumed_record(stored, record, where, identity_extra, extra):
     """The record of a re-run into `where`, or RunMismatchError if it is another run."""
     if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:
         raise RunMismatchError(f"{where} was made from other data (dataset fingerprint differs); "
                         "choose another --output_dir")
-    if "identity" in stored:
-        old, new = stored["identity"], record["identity"]
-        if stored["hparams_hash"] != record["hparams_hash"]:
-            changed = sorted(k for k in {**old["changed"], **new["changed"]}
-                             if old["changed"].get(k) != new["changed"].get(k))
-            changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
-            if "head" in changed:
-                raise RunMismatchError(f"{where} was fine-tuned with a head drawn by an earlier rule "
-                                "(lth_keras <= 0.3 drew it from θ_0's own seed stream), so its "
-                                "numbers are not this run's: move it away or choose another "
-                                "--output_dir")
-            raise RunMismatchError(f"{where} holds a run with other settings (differs in: "
-                            f"{', '.join(changed) or 'identity version'}); choose another "
-                            "--output_dir")
-        return {**stored, "settings": record["settings"], **(extra or {})}
-    legacy = legacy or {}
-    if stored.get("hparams_hash") != hparams_hash(legacy):
-        changed = sorted(k for k in {**stored["hparams"], **legacy}
-                         if stored["hparams"].get(k) != legacy.get(k))
+    refusal = _too_old(os.path.join(where, CONFIG), stored)
+    if refusal:
+        raise RunMismatchError(refusal)
+    old, new = stored["identity"], record["identity"]
+    if stored["hparams_hash"] != record["hparams_hash"]:
+        changed = sorted(k for k in {**old["changed"], **new["changed"]}
+                         if old["changed"].get(k) != new["changed"].get(k))
+        changed += sorted(k for k in identity_extra if old.get(k) != new.get(k))
+        if "head" in changed:
+            raise RunMismatchError(f"{where} was fine-tuned with a head drawn by an earlier "
+                                   "rule (lth_keras <= 0.3 drew it from θ_0's own seed "
+                                   "stream), so its numbers are not this run's: move it away "
+                                   "or choose another --output_dir")
         raise RunMismatchError(f"{where} holds a run with other settings (differs in: "
-                        f"{', '.join(changed) or 'flag set'}); choose another --output_dir")
-    # A run from before identity version 2: the same settings, so it continues under an
-    # up-to-date record that keeps its old hash.
-    logging.info("%s: run record brought to identity version %d (hash %s, was %s)",
-                 where, settings.IDENTITY_VERSION, record["hparams_hash"],
-                 stored["hparams_hash"])
-    return {**record, "legacy_hash": stored["hparams_hash"],
-            "environment": stored.get("environment", record["environment"])}
+                               f"{', '.join(changed) or 'identity version'}); choose another "
+                               "--output_dir")
+    return {**stored, "settings": record["settings"], **(extra or {})}
 
 
 def clear_directory(path):
@@ -497,14 +658,13 @@ def locked(directory):
 
 
 def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
-          identity_extra=None, legacy=None, holds_results=None):
+          identity_extra=None, holds_results=None):
     """Writes config.json for a new run, or checks that a re-run matches it.
 
     `groups` is {settings group: object}; the run's identity is the result-defining
     settings that differ from their defaults, the data fingerprint and `identity_extra`
     (a transfer's condition and ticket run). A re-run may change what does not define
-    the result (rounds, devices, output): the record is updated to say so. `legacy` is
-    the run's hparams as a record from before identity version 2 had them;
+    the result (rounds, devices, output): the record is updated to say so;
     `holds_results()` whether the directory holds finished work (default: a finished level).
     """
     identity_extra = identity_extra or {}
@@ -529,7 +689,7 @@ def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
     artifacts.remove_stale_temp_files(where)
     stored = artifacts.read_json(config_path)
     try:
-        updated = _resumed_record(stored, record, where, identity_extra, legacy, extra)
+        updated = _resumed_record(stored, record, where, identity_extra, extra)
     except RunMismatchError:
         if (holds_results or RunDirectory(where).finished_levels)():
             raise

@@ -22,10 +22,8 @@ import os
 import zlib
 
 import numpy as np
-from absl import logging
 
 from lth_keras import pruning, settings, weights
-from lth_keras.errors import ArtifactError, SettingsError
 from lth_keras.lottery import directory, levels
 from lth_keras.lottery.directory import MASK, THETA_0, THETA_I, THETA_K, TransferRun
 from lth_keras.settings import Data, Model, Training, Transfer
@@ -35,44 +33,40 @@ RANDOM_MASK = ("random", "random_reinit")  # the conditions that draw their mask
 FRESH_WEIGHTS = ("reinit", "random_reinit")  # the conditions that start from θ'_0
 
 
-def transfer(groups, given, verbose=True):
-    """Fine-tunes tickets on a target, or trains a control, as `groups` say; returns the
+def transfer(chosen, given, verbose=True):
+    """Fine-tunes tickets on a target, or trains a control, as `chosen` say; returns the
     TransferRun. `given`: the names of the settings given explicitly (a preset's, the
     command line's, the options'); the rest of the recipe is the ticket run's."""
     from lth_keras.lottery import inputs
 
-    settings.check(groups)  # before the heavy imports: a bad setting is reported at once
-    spec, run_settings = groups[Transfer], groups[settings.Run]
+    settings.check(chosen)  # before the heavy imports: a bad setting is reported at once
+    spec, run_settings = chosen[Transfer], chosen[settings.Run]
     condition = spec.condition
-    ticket_run, levels_to_train, groups, overrides = _ticket_run(groups, given)
-    model_settings, training = groups[Model], groups[Training]
-    ticket_config = ticket_run.config() if ticket_run else None
+    ticket_run, levels_to_train, chosen, overrides = _ticket_run(chosen, given)
+    model_settings, training = chosen[Model], chosen[Training]
+    tickets_record = ticket_run.record() if ticket_run else None
     # The data need no framework: missing files or bad images are reported before it starts.
-    dataset = inputs.load_dataset(spec.target, groups)
+    dataset = inputs.load_dataset(spec.target, chosen)
     # The target feeds the ticket's channel count (a grayscale target is replicated to 3;
     # a ticket of 1-channel images cannot take a colour target: one line, nothing written).
-    plan = inputs.input_plan(dataset, groups, channels=ticket_config["input"].get("channels", 3)
-                             if ticket_run else None)
-    inputs.start_framework()
+    plan = inputs.input_plan(dataset, chosen,
+                             channels=tickets_record.channels if ticket_run else None)
+    rt = inputs.engine(chosen)
     from lth_keras.lottery import architecture
 
-    if overrides:
-        logging.warning("the fine-tuning recipe differs from the ticket run's: %s", ", ".join(
-            f"{name} {v['transfer']} (tickets: {v['tickets']})" for name, v in overrides.items()))
-    rt = inputs.runtime(groups)
     model_config = architecture.model_config(
         model_settings, plan.channels,
-        source_classes=(ticket_config["dataset"]["num_classes"] if ticket_run
+        source_classes=(tickets_record.dataset.num_classes if ticket_run
                         else dataset.num_classes),
-        seed=ticket_config["hparams"]["seed"] if ticket_run else training.seed)
+        seed=tickets_record.settings[Training].seed if ticket_run else training.seed)
 
     with rt.scope():
         source_model, target_model = architecture.build_target_model(
             model_config, dataset.num_classes, head_seed(training.seed, dataset.name))
         fresh_init = None
         if condition in FRESH_WEIGHTS:
-            fresh_config = dict(model_config, seed=reinit_seed(model_config["seed"],
-                                                               training.seed))
+            fresh_config = dataclasses.replace(model_config, seed=reinit_seed(
+                model_config.seed, training.seed))
             fresh_init = weights.snapshot(architecture.build_target_model(
                 fresh_config, dataset.num_classes, head_seed=0)[0])  # the body only
     theta_0 = ticket_run.theta("0") if ticket_run else weights.snapshot(source_model)
@@ -91,28 +85,27 @@ def transfer(groups, given, verbose=True):
     # A ticket that does not fit this architecture fails here, before anything is written.
     load_start(source_model, *start_for_level(levels_to_train[0]))
 
-    output_dir = run_settings.output_dir or transfer_dir(ticket_run, ticket_config, groups,
-                                                         dataset.name)
+    output_dir = run_settings.output_dir or directory.transfer_dir(
+        f"{os.path.basename(os.path.normpath(ticket_run.path))}-"
+        f"{tickets_record.hparams_hash[:8]}" if ticket_run else
+        f"scratch-{model_settings.model}-{model_settings.image_size}px",
+        dataset.name, condition, chosen[Data].train_fraction, training.seed)
     run = TransferRun(directory.process_directory(output_dir, rt))
     tickets = None
     if ticket_run:
         tickets = {"path": os.path.abspath(ticket_run.path),
-                   "hparams_hash": directory.run_id(ticket_config),
-                   "source": ticket_config["dataset"]["name"],
-                   "source_fingerprint": ticket_config["dataset"]["fingerprint"]}
+                   "hparams_hash": tickets_record.hparams_hash,
+                   "source": tickets_record.dataset.name,
+                   "source_fingerprint": tickets_record.dataset.fingerprint}
     identity_extra = {"condition": condition, "tickets_hash": tickets and tickets["hparams_hash"],
                       "head": HEAD_RULE}
     if condition in RANDOM_MASK:
         identity_extra["random_mask"] = RANDOM_MASK_RULE
-    with directory.locked(run.path):
-        directory.start(run.config_path, kind="transfer", groups=groups, dataset=dataset,
-                        plan=plan, runtime=rt,
-                        extra={"condition": condition, "tickets": tickets,
-                               "model": model_config, "levels": levels_to_train,
-                               "recipe_overrides": overrides},
-                        identity_extra=identity_extra,
-                        legacy=directory.legacy_hparams("transfer", groups, identity_extra))
-        logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
+    with inputs.recorded(run, "transfer", chosen, dataset, plan, rt,
+                         extra={"condition": condition, "tickets": tickets,
+                                "model": model_config.as_dict(), "levels": levels_to_train,
+                                "recipe_overrides": overrides},
+                         identity_extra=identity_extra):
         protocol = FineTuning(run, source_model, target_model, condition, start_for_level,
                               mask_for_level, ticket_mask=ticket_run and ticket_run.mask)
         levels.train_levels(run, protocol, levels_to_train, plan, rt, training,
@@ -198,7 +191,7 @@ def condition_mask(condition, level, ticket_run, seed):
         return None
     mask = ticket_run.mask(level)
     if condition in RANDOM_MASK:
-        ticket_seed = ticket_run.config()["hparams"]["seed"]
+        ticket_seed = ticket_run.record().settings[Training].seed
         return pruning.random_masks(mask, random_mask_seed(ticket_seed, seed, level))
     return mask
 
@@ -226,110 +219,22 @@ def load_start(source_model, theta, mask):
     return mask
 
 
-def parse_levels(text, available, where):
-    if text.strip() == "all":
-        return list(available)
-    try:
-        chosen = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise SettingsError(f"--levels must be 'all' or a comma list of integers, got {text!r}")
-    outside = [level for level in chosen if level not in available]
-    if not chosen:
-        raise SettingsError("--levels names no level")
-    if outside:
-        raise SettingsError(f"--levels {','.join(map(str, outside))} not in {where}, which has "
-                            f"finished levels {available[0]}..{available[-1]}")
-    return chosen
-
-
-def from_tickets(groups, hparams, given, where):
-    """(groups with the ticket run's architecture and input, and its recipe where `given`
-    names no other, {recipe field: {"tickets": value, "transfer": value}} for those given
-    otherwise). An architecture setting given otherwise is refused."""
-    values = settings.typed_values(hparams)
-    owners = {f.name: (group, f) for group in groups for f in dataclasses.fields(group)}
-    updates, overrides = {}, {}
-    for name in settings.ARCHITECTURE + settings.RECIPE:
-        group, field = owners[name]
-        current = getattr(groups[group], name)
-        # Runs from before a setting existed had its default.
-        ticket = values.get(name, field.default)
-        ticket = tuple(ticket) if isinstance(ticket, list) else ticket
-        if name not in given:
-            updates.setdefault(group, {})[name] = ticket
-        elif current != ticket and name in settings.ARCHITECTURE:
-            raise SettingsError(f"--{name}={current} but the tickets in {where} are for {name} "
-                                f"{ticket}; leave --{name} out to use the ticket's")
-        elif current != ticket:
-            overrides[name] = {"tickets": settings.json_value(ticket),
-                               "transfer": settings.json_value(current)}
-    groups = {group: dataclasses.replace(obj, **updates.get(group, {}))
-              for group, obj in groups.items()}
-    return groups, overrides
-
-
-def _ticket_run(groups, given):
-    """(ticket run directory or None, levels, groups with the ticket's model, input and
+def _ticket_run(chosen, given):
+    """(ticket run directory or None, levels, `chosen` with the ticket's model, input and
     recipe, recipe overrides) for the transfer; read before anything heavy is imported,
     so that a bad one is reported at once."""
-    spec = groups[Transfer]
+    from lth_keras.lottery import inputs
+
+    spec = chosen[Transfer]
     if not spec.tickets:  # scratch without tickets: the settings name the model
-        return None, [0], groups, {}
-    ticket_run, config = directory.open_ticket_run(spec.tickets)
-    groups, overrides = from_tickets(groups, config["hparams"], given, spec.tickets)
+        return None, [0], chosen, {}
+    ticket_run, chosen, overrides = inputs.open_tickets(chosen, given, spec.tickets,
+                                                        "fine-tuning recipe")
     run_files = (THETA_0,) + ((THETA_K,) if spec.condition in ("rewind", "random") else ())
     if spec.condition == "scratch":  # θ_0 alone: it exists from the ticket run's start
-        chosen = [0]
-        _check_holds(ticket_run, spec.tickets, run_files)
-    else:
-        chosen = chosen_levels(ticket_run, spec.levels, spec.tickets, run_files=run_files,
-                               files=(MASK,) + ((THETA_I,) if spec.init == "final" else ()))
-    return ticket_run, chosen, groups, overrides
-
-
-def chosen_levels(ticket_run, levels, tickets, *, run_files=(), files=(MASK,)):
-    """The finished levels of `ticket_run` that `levels` (--levels) names, once the run is
-    checked to hold `run_files` and, at each chosen level, `files`; one line naming what
-    is missing otherwise. `tickets`: the run as the user named it."""
-    available = ticket_run.finished_levels()
-    if not available:
-        raise SettingsError(f"{tickets} has no finished levels; run find_tickets first")
-    chosen = parse_levels(levels, available, tickets)
-    _check_holds(ticket_run, tickets, run_files, {level: files for level in chosen})
-    return chosen
-
-
-def _check_holds(ticket_run, tickets, run_files, level_files=None):
-    needed = [ticket_run.file(name) for name in run_files] + [
-        ticket_run.level_file(level, name)
-        for level, names in (level_files or {}).items() for name in names]
-    missing = [os.path.relpath(path, ticket_run.path) for path in needed
-               if not os.path.exists(path)]
-    if missing:
-        raise SettingsError(f"{tickets} lacks {', '.join(missing)}: its find_tickets run "
-                            "is incomplete or damaged; run its command again to repair it")
-
-
-def transfer_dir(ticket_run, ticket_config, groups, dataset_name):
-    """The default run directory of a transfer: outputs/transfer/<ticket run>-<its id>/
-    <target>-<condition>[-frac]-seed<seed>. The ticket run's id keeps two ticket runs
-    of the same name apart; a directory of the earlier layout (no id), made from the
-    same tickets, is resumed where it is."""
-    training, data = groups[Training], groups[Data]
-    name = f"{dataset_name}-{groups[Transfer].condition}"
-    if data.train_fraction < 1:
-        name += f"-frac{data.train_fraction:g}"
-    name += f"-seed{training.seed}"
-    if ticket_run is None:
-        return directory.default_dir("transfer", os.path.join(
-            f"scratch-{groups[Model].model}-{groups[Model].image_size}px", name))
-    base = os.path.basename(os.path.normpath(ticket_run.path))
-    earlier = directory.default_dir("transfer", os.path.join(base, name))
-    try:
-        made_from = directory.RunDirectory(earlier).config()["tickets"]["hparams_hash"]
-    except (ArtifactError, KeyError, TypeError):  # none there, or no transfer's
-        made_from = None
-    if made_from in (ticket_config["hparams_hash"], ticket_config.get("legacy_hash")):
-        return earlier
-    return directory.default_dir("transfer", os.path.join(f"{base}-{directory.run_id(ticket_config)[:8]}",
-                                                     name))
+        inputs.check_holds(ticket_run, spec.tickets, run_files)
+        return ticket_run, [0], chosen, overrides
+    levels_to_train = inputs.chosen_levels(
+        ticket_run, spec.levels, spec.tickets, run_files=run_files,
+        files=(MASK,) + ((THETA_I,) if spec.init == "final" else ()))
+    return ticket_run, levels_to_train, chosen, overrides

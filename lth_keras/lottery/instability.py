@@ -42,7 +42,7 @@ from absl import logging
 
 from lth_keras import artifacts, settings, steps, weights
 from lth_keras.errors import SettingsError
-from lth_keras.lottery import directory, fine_tuning, levels
+from lth_keras.lottery import directory, levels
 from lth_keras.lottery.directory import WEIGHTS, StabilityRun
 from lth_keras.settings import Data, Model, Stability, Training
 
@@ -51,73 +51,65 @@ from lth_keras.settings import Data, Model, Stability, Training
 SPLIT_SETTINGS = ("train_fraction", "val_fraction", "split")
 
 
-def stability(groups, given, verbose=True):
-    """Runs (or resumes) the instability analysis that `groups` say; returns the
+def stability(chosen, given, verbose=True):
+    """Runs (or resumes) the instability analysis that `chosen` say; returns the
     StabilityRun. `given`: the settings named explicitly; the rest of the recipe is
     the ticket run's."""
     from lth_keras.lottery import inputs
 
-    settings.check(groups)  # before the heavy imports: a bad setting is reported at once
-    spec, run_settings = groups[Stability], groups[settings.Run]
-    ticket_run, chosen, groups = _ticket_run(groups, given)
-    config = ticket_run.config()
-    per_epoch = ticket_run.steps_per_epoch()
+    settings.check(chosen)  # before the heavy imports: a bad setting is reported at once
+    spec, run_settings = chosen[Stability], chosen[settings.Run]
+    ticket_run, levels_chosen, chosen = _ticket_run(chosen, given)
+    record = ticket_run.record()
+    per_epoch = record.steps_per_epoch
     budget = _budget(spec, ticket_run, per_epoch)
     rewind_points = _rewind_points(spec, ticket_run, per_epoch, budget)
-    mask_runs = _mask_runs(spec, config, per_epoch, chosen)
-    model_settings, training = groups[Model], groups[Training]
+    mask_runs = _mask_runs(spec, record, per_epoch, levels_chosen)
+    model_settings, training = chosen[Model], chosen[Training]
     # The data need no framework: missing or other data are reported before it starts.
-    dataset = inputs.load_dataset(config["settings"]["pruning"]["source"], groups)
-    if dataset.fingerprint() != config["dataset"]["fingerprint"]:
+    dataset = inputs.load_dataset(record.settings[settings.Pruning].source, chosen)
+    if dataset.fingerprint() != record.dataset.fingerprint:
         raise SettingsError(f"the data under --data_dir differ from those {spec.tickets} was "
                             "found on (dataset fingerprint)")
     orders = data_orders(spec, training.seed)
-    channels = config["input"].get("channels", 3)
-    plans = [inputs.input_plan(dataset, {**groups, Training: dataclasses.replace(
-        training, seed=order)}, channels=channels) for order in orders]
+    plans = [inputs.input_plan(dataset, {**chosen, Training: dataclasses.replace(
+        training, seed=order)}, channels=record.channels) for order in orders]
     if plans[0].steps_per_epoch != per_epoch:
         raise SettingsError(f"an epoch has {plans[0].steps_per_epoch} steps here and "
                             f"{per_epoch} in {spec.tickets}: the batch size or the data "
                             "differ from the ticket run's")
-    inputs.start_framework()
+    rt = inputs.engine(chosen)
     from lth_keras import models
     from lth_keras.training import Trainer
 
-    rt = inputs.runtime(groups)
-    output_dir = run_settings.output_dir or directory.default_dir(
-        "stability", os.path.basename(os.path.normpath(ticket_run.path)))
+    output_dir = run_settings.output_dir or directory.stability_dir(ticket_run.path)
     run = StabilityRun(directory.process_directory(output_dir, rt))
     with rt.scope():
         model = models.build_model(model_settings.model,
-                                   input_shape=(plans[0].image_size,) * 2 + (channels,),
+                                   input_shape=(plans[0].image_size,) * 2 + (record.channels,),
                                    num_classes=dataset.num_classes, seed=training.seed,
                                    bn_momentum=model_settings.bn_momentum)
-    tickets = {"path": os.path.abspath(ticket_run.path), "hparams_hash": config["hparams_hash"],
-               "source": config["dataset"]["name"]}
+    tickets = {"path": os.path.abspath(ticket_run.path), "hparams_hash": record.hparams_hash,
+               "source": record.dataset.name}
     annealed = [b for b in training.lr_boundaries if b * per_epoch < budget]
-    with directory.locked(run.path):
-        directory.start(run.config_path, kind="stability", groups=groups, dataset=dataset,
-                        plan=plans[0], runtime=rt,
-                        extra={"tickets": tickets, "levels": chosen,
-                               "rewind_points": [steps.label(k, per_epoch)
-                                                 for k in rewind_points],
-                               "rewind_steps": rewind_points, "pairs": spec.pairs,
-                               "copy_data_orders": list(orders),
-                               "budget_steps": budget, "steps_per_epoch": per_epoch,
-                               "annealed_at_epochs": annealed,
-                               "masks": {steps.label(k, per_epoch): os.path.abspath(r.path)
-                                         for k, r in mask_runs.items()} or "the ticket run's, "
-                                        f"rewound to epoch {ticket_run.rewind_epoch()}, at "
-                                        "every k"},
-                        identity_extra={"tickets_hash": directory.run_id(config),
-                                        "data_orders": list(spec.data_orders)
-                                        or "the ticket run's seed + copy index",
-                                        "copies": "fixed budget", "budget_steps": budget,
-                                        "mask_runs": {str(k): directory.run_id(r.config())
-                                                      for k, r in mask_runs.items()}},
-                        holds_results=run.holds_results)
-        logging.info("run directory: %s (engine: %s); copies train to step %d (%s)%s",
-                     output_dir, rt.name, budget, steps.text(budget, per_epoch),
+    masks = ({steps.label(k, per_epoch): os.path.abspath(r.path) for k, r in mask_runs.items()}
+             or f"the ticket run's, rewound to epoch {ticket_run.rewind_epoch()}, at every k")
+    with inputs.recorded(
+            run, "stability", chosen, dataset, plans[0], rt,
+            extra={"tickets": tickets, "levels": levels_chosen,
+                   "rewind_points": [steps.label(k, per_epoch) for k in rewind_points],
+                   "rewind_steps": rewind_points, "pairs": spec.pairs,
+                   "copy_data_orders": list(orders), "budget_steps": budget,
+                   "steps_per_epoch": per_epoch, "annealed_at_epochs": annealed,
+                   "masks": masks},
+            identity_extra={"tickets_hash": record.hparams_hash,
+                            "data_orders": list(spec.data_orders)
+                            or "the ticket run's seed + copy index",
+                            "copies": "fixed budget", "budget_steps": budget,
+                            "mask_runs": {str(k): r.record().hparams_hash
+                                          for k, r in mask_runs.items()}},
+            holds_results=run.holds_results):
+        logging.info("copies train to step %d (%s)%s", budget, steps.text(budget, per_epoch),
                      "" if annealed else ": the learning rate is never annealed within it, "
                      "the copies end unconverged")
         # Each pair's first copy's trainer evaluates its paths (on its data order's batches).
@@ -130,10 +122,10 @@ def stability(groups, given, verbose=True):
                 copy_run = run.copy(label, copy)
                 protocol = CopyTraining(copy_run, model, source, theta, order,
                                         first_step=k, last_step=budget)
-                levels.train_levels(copy_run, protocol, chosen, plan, rt, training,
+                levels.train_levels(copy_run, protocol, levels_chosen, plan, rt, training,
                                     checkpoint_every=run_settings.checkpoint_every,
                                     verbose=verbose)
-            for level in chosen:
+            for level in levels_chosen:
                 for pair in range(spec.pairs):
                     if path_is_current(run, level, label, pair):
                         logging.info("level %d, k=%s, pair %d: path evaluated already, "
@@ -278,24 +270,21 @@ def path_is_current(run, level, k, pair):
         return False
 
 
-def _ticket_run(groups, given):
-    """(ticket run, levels, groups with the ticket run's architecture, splits and recipe),
-    read before anything heavy is imported."""
-    spec = groups[Stability]
-    ticket_run, config = directory.open_ticket_run(spec.tickets)
-    groups, overrides = fine_tuning.from_tickets(groups, config["hparams"], given, spec.tickets)
+def _ticket_run(chosen, given):
+    """(ticket run, levels, `chosen` with the ticket run's architecture, splits and
+    recipe), read before anything heavy is imported."""
+    from lth_keras.lottery import inputs
+
+    spec = chosen[Stability]
+    ticket_run, chosen, overrides = inputs.open_tickets(chosen, given, spec.tickets,
+                                                        "copies' recipe")
     if "seed" in overrides:
         raise SettingsError("--seed is the ticket run's (it fixes the validation split); the "
                             "copies' data orders are --data_orders")
-    if overrides:
-        logging.warning("the copies' recipe differs from the ticket run's: %s", ", ".join(
-            f"{name} {v['transfer']} (tickets: {v['tickets']})" for name, v in overrides.items()))
-    recorded = config.get("settings", {}).get("data", {})
-    groups[Data] = dataclasses.replace(groups[Data], **{
-        name: tuple(recorded[name]) if isinstance(recorded[name], list) else recorded[name]
-        for name in SPLIT_SETTINGS if name in recorded})
-    chosen = fine_tuning.chosen_levels(ticket_run, spec.levels, spec.tickets)
-    return ticket_run, chosen, groups
+    recorded = ticket_run.record().settings[Data]
+    chosen[Data] = dataclasses.replace(chosen[Data], **{
+        name: getattr(recorded, name) for name in SPLIT_SETTINGS})
+    return ticket_run, inputs.chosen_levels(ticket_run, spec.levels, spec.tickets), chosen
 
 
 def _budget(spec, ticket_run, per_epoch):
@@ -305,7 +294,7 @@ def _budget(spec, ticket_run, per_epoch):
     if not ticket_run.is_finished(0):
         raise SettingsError(f"{spec.tickets} has not finished level 0, whose steps are the "
                             "copies' budget: finish it, or give --budget")
-    return ticket_run.metrics(0)["epochs"] * per_epoch
+    return ticket_run.metrics(0)["epochs"] * per_epoch  # a finished level records its epochs
 
 
 def _rewind_points(spec, ticket_run, per_epoch, budget):
@@ -329,20 +318,21 @@ def _rewind_points(spec, ticket_run, per_epoch, budget):
     return sorted(set(wanted))
 
 
-def _mask_runs(spec, config, per_epoch, chosen):
+def _mask_runs(spec, record, per_epoch, chosen):
     """{k in steps: the TicketRun rewound to k} of --mask_runs, each checked to be the ticket
     run's search but for its rewind epoch, and finished at every level the analysis uses."""
     out = {}
     for item in spec.mask_runs:
         epoch, path = item.split(":", 1)
-        run, other = directory.open_ticket_run(path)
-        if other["hparams"].get("rewind_epoch") != int(epoch):
+        run = directory.open_ticket_run(path)
+        other = run.record()
+        if run.rewind_epoch() != int(epoch):
             raise SettingsError(f"--mask_runs: {path} is rewound to epoch "
-                                f"{other['hparams'].get('rewind_epoch')}, not {epoch}")
-        differ = sorted(name for name in set(config["hparams"]) | set(other["hparams"])
+                                f"{run.rewind_epoch()}, not {epoch}")
+        differ = sorted(name for name in set(record.hparams) | set(other.hparams)
                         if name != "rewind_epoch"
-                        and config["hparams"].get(name) != other["hparams"].get(name))
-        if differ or other["dataset"]["fingerprint"] != config["dataset"]["fingerprint"]:
+                        and record.hparams.get(name) != other.hparams.get(name))
+        if differ or other.dataset.fingerprint != record.dataset.fingerprint:
             raise SettingsError(f"--mask_runs: {path} differs from {spec.tickets} in more than "
                                 f"its rewind epoch ({', '.join(differ) or 'its data'})")
         missing = [level for level in chosen if not run.is_finished(level)]

@@ -132,7 +132,7 @@ def _finish_level(run, level, arrays_name, arrays, metrics):
     checkpoint = run.level_file(level, CHECKPOINT)
     if os.path.exists(checkpoint):
         os.remove(checkpoint)
-    for warning in (chance_warning(level, metrics, run.config()["dataset"]["num_classes"]),
+    for warning in (chance_warning(level, metrics, run.record().dataset.num_classes),
                     noisy_stop_warning(level, metrics)):
         if warning:
             logging.warning("%s", warning)
@@ -143,7 +143,7 @@ def write_summary(run):
     """summary.csv and summary.md, a row per finished level; returns the rows."""
     rows = run.summary()
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS[run.config()["kind"]],
+    writer = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS[run.kind],
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)

@@ -17,35 +17,28 @@ from lth_keras.lottery import directory, levels
 from lth_keras.lottery.directory import MASK, THETA_0, THETA_K, TicketRun
 
 
-def find_tickets(groups, verbose=True):
-    """Finds (or resumes) tickets as `groups` ({settings group: object}) say; returns the
+def find_tickets(chosen, verbose=True):
+    """Finds (or resumes) tickets as `chosen` ({settings group: object}) say; returns the
     TicketRun."""
     from lth_keras.lottery import inputs
 
-    settings.check(groups)  # before the heavy imports: a bad setting is reported at once
-    model_settings, training = groups[settings.Model], groups[settings.Training]
-    spec, run_settings = groups[settings.Pruning], groups[settings.Run]
-    # The data need no framework: missing files or bad images are reported before it starts.
-    dataset = inputs.load_dataset(spec.source, groups)
-    plan = inputs.input_plan(dataset, groups)
-    inputs.start_framework()
+    settings.check(chosen)  # before the heavy imports: a bad setting is reported at once
+    model_settings, training = chosen[settings.Model], chosen[settings.Training]
+    spec, run_settings = chosen[settings.Pruning], chosen[settings.Run]
+    dataset = inputs.load_dataset(spec.source, chosen)
+    plan = inputs.input_plan(dataset, chosen)
+    rt = inputs.engine(chosen)
     from lth_keras import models
 
-    rt = inputs.runtime(groups)
-    output_dir = run_settings.output_dir or directory.default_dir(
-        "tickets", f"{dataset.name}-{model_settings.model}-{model_settings.image_size}px"
-                   f"-seed{training.seed}")
+    output_dir = run_settings.output_dir or directory.tickets_dir(
+        dataset.name, model_settings.model, model_settings.image_size, training.seed)
     run = TicketRun(directory.process_directory(output_dir, rt))
-    with directory.locked(run.path):
-        directory.start(run.config_path, kind="find_tickets", groups=groups, dataset=dataset,
-                        plan=plan, runtime=rt,
-                        legacy=directory.legacy_hparams("find_tickets", groups))
-        logging.info("run directory: %s (engine: %s)", output_dir, rt.name)
-        with rt.scope():
-            model = models.build_model(model_settings.model,
-                                       input_shape=(plan.image_size,) * 2 + (plan.channels,),
-                                       num_classes=dataset.num_classes, seed=training.seed,
-                                       bn_momentum=model_settings.bn_momentum)
+    with rt.scope():
+        model = models.build_model(model_settings.model,
+                                   input_shape=(plan.image_size,) * 2 + (plan.channels,),
+                                   num_classes=dataset.num_classes, seed=training.seed,
+                                   bn_momentum=model_settings.bn_momentum)
+    with inputs.recorded(run, "find_tickets", chosen, dataset, plan, rt):
         # A --save_steps step at a whole epoch is that epoch's snapshot.
         spe = plan.steps_per_epoch
         search(run, model, plan, rt, training, rounds=spec.rounds, prune_rate=spec.prune_rate,

@@ -74,7 +74,7 @@ def paper_cost():
     from lth_keras import costs, grid, settings
 
     def preset(groups, name):
-        return settings.parse(groups, [f"--flagfile={os.path.join(ROOT, 'flags', name)}"])
+        return settings.from_arguments(groups, [f"--flagfile={os.path.join(ROOT, 'flags', name)}"])[0]
 
     runs = grid.runs_of(preset(settings.EXPERIMENT, "paper_grid.cfg")[settings.Grid])
     return costs.paper_cost(preset(settings.FIND_TICKETS, "paper.cfg"), runs,
