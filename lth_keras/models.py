@@ -280,7 +280,7 @@ def conv4(*, input_shape, num_classes, seed, bn_momentum=0.9):
 # Registry
 # --------------------------------------------------------------------------- #
 
-MODELS = {
+BUILDERS = {  # settings.MODELS names them
     "resnet50": resnet50,
     "resnet20": resnet20,
     "resnet8": resnet8,
@@ -291,9 +291,9 @@ MODELS = {
 
 def build_model(name, *, input_shape, num_classes, seed, bn_momentum=0.9):
     """Build registered model `name`; its weights are a function of `seed` alone."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
-    return MODELS[name](input_shape=tuple(input_shape), num_classes=num_classes,
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}; known models: {sorted(BUILDERS)}")
+    return BUILDERS[name](input_shape=tuple(input_shape), num_classes=num_classes,
                         seed=seed, bn_momentum=bn_momentum)
 
 

@@ -10,7 +10,8 @@ import zlib
 
 import numpy as np
 
-PRUNING_MODES = ("global", "layerwise")
+from lth_keras.settings import PRUNING_MODES
+
 
 
 def survivors(num_alive, rate):

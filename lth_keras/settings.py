@@ -67,6 +67,12 @@ def _check_choices(obj):
                                      f"got {value!r}")
 
 
+# The choices other modules check against, spelled once.
+MODELS = ("resnet50", "resnet20", "resnet8", "lenet_300_100", "conv4")  # models.BUILDERS
+CROPS = ("random", "none")  # datasets/epoch_plan.py
+PRUNING_MODES = ("global", "layerwise")  # pruning.py
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     data_dir: str = option(None, "Directory with the original dataset files (archives or "
@@ -83,7 +89,7 @@ class Data:
                                  "at random for training and in the centre for evaluation (the "
                                  "paper's); none: the stored pixels as they are, no resize and "
                                  "no crop (--image_size is then the data's own size; image "
-                                 "folders are stored at it).", choices=("random", "none"))
+                                 "folders are stored at it).", choices=CROPS)
     channels: str = option("3", "3: grayscale images are replicated to 3 channels (the "
                                 "paper's, so tickets fit RGB targets); own: each dataset's own "
                                 "channel count (1 for Fashion-MNIST, so LeNet's first layer has "
@@ -103,7 +109,6 @@ class Data:
 
 # The architectures of models.py (a test keeps the two lists equal), named here so that a
 # wrong --model is reported before Keras is imported.
-MODELS = ("resnet50", "resnet20", "resnet8", "lenet_300_100", "conv4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +176,7 @@ class Pruning:
     prune_rate: float = option(0.2, "Fraction of the remaining weights pruned per round.")
     rewind_epoch: int = option(2, "Late-resetting epoch k (0 = rewind to θ_0).")
     pruning: str = option("global", "One magnitude threshold over all prunable kernels, or one "
-                                    "per layer.", choices=("global", "layerwise"))
+                                    "per layer.", choices=PRUNING_MODES)
     # Not part of the result: the snapshots change no weight of the run.
     save_epochs: tuple = option((), "Epochs of level 0 whose weights are kept besides θ_0 and "
                                     "θ_k (theta_epoch_EE.npz), the rewind points that "

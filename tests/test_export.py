@@ -34,7 +34,7 @@ def _random_ticket(model, density=0.3, seed=0):
 # fold_masks
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_fold_masks_gives_plain_layers_and_the_same_predictions(name):
     model = _random_ticket(models.build_model(name, input_shape=(32, 32, 3), num_classes=5,
                                               seed=1))

@@ -253,7 +253,7 @@ def test_no_module_below_the_binaries_reads_the_global_flags():
 def test_the_model_names_of_the_settings_are_the_models():
     from lth_keras import models
 
-    assert sorted(settings.MODELS) == sorted(models.MODELS)
+    assert sorted(settings.MODELS) == sorted(models.BUILDERS)
 
 
 def test_a_bad_setting_is_reported_before_any_framework_is_imported(tmp_path):

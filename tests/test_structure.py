@@ -107,3 +107,64 @@ def test_errors_and_settings_are_the_ground_floor():
     graph = import_graph()
     assert graph["lth_keras.errors"] == set() and graph["lth_keras.steps"] == set()
     assert graph["lth_keras.settings"] == {"lth_keras.errors", "lth_keras.steps"}
+
+
+def _source_files():
+    """{name: path} of every module of lth_keras and every script of tools/."""
+    found = dict(_modules())
+    tools = os.path.join(os.path.dirname(PACKAGE), "tools")
+    for directory, _, files in os.walk(tools):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                found[os.path.relpath(path, os.path.dirname(PACKAGE))] = path
+    return found
+
+
+def config_reads(tree):
+    """Lines that read a run's config.json: a call of a `.config()` method, or read_json of
+    something that names a config path."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "config" and not node.args:
+            lines.append(node.lineno)
+        elif (isinstance(func, (ast.Attribute, ast.Name))
+              and getattr(func, "attr", getattr(func, "id", None)) == "read_json"
+              and "config" in ast.dump(node.args[0]).lower()):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_config_json_is_read_in_the_run_directory_module_only():
+    # Everything else asks a run for its typed Record (directory.RunDirectory.record).
+    offenders = {}
+    for name, path in _source_files().items():
+        if name == "lth_keras.lottery.directory":
+            continue
+        with open(path) as f:
+            lines = config_reads(ast.parse(f.read(), path))
+        if lines:
+            offenders[name] = lines
+    assert offenders == {}
+    # The check finds what it looks for.
+    assert sorted(config_reads(ast.parse("run.config()['kind']\nartifacts.read_json(r.config_path)"))) \
+        == [1, 2]
+
+
+def test_one_place_maps_a_protocol_kind_to_its_function():
+    # The runner calls the three protocols; no other module of lth_keras does.
+    callers = {}
+    for name, path in _modules().items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("find_tickets", "transfer", "stability")
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id in ("tickets", "fine_tuning", "instability")):
+                callers.setdefault(name, []).append(node.func.attr)
+    assert set(callers) == {"lth_keras.runner"}
+    assert sorted(callers["lth_keras.runner"]) == ["find_tickets", "stability", "transfer"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from lth_keras.datasets.dataset import SPLITS, DataError, ImageDataset
+from lth_keras.settings import CROPS
 
 # crop_and_resize drops a whole row/column to the extrapolation value when float
 # error puts its sample a hair past the last pixel (seen for e.g. 37 px images
@@ -43,7 +44,6 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-CROPS = ("random", "none")
 
 
 def channel_stats(images: np.ndarray, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
