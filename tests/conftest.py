@@ -99,9 +99,17 @@ def run_binary(module, *args, timeout=300, **popen):
                           text=True, timeout=timeout, cwd=popen.pop("cwd", REPO), **popen)
 
 
-HISTOLOGY = os.path.join(os.path.dirname(REPO), "shared", "data", "histology_nuclei")
-needs_histology = pytest.mark.skipif(not os.path.isdir(HISTOLOGY),
-                                     reason="../shared/data is not beside the repo")
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+HISTOLOGY = os.path.join(SHARED_DATA, "histology_nuclei")
+
+
+def needs_shared_data(*names):
+    """Skips a test cleanly when any of these folders of ../shared/data is not there."""
+    missing = [n for n in names if not os.path.isdir(os.path.join(SHARED_DATA, n))]
+    return pytest.mark.skipif(bool(missing), reason=f"../shared/data lacks {', '.join(missing)}")
+
+
+needs_histology = needs_shared_data("histology_nuclei")
 
 # A tiny find_tickets run: LeNet at 16 px, levels 0..TICKET_ROUNDS, a few seconds, with an
 # epoch checkpoint after every epoch (not every 10 minutes) for the kill-and-resume tests.

@@ -360,6 +360,7 @@ def test_jaccard_of_masks_with_a_known_overlap(tmp_path):
     assert "0.500" in masks.overlap_markdown(rows)
 
 
+@pytest.mark.slow
 def test_binary_writes_everything_or_nothing(fresh_results, tmp_path):
     results = fresh_results
     out = str(tmp_path / "analysis")

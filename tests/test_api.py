@@ -33,6 +33,7 @@ exec(compile(open(sys.argv[1]).read(), "README.md", "exec"), {{"__name__": "__ma
 """
 
 
+@pytest.mark.slow
 @needs_histology
 def test_the_readme_notebook_example_runs(tiny_fashion_dir, tmp_path):
     example = tmp_path / "example.py"
@@ -57,6 +58,7 @@ def test_the_readme_notebook_example_runs(tiny_fashion_dir, tmp_path):
     assert "'level': 2" in proc.stdout  # the summary row it printed
 
 
+@pytest.mark.slow
 def test_two_ticket_runs_of_the_same_name_transfer_to_two_directories(tiny_tickets,
                                                                      tiny_fashion_dir,
                                                                      tmp_path, monkeypatch):
@@ -92,6 +94,7 @@ def test_settings_errors_reach_python_as_one_line(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_process_equal_runs_in_fresh_processes(tiny_tickets, tiny_fashion_dir,
                                                                tmp_path):
     # A notebook calls the API again and again: the process's engine runtime is reused,

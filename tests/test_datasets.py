@@ -563,6 +563,7 @@ def epoch_digest(pipeline, epoch):
     return h.hexdigest()
 
 
+@pytest.mark.slow
 def test_train_epochs_are_deterministic_and_resumable():
     from lth_keras.datasets import InputPipeline
 

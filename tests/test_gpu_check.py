@@ -13,6 +13,7 @@ from conftest import HISTOLOGY, REPO, needs_histology
 pytest.importorskip("jax", reason="gpu_check runs the JAX engine")
 
 
+@pytest.mark.slow
 @needs_histology
 def test_gpu_check_runs_without_tensorflow(tmp_path):
     shadow = tmp_path / "shadow" / "tensorflow"

@@ -12,7 +12,7 @@ import tarfile
 
 import pytest
 
-from conftest import HISTOLOGY, REPO, needs_histology
+from conftest import HISTOLOGY, REPO, needs_shared_data
 
 pytest.importorskip("jax", reason="the device runs the JAX engine")
 CIFAR_JPEG = os.path.join(os.path.dirname(HISTOLOGY), "cifar10_jpeg")
@@ -25,7 +25,7 @@ def _tool(*args, env=None, timeout=600):
 
 
 @pytest.mark.slow
-@needs_histology
+@needs_shared_data("histology_nuclei", "cifar10_jpeg")
 def test_the_gpu_mini_paper_dry_run(tmp_path):
     data, out = tmp_path / "data", tmp_path / "returned"
     proc = _tool("prepare", "--tiny", f"--out={data}", f"--histology={HISTOLOGY}",

@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from lth_keras.layers import MaskedConv2D, MaskedDense, masked_layers  # noqa: E402
 from lth_keras.models import (  # noqa: E402
-    BN_EPSILON, HEAD_NAME, MODELS, build_model, head_layer, replace_head)
+    BN_EPSILON, HEAD_NAME, BUILDERS, build_model, head_layer, replace_head)
 
 SHAPE = (32, 32, 3)
 CLASSES = 10
@@ -51,7 +51,7 @@ def by_path(model):
 @pytest.fixture(scope="module")
 def models():
     return {name: build_model(name, input_shape=SHAPE, num_classes=CLASSES, seed=0)
-            for name in MODELS}
+            for name in BUILDERS}
 
 
 # --------------------------------------------------------------------------- #
@@ -133,7 +133,7 @@ def test_lenet_and_conv4_layout(models):
     assert other(np.zeros((1, 28, 28, 3), "float32")).shape == (1, 4)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_param_count_names_and_output(models, name):
     model = models[name]
     assert model.name == name
@@ -152,14 +152,14 @@ def test_param_count_names_and_output(models, name):
 def test_unknown_model_lists_known_ones():
     with pytest.raises(ValueError, match="vgg16") as info:
         build_model("vgg16", input_shape=SHAPE, num_classes=CLASSES, seed=0)
-    assert all(name in str(info.value) for name in MODELS)
+    assert all(name in str(info.value) for name in BUILDERS)
 
 
 # --------------------------------------------------------------------------- #
 # Initialisation
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_weights_are_a_function_of_the_seed_alone(name):
     def build(seed):
         return by_path(build_model(name, input_shape=SHAPE, num_classes=CLASSES, seed=seed))
@@ -179,7 +179,7 @@ def test_weights_are_a_function_of_the_seed_alone(name):
             assert not np.array_equal(first[path], other[path]), path
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_glorot_uniform_kernels(models, name):
     for layer in kernels(models[name]):
         w = np.asarray(layer.kernel)
@@ -197,7 +197,7 @@ def test_glorot_uniform_kernels(models, name):
     assert len(set(firsts)) == len(firsts)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_biases_bn_and_masks_at_init(models, name):
     model = models[name]
     for layer in kernels(model):
@@ -232,7 +232,7 @@ def test_bn_momentum_is_passed_through():
     assert np.asarray(model.get_layer("bn1").moving_mean).any()
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_only_the_head_is_unmasked(models, name):
     model = models[name]
     head = head_layer(model)

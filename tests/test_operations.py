@@ -27,6 +27,7 @@ def assert_quiet_start(stderr):
     assert not noise or os.path.exists("/dev/nvidiactl") and noise == ["cuInit"], noise
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tiny_fashion_dir,
                                                                          tmp_path):
     out = str(tmp_path / "busy")
@@ -39,6 +40,7 @@ def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tiny_f
     assert os.listdir(out) == [directory.LOCK_FILE]  # nothing of a run was written
 
 
+@pytest.mark.slow
 def test_a_directory_without_finished_work_does_not_block_a_corrected_command(
         tiny_tickets, tiny_fashion_dir, tmp_path):
     # What a run that failed before its first level leaves: a record and θ_0.
@@ -68,6 +70,7 @@ def test_artifacts_follow_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "private.json").st_mode) == 0o600
 
 
+@pytest.mark.slow
 def test_an_os_error_is_one_line_naming_the_path(tiny_fashion_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
@@ -129,6 +132,7 @@ def test_a_signal_is_not_swallowed_by_library_code_and_is_remembered(monkeypatch
     assert interruptions.requested() and interruptions.signum == signal.SIGTERM
 
 
+@pytest.mark.slow
 def test_the_transfer_printout_names_its_condition(tiny_tickets, tiny_fashion_dir, tmp_path):
     from conftest import run_binary
 

@@ -98,6 +98,7 @@ def test_a_pilot_that_cannot_feed_the_planner_is_refused(tmp_path):
     assert bad.returncode == 1 and "--design must be SEARCHESxSEEDS" in bad.stderr
 
 
+@pytest.mark.slow
 def test_the_plan_binary_writes_its_files(tmp_path):
     root = make_pairs_grid(str(tmp_path / "pilot"))
     out = tmp_path / "plan"

@@ -144,3 +144,17 @@ def test_random_masks_are_fixed_by_the_seed_and_differ_between_seeds():
     # A layer's draw is its own: it does not depend on the other layers or their order.
     alone = pruning.random_masks({"dense/kernel": ticket["dense/kernel"]}, 3)
     np.testing.assert_array_equal(alone["dense/kernel"], first["dense/kernel"])
+
+
+def test_the_mask_held_check_fails_on_a_moved_weight_or_mask_and_on_nothing():
+    from lth_keras import weights
+
+    mask = {"fc/kernel": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)}
+    held = {"fc/kernel": np.array([[0.5, 0.0], [0.0, -2.0]], np.float32), "fc/mask": mask["fc/kernel"]}
+    weights.check_arrays_hold_masks(held, mask)
+    with pytest.raises(AssertionError, match="pruned weights of fc/kernel moved"):
+        weights.check_arrays_hold_masks({**held, "fc/kernel": np.ones((2, 2), np.float32)}, mask)
+    with pytest.raises(AssertionError, match="the mask of fc/kernel changed"):
+        weights.check_arrays_hold_masks({**held, "fc/mask": np.ones((2, 2), np.float32)}, mask)
+    with pytest.raises(AssertionError, match="no masks to check"):
+        weights.check_arrays_hold_masks(held, {})

@@ -185,6 +185,7 @@ def test_a_run_written_before_0_4_is_refused_and_left_alone(tiny_tickets, tiny_f
     assert artifacts.read_json(path) == old
 
 
+@pytest.mark.slow
 def test_resuming_with_more_rounds_updates_the_record_and_the_grid_sees_it(
         tiny_tickets, tiny_fashion_dir, tmp_path):
     # A grid whose ticket run is resumed with one round more, and stopped in that level:

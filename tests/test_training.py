@@ -211,6 +211,7 @@ def test_a_signal_that_came_before_training_stops_it_before_a_step(pipeline, str
     assert not signals.interruptions.training
 
 
+@pytest.mark.slow
 def test_xla_trains_like_the_graph_without_it(pipeline, strategy, monkeypatch):
     # --jit_compile=on on a CPU (auto leaves it off there): the same arithmetic fused by
     # another compiler. From the same θ_0 on the same batches, the first steps' losses and

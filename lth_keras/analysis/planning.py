@@ -88,11 +88,18 @@ def study_power(effect, between, within, searches, transfer_seeds, alpha=ALPHA):
 
 def searches_needed(effect, between, within, transfer_seeds, power=POWER, alpha=ALPHA,
                     max_searches=100):
-    """The smallest n (>= 2) whose power reaches `power`, or None up to max_searches."""
-    for n in range(2, max_searches + 1):
-        if study_power(effect, between, within, n, transfer_seeds, alpha) >= power:
-            return n
-    return None
+    """The smallest n (>= 2) whose power reaches `power`, or None up to max_searches. Power
+    rises with n, so a bisection finds it."""
+    def enough(n):
+        return study_power(effect, between, within, n, transfer_seeds, alpha) >= power
+
+    if not enough(max_searches):
+        return None
+    low, high = 1, max_searches  # enough(high); n = low is not a study (power 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high
 
 
 def designs(effect, between, within, search_cost, seed_cost, *, power=POWER, alpha=ALPHA,

@@ -139,7 +139,7 @@ class FineTuning(levels.Protocol):
         return f"level {level} ({self.condition})"
 
     def keeps(self, level):
-        return levels.trained_with(self.run, level, self.mask_for_level(level),
+        return levels.keep_or_remove_level(self.run, level, self.mask_for_level(level),
                                    f"fine-tuning level {level} again")
 
     def load_start(self, level):

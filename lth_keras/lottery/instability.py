@@ -168,7 +168,7 @@ class CopyTraining(levels.Protocol):
         return f"level {level}, k={self.run.k}, copy {self.run.copy}"
 
     def keeps(self, level):
-        return levels.trained_with(self.run, level, self.ticket_run.mask(level),
+        return levels.keep_or_remove_level(self.run, level, self.ticket_run.mask(level),
                                    f"training {self.tag(level)} again")
 
     def load_start(self, level):

@@ -54,7 +54,7 @@ class Protocol:
         """Called with the level's trained weights once it is written."""
 
 
-def trained_with(run, level, mask, redo):
+def keep_or_remove_level(run, level, mask, redo):
     """Whether finished `level` of `run` stands: its metrics.json reads and records the
     digest of `mask` (None: dense, not compared). Damaged, or trained with another mask
     (the ticket run's level was recomputed since), it is removed, never used, and
