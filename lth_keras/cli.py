@@ -28,13 +28,21 @@ def no_arguments(argv):
         raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
 
 
-def print_run(run):
-    """What find_tickets and transfer print when they end: the run's summary and where
-    its artifacts are."""
-    from lth_keras.lottery import levels
+def protocol_main(kind):
+    """The main of a protocol's binary (find_tickets, transfer, stability): its command
+    line through the one way in (runner.run), then what the run ends with (its summary, or
+    a stability run's report) and where its artifacts are."""
+    def main(argv):
+        no_arguments(argv)
+        from lth_keras import runner
 
-    print(levels.format_summary(run.summary(), title=run.title()), end="")
-    print(f"artifacts: {run.path}")
+        # What the command line names is kept; a transfer or stability run takes the rest
+        # of its recipe from its tickets.
+        run = runner.run(kind, *settings.from_command_line(runner.GROUPS[kind]))
+        print(run.report(), end="")
+        print(f"artifacts: {run.path}")
+
+    return main
 
 
 def forwarded_values():

@@ -13,11 +13,7 @@ from lth_keras import cli, settings
 settings.define_flags([settings.Pruning])
 
 
-def main(argv):
-    cli.no_arguments(argv)
-    from lth_keras import runner
-
-    cli.print_run(runner.run("find_tickets", *settings.from_command_line(settings.FIND_TICKETS)))
+main = cli.protocol_main("find_tickets")
 
 
 if __name__ == "__main__":

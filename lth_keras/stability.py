@@ -23,15 +23,7 @@ from lth_keras import cli, settings
 settings.define_flags([settings.Stability])
 
 
-def main(argv):
-    cli.no_arguments(argv)
-    from lth_keras import runner
-    from lth_keras.lottery.directory import STABILITY_MD
-
-    run = runner.run("stability", *settings.from_command_line(settings.STABILITY))
-    with open(run.file(STABILITY_MD)) as report:
-        print(report.read(), end="")
-    print(f"artifacts: {run.path}")
+main = cli.protocol_main("stability")
 
 
 if __name__ == "__main__":

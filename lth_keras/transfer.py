@@ -16,12 +16,7 @@ from lth_keras import cli, settings
 settings.define_flags([settings.Transfer])
 
 
-def main(argv):
-    cli.no_arguments(argv)
-    from lth_keras import runner
-
-    # What the command line names is kept; the rest of the recipe is the ticket run's.
-    cli.print_run(runner.run("transfer", *settings.from_command_line(settings.TRANSFER)))
+main = cli.protocol_main("transfer")
 
 
 if __name__ == "__main__":

@@ -376,6 +376,10 @@ class RunDirectory:
         return [summary_row(self.metrics(level), SUMMARY_COLUMNS[self.kind])
                 for level in self.finished_levels()]
 
+    def report(self):
+        """What a run prints when it ends: its title and a row per finished level."""
+        return format_summary(self.summary(), title=self.title())
+
     def title(self):
         """What the run is, in a line: the title of its printed summary."""
         config = self.config()
@@ -465,6 +469,11 @@ class TransferRun(RunDirectory):
 class StabilityRun(RunDirectory):
     """A stability run directory: the copies per rewind point, the paths between pairs."""
 
+    def report(self):
+        """Its report (analysis/stability_report.py wrote it into stability.md)."""
+        with open(self.file(STABILITY_MD)) as f:
+            return f.read()
+
     def copy(self, k, copy):
         """Copy `copy` (pair copy // 2) at rewind point k, a label ("02", "040it")."""
         return CopyRun(self.file(f"k_{k}", f"copy_{copy}"), self, k, copy)
@@ -524,6 +533,28 @@ class CopyRun(RunDirectory):
     def tensorboard_hparams(self, level, density):
         return {**super().tensorboard_hparams(level, density), "k": self.k, "copy": self.copy,
                 "run": os.path.basename(os.path.normpath(self.parent.path))}
+
+
+def format_summary(rows, title=None):
+    """summary.md, and what a run prints when it ends: a row per level (summary_row's) and
+    what they cost in all."""
+    from lth_keras.costs import format_flops
+
+    lines = [f"{title}\n"] if title else []
+    lines += ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
+                     f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
+    costed = [r for r in rows if r.get("images") not in (None, "")]
+    if costed:
+        total = {k: sum(r[k] for r in costed) for k in COST_COLUMNS}
+        lines += ["", f"Total over {len(costed)} level(s): {sum(r['epochs'] for r in costed)} "
+                      f"epochs, {total['images']:,} training images, "
+                      f"{total['seconds'] / 60:.1f} min of training, "
+                      f"{format_flops(total['training_flops'])} of training compute dense, "
+                      f"{format_flops(total['training_flops_masked'])} with the masks."]
+    return "\n".join(lines) + "\n"
 
 
 def summary_row(metrics, columns):

@@ -16,8 +16,8 @@ import io
 from absl import logging
 
 from lth_keras import artifacts, costs, pruning, weights
-from lth_keras.lottery.directory import (CHECKPOINT, COST_COLUMNS, METRICS, SUMMARY_COLUMNS,
-                                         SUMMARY_CSV, SUMMARY_MD)
+from lth_keras.lottery.directory import (CHECKPOINT, METRICS, SUMMARY_COLUMNS, SUMMARY_CSV,
+                                         SUMMARY_MD, format_summary)
 
 
 class Protocol:
@@ -179,25 +179,3 @@ def noisy_stop_warning(level, metrics):
             + ", ".join(f"{r['val_loss']:.3g}" for r in history)
             + "); BatchNorm statistics that lag the weights do this on small data: "
               "--precise_bn re-estimates them before each validation")
-
-
-def format_summary(rows, title=None):
-    from lth_keras.costs import format_flops
-
-    lines = [f"{title}\n"] if title else []
-    lines += ["| level | fraction pruned | val acc | test acc | best epoch / epochs |",
-             "|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['level']} | {r['fraction_pruned']:.4f} | {r['val_accuracy']:.4f} | "
-                     f"{r['test_accuracy']:.4f} | {r['best_epoch']} / {r['epochs']} |")
-    costed = [r for r in rows if r.get("images") not in (None, "")]
-    if costed:
-        total = {k: sum(r[k] for r in costed) for k in COST_COLUMNS}
-        lines += ["", f"Total over {len(costed)} level(s): {sum(r['epochs'] for r in costed)} "
-                      f"epochs, {total['images']:,} training images, "
-                      f"{total['seconds'] / 60:.1f} min of training, "
-                      f"{format_flops(total['training_flops'])} of training compute dense, "
-                      f"{format_flops(total['training_flops_masked'])} with the masks."]
-    return "\n".join(lines) + "\n"
-
-
