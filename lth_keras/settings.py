@@ -75,6 +75,7 @@ PRUNING_MODES = ("global", "layerwise")  # pruning.py
 
 @dataclasses.dataclass(frozen=True)
 class Data:
+    """The data a run reads and how its images reach the model (datasets/)."""
     data_dir: str = option(None, "Directory with the original dataset files (archives or "
                                  "image folders).", result=False)
     train_fraction: float = option(1.0, "Seeded stratified fraction of the training split to "
@@ -113,6 +114,7 @@ class Data:
 
 @dataclasses.dataclass(frozen=True)
 class Model:
+    """The network (models.py) and its input size."""
     # The grid takes both from the tickets preset (a transfer, from its tickets).
     model: str = option("resnet20", "Architecture: resnet50, resnet20, resnet8, "
                                     "lenet_300_100, conv4.", per_run=True)
@@ -130,6 +132,7 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class Training:
+    """The training recipe every stage shares (training.py): a transfer or stability run takes it from its tickets unless named."""
     seed: int = option(0, "Fixes θ_0, the validation carve, the data order and the crops.",
                        per_run=True)
     batch_size: int = option(64, "Global batch size (summed over replicas).")
@@ -167,6 +170,7 @@ class Training:
 
 @dataclasses.dataclass(frozen=True)
 class Pruning:
+    """Iterative magnitude pruning with late resetting (find_tickets; lottery/tickets.py)."""
     source: str = option("fashion_mnist", "Dataset to find tickets on: fashion_mnist, cifar10, "
                                           "cifar100, a paper target under --data_dir "
                                           "(human_lba, ...), or an image folder path.",
@@ -198,6 +202,7 @@ class Pruning:
 
 @dataclasses.dataclass(frozen=True)
 class Transfer:
+    """Fine-tuning tickets on a target, and its controls (transfer; lottery/fine_tuning.py)."""
     tickets: str = option(None, "A find_tickets run directory (optional with --scratch).",
                           result=False)  # the ticket run's own hash stands for it
     target: str = option(None, "Dataset to fine-tune on: a paper target under --data_dir "
@@ -305,6 +310,7 @@ class Stability:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
+    """Devices, compilation and bookkeeping: nothing here changes a result."""
     # The engine is Keras's backend: KERAS_BACKEND=tensorflow (default) or jax.
     strategy: str = option(
         "default", "Devices to train on: default (every GPU, or one CPU device), mirrored "
