@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY_TICKETS, find_tiny_tickets
+from conftest import REPO, TICKET_ROUNDS, TINY_TICKETS, find_tiny_tickets
 from lth_keras import artifacts, lottery
 from lth_keras.lottery import directory, levels
 
@@ -189,3 +189,26 @@ def test_an_empty_class_folder_in_train_is_named_as_empty(tmp_path):
     os.makedirs(os.path.join(root, "train", "violet"))  # made, never filled
     with pytest.raises(DataError, match=r"train/violet: empty class folder"):
         scan_image_folder(root)
+
+
+def test_compare_runs_tells_identical_runs_from_changed_ones(tiny_tickets, tmp_path):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import compare_runs
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_tickets.path, copy)
+    compared, problems = compare_runs.compare(tiny_tickets.path, str(copy))
+    assert compared >= 3 * (TICKET_ROUNDS + 1) and problems == []
+    # Another machine's speed is not a difference; another weight is.
+    metrics = copy / "levels" / "level_01" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    record["history"][0]["seconds"] += 1.0
+    metrics.write_text(json.dumps(record))
+    assert compare_runs.compare(tiny_tickets.path, str(copy))[1] == []
+    theta = copy / "levels" / "level_01" / "theta_i.npz"
+    arrays = artifacts.read_arrays(str(theta))
+    name = next(iter(arrays))
+    arrays[name] = arrays[name] + 1
+    artifacts.write_arrays(str(theta), arrays)
+    assert compare_runs.compare(tiny_tickets.path, str(copy))[1] == [
+        "differs: levels/level_01/theta_i.npz"]
