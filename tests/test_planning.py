@@ -107,3 +107,21 @@ def test_the_plan_binary_writes_its_files(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(out)) == ["plan.csv", "plan.md"]
     assert "# Study plan: ticket − scratch at level 2" in (out / "plan.md").read_text()
+
+
+def test_the_pilot_level_rule():
+    """tools/pilot_level.py: the candidate with the highest validation accuracy, each target
+    weighing the same; a tie goes to the sparser level."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import pilot_level
+
+    # Means over targets: 3 -> 0.65, 5 -> 0.67, 7 -> 0.67: a tie, which level 7 takes.
+    means = {3: {"a": 0.80, "b": 0.50}, 5: {"a": 0.70, "b": 0.64}, 7: {"a": 0.75, "b": 0.59}}
+    level, overall = pilot_level.choose(means)
+    assert level == 7 and overall == pytest.approx({3: 0.65, 5: 0.67, 7: 0.67})
+    means[5]["b"] = 0.66
+    assert pilot_level.choose(means)[0] == 5
