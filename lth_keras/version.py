@@ -1,3 +1,3 @@
 """The version of lth_keras (setup.cfg reads it; run records carry it)."""
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
