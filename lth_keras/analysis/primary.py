@@ -146,7 +146,7 @@ def contrasts(views, level, domain_contrast=None):
     """Every Contrast at `level`: for each natural ticket line the primary first, then the
     exploratory ones, then the domain contrast; p_holm filled in per family."""
     out = []
-    natural_lines = {}  # target: (view, line, target ticket line), for the domain contrast
+    natural_lines = {}  # (target, source): (line, target ticket line), for the domain contrast
     for view in views:
         target_ticket = _target_ticket_line(view)
         for line in view.sources:
@@ -163,13 +163,15 @@ def contrasts(views, level, domain_contrast=None):
                 rows.append(("ticket − random mask", ticket, Side(random, level)))
             if target_ticket is not None:
                 rows.append((TARGET_TICKET, ticket, Side(target_ticket, level)))
-                natural_lines.setdefault(view.target, (view, line, target_ticket))
+                natural_lines.setdefault((view.target, line.cell.source), (line, target_ticket))
             for name, a, b in rows:
                 out.append(Contrast(view.title, line.label, name, level, a, b,
                                     search_difference(a.values(), b.values()),
                                     PRIMARY_FAMILY if name == PRIMARY else EXPLORATORY))
-    if domain_contrast:
-        out.append(_domain(natural_lines, level, *domain_contrast))
+    if domain_contrast:  # one per natural source that both targets have
+        first, second = domain_contrast
+        for source in sorted({s for t, s in natural_lines if t in (first, second)}):
+            out.append(_domain(natural_lines, level, source, first, second))
     for family in (PRIMARY_FAMILY, EXPLORATORY):
         members = [c for c in out if c.family == family]
         for c, p in zip(members, holm([c.difference.p for c in members])):
@@ -177,20 +179,21 @@ def contrasts(views, level, domain_contrast=None):
     return out
 
 
-def _domain(natural_lines, level, first, second):
-    """(ticket − target ticket) on `first` minus the same on `second`, per search."""
+def _domain(natural_lines, level, source, first, second):
+    """(ticket − target ticket) on `first` minus the same on `second`, per search, for the
+    natural tickets of `source`."""
     name = f"({TARGET_TICKET}) on {first} − on {second}"
-    gaps = []
+    gaps, label = [], source
     for target in (first, second):
-        found = natural_lines.get(target)
+        found = natural_lines.get((target, source))
         if found is None:
             gaps.append({})
             continue
-        _, line, target_ticket = found
+        line, target_ticket = found
+        label = line.label
         a, b = Side(line, level).values(), Side(target_ticket, level).values()
         gaps.append(search_means({k: a[k] - b[k] for k in set(a) & set(b)}))
-    source = next((found[1].label for found in natural_lines.values()), "—")
-    return Contrast(f"{first} vs {second}", source, name, level, None, None,
+    return Contrast(f"{first} vs {second}", label, name, level, None, None,
                     search_difference(*gaps))
 
 
