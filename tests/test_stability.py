@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, find_tiny_tickets_here, in_process, run_binary
+from conftest import REPO, absl_log, find_tiny_tickets_here, in_process, run_binary  # noqa: F401
 from lth_keras import artifacts, weights
 from lth_keras.lottery import tickets as ticket_search
 from lth_keras.lottery.directory import StabilityRun
@@ -272,6 +272,17 @@ def test_save_epochs_keeps_level_0s_weights_and_leaves_the_run_alone(tiny_fashio
     # --save_epochs is bookkeeping: the same run, the same hash and the same level 0.
     assert run.config()["hparams_hash"] == tiny_tickets.config()["hparams_hash"]
     assert run.metrics(0)["test"] == tiny_tickets.metrics(0)["test"]
+
+
+def test_snapshots_asked_of_a_finished_level_0_are_named_as_missing(tiny_tickets,
+                                                                    tiny_fashion_dir, tmp_path,
+                                                                    absl_log):
+    out = tmp_path / "finished"
+    shutil.copytree(tiny_tickets.path, out)
+    find_tiny_tickets_here(tiny_fashion_dir, str(out), "--save_epochs=2", "--save_steps=3")
+    assert "is finished without its weights at steps 3, 16 (--save_epochs/--save_steps)" \
+        in absl_log()
+    assert not (out / "theta_epoch_02.npz").exists()
 
 
 def test_masks_per_rewind_point_come_from_runs_rewound_there(tiny_tickets, tiny_fashion_dir,

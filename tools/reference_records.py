@@ -6,7 +6,7 @@ Every run directory under the grid (find_tickets, transfer, stability) keeps its
 with only what the analysis reads: config.json, summary.csv/.md, each level's
 metrics.json, a stability run's paths/*.json and report; the grid's grid.json and its
 timings. No weights, masks, checkpoints or TensorBoard files: a few kilobytes a run.
-`python -m lth_keras.analyze --runs=<copy> --no-mask_overlap` then recomputes every table
+`python -m lth_keras.analyze --runs=<copy> --mask_overlap=false` then recomputes every table
 from the copy (masks are what it cannot read there). Files that are already there and
 equal are left alone; the copy is atomic per file. Re-run it as runs land.
 """

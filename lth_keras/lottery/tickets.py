@@ -64,6 +64,7 @@ def search(run, model, plan, runtime, training, *, rounds, prune_rate, pruning_m
     theta_0 = weights.snapshot(model)
     _check_or_write_theta_0(run, theta_0)
     _discard_damaged_levels(run)
+    _warn_of_missing_snapshots(run, plan.steps_per_epoch, save_epochs, save_steps)
     protocol = TicketSearch(run, model, theta_0, prune_rate=prune_rate,
                             pruning_mode=pruning_mode, rewind_epoch=rewind_epoch,
                             save_epochs=save_epochs, save_steps=save_steps)
@@ -159,6 +160,21 @@ def expected_start_digest(start, masks):
         weights_at_start[path] = start[path] * mask
         weights_at_start[path.rsplit("/", 1)[0] + "/mask"] = mask
     return weights.digest(weights_at_start)
+
+
+def _warn_of_missing_snapshots(run, steps_per_epoch, save_epochs, save_steps):
+    """One line when level 0 is finished without snapshots now asked for: they are taken
+    while level 0 trains, and a resumed run does not train it again."""
+    if not run.is_finished(0):
+        return
+    held = set(run.saved_steps())
+    wanted = {e * steps_per_epoch for e in save_epochs} | set(save_steps)
+    missing = sorted(wanted - held)
+    if missing:
+        logging.warning("level 0 of %s is finished without its weights at steps %s "
+                        "(--save_epochs/--save_steps): they are kept only while level 0 "
+                        "trains; find tickets into another --output_dir to have them",
+                        run.path, ", ".join(map(str, missing)))
 
 
 def _discard_damaged_levels(run):
