@@ -28,3 +28,81 @@ def test_the_reference_names_every_flag_and_preset():
     assert names and all(f"`--{name}`" in text for name in names)
     presets = [n for n in os.listdir(os.path.join(REPO, "flags")) if n.endswith(".cfg")]
     assert presets and all(f"`flags/{n}`" in reference_docs.presets_md() for n in presets)
+
+
+def _anchor(heading):
+    """GitHub's anchor of a heading: lower case, spaces to hyphens, punctuation dropped."""
+    import re
+
+    text = re.sub(r"[`*]", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def _links(path):
+    """(target, anchor) of every relative Markdown link of a file, code blocks left out."""
+    import re
+
+    with open(path) as f:
+        text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # http(s), mailto: not checked offline
+        file_part, _, anchor = target.partition("#")
+        yield file_part, anchor
+
+
+def _headings(path):
+    import re
+
+    with open(path) as f:
+        text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+    return {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+
+
+def test_every_relative_link_and_anchor_of_readme_and_docs_resolves():
+    pages = [os.path.join(REPO, "README.md"), os.path.join(REPO, "CHANGELOG.md")]
+    for directory, _, names in os.walk(os.path.join(REPO, "docs")):
+        pages += [os.path.join(directory, n) for n in names if n.endswith(".md")]
+    broken, checked = [], 0
+    for page in pages:
+        for file_part, anchor in _links(page):
+            target = os.path.normpath(os.path.join(os.path.dirname(page), file_part)) \
+                if file_part else page
+            checked += 1
+            if not os.path.exists(target):
+                broken.append(f"{os.path.relpath(page, REPO)}: {file_part} does not exist")
+            elif anchor and target.endswith(".md") and anchor not in _headings(target):
+                broken.append(f"{os.path.relpath(page, REPO)}: #{anchor} is not a heading "
+                              f"of {os.path.relpath(target, REPO)}")
+    assert checked > 20 and broken == []
+
+
+def test_the_anchor_rule():
+    assert _anchor("Engines and GPUs") == "engines-and-gpus"
+    assert _anchor("The `cifar10_jpeg` study: 8 searches") == "the-cifar10_jpeg-study-8-searches"
+
+
+def test_results_are_what_their_committed_files_give():
+    """docs/results.md is what tools/results_docs.py computes from outputs/reference/ now: a
+    number on it that its files do not give fails here."""
+    import results_docs
+
+    with open(os.path.join(REPO, "docs", "results.md")) as f:
+        assert f.read() == results_docs.generated(), \
+            "docs/results.md is stale: run python tools/results_docs.py"
+
+
+def test_the_results_generator_computes_with_the_search_as_the_unit(tmp_path):
+    import results_docs
+
+    rows = [{"role": role, "level": str(level), "tickets_seed": str(s), "seed": str(t),
+             "test_accuracy": str(0.5 + 0.01 * s + (0.02 if role == "source" else 0.0))}
+            for role, level in (("source", 6), ("scratch", 0)) for s in (0, 1, 2)
+            for t in (0, 1)]
+    table = results_docs.contrast_table(rows, [
+        ("t − s", results_docs._by_replicate(rows, role="source", level=6),
+         results_docs._by_replicate(rows, role="scratch"))])
+    # Every search 2 points ahead: mean +2.00, a zero-width interval, 3 searches × 2 seeds.
+    assert "| t − s | +2.00, +2.00, +2.00 | +2.00 [+2.00, +2.00] | 3 × 2 | not estimable (n = 3) |" \
+        in table
