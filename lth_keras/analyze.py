@@ -21,12 +21,12 @@ settings.define_flags([settings.Analysis])
 
 def main(argv):
     cli.no_arguments(argv)
-    groups, _ = settings.from_command_line(settings.ANALYZE)
+    chosen, _ = settings.from_command_line(settings.ANALYZE)
     from lth_keras import api
     from lth_keras.lottery import directory
 
-    options = dataclasses.asdict(groups[settings.Analysis])
-    output_dir = groups[settings.Run].output_dir or os.path.join(directory.OUTPUT_ROOT,
+    options = dataclasses.asdict(chosen[settings.Analysis])
+    output_dir = chosen[settings.Run].output_dir or os.path.join(directory.OUTPUT_ROOT,
                                                                  "analysis")
     result = api.analyze(options.pop("runs"), output_dir=output_dir, **options)
     print(result.table2_markdown)

@@ -122,9 +122,9 @@ def analyze(runs, *, output_dir=None, **options):
     if levels is None or isinstance(levels, (list, tuple, set)):
         options["overlap_levels"] = ",".join(map(str, sorted(levels))) if levels else "all"
     roots = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs or ())
-    groups, _ = settings.resolve((settings.Analysis,), options=dict(options, runs=roots))
-    settings.check(groups)
-    spec = groups[settings.Analysis]
+    chosen, _ = settings.resolve((settings.Analysis,), options=dict(options, runs=roots))
+    settings.check(chosen)
+    spec = chosen[settings.Analysis]
     result = report.analyze(list(spec.runs), natural=spec.natural_sources,
                             density_runs=[spec.density_run] if spec.density_run else None,
                             overlap=spec.mask_overlap, overlap_levels=spec.levels_to_overlap(),
@@ -156,9 +156,9 @@ def plan(runs, *, output_dir=None, **options):
     if isinstance(options.get("design"), (tuple, list)):
         options["design"] = "x".join(map(str, options["design"]))
     roots = [runs] if isinstance(runs, (str, os.PathLike)) else list(runs or ())
-    groups, _ = settings.resolve((settings.Planning,), options=dict(options, runs=roots))
-    settings.check(groups)
-    spec = groups[settings.Planning]
+    chosen, _ = settings.resolve((settings.Planning,), options=dict(options, runs=roots))
+    settings.check(chosen)
+    spec = chosen[settings.Planning]
     found = planning.plan_study(list(spec.runs), level=spec.level, effect=spec.effect / 100,
                                 power=spec.power, alpha=spec.alpha, design=spec.design_pair(),
                                 max_searches=spec.max_searches,
@@ -183,7 +183,7 @@ def export(run, level, *, output_dir=None, **options):
 
     if isinstance(run, os.PathLike) or hasattr(run, "path"):
         run = getattr(run, "path", run)
-    groups, _ = settings.resolve((settings.Export,), options=dict(options, run=os.fspath(run),
+    chosen, _ = settings.resolve((settings.Export,), options=dict(options, run=os.fspath(run),
                                                                   level=level))
-    settings.check(groups)
-    return tflite_export.export_level(groups[settings.Export], output_dir)
+    settings.check(chosen)
+    return tflite_export.export_level(chosen[settings.Export], output_dir)

@@ -18,11 +18,11 @@ settings.define_flags([settings.Export])
 
 def main(argv):
     cli.no_arguments(argv)
-    groups, _ = settings.from_command_line(settings.EXPORT)
+    chosen, _ = settings.from_command_line(settings.EXPORT)
     from lth_keras import api, tflite_export
 
-    options = dataclasses.asdict(groups[settings.Export])
-    output_dir = groups[settings.Run].output_dir
+    options = dataclasses.asdict(chosen[settings.Export])
+    output_dir = chosen[settings.Run].output_dir
     report = api.export(options.pop("run"), options.pop("level"), output_dir=output_dir,
                         **options)
     print(tflite_export.format_report(report), end="")

@@ -18,12 +18,12 @@ settings.define_flags([settings.Planning])
 
 def main(argv):
     cli.no_arguments(argv)
-    groups, _ = settings.from_command_line(settings.PLAN)
+    chosen, _ = settings.from_command_line(settings.PLAN)
     from lth_keras import api
     from lth_keras.lottery import directory
 
-    options = dataclasses.asdict(groups[settings.Planning])
-    output_dir = groups[settings.Run].output_dir or os.path.join(directory.OUTPUT_ROOT, "plan")
+    options = dataclasses.asdict(chosen[settings.Planning])
+    output_dir = chosen[settings.Run].output_dir or os.path.join(directory.OUTPUT_ROOT, "plan")
     result = api.plan(options.pop("runs"), output_dir=output_dir, **options)
     print(result.markdown)
     print("wrote:")

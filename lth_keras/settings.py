@@ -730,11 +730,11 @@ def flag_text(name, value):
     return f"--{name}={value}"
 
 
-def check(groups):
-    """Every setting's own check, before anything is loaded or written."""
-    for group, obj in groups.items():
+def check(chosen):
+    """Every setting's own check ({group: object}), before anything is loaded or written."""
+    for group, obj in chosen.items():
         if group is Pruning:
-            obj.check(groups[Training])
+            obj.check(chosen[Training])
         elif hasattr(obj, "check"):
             obj.check()
 

@@ -688,24 +688,24 @@ def locked(directory):
         os.close(fd)  # releases the lock
 
 
-def start(config_path, *, kind, groups, dataset, plan, runtime, extra=None,
+def start(config_path, *, kind, chosen, dataset, plan, runtime, extra=None,
           identity_extra=None, holds_results=None):
     """Writes config.json for a new run, or checks that a re-run matches it.
 
-    `groups` is {settings group: object}; the run's identity is the result-defining
+    `chosen` is {settings group: object}; the run's identity is the result-defining
     settings that differ from their defaults, the data fingerprint and `identity_extra`
     (a transfer's condition and ticket run). A re-run may change what does not define
     the result (rounds, devices, output): the record is updated to say so;
     `holds_results()` whether the directory holds finished work (default: a finished level).
     """
     identity_extra = identity_extra or {}
-    ident = settings.identity(groups, dataset.fingerprint(), **identity_extra)
+    ident = settings.identity(chosen, dataset.fingerprint(), **identity_extra)
     record = {
         "kind": kind,
-        "hparams": {**settings.result_values(groups), **identity_extra},
+        "hparams": {**settings.result_values(chosen), **identity_extra},
         "hparams_hash": settings.identity_hash(ident),
         "identity": ident,
-        "settings": settings.record(groups),
+        "settings": settings.record(chosen),
         "dataset": dataset.summary(),
         "input": plan.describe(),
         "replicas": runtime.num_replicas,

@@ -146,7 +146,7 @@ def recorded(run, kind, chosen, dataset, plan, runtime, **start):
     """`run`'s directory locked for this process, its record written (or a re-run's
     checked: directory.start, which `start` goes to), while the block trains into it."""
     with directory.locked(run.path):
-        directory.start(run.config_path, kind=kind, groups=chosen, dataset=dataset, plan=plan,
+        directory.start(run.config_path, kind=kind, chosen=chosen, dataset=dataset, plan=plan,
                         runtime=runtime, **start)
         logging.info("run directory: %s (engine: %s)", run.path, runtime.name)
         yield run
