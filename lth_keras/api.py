@@ -99,9 +99,10 @@ def experiment(preset=None, *, list_only=False, **options):
 
     chosen, _ = settings.resolve(settings.EXPERIMENT, (), preset,
                                  dict(options, list=list_only))
-    # Typed as the settings type them, then passed on to every run.
+    # Typed as the settings type them, then passed on to every run (None: not given).
     common = {name: getattr(obj, name) for obj in chosen.values()
-              for name in options if name in grid.forwarded_fields() and hasattr(obj, name)}
+              for name in options if options[name] is not None
+              and name in grid.forwarded_fields() and hasattr(obj, name)}
     return grid.experiment(chosen[settings.Grid], chosen[settings.Run], common)
 
 

@@ -345,7 +345,8 @@ def _wait_for(run, can_start, deadline):
 def _in_child(run, preset, values, log_path):
     """(exit status, last line of its log) of the run as a child process of its binary:
     its preset, then `values` as flags (what crosses to another process is text)."""
-    arguments = [*preset, *(settings.flag_text(name, value) for name, value in values.items())]
+    arguments = [*preset, *(settings.flag_text(name, value) for name, value in values.items()
+                            if value is not None)]  # None: the setting's default
     with open(log_path, "ab") as log:
         code = subprocess.call([sys.executable, "-m", f"lth_keras.{run.binary}", *arguments],
                                stdout=log, stderr=subprocess.STDOUT,
@@ -410,8 +411,7 @@ def _execute(mine, layout, states, presets, forwarded, wait_for_inputs, in_proce
         print(f"{tag}: running {run.binary} (log: {log_path})", flush=True)
         start = time.time()
         execute = _in_this_process if in_process else _in_child
-        # The run's settings: its preset's, then the grid's common ones, then its own.
-        values = {**forwarded, **presets.values_of(run.binary), **run.settings_values(layout)}
+        values = presets.run_values(run, forwarded, layout)
         code, last = execute(run, presets.arguments_of(run.binary), values, log_path)
         seconds = time.time() - start
         timings.record(run.name, seconds, code)
@@ -468,6 +468,11 @@ class Presets:
 
     def values_of(self, binary):
         return self.stability_values if binary == "stability" else {}
+
+    def run_values(self, run, forwarded, layout):
+        """{field: value} of a run's settings: its preset's, then the grid's common ones
+        (`forwarded`, given on the grid's command line), then its own."""
+        return {**self.values_of(run.binary), **forwarded, **run.settings_values(layout)}
 
 
 def _presets(grid):

@@ -382,7 +382,8 @@ def noisy_stop(history, best_epoch, stopped_early, patience):
     statistics lagging the weights (--precise_bn), not overfitting."""
     if not stopped_early or not history or best_epoch > patience:
         return False
-    rise = history[-1]["train_accuracy"] - history[best_epoch - 1]["train_accuracy"]
+    best = next(r for r in history if r["epoch"] == best_epoch)
+    rise = history[-1]["train_accuracy"] - best["train_accuracy"]
     return bool(rise > NOISY_STOP_RISE)
 
 

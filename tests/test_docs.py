@@ -97,12 +97,21 @@ def test_the_results_generator_computes_with_the_search_as_the_unit(tmp_path):
     import results_docs
 
     rows = [{"role": role, "level": str(level), "tickets_seed": str(s), "seed": str(t),
-             "test_accuracy": str(0.5 + 0.01 * s + (0.02 if role == "source" else 0.0))}
+             "test_accuracy": str(0.5 + 0.01 * s + (0.02 + 0.01 * s if role == "source"
+                                                    else 0.0))}
             for role, level in (("source", 6), ("scratch", 0)) for s in (0, 1, 2)
             for t in (0, 1)]
     table = results_docs.contrast_table(rows, [
         ("t − s", results_docs._by_replicate(rows, role="source", level=6),
          results_docs._by_replicate(rows, role="scratch"))])
-    # Every search 2 points ahead: mean +2.00, a zero-width interval, 3 searches × 2 seeds.
-    assert "| t − s | +2.00, +2.00, +2.00 | +2.00 [+2.00, +2.00] | 3 × 2 | not estimable (n = 3) |" \
+    # Searches 2, 3 and 4 points ahead, each the same at both transfer seeds: mean +3.00,
+    # sd 1, ± t(0.975, 2) / sqrt(3) = 2.4842; 3 searches × 2 seeds.
+    assert "| t − s | +2.00, +3.00, +4.00 | +3.00 [+0.52, +5.48] | 3 × 2 | not estimable (n = 3) |" \
         in table
+    # Every search the same: no spread, so no interval, and it says so rather than ±0.
+    same = [dict(r, test_accuracy=str(0.5 + (0.02 if r["role"] == "source" else 0)))
+            for r in rows]
+    table = results_docs.contrast_table(same, [
+        ("t − s", results_docs._by_replicate(same, role="source", level=6),
+         results_docs._by_replicate(same, role="scratch"))])
+    assert "| t − s | +2.00, +2.00, +2.00 | +2.00 (no spread: no interval) |" in table

@@ -262,6 +262,12 @@ def test_stability_with_masks_per_rewind_point_gets_runs_rewound_there(tmp_path)
         "tickets": str(tmp_path / "tickets/fashion_mnist-seed1"),
         "mask_runs": (f"0:{tmp_path / 'tickets/fashion_mnist-seed1-k0'}",
                       f"2:{tmp_path / 'tickets/fashion_mnist-seed1-k2'}")}
+    # The grid's command line overrides the tickets preset's device settings; the run's
+    # own placement overrides both.
+    presets = grid.Presets({}, {"engine": "tf", "deterministic": True, "output_dir": "x"})
+    values = presets.run_values(analysis, {"engine": "jax"}, str(tmp_path))
+    assert values["engine"] == "jax" and values["deterministic"] is True
+    assert values["output_dir"] == str(tmp_path / "stability/fashion_mnist-seed1")
     # Across a process boundary, a list flag given once (one given twice keeps the last).
     assert grid.settings.flag_text("mask_runs", ("0:a", "2:b")) == "--mask_runs=0:a,2:b"
 

@@ -125,3 +125,7 @@ def test_the_pilot_level_rule():
     assert level == 7 and overall == pytest.approx({3: 0.65, 5: 0.67, 7: 0.67})
     means[5]["b"] = 0.66
     assert pilot_level.choose(means)[0] == 5
+    # A level that one target lacks does not compete, however high its mean.
+    means[9] = {"a": 0.99}
+    level, overall = pilot_level.choose(means)
+    assert level == 5 and 9 not in overall

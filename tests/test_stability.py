@@ -308,6 +308,11 @@ def test_masks_per_rewind_point_come_from_runs_rewound_there(tiny_tickets, tiny_
                       f"--mask_runs=0:{other_seed.path}", data_dir=tiny_fashion_dir)
     assert proc.returncode == 1 and "differs from" in proc.stderr.splitlines()[-1]
     assert "in more than its rewind epoch (seed)" in proc.stderr.splitlines()[-1]
+    # A mask run for a rewind point the analysis would not try is refused, not left unused.
+    proc = _stability(tiny_tickets.path, tmp_path / "never", "--levels=2", "--rewind_points=1",
+                      f"--mask_runs=0:{rewound_to_0.path}", data_dir=tiny_fashion_dir)
+    assert proc.returncode == 1 and "not among --rewind_points" in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,8 @@ def test_the_interval_over_pairs():
         (0.02 - 0.0248414, 0.02 + 0.0248414), abs=1e-7)
     assert cell["uncertain"]  # the interval straddles the 2% threshold
     (one,) = report.cells(_pairs(0, "01", 8, [0.01]), threshold=0.02)
-    assert math.isnan(one["val_barrier_low"]) and not one["uncertain"]
+    # One pair has no interval: whether it is stable is uncertain, not settled.
+    assert math.isnan(one["val_barrier_low"]) and one["uncertain"]
 
 
 def _record(budget, annealed):
@@ -69,3 +70,25 @@ def test_stable_from_is_monotone_and_says_when_it_is_uncertain():
     assert "annealed at epochs 7" in text
     unconverged = report.markdown(table, 0.02, "t", _record(10, []))
     assert "the copies end unconverged" in unconverged
+
+
+def test_paths_the_record_did_not_choose_are_left_out():
+    """A run re-run into its directory with fewer levels, rewind points or pairs keeps the
+    earlier paths on disk; the report reads only those its record names."""
+    from types import SimpleNamespace
+
+    def path(barrier):
+        split = {"val": barrier, "test": barrier}
+        return {"density": 0.5, "k_steps": 0, "bn": "none", "barrier": split, "inside": split,
+                "end_gap": split, "copies": [{"test": {"accuracy": 0.9}}] * 2}
+
+    paths = {(3, "00", 0): path(0.01), (3, "00", 1): path(0.02), (3, "00", 2): path(0.5),
+             (5, "00", 0): path(0.5), (3, "01", 0): path(0.5)}
+    record = StabilityRecord(levels=(3,), rewind_points=("00",), rewind_steps=(0,), pairs=2,
+                             budget_steps=10, steps_per_epoch=5, annealed_at_epochs=(),
+                             masks="the ticket run's")
+    run = SimpleNamespace(record=lambda: SimpleNamespace(stability=record),
+                          paths=lambda: paths)
+    rows = report.pair_rows(run)
+    assert [(r["level"], r["k"], r["pair"]) for r in rows] == [(3, "00", 0), (3, "00", 1)]
+    assert [r["val_barrier"] for r in rows] == [0.01, 0.02]

@@ -295,8 +295,9 @@ def test_tensorboard_shows_each_epoch_once_after_a_resume(pipeline, strategy, tm
 
 
 def test_noisy_stop_is_read_from_the_curves():
-    def history(train, val):
-        return [{"train_accuracy": a, "val_loss": v} for a, v in zip(train, val)]
+    def history(train, val, first_epoch=1):
+        return [{"epoch": e, "train_accuracy": a, "val_loss": v}
+                for e, a, v in zip(range(first_epoch, first_epoch + len(train)), train, val)]
 
     # Best at epoch 1 of 3 with patience 2, training accuracy 0.47 -> 0.97: flagged.
     assert training.noisy_stop(history([0.47, 0.58, 0.97], [1, 2, 3]), 1, True, 2)
@@ -306,6 +307,9 @@ def test_noisy_stop_is_read_from_the_curves():
     assert not training.noisy_stop(history([0.4, 0.5, 0.6, 0.7, 0.8], [5, 4, 3, 4, 5]), 3, True, 2)
     # Training accuracy flat after the best epoch (it had converged): not noise.
     assert not training.noisy_stop(history([0.90, 0.91, 0.905], [1, 2, 3]), 1, True, 2)
+    # A history that starts at epoch 2 (it began mid-training): the best epoch is found by
+    # its number, not its position (0.47 at epoch 2 -> 0.97).
+    assert training.noisy_stop(history([0.47, 0.95, 0.97], [1, 2, 3], first_epoch=2), 2, True, 2)
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The ticket against its controls, level by level and replicate by replicate, from a grid.
 
   python tools/controls.py --grid=outputs/fc_lenet --target=fashion_mnist \
-      --controls=reinit,random,random_reinit --ranges=8-14,1-14
+      --controls=reinit,random --ranges=8-14,1-14
   python tools/controls.py --grid=outputs/quick_cifar --target=histology_nuclei \
       --source=cifar10_jpeg --seeds=0,1,2,3 --transfer_seeds=0,1 --controls=reinit,random,scratch
 

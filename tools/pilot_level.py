@@ -24,27 +24,30 @@ from lth_keras.errors import UserError  # noqa: E402
 
 
 def candidate_means(roots, candidates):
-    """{level: {target: mean validation accuracy over searches}} of the natural tickets."""
+    """{level: {target view: mean validation accuracy}} of the natural tickets: per view the
+    mean over its natural sources, each the mean over searches."""
     runs = collect.collect_runs(roots)
     plan = primary.grid_plan(roots)
     natural = tuple(sorted(set(views.NATURAL_SOURCES) | set(plan.natural)))
     out = {level: {} for level in candidates}
     for view in views.build_views(cells.group_cells(runs), natural):
-        for line in view.sources:
-            if line.cell.source not in natural:
-                continue
-            for level in candidates:
-                if level in line.cell.levels():
-                    out[level][view.title] = line.cell.stat(level, "val_accuracy").mean
+        for level in candidates:
+            by_source = [line.cell.stat(level, "val_accuracy").mean for line in view.sources
+                         if line.cell.source in natural and level in line.cell.levels()]
+            if by_source:
+                out[level][view.title] = float(np.mean(by_source))
     return out
 
 
 def choose(means):
-    """The level of the highest mean over targets (ties: the sparser, higher level)."""
-    complete = {level: float(np.mean(list(by_target.values())))
-                for level, by_target in means.items() if by_target}
+    """The level of the highest mean over targets (ties: the sparser, higher level). Only a
+    level that every target has competes: a mean over fewer targets is another quantity."""
+    targets = {t for by_target in means.values() for t in by_target}
+    complete = {level: float(np.mean([by_target[t] for t in sorted(targets)]))
+                for level, by_target in means.items() if by_target and set(by_target) == targets}
     if not complete:
-        raise UserError("no candidate level has a natural ticket transfer in the pilot")
+        raise UserError("no candidate level has a natural ticket transfer on every target of "
+                        "the pilot")
     return max(complete, key=lambda level: (complete[level], level)), complete
 
 

@@ -71,7 +71,10 @@ def contrast_table(rows, contrasts):
             lines.append(f"| {name} | — | absent | 0 | — | — |")
             continue
         per = ", ".join(_points(m) for m in d.search_means.values())
-        ci = "" if math.isnan(d.ci[0]) else f" [{_points(d.ci[0])}, {_points(d.ci[1])}]"
+        if not math.isnan(d.ci[0]):
+            ci = f" [{_points(d.ci[0])}, {_points(d.ci[1])}]"
+        else:  # said, not left blank
+            ci = " (one search: no interval)" if d.n < 2 else " (no spread: no interval)"
         icc = ("—" if math.isnan(d.components.icc)
                else f"{d.components.icc:.2f} ({d.components.design_effect:.2f})")
         lines.append(f"| {name} | {per} | {_points(d.mean)}{ci} | {d.n} × {d.transfer_seeds} | "

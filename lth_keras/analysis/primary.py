@@ -146,7 +146,9 @@ def contrasts(views, level, domain_contrast=None):
     """Every Contrast at `level`: for each natural ticket line the primary first, then the
     exploratory ones, then the domain contrast; p_holm filled in per family."""
     out = []
-    natural_lines = {}  # (target, source): (line, target ticket line), for the domain contrast
+    # {(model, size, recipe, source): {target: (line, target ticket line)}}: the domain
+    # contrast compares two targets only within one architecture and recipe.
+    natural_lines = {}
     for view in views:
         target_ticket = _target_ticket_line(view)
         for line in view.sources:
@@ -163,15 +165,21 @@ def contrasts(views, level, domain_contrast=None):
                 rows.append(("ticket − random mask", ticket, Side(random, level)))
             if target_ticket is not None:
                 rows.append((TARGET_TICKET, ticket, Side(target_ticket, level)))
-                natural_lines.setdefault((view.target, line.cell.source), (line, target_ticket))
+                key = (view.model, view.image_size, view.recipe, line.cell.source)
+                natural_lines.setdefault(key, {})[view.target] = (line, target_ticket)
             for name, a, b in rows:
                 out.append(Contrast(view.title, line.label, name, level, a, b,
                                     search_difference(a.values(), b.values()),
                                     PRIMARY_FAMILY if name == PRIMARY else EXPLORATORY))
-    if domain_contrast:  # one per natural source that both targets have
+    if domain_contrast:  # one per natural source, architecture and recipe both targets have
         first, second = domain_contrast
-        for source in sorted({s for t, s in natural_lines if t in (first, second)}):
-            out.append(_domain(natural_lines, level, source, first, second))
+        both = [key for key, lines in natural_lines.items()
+                if first in lines and second in lines]
+        for key in sorted(both, key=lambda k: (k[3], k[0], k[1], k[2])):
+            out.append(_domain(natural_lines[key], level, first, second))
+        if not both:  # said plainly rather than left out
+            out.append(Contrast(f"{first} vs {second}", "—", _domain_name(first, second),
+                                level, None, None, search_difference({}, {})))
     for family in (PRIMARY_FAMILY, EXPLORATORY):
         members = [c for c in out if c.family == family]
         for c, p in zip(members, holm([c.difference.p for c in members])):
@@ -179,22 +187,20 @@ def contrasts(views, level, domain_contrast=None):
     return out
 
 
-def _domain(natural_lines, level, source, first, second):
-    """(ticket − target ticket) on `first` minus the same on `second`, per search, for the
-    natural tickets of `source`."""
-    name = f"({TARGET_TICKET}) on {first} − on {second}"
-    gaps, label = [], source
+def _domain_name(first, second):
+    return f"({TARGET_TICKET}) on {first} − on {second}"
+
+
+def _domain(lines, level, first, second):
+    """(ticket − target ticket) on `first` minus the same on `second`, per search, for one
+    natural source's tickets ({target: (line, target ticket line)})."""
+    gaps = []
     for target in (first, second):
-        found = natural_lines.get((target, source))
-        if found is None:
-            gaps.append({})
-            continue
-        line, target_ticket = found
-        label = line.label
+        line, target_ticket = lines[target]
         a, b = Side(line, level).values(), Side(target_ticket, level).values()
         gaps.append(search_means({k: a[k] - b[k] for k in set(a) & set(b)}))
-    return Contrast(f"{first} vs {second}", label, name, level, None, None,
-                    search_difference(*gaps))
+    return Contrast(f"{first} vs {second}", lines[first][0].label, _domain_name(first, second),
+                    level, None, None, search_difference(*gaps))
 
 
 def _points(x, sign=True):
@@ -222,6 +228,8 @@ def verdict(contrast):
     first, _, second = contrast.name.partition(" − ")
     if d.n < 2:
         return "one search: no interval, no verdict"
+    if math.isnan(d.p):
+        return "every search gives the same difference: no spread to test, no verdict"
     if contrast.p_holm < ALPHA:
         better = first if d.mean > 0 else second
         return f"detected (p_holm < {ALPHA}): {better} is better"
@@ -254,8 +262,9 @@ def markdown(items, level, source_of_level):
         "seeds first, and the interval, test and power are over searches (df = searches − 1). "
         "95% CI from the t distribution; p: two-sided one-sample t-test of the search means; "
         "p_holm: Holm-adjusted within its family. Detectable: the smallest true difference "
-        f"this many searches detect with {POWER:.0%} power at α = {ALPHA}, given the observed "
-        f"spread; below {MIN_SEARCHES_FOR_MDE} searches it is not estimable. ICC: the share "
+        f"this many searches detect with {POWER:.0%} power at α = {ALPHA} (unadjusted: Holm "
+        f"asks more of each of several contrasts), given the observed spread; below "
+        f"{MIN_SEARCHES_FOR_MDE} searches it is not estimable. ICC: the share "
         "of the pair differences' variance that lies between searches (one-way random "
         "effects, truncated at 0), with the design effect 1 + (m₀ − 1)·ICC in brackets; "
         "where the ICC is high more searches narrow the interval, where it is low more "

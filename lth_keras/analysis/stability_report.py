@@ -36,10 +36,15 @@ CELL_COLUMNS = ("level", "density", "k", "k_steps", "pairs", "val_barrier", "val
 
 
 def pair_rows(run):
-    """One row per evaluated (level, k, pair) of a StabilityRun, errors as fractions, in
-    the order of level, rewind step, pair."""
+    """One row per evaluated (level, k, pair) of a StabilityRun that its record chose (paths
+    of an earlier run into the same directory with more levels or pairs are left out),
+    errors as fractions, in the order of level, rewind step, pair."""
+    chosen = run.record().stability
     out = []
     for (level, k, pair), path in run.paths().items():
+        if (level not in chosen.levels or k not in chosen.rewind_points
+                or pair >= chosen.pairs):
+            continue
         row = {"level": level, "density": path["density"], "k": k,
                "k_steps": path.get("k_steps"), "pair": pair,
                "copy_a_test_accuracy": path["copies"][0]["test"]["accuracy"],
@@ -78,7 +83,9 @@ def cells(pairs, threshold):
                         f"{split}_inside": float(np.mean([r[f"{split}_inside"] for r in mine])),
                         f"{split}_end_gap": float(np.mean([r[f"{split}_end_gap"]
                                                            for r in mine]))})
-        row["uncertain"] = bool(row["val_barrier_low"] <= threshold < row["val_barrier_high"])
+        # One pair has no interval: it cannot settle k either.
+        row["uncertain"] = bool(len(mine) < 2
+                                or row["val_barrier_low"] <= threshold < row["val_barrier_high"])
         out.append(row)
     return out
 
@@ -137,7 +144,7 @@ def markdown(table, threshold, title, record):
                   "steps (040it) of level 0.", "",
               f"Stable from k: the mean validation barrier is at most {100 * threshold:g}% at "
               f"k and at every larger k tried; uncertain: its 95% interval straddles "
-              f"{100 * threshold:g}%."]
+              f"{100 * threshold:g}%, or it has one pair (no interval)."]
     for level, (k, uncertain) in stable_from(table, threshold).items():
         tried = ", ".join(r["k"] for r in table if r["level"] == level)
         text = (f"stable from k = {k}" if k is not None

@@ -91,7 +91,7 @@ class SearchDifference:
     n: int              # searches with at least one pair
     mean: float         # mean over searches of the per-search mean difference; NaN if n = 0
     sd: float           # sd (ddof=1) of the per-search means; NaN when n < 2
-    ci: tuple           # (low, high), 95%; NaN when n < 2
+    ci: tuple           # (low, high), 95%; NaN when n < 2 or the search means are all equal
     t: float
     p: float            # NaN when n < 2 or the per-search means are all equal
     mde: float          # detectable at 80% power; NaN below MIN_SEARCHES_FOR_MDE searches
@@ -141,6 +141,10 @@ def _over_searches(by_search, pairs, alpha, power):
         return SearchDifference(1, mean, nan, (nan, nan), nan, nan, nan, pairs, means,
                                 components)
     sd = float(d.std(ddof=1))
+    if sd <= 1e-12 * max(1.0, abs(mean)):
+        # Equal search means: no spread to test against (scipy would give t = inf, p = 0).
+        return SearchDifference(n, mean, 0.0, (nan, nan), nan, nan, nan, pairs, means,
+                                components)
     half = stats.t.ppf(1 - alpha / 2, n - 1) * sd / math.sqrt(n)
     with warnings.catch_warnings():  # constant means: scipy warns, gives NaN
         warnings.simplefilter("ignore", RuntimeWarning)

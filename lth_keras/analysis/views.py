@@ -55,6 +55,7 @@ class TargetView:
     random: list = dataclasses.field(default_factory=list)
     final: list = dataclasses.field(default_factory=list)
     train_fractions: list = dataclasses.field(default_factory=list)
+    recipe: str = ""  # the recipe as JSON text: views of two targets compare only when equal
 
     @property
     def baseline(self):
@@ -91,7 +92,7 @@ def build_views(cells, natural=NATURAL_SOURCES):
     views = []
     for target, model, size, recipe_text in keys:
         title = _title(target, model, size, recipe_text, per_target[target])
-        view = TargetView(target, model, size, title, natural)
+        view = TargetView(target, model, size, title, natural, recipe=recipe_text)
         _fill(view, groups[(target, model, size, recipe_text)])
         views.append(view)
     return views

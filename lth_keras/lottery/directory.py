@@ -620,11 +620,6 @@ def stability_dir(tickets):
     return default_dir("stability", os.path.basename(os.path.normpath(tickets)))
 
 
-def run_id(config):
-    """A run's lasting identifier, by which transfers name their tickets: its hash."""
-    return config["hparams_hash"]
-
-
 def _resumed_record(stored, record, where, identity_extra, extra):
     """The record of a re-run into `where`, or RunMismatchError if it is another run."""
     if stored["dataset"]["fingerprint"] != record["dataset"]["fingerprint"]:

@@ -63,8 +63,8 @@ def stability(chosen, given, verbose=True):
     record = ticket_run.record()
     per_epoch = record.steps_per_epoch
     budget = _budget(spec, ticket_run, per_epoch)
-    rewind_points = _rewind_points(spec, ticket_run, per_epoch, budget)
     mask_runs = _mask_runs(spec, record, per_epoch, levels_chosen)
+    rewind_points = _rewind_points(spec, ticket_run, per_epoch, budget, mask_runs)
     model_settings, training = chosen[Model], chosen[Training]
     # The data need no framework: missing or other data are reported before it starts.
     dataset = inputs.load_dataset(record.settings[settings.Pruning].source, chosen)
@@ -297,12 +297,17 @@ def _budget(spec, ticket_run, per_epoch):
     return ticket_run.metrics(0)["epochs"] * per_epoch  # a finished level records its epochs
 
 
-def _rewind_points(spec, ticket_run, per_epoch, budget):
-    """The rewind points to try, in steps: --rewind_points, each held by the ticket run and
-    before the budget's end, or every one it holds."""
-    held = ticket_run.saved_steps()
+def _rewind_points(spec, ticket_run, per_epoch, budget, mask_runs):
+    """The rewind points to try, in steps: --rewind_points, each held by the ticket run (or
+    a mask run rewound there) and before the budget's end, or every one they hold."""
+    held = sorted(set(ticket_run.saved_steps()) | set(mask_runs))
     wanted = ([steps.parse(k, per_epoch) for k in spec.rewind_points] if spec.rewind_points
               else held)
+    unused = [k for k in mask_runs if k not in wanted]
+    if unused:  # a mask run given and silently left out would mislead
+        raise SettingsError(f"--mask_runs: rewind points "
+                            f"{', '.join(steps.text(k, per_epoch) for k in unused)} are not "
+                            "among --rewind_points: add them, or leave those runs out")
     absent = [k for k in wanted if k not in held]
     if absent:
         names = ", ".join(steps.text(k, per_epoch) for k in absent)
