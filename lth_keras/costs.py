@@ -57,7 +57,7 @@ def format_flops(flops):
     return f"{flops:.3g} FLOP"
 
 
-# Training images of a source before the validation carve (PROTOCOL.md "Training").
+# Training images of a source before the validation carve (docs/protocol.md "Data").
 SOURCE_TRAIN_IMAGES = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000}
 
 

@@ -8,7 +8,7 @@ ticket run is fine-tuned with several seeds, and the runs of one (seed, transfer
 seed) are a pair: the same tickets, θ_0, head and target batches. Expansion is
 pure, so --list, sharding and resuming all see the same runs in the same order.
 
-Conditions (PROTOCOL.md "Transfer"):
+Conditions (docs/protocol.md "Transfer (`transfer`)"):
   target_tickets   find_tickets on each target (blue lines)
   rewind           natural-source tickets fine-tuned on each target, m_L ⊙ θ_k
   final            the same from m_L ⊙ θ_i(L) (Fig. 4, first row)

@@ -121,8 +121,8 @@ class Model:
     image_size: int = option(32, "Side of the (random / centre) crop fed to the model.",
                              per_run=True)
     bn_momentum: float = option(0.9, "BatchNorm moving-average momentum (Keras default 0.99 "
-                                     "breaks early stopping on small targets; see "
-                                     "BUILD_NOTES.md).")
+                                     "breaks early stopping on small targets: docs/protocol.md "
+                                     "\"Decisions the paper left open\").")
 
     def check(self):
         _check(self.model in MODELS, f"--model={self.model} is not one of {', '.join(MODELS)}")
@@ -155,7 +155,8 @@ class Training:
                                 "of this many training batches' statistics at the current "
                                 "weights (the epoch's first batches, its crops). 0: the "
                                 "moving averages as trained (the paper's). Against early "
-                                "stops on a lagging validation loss (BUILD_NOTES.md).")
+                                "stops on a lagging validation loss: docs/protocol.md "
+                                "\"Decisions the paper left open\").")
 
     def check(self):
         _check(self.batch_size >= 1, "--batch_size must be >= 1")

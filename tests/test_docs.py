@@ -115,3 +115,43 @@ def test_the_results_generator_computes_with_the_search_as_the_unit(tmp_path):
         ("t − s", results_docs._by_replicate(same, role="source", level=6),
          results_docs._by_replicate(same, role="scratch"))])
     assert "| t − s | +2.00, +2.00, +2.00 | +2.00 (no spread: no interval) |" in table
+
+
+def _cited_sections(text):
+    """(file, section) of every `docs/<file>.md "<section>"` citation in a text; a citation
+    may break across comment lines."""
+    import re
+
+    flat = re.sub(r"\"\s*\n\s*\"", "", text)  # adjacent string literals joined
+    flat = re.sub(r"\s*\n\s*(#\s*)?", " ", flat)  # a comment's line breaks as spaces
+    return re.findall(r"(docs/[\w/]+\.md),? \\?\"([^\"\\]+)\\?\"", flat)
+
+
+def test_every_section_the_code_cites_in_docs_exists():
+    """Flag help, flag files, docstrings and tools point at sections of docs/ that exist,
+    and at no document that is gone."""
+    cited, missing = 0, []
+    for top in ("lth_keras", "flags", "tools"):
+        for directory, _, names in os.walk(os.path.join(REPO, top)):
+            for name in names:
+                if not name.endswith((".py", ".cfg", ".sh")):
+                    continue
+                path = os.path.join(directory, name)
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+                where = os.path.relpath(path, REPO)
+                bare = text.replace("departs from PROTOCOL.md or", "")  # a docs heading
+                missing += [f"{where} cites {gone}" for gone in ("BUILD_NOTES", "PROTOCOL.md")
+                            if gone in bare]
+                for doc, section in _cited_sections(text):
+                    cited += 1
+                    target = os.path.join(REPO, doc)
+                    if not os.path.exists(target) or _anchor(section) not in _headings(target):
+                        missing.append(f"{where}: {doc} has no section \"{section}\"")
+    assert cited >= 10 and missing == []
+
+
+def test_a_citation_is_found_across_comment_lines():
+    text = '# see (docs/protocol.md\n#   "Decisions the paper left open") and docs/guide.md "Engines and GPUs"'
+    assert _cited_sections(text) == [("docs/protocol.md", "Decisions the paper left open"),
+                                     ("docs/guide.md", "Engines and GPUs")]

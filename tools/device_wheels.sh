@@ -1,6 +1,6 @@
-# Sourced by the device scripts (gpu_check_device.sh, gpu_mini.sh): the borrowed GPU
-# machine has JAX and Python 3.12 but no keras and no network, so keras (this
-# checkout's version), namex and optree travel as wheels in .whl/ (git-ignored).
+# Sourced by the device scripts (gpu_check_device.sh, gpu_mini.sh), for a GPU machine
+# with JAX and Python 3.12 but no keras and no network: keras (this checkout's version),
+# namex and optree travel as wheels in .whl/ (git-ignored).
 
 download_wheels() {  # here
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# tools/gpu_check.py on the borrowed GPU machine, which has JAX but no TensorFlow, no
-# keras and no network (see BUILD_NOTES.md "GPU check").
+# tools/gpu_check.py on a GPU machine that has JAX but no TensorFlow, no keras
+# and no network (docs/guide.md "Engines and GPUs").
 #
 #   bash tools/gpu_check_device.sh prepare          # here: wheels and data into ignored folders
 #   bash tools/gpu_check_device.sh run [FLAGS...]   # there, via the device tool, with

@@ -1,4 +1,5 @@
-"""The one-GPU mini-paper (flags/gpu_mini_grid.cfg) on the borrowed H200, and back.
+"""The one-GPU mini-paper (flags/gpu_mini_grid.cfg) on a GPU machine without
+TensorFlow, and back.
 
   python tools/gpu_mini.py prepare [--tiny]   # here: the data that travel
   python tools/gpu_mini.py run [--tiny]       # there (tools/gpu_mini.sh run): the grid, packed

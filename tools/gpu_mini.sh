@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one-GPU mini-paper (flags/gpu_mini_grid.cfg) on the borrowed H200, which has JAX but
-# no TensorFlow, no keras and no network (BUILD_NOTES "The paper's question on one GPU").
+# The one-GPU mini-paper (flags/gpu_mini_grid.cfg) on a GPU machine that has JAX but no
+# TensorFlow, no keras and no network (docs/guide.md "Engines and GPUs").
 #
 #   bash tools/gpu_mini.sh prepare [--tiny]    # here: .gpu_mini/ (data) and .whl/ (wheels)
 #   bash tools/gpu_mini.sh run [--tiny]        # there, through the device tool, with

@@ -4,7 +4,7 @@ its power, how its variance splits, and Holm's adjustment.
 A replicate is (tickets seed, transfer seed) (collect.RunRecord.replicate). The ticket
 search (the tickets seed) fixes θ_0, the masks and θ_k; transfer seeds within one search
 only re-draw the head and the target's batches, so they are not independent replicates
-(PROTOCOL.md "Replicates and statistics"). A comparison of a and b therefore:
+(docs/protocol.md "Replicates and statistics"). A comparison of a and b therefore:
 
   1. pairs the runs of a and b by replicate: d_st = a_st - b_st;
   2. averages the d_st of each search s over its transfer seeds: d̄_s;

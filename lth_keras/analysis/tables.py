@@ -1,6 +1,6 @@
 """Table 2 (the best pruned model per target and source, vs scratch) and Table 3 (its sparsity).
 
-The selection rule (PROTOCOL.md "Reporting"), for one cell (the seeds of one
+The selection rule (docs/protocol.md "Reporting (`analyze`)"), for one cell (the seeds of one
 experiment):
   1. Candidates are the pruned levels L >= 1 finished by the most seeds of
      the cell (a seed still running does not make a level with fewer seeds

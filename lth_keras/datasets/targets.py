@@ -1,4 +1,4 @@
-"""The paper's non-natural targets (Table 1 of PROTOCOL.md), read from image folders.
+"""The paper's non-natural targets (docs/protocol.md "Data"), read from image folders.
 
 They are not public downloads: the pathology sets come from Cytomine, the art
 sets from WikiArt. A user places each one as `<data_dir>/<name>/{train,val,test}/<class>/*`

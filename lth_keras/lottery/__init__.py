@@ -1,4 +1,4 @@
-"""The protocol: finding lottery tickets and transferring them (PROTOCOL.md).
+"""The protocol: finding lottery tickets and transferring them (docs/protocol.md).
 
   directory     a run directory: every path, the record, identity, lock
   levels        the one level loop of every protocol, and the level summaries

@@ -1,4 +1,4 @@
-"""Transfer: fine-tuning tickets on a target dataset (PROTOCOL.md "Transfer").
+"""Transfer: fine-tuning tickets on a target dataset (docs/protocol.md "Transfer (`transfer`)").
 
 Every condition loads (m, θ) into the ticket's architecture, replaces the head
 by a fresh dense Glorot layer for the target's classes, and trains with the

@@ -1,4 +1,5 @@
-"""Iterative magnitude pruning with late resetting (PROTOCOL.md "find_tickets").
+"""Iterative magnitude pruning with late resetting
+(docs/protocol.md "Iterative magnitude pruning (`find_tickets`)").
 
 Level 0 trains the dense θ_0 and keeps θ_k, its weights after epoch k; level L
 prunes the smallest surviving weights of θ_i(L-1) into m_L and trains m_L ⊙ θ_k.
