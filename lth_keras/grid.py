@@ -28,6 +28,7 @@ Conditions (docs/protocol.md "Transfer (`transfer`)"):
 """
 
 import dataclasses
+import datetime
 import os
 import signal
 import subprocess
@@ -425,17 +426,21 @@ def _execute(mine, layout, states, presets, forwarded, wait_for_inputs, in_proce
 
 class Timings:
     """Each run's wall time in this task, in <root>/logs/timings[-task<i>].json, rewritten
-    after every run (what a grid cut short by a time limit had done, and at what cost)."""
+    after every run (what a grid cut short by a time limit had done, and at what cost). A
+    resumed grid adds to what its earlier invocations recorded: a study that runs over
+    several sessions keeps the wall time of every run. A run that ran again (it had failed,
+    or was cut short after its entry) keeps its latest entry."""
 
     def __init__(self, root, index, count):
         name = "timings.json" if count == 1 else f"timings-task{index}.json"
         self.path = os.path.join(root, "logs", name)
-        self.start = time.time()
-        self.runs = {}
+        self.runs = (artifacts.read_json(self.path)["runs"] if os.path.exists(self.path)
+                     else {})
 
     def record(self, name, seconds, code):
+        finished = datetime.datetime.now(datetime.timezone.utc)
         self.runs[name] = {"seconds": round(seconds, 3), "exit": code,
-                           "finished_after": round(time.time() - self.start, 3)}
+                           "finished_at": finished.isoformat(timespec="seconds")}
         artifacts.write_json(self.path, {"runs": self.runs})
 
 

@@ -785,3 +785,30 @@ def test_the_records_copied_for_git_recompute_the_same_tables(tmp_path):
     again = report.analyze([copy], overlap=False)
     for name in ("primary.csv", "table2.csv", "levels.csv"):
         assert again.files[name] == original.files[name]
+
+
+def test_the_records_copied_for_git_leave_out_a_run_not_finished(tmp_path):
+    """A copy taken while a grid runs holds the runs its timings record as finished, their
+    logs and the grid's records, and nothing of the run still going."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import reference_records
+
+    root = make_pairs_grid(str(tmp_path / "grid"))
+    runs = sorted(f"{kind}/{name}" for kind in ("tickets", "transfer")
+                  for name in os.listdir(os.path.join(root, kind)))
+    going, failed = "transfer/rewind-3-2", "transfer/scratch-3-2"
+    assert {going, failed} <= set(runs) and len(runs) > 10
+    artifacts.write_json(os.path.join(root, "logs", "timings.json"), {"runs": {
+        run: {"seconds": 1.0, "exit": 0 if run != failed else 1}
+        for run in runs if run != going}})
+    for run in runs:
+        with open(os.path.join(root, "logs", run.replace("/", "__") + ".log"), "w") as f:
+            f.write("I2026-12-07 16:13:42,951 a line\n")
+    copy = str(tmp_path / "copy")
+    reference_records.copy_records(root, copy)
+    copied = {os.path.relpath(os.path.join(d, f), copy) for d, _, fs in os.walk(copy) for f in fs}
+    for run in runs:
+        ran = run not in (going, failed)
+        assert (os.path.join(run, "config.json") in copied) == ran, run
+        assert (os.path.join("logs", run.replace("/", "__") + ".log") in copied) == ran, run
+    assert {"grid.json", os.path.join("logs", "timings.json")} <= copied

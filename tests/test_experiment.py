@@ -1,5 +1,6 @@
 """The experiment grid: expansion, sharding, and an interrupted tiny grid that resumes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -333,3 +334,18 @@ def test_a_grid_in_one_process_trains_as_child_processes_do(tiny_grid, tmp_path)
                 for d in (in_grid, alone))
         assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
         assert a["test"] == b["test"] and a["start_digest"] == b["start_digest"]
+
+
+def test_a_resumed_grid_adds_to_the_timings_its_earlier_invocations_recorded(tmp_path):
+    root = str(tmp_path)
+    first = grid.Timings(root, 0, 1)
+    first.record("tickets/a-seed0", 12.5, 0)
+    first.record("transfer/t/b-seed0-t0", 3.0, 1)
+    again = grid.Timings(root, 0, 1)  # the grid started again, in a new session
+    again.record("transfer/t/b-seed0-t0", 4.0, 0)
+    runs = json.loads((tmp_path / "logs" / "timings.json").read_text())["runs"]
+    assert sorted(runs) == ["tickets/a-seed0", "transfer/t/b-seed0-t0"]
+    assert (runs["tickets/a-seed0"]["seconds"], runs["tickets/a-seed0"]["exit"]) == (12.5, 0)
+    assert (runs["transfer/t/b-seed0-t0"]["seconds"], runs["transfer/t/b-seed0-t0"]["exit"]) \
+        == (4.0, 0)
+    assert all(r["finished_at"].endswith("+00:00") for r in runs.values())

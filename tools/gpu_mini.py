@@ -303,7 +303,7 @@ def stages_markdown(report):
     runs = report.get("runs", {})
     if runs:
         lines += ["", "| run | seconds | exit |", "|---|---:|---:|"]
-        for name, r in sorted(runs.items(), key=lambda kv: kv[1]["finished_after"]):
+        for name, r in sorted(runs.items(), key=lambda kv: kv[1].get("finished_at", "")):
             lines.append(f"| {name} | {r['seconds']:.1f} | {r['exit']} |")
     return "\n".join(lines) + "\n"
 
