@@ -155,3 +155,19 @@ def test_a_citation_is_found_across_comment_lines():
     text = '# see (docs/protocol.md\n#   "Decisions the paper left open") and docs/guide.md "Engines and GPUs"'
     assert _cited_sections(text) == [("docs/protocol.md", "Decisions the paper left open"),
                                      ("docs/guide.md", "Engines and GPUs")]
+
+
+def test_a_study_still_running_shows_its_finished_runs_and_no_result(tmp_path, monkeypatch):
+    import results_docs
+
+    runs = tmp_path / "study" / "runs"
+    for run in ("tickets/cifar10_jpeg-seed0", "tickets/histology_nuclei-seed0",
+                "transfer/histology_nuclei/dense-scratch-seed0-t0"):
+        (runs / run).mkdir(parents=True)
+        (runs / run / "config.json").write_text("{}")
+    monkeypatch.setattr(results_docs, "REFERENCE", str(tmp_path))
+    study = results_docs.Experiment("A study", "Does it?", "study", "python -m x", "",
+                                    table=None, result="primary.md")
+    text = study.section()
+    assert "**Result: absent; the study is still running.**" in text
+    assert "2 ticket runs (cifar10_jpeg-seed0, histology_nuclei-seed0) and 1 transfers" in text

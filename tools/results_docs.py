@@ -91,6 +91,7 @@ class Experiment:
     caveats: str
     table: object        # table(directory) -> Markdown, from the committed files
     machine: str = None  # where the committed files do not record it
+    result: str = None   # the file the table reads; without it the runs are still going
 
     def section(self):
         directory = os.path.join(REFERENCE, self.folder)
@@ -99,11 +100,28 @@ class Experiment:
             return "\n".join(lines + ["**Result: absent.** Its files are not committed yet "
                                       f"(`outputs/reference/{self.folder}/`).", "",
                                       "```bash", self.command, "```", ""])
+        if self.result and not os.path.exists(os.path.join(directory, self.result)):
+            return "\n".join(lines + [_in_progress(directory, self.folder), "",
+                                      "```bash", self.command, "```", ""])
         lines += ["```bash", self.command, "```", "",
                   f"Machine: {self.machine or _machine(directory)}. Files: "
                   f"[`outputs/reference/{self.folder}/`](../outputs/reference/{self.folder}/).",
                   "", self.table(directory), "", self.caveats, ""]
         return "\n".join(lines)
+
+
+def _in_progress(directory, folder):
+    """What a study still running has committed: its finished runs, by kind, and no result
+    (the analysis is not run on part of a study)."""
+    runs = os.path.join(directory, "runs")
+    tickets = sorted(n for n in (os.listdir(os.path.join(runs, "tickets"))
+                                 if os.path.isdir(os.path.join(runs, "tickets")) else []))
+    transfers = [d for d, _, files in os.walk(os.path.join(runs, "transfer"))
+                 if "config.json" in files]
+    return (f"**Result: absent; the study is still running.** Its finished runs so far are "
+            f"committed in [`outputs/reference/{folder}/runs/`](../outputs/reference/{folder}/"
+            f"runs/): {len(tickets)} ticket runs ({', '.join(tickets) or 'none'}) and "
+            f"{len(transfers)} transfers. No interval is computed from part of a study.")
 
 
 def _quick_pairs(directory):
@@ -173,7 +191,7 @@ EXPERIMENTS = (
         "python -m lth_keras.analyze --runs=outputs/quick_cifar --output_dir=outputs/quick_cifar/analysis",
         "The paper's ResNet-50 at 224 px and 31 rounds is not comparable in size: these are "
         "ResNet-20 tickets at 32 px, 7 rounds, 10 epochs a level.",
-        _study),
+        _study, result="primary.md"),
     Experiment(
         "Fashion-MNIST tickets on histology (quick preset, 2 searches)",
         "Do ResNet-20 tickets found on 5% of Fashion-MNIST (quick preset) beat a dense network "
