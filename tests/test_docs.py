@@ -171,3 +171,30 @@ def test_a_study_still_running_shows_its_finished_runs_and_no_result(tmp_path, m
     text = study.section()
     assert "**Result: absent; the study is still running.**" in text
     assert "2 ticket runs (cifar10_jpeg-seed0, histology_nuclei-seed0) and 1 transfers" in text
+
+
+def test_the_stability_section_recomputes_cells_from_the_pairs_file(tmp_path):
+    import csv
+
+    import results_docs
+    from lth_keras.analysis import stability_report
+
+    run = tmp_path / "runs" / "stability" / "x-seed0"
+    run.mkdir(parents=True)
+    rows = []
+    for k, k_steps, barriers in (("0", 0, (0.05, 0.06, 0.07)), ("1", 126, (0.01, 0.01, 0.01))):
+        for pair, b in enumerate(barriers):
+            rows.append({"level": 0, "density": 1.0, "k": k, "k_steps": k_steps, "pair": pair,
+                         "val_barrier": b, "val_inside": b / 2, "val_end_gap": 0.0,
+                         "test_barrier": b, "test_inside": 0.0, "test_end_gap": 0.0,
+                         "copy_a_test_accuracy": 0.9, "copy_b_test_accuracy": 0.9, "bn": "x"})
+    with open(run / "stability.pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=stability_report.PAIR_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    text = results_docs._stability(str(tmp_path))
+    # Mean 6.00, sd 1 point, ± t(0.975, 2) · 1 / sqrt(3) = 2.48 points.
+    assert "| 0 | 1.0000 | 0 | 3 | 6.00 [3.52, 8.48] | 6.00 [3.52, 8.48] | 3.00 | 0.00 |  |" \
+        in text
+    assert "| 0 | 1.0000 | 1 | 3 | 1.00 [1.00, 1.00] |" in text
+    assert "- level 0: stable from k = 1." in text

@@ -41,14 +41,18 @@ def _points(x, sign=True):
 
 
 def _machine(directory):
-    """The machine and software of the first committed run record in `directory`."""
-    for name in sorted(os.listdir(directory)):
-        if name.endswith("config.json"):
-            with open(os.path.join(directory, name)) as f:
-                env = json.load(f).get("environment", {})
-            return (f"{env.get('cpu', 'unknown CPU')} ({env.get('cpu_count', '?')} cores), "
-                    f"{env.get('engine', '?')} engine, TensorFlow {env.get('tensorflow', '?')}, "
-                    f"Keras {env.get('keras', '?')}, lth_keras {env.get('lth_keras', '?')}")
+    """The machine and software of the first committed run record in `directory` (its own
+    files first, then its folders', in name order)."""
+    for where, subdirs, names in os.walk(directory):
+        subdirs.sort()
+        for name in sorted(names):
+            if name.endswith("config.json"):
+                with open(os.path.join(where, name)) as f:
+                    env = json.load(f).get("environment", {})
+                return (f"{env.get('cpu', 'unknown CPU')} ({env.get('cpu_count', '?')} cores), "
+                        f"{env.get('engine', '?')} engine, TensorFlow "
+                        f"{env.get('tensorflow', '?')}, Keras {env.get('keras', '?')}, "
+                        f"lth_keras {env.get('lth_keras', '?')}")
     return "not recorded in the committed files"
 
 
@@ -172,6 +176,45 @@ def _fc_lenet(directory):
     return "\n".join(lines)
 
 
+STABILITY_THRESHOLD = 0.02  # Frankle et al.'s, the stability binary's default
+
+
+def _stability(directory):
+    """Per stability run committed under `directory` (one ticket search each), the cells
+    recomputed from its stability.pairs.csv (a row per pair, from the path files) with the
+    report's own rules, and the k each level is stable from."""
+    from lth_keras.analysis import stability_report
+
+    found = sorted(os.path.join(d, "stability.pairs.csv") for d, _, names in os.walk(directory)
+                   if "stability.pairs.csv" in names)
+    parts = []
+    for path in found:
+        pairs = [{**r, "level": int(r["level"]), "density": float(r["density"]),
+                  "k_steps": int(r["k_steps"]),
+                  **{f"{split}_{what}": float(r[f"{split}_{what}"]) for split in ("val", "test")
+                     for what in ("barrier", "inside", "end_gap")}}
+                 for r in _rows(path)]
+        table = stability_report.cells(pairs, STABILITY_THRESHOLD)
+        run = os.path.relpath(os.path.dirname(path), directory)
+        lines = [f"`{run}`: barriers in points of error, mean over pairs [95% CI over pairs].",
+                 "", "| level | density | k | pairs | val barrier | test barrier | val inside "
+                 "| val end gap | |", "|---:|---:|---|---:|---|---|---:|---:|---|"]
+        for row in table:
+            lines.append(
+                f"| {row['level']} | {row['density']:.4f} | {row['k']} | {row['pairs']} | "
+                f"{stability_report.interval_text(row, 'val')} | "
+                f"{stability_report.interval_text(row, 'test')} | {100 * row['val_inside']:.2f} | "
+                f"{100 * row['val_end_gap']:.2f} | {'uncertain' if row['uncertain'] else ''} |")
+        lines.append("")
+        for level, (k, uncertain) in stability_report.stable_from(
+                table, STABILITY_THRESHOLD).items():
+            lines.append(f"- level {level}: " + (
+                f"stable from k = {k}" if k is not None else "not stable at any k tried")
+                + (" (uncertain: an interval there straddles 2%)" if uncertain else "") + ".")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def _study(directory):
     primary = os.path.join(directory, "primary.md")
     with open(primary) as f:
@@ -221,6 +264,32 @@ EXPERIMENTS = (
         _fc_lenet, machine="a 2-core CPU machine whose model the committed files do not "
                            "record (the tickets with lth_keras 0.3, extended to 20 rounds "
                            "with 0.4)"),
+    Experiment(
+        "Instability of LeNet-300-100 tickets on Fashion-MNIST (masks per k)",
+        "Is m_L ⊙ θ_k stable to SGD noise (Frankle, Dziugaite, Roy & Carbin 2020), and from "
+        "which k? 2 searches, levels 0, 7 and 14, k of 0, 1 and 2 epochs each with the masks "
+        "of a search rewound to that k, 3 pairs of fixed-budget copies per cell. Frankle et "
+        "al. find LeNet on MNIST stable at k = 0.",
+        "stability_lenet",
+        "python -m lth_keras.experiment --flagfile=flags/fc_stability_grid.cfg",
+        "Stability is judged on the validation barrier (threshold 2%), never on test. A "
+        "barrier is a maximum, never negative: its mean over pairs is biased upward, most "
+        "near 0. Each search is reported on its own.",
+        _stability, result="runs/stability"),
+    Experiment(
+        "Instability of ResNet-20 tickets on `cifar10_jpeg`",
+        "The same question for one search of the `cifar10_jpeg` study: levels 0 and 7 (the "
+        "study's primary level), k of 0, 40 steps (about 3% of the 1,260 steps of level 0), "
+        "1, 2 and 4 epochs, the search's own masks at every k, 3 pairs per cell. Frankle et "
+        "al. find ResNet-20 on CIFAR-10 unstable at k = 0 and stable after a few percent of "
+        "training.",
+        "stability_quick_cifar",
+        "python -m lth_keras.stability --tickets=outputs/quick_cifar/tickets/cifar10_jpeg-seed0 "
+        "--levels=0,7 \\\n  --rewind_points=0,40it,1,2,4 --pairs=3 "
+        "--output_dir=outputs/stability_quick_cifar",
+        "Stability is judged on the validation barrier (threshold 2%), never on test. One "
+        "search: the intervals are over its pairs of copies, not over searches.",
+        _stability, result="runs/stability.pairs.csv"),
 )
 
 

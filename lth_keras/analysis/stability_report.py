@@ -109,7 +109,8 @@ def stable_from(table, threshold):
     return out
 
 
-def _interval(row, split):
+def interval_text(row, split):
+    """A cell's mean barrier of a split in points, with its interval when it has one."""
     low, high = row[f"{split}_barrier_low"], row[f"{split}_barrier_high"]
     mean = f"{100 * row[f'{split}_barrier']:.2f}"
     return mean if math.isnan(low) else f"{mean} [{100 * low:.2f}, {100 * high:.2f}]"
@@ -131,8 +132,8 @@ def markdown(table, threshold, title, record):
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in table:
         lines.append(f"| {r['level']} | {100 * r['density']:.1f}% | {r['k']} | {r['pairs']} | "
-                     f"{_interval(r, 'val')} | {100 * r['val_inside']:.2f} | "
-                     f"{100 * r['val_end_gap']:.2f} | {_interval(r, 'test')} | "
+                     f"{interval_text(r, 'val')} | {100 * r['val_inside']:.2f} | "
+                     f"{100 * r['val_end_gap']:.2f} | {interval_text(r, 'test')} | "
                      f"{100 * r['test_inside']:.2f} | {100 * r['test_end_gap']:.2f} | "
                      f"{'uncertain' if r['uncertain'] else ''} |")
     lines += ["", "Errors in points (%), means over the pairs. Barrier: the highest error on "
