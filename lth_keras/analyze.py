@@ -3,11 +3,11 @@
   python -m lth_keras.analyze --runs=outputs/ --output_dir=outputs/analysis
 
 Writes fig3.png/.pdf, fig4.png/.pdf, table2.md/.csv/.tex, table3.md/.csv/.tex,
-levels.md/.csv, density_<run>.png, mask_overlap.csv/.md, and primary.md/.csv when a
-primary level is named (the grid's, or --primary_level). Partial results are fine: a level
-still running is left out, a missing cell is "—". A malformed run directory is
-refused before anything is written. See lth_keras/analysis/tables.py for how
-the best level is picked. A thin shell over lth_keras.analyze() (lth_keras/api.py); its
+levels.md/.csv, sources.md/.csv, density_<run>.png, mask_overlap.csv/.md, and
+primary.md/.csv when a primary level is named (the grid's, or --primary_level). Partial
+results are fine: a level still running is left out, a missing cell is "—". A malformed
+run directory is refused before anything is written. See lth_keras/analysis/tables.py for
+how the best level is picked. A thin shell over lth_keras.analyze() (lth_keras/api.py); its
 flags are the Analysis settings (lth_keras/settings.py).
 """
 

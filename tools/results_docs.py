@@ -216,9 +216,12 @@ def _stability(directory):
 
 
 def _study(directory):
-    primary = os.path.join(directory, "primary.md")
-    with open(primary) as f:
-        return f.read().split("\n", 1)[1].strip()  # without its title
+    parts = []
+    for name in ("primary.md", "sources.md"):  # each without its title
+        if os.path.exists(os.path.join(directory, name)):
+            with open(os.path.join(directory, name)) as f:
+                parts.append(f.read().split("\n", 1)[1].strip())
+    return "\n\n".join(parts)
 
 
 EXPERIMENTS = (

@@ -9,6 +9,7 @@
   primary          the primary result named in advance, and the exploratory contrasts
   planning         the study planner: searches and transfer seeds for a named effect
   tables           Table 2 (best pruned model vs scratch) and Table 3 (its sparsity)
+  sources          how well each ticket search's network learnt its natural source
   figures          Fig. 3, Fig. 4 and per-layer density plots
   masks            mask overlap (Jaccard index) between ticket runs
   stability_report the instability analysis's tables, stable k and figure

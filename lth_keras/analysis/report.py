@@ -10,7 +10,8 @@ import dataclasses
 import os
 import re
 
-from lth_keras.analysis import collect, figures, masks, primary, stability_report, tables
+from lth_keras.analysis import (collect, figures, masks, primary, sources,
+                                stability_report, tables)
 from lth_keras.analysis.cells import group_cells
 from lth_keras.analysis.views import NATURAL_SOURCES, build_views
 
@@ -68,6 +69,9 @@ def analyze(roots, *, natural=None, density_runs=None, overlap=True,
     files["table3.tex"] = tables.table3_latex(table).encode()
     files["levels.md"] = tables.levels_markdown(views).encode()
     files["levels.csv"] = tables.levels_csv(views).encode()
+    rows["sources"] = sources.rows(runs, natural)
+    files["sources.md"] = sources.markdown(rows["sources"]).encode()
+    files["sources.csv"] = tables.csv_text(sources.CSV, rows["sources"]).encode()
     if not views:
         notes.append("no target (no transfer run, no ticket run on a non-natural dataset): "
                      "tables are empty")
