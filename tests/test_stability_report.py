@@ -2,10 +2,13 @@
 interval over pairs, the monotone "stable from k" and the uncertain cells."""
 
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from lth_keras.analysis import stability_report as report
 from lth_keras.lottery import instability as stability
 from lth_keras.lottery.directory import StabilityRecord
@@ -92,3 +95,20 @@ def test_paths_the_record_did_not_choose_are_left_out():
     rows = report.pair_rows(run)
     assert [(r["level"], r["k"], r["pair"]) for r in rows] == [(3, "00", 0), (3, "00", 1)]
     assert [r["val_barrier"] for r in rows] == [0.01, 0.02]
+
+
+def test_path_points_measures_what_a_sparser_path_misses():
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import path_points
+
+    assert path_points.subsets(7) == {7: [0, 1, 2, 3, 4, 5, 6], 4: [0, 2, 4, 6], 3: [0, 3, 6],
+                                      2: [0, 6]}
+    accuracies = [0.9, 0.7, 0.85, 0.88, 0.88, 0.88, 0.9]  # the peak error at α = 1/6 only
+    path = {"level": 1, "k": "1", "pair": 0,
+            "points": [{"alpha": i / 6, "val": {"accuracy": a}, "test": {"accuracy": a}}
+                       for i, a in enumerate(accuracies)]}
+    val = {r["points"]: r for r in path_points.rows(path) if r["split"] == "val"}
+    assert val[7]["barrier"] == pytest.approx(0.20) and val[7]["missed"] == pytest.approx(0)
+    assert val[4]["barrier"] == pytest.approx(0.05) and val[4]["missed"] == pytest.approx(0.15)
+    assert val[3]["missed"] == pytest.approx(0.18) and val[2]["missed"] == pytest.approx(0.20)
+    assert val[7]["argmax_alpha"] == pytest.approx(1 / 6)
