@@ -237,23 +237,37 @@ def state(run, layout, rounds=None):
     path = run.directory(layout)
     if not os.path.exists(RunDirectory(path).config_path):
         return PARTIAL if os.path.isdir(path) and os.listdir(path) else PENDING
-    if run.binary == "stability":  # every (level, k, pair) it chose has its path
-        analysis = StabilityRun(path)
-        chosen = _record(analysis).stability
-        wanted = {(level, k, pair) for level in chosen.levels for k in chosen.rewind_points
-                  for pair in range(chosen.pairs)}
-        return DONE if wanted <= set(analysis.paths()) else PARTIAL
+    if not finished_as_recorded(path):
+        return PARTIAL
+    if run.binary == "stability":
+        return DONE
     directory = RunDirectory(path)
+    wanted = set()  # what the grid wants beyond the run's own record
     if run.binary == "find_tickets":
         wanted = set(_ticket_levels(directory, rounds))
-    else:
-        wanted = set(_record(directory).levels)
-        if not run.only_theta_0 and "levels" not in run.values:
-            tickets = RunDirectory(_layout(layout).directory(run.tickets))
-            if os.path.exists(tickets.config_path):
-                wanted |= set(_ticket_levels(tickets, rounds))
-    finished = set(directory.finished_levels())
-    return DONE if wanted <= finished else PARTIAL
+    elif not run.only_theta_0 and "levels" not in run.values:
+        tickets = RunDirectory(_layout(layout).directory(run.tickets))
+        if os.path.exists(tickets.config_path):
+            wanted = set(_ticket_levels(tickets, rounds))
+    return DONE if wanted <= set(directory.finished_levels()) else PARTIAL
+
+
+def finished_as_recorded(path):
+    """Whether a run directory holds everything its own record chose: every level of a
+    find_tickets run (0..its recorded rounds) or of a transfer run, every (level, k, pair)
+    path of a stability run. False without a record."""
+    if not os.path.exists(RunDirectory(path).config_path):
+        return False
+    record = _record(RunDirectory(path))
+    if record.kind == "stability":
+        chosen = record.stability
+        wanted = {(level, k, pair) for level in chosen.levels for k in chosen.rewind_points
+                  for pair in range(chosen.pairs)}
+        return wanted <= set(StabilityRun(path).paths())
+    directory = RunDirectory(path)
+    wanted = (_ticket_levels(directory, None) if record.kind == "find_tickets"
+              else record.levels)
+    return set(wanted) <= set(directory.finished_levels())
 
 
 def _record(directory):
@@ -429,7 +443,8 @@ class Timings:
     after every run (what a grid cut short by a time limit had done, and at what cost). A
     resumed grid adds to what its earlier invocations recorded: a study that runs over
     several sessions keeps the wall time of every run. A run that ran again (it had failed,
-    or was cut short after its entry) keeps its latest entry."""
+    or the grid extended it) keeps its latest entry. Whether a run is finished is read from
+    its directory (finished_as_recorded), not from here."""
 
     def __init__(self, root, index, count):
         name = "timings.json" if count == 1 else f"timings-task{index}.json"
@@ -442,8 +457,6 @@ class Timings:
         self.runs[name] = {"seconds": round(seconds, 3), "exit": code,
                            "finished_at": finished.isoformat(timespec="seconds")}
         artifacts.write_json(self.path, {"runs": self.runs})
-
-
 
 
 def write_record(root, grid, run_settings):

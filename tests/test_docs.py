@@ -1,10 +1,11 @@
 """The documentation against the code and the files it quotes: the generated reference is
 what tools/reference_docs.py writes now."""
 
+import json
 import os
 import sys
 
-from conftest import REPO
+from conftest import REPO, fabricated_record
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import reference_docs  # noqa: E402
@@ -167,10 +168,11 @@ def test_a_study_still_running_shows_its_finished_runs_and_no_result(tmp_path, m
         (runs / run / "config.json").write_text("{}")
     monkeypatch.setattr(results_docs, "REFERENCE", str(tmp_path))
     study = results_docs.Experiment("A study", "Does it?", "study", "python -m x", "",
-                                    table=None, result="primary.md")
+                                    table=None, complete=lambda d: False)
     text = study.section()
     assert "**Result: absent; the study is still running.**" in text
-    assert "2 ticket runs (cifar10_jpeg-seed0, histology_nuclei-seed0) and 1 transfers" in text
+    assert "find_tickets: 2 (cifar10_jpeg-seed0, histology_nuclei-seed0); transfer: 1; " \
+           "stability: 0." in text
 
 
 def test_the_stability_section_recomputes_cells_from_the_pairs_file(tmp_path):
@@ -192,9 +194,13 @@ def test_the_stability_section_recomputes_cells_from_the_pairs_file(tmp_path):
         writer = csv.DictWriter(f, fieldnames=stability_report.PAIR_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    (run / "config.json").write_text(json.dumps(fabricated_record(
+        "stability", ["--tickets=t", "--threshold=0.015"], dataset="x", levels=[0],
+        rewind_points=["0", "1"], rewind_steps=[0, 126], pairs=3, budget_steps=1260,
+        steps_per_epoch=126, annealed_at_epochs=[], masks="the ticket run's")))
     text = results_docs._stability(str(tmp_path))
     # Mean 6.00, sd 1 point, ± t(0.975, 2) · 1 / sqrt(3) = 2.48 points.
     assert "| 0 | 1.0000 | 0 | 3 | 6.00 [3.52, 8.48] | 6.00 [3.52, 8.48] | 3.00 | 0.00 |  |" \
         in text
     assert "| 0 | 1.0000 | 1 | 3 | 1.00 [1.00, 1.00] |" in text
-    assert "- level 0: stable from k = 1." in text
+    assert "- level 0: stable from k = 1 at a threshold of 1.5%." in text

@@ -303,7 +303,10 @@ def stages_markdown(report):
     runs = report.get("runs", {})
     if runs:
         lines += ["", "| run | seconds | exit |", "|---|---:|---:|"]
-        for name, r in sorted(runs.items(), key=lambda kv: kv[1].get("finished_at", "")):
+        # In the order they ended: finished_at (UTC) since 0.7, finished_after before.
+        ended = {name: (r.get("finished_at", ""), r.get("finished_after", 0))
+                 for name, r in runs.items()}
+        for name, r in sorted(runs.items(), key=lambda item: ended[item[0]]):
             lines.append(f"| {name} | {r['seconds']:.1f} | {r['exit']} |")
     return "\n".join(lines) + "\n"
 

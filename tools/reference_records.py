@@ -4,15 +4,15 @@
 
 Every finished run directory under the grid (find_tickets, transfer, stability) keeps its
 tree, with only what the analysis reads: config.json, summary.csv/.md, each level's
-metrics.json, a stability run's paths/*.json and report; the grid's grid.json, its
-timings and each run's log (wall times, epoch by epoch). No weights, masks, checkpoints or
-TensorBoard files: a few kilobytes a run. A run counts as finished when the grid's timings
-record it with exit 0 (a grid without timings, not made by `experiment`, is copied
-whole): a run still going when the copy is taken is left out, so that a committed copy
-never holds half a run. `python -m lth_keras.analyze --runs=<copy> --mask_overlap=false`
-then recomputes every table from the copy (masks are what it cannot read there). Files
-that are already there and equal are left alone; the copy is atomic per file. Re-run it as
-runs land.
+metrics.json, a stability run's paths/*.json and report; with it, its log from the grid's
+logs/ (wall times, epoch by epoch); and the grid's grid.json and timings. No weights,
+masks, checkpoints or TensorBoard files: a few kilobytes a run. A run is finished when it
+holds every level (or path) its own record chose and no process holds its lock: a run
+still going, or cut short, is left out, so that a copy taken while a grid runs never holds
+half a run. `python -m lth_keras.analyze --runs=<copy> --mask_overlap=false` then
+recomputes every table from the copy (masks are what it cannot read there). Files that are
+already there and equal are left alone; the copy is atomic per file. Re-run it as runs
+land.
 """
 
 import argparse
@@ -23,6 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from lth_keras import artifacts  # noqa: E402
+from lth_keras.grid import finished_as_recorded  # noqa: E402
+from lth_keras.lottery.directory import in_use  # noqa: E402
 
 KEPT = {"config.json", "summary.csv", "summary.md", "metrics.json", "grid.json",
         "stability.md", "stability.csv", "stability.pairs.csv", "stability.png"}
@@ -43,49 +45,49 @@ def kept(relative):
 
 
 def finished_runs(grid):
-    """The runs the grid's timings record as finished (exit 0), or None without timings."""
-    logs = os.path.join(grid, "logs")
-    names = [n for n in (os.listdir(logs) if os.path.isdir(logs) else [])
-             if n.startswith("timings") and n.endswith(".json")]
-    if not names:
-        return None
-    return {run for n in names
-            for run, timing in artifacts.read_json(os.path.join(logs, n))["runs"].items()
-            if timing["exit"] == 0}
+    """{run name: run directory} of the finished runs under `grid`. A run is a directory that
+    holds a config.json; its name is its path under the grid (tickets/<name>,
+    transfer/<target>/<name>, stability/<name>), as the grid names its log."""
+    out = {}
+    for directory, subdirs, files in os.walk(grid):
+        subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith("."))
+        if "config.json" in files:
+            subdirs[:] = []  # a run's own folders hold no other run
+            if finished_as_recorded(directory) and not in_use(directory):
+                out[os.path.relpath(directory, grid).replace(os.sep, "/")] = directory
+    return out
 
 
 def copy_records(grid, destination):
     """Copies the records of `grid`'s finished runs into `destination`; returns how many
-    files changed. A run is a directory that holds a config.json; its name is its path under
-    the grid (tickets/<name>, transfer/<target>/<name>, stability/<name>)."""
-    changed, finished = 0, finished_runs(grid)
-    run_of = {}  # directory -> the run it lies in (None: outside every run)
-    for directory, subdirs, files in os.walk(grid):
-        subdirs[:] = sorted(d for d in subdirs if d not in SKIPPED_DIRS and not d.startswith("."))
-        relative_dir = os.path.relpath(directory, grid)
-        run = run_of.get(os.path.dirname(directory))
-        if run is None and "config.json" in files:
-            run = relative_dir.replace(os.sep, "/")
-        run_of[directory] = run
-        for name in sorted(files):
-            source = os.path.join(directory, name)
-            relative = os.path.relpath(source, grid)
-            if not kept(relative):
-                continue
-            if finished is not None:
-                of = run or (name[:-len(".log")].replace("__", "/")
-                             if relative_dir == "logs" and name.endswith(".log") else None)
-                if of is not None and of not in finished:
-                    continue  # going, failed, or never run by this grid
-            target = os.path.join(destination, relative)
-            with open(source, "rb") as f:
-                data = f.read()
-            if os.path.exists(target):
-                with open(target, "rb") as f:
-                    if f.read() == data:
-                        continue
-            artifacts.write_bytes(target, data)
-            changed += 1
+    files changed."""
+    grid = os.path.normpath(grid)
+    runs = finished_runs(grid)
+    sources = []
+    for directory in runs.values():
+        for where, subdirs, files in os.walk(directory):
+            subdirs[:] = sorted(d for d in subdirs
+                                if d not in SKIPPED_DIRS and not d.startswith("."))
+            sources += [os.path.join(where, name) for name in sorted(files)]
+    logs = {name.replace("/", "__") + ".log": name for name in runs}
+    outside = [os.path.join(grid, "grid.json")] + sorted(
+        os.path.join(grid, "logs", name) for name in
+        (os.listdir(os.path.join(grid, "logs")) if os.path.isdir(os.path.join(grid, "logs"))
+         else []) if name in logs or (name.startswith("timings") and name.endswith(".json")))
+    changed = 0
+    for source in sources + [p for p in outside if os.path.exists(p)]:
+        relative = os.path.relpath(source, grid)
+        if not kept(relative):
+            continue
+        target = os.path.join(destination, relative)
+        with open(source, "rb") as f:
+            data = f.read()
+        if os.path.exists(target):
+            with open(target, "rb") as f:
+                if f.read() == data:
+                    continue
+        artifacts.write_bytes(target, data)
+        changed += 1
     return changed
 
 

@@ -95,7 +95,7 @@ class Experiment:
     caveats: str
     table: object        # table(directory) -> Markdown, from the committed files
     machine: str = None  # where the committed files do not record it
-    result: str = None   # the file the table reads; without it the runs are still going
+    complete: object = None  # complete(directory) -> whether all its runs have landed
 
     def section(self):
         directory = os.path.join(REFERENCE, self.folder)
@@ -104,7 +104,7 @@ class Experiment:
             return "\n".join(lines + ["**Result: absent.** Its files are not committed yet "
                                       f"(`outputs/reference/{self.folder}/`).", "",
                                       "```bash", self.command, "```", ""])
-        if self.result and not os.path.exists(os.path.join(directory, self.result)):
+        if self.complete and not self.complete(directory):
             return "\n".join(lines + [_in_progress(directory, self.folder), "",
                                       "```bash", self.command, "```", ""])
         lines += ["```bash", self.command, "```", "",
@@ -116,16 +116,26 @@ class Experiment:
 
 def _in_progress(directory, folder):
     """What a study still running has committed: its finished runs, by kind, and no result
-    (the analysis is not run on part of a study)."""
+    (no table is computed from part of a study)."""
     runs = os.path.join(directory, "runs")
-    tickets = sorted(n for n in (os.listdir(os.path.join(runs, "tickets"))
-                                 if os.path.isdir(os.path.join(runs, "tickets")) else []))
-    transfers = [d for d, _, files in os.walk(os.path.join(runs, "transfer"))
-                 if "config.json" in files]
+    kinds = {"tickets": "find_tickets", "transfer": "transfer", "stability": "stability"}
+    found = {kind: [] for kind in kinds.values()}
+    for where, subdirs, names in os.walk(runs):
+        top = os.path.relpath(where, runs).split(os.sep)[0]
+        if "config.json" in names and top in kinds:
+            found[kinds[top]].append(os.path.basename(where))
+            subdirs[:] = []  # a stability run's copies are its own
+    counts = "; ".join(f"{kind}: {len(names)}" + (f" ({', '.join(sorted(names))})"
+                                                   if kind == "find_tickets" and names else "")
+                       for kind, names in found.items())
     return (f"**Result: absent; the study is still running.** Its finished runs so far are "
             f"committed in [`outputs/reference/{folder}/runs/`](../outputs/reference/{folder}/"
-            f"runs/): {len(tickets)} ticket runs ({', '.join(tickets) or 'none'}) and "
-            f"{len(transfers)} transfers. No interval is computed from part of a study.")
+            f"runs/): {counts}. No table is computed from part of a study.")
+
+
+def _pairs_files(directory):
+    return sorted(os.path.join(d, "stability.pairs.csv") for d, _, names in os.walk(directory)
+                  if "stability.pairs.csv" in names)
 
 
 def _quick_pairs(directory):
@@ -176,25 +186,22 @@ def _fc_lenet(directory):
     return "\n".join(lines)
 
 
-STABILITY_THRESHOLD = 0.02  # Frankle et al.'s, the stability binary's default
-
-
 def _stability(directory):
     """Per stability run committed under `directory` (one ticket search each), the cells
     recomputed from its stability.pairs.csv (a row per pair, from the path files) with the
-    report's own rules, and the k each level is stable from."""
+    report's own rules at the run's own threshold, and the k each level is stable from."""
     from lth_keras.analysis import stability_report
+    from lth_keras.lottery.directory import StabilityRun
 
-    found = sorted(os.path.join(d, "stability.pairs.csv") for d, _, names in os.walk(directory)
-                   if "stability.pairs.csv" in names)
     parts = []
-    for path in found:
+    for path in _pairs_files(directory):
+        threshold = stability_report.threshold_of(StabilityRun(os.path.dirname(path)))
         pairs = [{**r, "level": int(r["level"]), "density": float(r["density"]),
                   "k_steps": int(r["k_steps"]),
                   **{f"{split}_{what}": float(r[f"{split}_{what}"]) for split in ("val", "test")
                      for what in ("barrier", "inside", "end_gap")}}
                  for r in _rows(path)]
-        table = stability_report.cells(pairs, STABILITY_THRESHOLD)
+        table = stability_report.cells(pairs, threshold)
         run = os.path.relpath(os.path.dirname(path), directory)
         lines = [f"`{run}`: barriers in points of error, mean over pairs [95% CI over pairs].",
                  "", "| level | density | k | pairs | val barrier | test barrier | val inside "
@@ -206,11 +213,11 @@ def _stability(directory):
                 f"{stability_report.interval_text(row, 'test')} | {100 * row['val_inside']:.2f} | "
                 f"{100 * row['val_end_gap']:.2f} | {'uncertain' if row['uncertain'] else ''} |")
         lines.append("")
-        for level, (k, uncertain) in stability_report.stable_from(
-                table, STABILITY_THRESHOLD).items():
+        for level, (k, uncertain) in stability_report.stable_from(table, threshold).items():
             lines.append(f"- level {level}: " + (
                 f"stable from k = {k}" if k is not None else "not stable at any k tried")
-                + (" (uncertain: an interval there straddles 2%)" if uncertain else "") + ".")
+                + f" at a threshold of {100 * threshold:g}%"
+                + (" (uncertain: an interval there straddles it)" if uncertain else "") + ".")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -218,8 +225,8 @@ def _stability(directory):
 def _study(directory):
     parts = []
     for name in ("primary.md", "sources.md"):  # each without its title
-        if os.path.exists(os.path.join(directory, name)):
-            with open(os.path.join(directory, name)) as f:
+        if os.path.exists(os.path.join(directory, "analysis", name)):
+            with open(os.path.join(directory, "analysis", name)) as f:
                 parts.append(f.read().split("\n", 1)[1].strip())
     return "\n\n".join(parts)
 
@@ -237,7 +244,7 @@ EXPERIMENTS = (
         "python -m lth_keras.analyze --runs=outputs/quick_cifar --output_dir=outputs/quick_cifar/analysis",
         "The paper's ResNet-50 at 224 px and 31 rounds is not comparable in size: these are "
         "ResNet-20 tickets at 32 px, 7 rounds, 10 epochs a level.",
-        _study, result="primary.md"),
+        _study, complete=lambda d: os.path.exists(os.path.join(d, "analysis", "primary.md"))),
     Experiment(
         "Fashion-MNIST tickets on histology (quick preset, 2 searches)",
         "Do ResNet-20 tickets found on 5% of Fashion-MNIST (quick preset) beat a dense network "
@@ -278,7 +285,7 @@ EXPERIMENTS = (
         "Stability is judged on the validation barrier (threshold 2%), never on test. A "
         "barrier is a maximum, never negative: its mean over pairs is biased upward, most "
         "near 0. Each search is reported on its own.",
-        _stability, result="runs/stability"),
+        _stability, complete=lambda d: len(_pairs_files(d)) == 2),  # one per search
     Experiment(
         "Instability of ResNet-20 tickets on `cifar10_jpeg`",
         "The same question for one search of the `cifar10_jpeg` study: levels 0 and 7 (the "
@@ -292,7 +299,7 @@ EXPERIMENTS = (
         "--output_dir=outputs/stability_quick_cifar",
         "Stability is judged on the validation barrier (threshold 2%), never on test. One "
         "search: the intervals are over its pairs of copies, not over searches.",
-        _stability, result="runs/stability.pairs.csv"),
+        _stability, complete=lambda d: len(_pairs_files(d)) == 1),
 )
 
 

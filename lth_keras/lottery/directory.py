@@ -656,6 +656,24 @@ def clear_directory(path):
             os.remove(full)
 
 
+def in_use(directory):
+    """Whether a process holds the lock of a run directory now (it is being written),
+    found without taking it or writing anything."""
+    import fcntl
+
+    path = os.path.join(directory, LOCK_FILE)
+    if not os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases a lock taken here
+    return False
+
+
 @contextlib.contextmanager
 def locked(directory):
     """An exclusive lock on a run directory while the block runs.
