@@ -204,3 +204,14 @@ def test_the_stability_section_recomputes_cells_from_the_pairs_file(tmp_path):
         in text
     assert "| 0 | 1.0000 | 1 | 3 | 1.00 [1.00, 1.00] |" in text
     assert "- level 0: stable from k = 1 at a threshold of 1.5%." in text
+
+
+def test_outputs_readme_names_every_reference_folder_and_file():
+    import re
+
+    with open(os.path.join(REPO, "outputs", "README.md")) as f:
+        text = f.read()
+    named = set(re.findall(r"`([\w.-]+)/?`", text))
+    present = set(os.listdir(os.path.join(REPO, "outputs", "reference")))
+    assert present and present - named == set(), "outputs/README.md leaves out " \
+        f"{sorted(present - named)}"
