@@ -389,11 +389,10 @@ class Grid:
                                     "train_fractions condition.", item=float, result=False)
     transfer_levels: str = option("all", "Levels every transfer fine-tunes: 'all' or a comma "
                                          "list (e.g. 0,2,4,6).", result=False)
-    reinit_levels: str = option(None, "Levels of the control transfers (reinit, "
-                                      "source_reinit, random, source_random, "
-                                      "target_transfer) "
-                                      "(default: --transfer_levels): the control is needed "
-                                      "only where the tickets are compared.", result=False)
+    reinit_levels: str = option(None, "Levels of the control transfers (reinit, source_reinit, "
+                                      "random, source_random, target_transfer; default: "
+                                      "--transfer_levels): a control is needed only where "
+                                      "the tickets are compared.", result=False)
     mask_rewind_epochs: tuple = option((), "The stability condition with masks per rewind "
                                            "point: for each epoch K, a ticket run of the "
                                            "same settings rewound to K (tickets/<name>-kK), "
