@@ -256,15 +256,15 @@ def finished_as_recorded(path):
     """Whether a run directory holds everything its own record chose: every level of a
     find_tickets run (0..its recorded rounds) or of a transfer run, every (level, k, pair)
     path of a stability run. False without a record."""
-    if not os.path.exists(RunDirectory(path).config_path):
+    directory = RunDirectory(path)
+    if not os.path.exists(directory.config_path):
         return False
-    record = _record(RunDirectory(path))
+    record = _record(directory)
     if record.kind == "stability":
         chosen = record.stability
         wanted = {(level, k, pair) for level in chosen.levels for k in chosen.rewind_points
                   for pair in range(chosen.pairs)}
         return wanted <= set(StabilityRun(path).paths())
-    directory = RunDirectory(path)
     wanted = (_ticket_levels(directory, None) if record.kind == "find_tickets"
               else record.levels)
     return set(wanted) <= set(directory.finished_levels())
