@@ -11,6 +11,7 @@ import json
 import math
 
 from lth_keras.analysis.collect import TICKETS
+from lth_keras.analysis.tables import MISSING
 
 CSV = ("source", "recipe", "tickets_seed", "model", "image_size", "train_fraction", "levels",
        "level0_val_accuracy", "level0_test_accuracy", "last_level", "last_density",
@@ -77,4 +78,4 @@ def markdown(table):
 
 
 def _percent(x):
-    return "—" if x is None or math.isnan(x) else f"{100 * x:.2f}"
+    return MISSING if x is None or math.isnan(x) else f"{100 * x:.2f}"
