@@ -822,3 +822,26 @@ def test_the_records_copied_for_git_leave_out_a_run_not_finished(tmp_path):
     # Once it has finished (its lock released), the next copy adds it.
     reference_records.copy_records(root, copy)
     assert os.path.exists(os.path.join(copy, going, "config.json"))
+
+
+def test_the_sources_table_shows_how_well_each_search_learnt_its_natural_source(tmp_path):
+    root = str(tmp_path)
+    make_tickets(root, "cifar10", 1, [(0.62, 0.60), (0.66, 0.64), (0.58, 0.57)])
+    make_tickets(root, "cifar10", 0, [(0.71, 0.70), (0.72, 0.69)], in_progress=2)
+    make_tickets(root, "histo", 0, [(0.9, 0.9)])  # a target's own tickets: not a source
+    # A stability grid's search rewound to epoch 0: another recipe, named as such.
+    make_tickets(root, "cifar10", 0, [(0.40, 0.41)], rewind_epoch=0)
+    out = report.analyze([root], overlap=False)
+    table = out.tables["sources"]
+    assert [(r["source"], r["recipe"], r["tickets_seed"], r["last_level"]) for r in table] == \
+        [("cifar10", "rewind_epoch=0", 0, 0), ("cifar10", "rewind_epoch=1", 0, 1),
+         ("cifar10", "rewind_epoch=1", 1, 2)]
+    text = out.files["sources.md"].decode()
+    assert "| cifar10 | lenet_300_100 16 px, 1 of train; rewind_epoch=1 | 1 | 62.00 | 60.00 | " \
+           "2 (0.640) | 58.00 | 57.00 |" in text
+    assert "cifar10 (rewind_epoch=1): the lowest level-0 validation accuracy of 2 search(es) " \
+           "is 62.00 (tickets seed 1)." in text
+    assert "cifar10 (rewind_epoch=0): the lowest level-0 validation accuracy of 1 search(es) " \
+           "is 40.00 (tickets seed 0)." in text
+    rows = list(csv.DictReader(io.StringIO(out.files["sources.csv"].decode())))
+    assert [float(r["level0_val_accuracy"]) for r in rows] == [0.40, 0.71, 0.62]
