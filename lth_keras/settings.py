@@ -295,6 +295,13 @@ class Stability:
         _check(not self.data_orders or len(self.data_orders) == 2 * self.pairs,
                f"--data_orders takes the copies' seeds, two per pair: {2 * self.pairs} for "
                f"--pairs={self.pairs}")
+        pairs_of = {}
+        for i, seed in enumerate(self.data_orders):
+            pairs_of.setdefault(seed, set()).add(i // 2)
+        shared = sorted(seed for seed, pairs in pairs_of.items() if len(pairs) > 1)
+        _check(not shared, f"--data_orders: seed {', '.join(map(str, shared))} is in more than "
+                           "one pair: pairs must be independent (a seed may repeat only within "
+                           "a pair, the negative control)")
         _check(self.points >= 3, "--points must be >= 3 (the two ends and a point between)")
         _check(self.bn_batches >= 1, "--bn_batches must be >= 1")
         _check(0 < self.threshold < 1, "--threshold must be in (0, 1)")

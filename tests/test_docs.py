@@ -203,7 +203,7 @@ def test_the_stability_section_recomputes_cells_from_the_pairs_file(tmp_path):
     assert "| 0 | 1.0000 | 0 | 3 | 6.00 [3.52, 8.48] | 6.00 [3.52, 8.48] | 3.00 | 0.00 |  |" \
         in text
     assert "| 0 | 1.0000 | 1 | 3 | 1.00 [1.00, 1.00] |" in text
-    assert "- level 0: stable from k = 1 at a threshold of 1.5%." in text
+    assert "- level 0 (threshold 1.5%): stable from k = 1." in text
 
 
 def test_outputs_readme_names_every_reference_folder_and_file():
@@ -215,3 +215,29 @@ def test_outputs_readme_names_every_reference_folder_and_file():
     present = set(os.listdir(os.path.join(REPO, "outputs", "reference")))
     assert present and present - named == set(), "outputs/README.md leaves out " \
         f"{sorted(present - named)}"
+
+
+def test_the_controls_section_averages_the_named_levels_per_search(tmp_path):
+    """Frankle & Carbin's controls: each search's mean difference over levels 8-14 first,
+    then the interval over searches, Holm over the three contrasts."""
+    import results_docs
+
+    table = ("| level | fraction pruned | val acc | test acc | best epoch / epochs |\n"
+             "|---:|---:|---:|---:|---:|\n")
+    for name, seed, accuracy in (("tickets", 0, 0.90), ("tickets", 1, 0.90),
+                                 ("reinit", 0, 0.89), ("reinit", 1, 0.88),
+                                 ("random", 0, 0.90), ("random", 1, 0.90),
+                                 ("random_reinit", 0, 0.90), ("random_reinit", 1, 0.90)):
+        # Levels outside 8-14 are far off: they must not enter the contrasts.
+        rows = "".join(f"| {lv} | {1 - 0.8 ** lv:.4f} | 0.5 | "
+                       f"{accuracy if 8 <= lv <= 14 else 0.5:.4f} | 3 / 5 |\n"
+                       for lv in range(15))
+        (tmp_path / f"{name}-seed{seed}.summary.md").write_text(table + rows)
+    text = results_docs._fc_controls(str(tmp_path))
+    # Search differences +1 and +2 points: mean 1.5, sd 0.7071, ± t(0.975, 1) · 0.7071 /
+    # sqrt(2) = 6.353; t = 3 with 1 df gives p = 0.2048, times 1 under Holm as the smallest
+    # of one finite p (the other two contrasts have no spread, so no p).
+    assert ("| ticket − reinit | +1.00, +2.00 | +1.50 [-4.85, +7.85] | 0.205 (0.205) | "
+            "not estimable (n = 2) |") in text
+    assert "| 14 | 0.0440 | 90.00 / 90.00 | 89.00 / 88.00 |" in text
+    assert "| ticket − random mask | +0.00, +0.00 | +0.00 (no spread: no interval) | — |" in text

@@ -134,8 +134,10 @@ def test_the_paths_ends_reproduce_the_copies_own_test_error(stability_run):
 def test_rewind_points_in_steps_continue_the_exact_batches(tiny_fashion_dir, tmp_path):
     # Plain SGD (momentum 0, so a fresh optimizer at the rewind point changes nothing): a
     # copy from θ at step 4 (mid-epoch) on the ticket's data order continues the very
-    # trajectory that passed through it, and ends where the copy from θ_0 ends.
-    common = ["--rounds=0", "--momentum=0"]
+    # trajectory that passed through it, and ends where the copy from θ_0 ends. The learning
+    # rate anneals after epoch 1 (step 8), so this holds only if the copy's schedule
+    # continues from step 4 rather than starting again.
+    common = ["--rounds=0", "--momentum=0", "--lr_boundaries=1"]
     saved = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "saved"), *common,
                                    "--save_steps=4,16")
     plain = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "plain"), *common)
@@ -148,6 +150,9 @@ def test_rewind_points_in_steps_continue_the_exact_batches(tiny_fashion_dir, tmp
                           "--rewind_points=0,4it", "--pairs=1", "--data_orders=3,4",
                           "--points=3", data_dir=tiny_fashion_dir)
     assert sorted(run.paths()) == [(0, "00", 0), (0, "004it", 0)]
+    # The boundary (step 8) falls inside the budget, and the report says the copies anneal.
+    budget = run.record().stability.budget_steps
+    assert budget > 8 and run.record().stability.annealed_at_epochs == (1,)
     from_step_4 = run.copy("004it", 0)
     assert from_step_4.metrics(0)["budget"]["first_step"] == 4
     assert weights.digest(from_step_4.weights(0)) == weights.digest(run.copy("00", 0).weights(0))
@@ -394,6 +399,7 @@ def test_analyze_reports_every_stability_run_it_finds(stability_run, tiny_ticket
     (["--tickets=/nonexistent"], "--tickets=/nonexistent: no such directory"),
     (["--data_orders=1,2,3"], "--data_orders takes the copies' seeds, two per pair: 6"),
     (["--pairs=0"], "--pairs must be >= 1"),
+    (["--pairs=2", "--data_orders=1,2,1,3"], "seed 1 is in more than one pair"),
     (["--points=2"], "--points must be >= 3"),
     (["--bn_batches=0"], "--bn_batches must be >= 1"),
     (["--rewind_points=2x"], "'2x' is not a point of training"),

@@ -61,18 +61,54 @@ def test_stable_from_is_monotone_and_says_when_it_is_uncertain():
             + _pairs(3, "04", 504, [0.004, 0.006, 0.005]))
     table = report.cells(rows, threshold=0.02)
     # 40it is under 2% but 1 ep above it: the smallest k below at every larger k is 2 ep.
-    assert report.stable_from(table, 0.02) == {3: ("02", False)}
+    assert report.stable_from(table, 0.02) == {3: ("02", False, ())}
     never = report.cells(_pairs(1, "00", 0, [0.01] * 3) + _pairs(1, "01", 126, [0.05] * 3), 0.02)
-    assert report.stable_from(never, 0.02) == {1: (None, False)}
+    assert report.stable_from(never, 0.02) == {1: (None, False, ())}
     edge = report.cells(_pairs(2, "00", 0, [0.01, 0.02, 0.035]) + _pairs(2, "01", 126, [0.001] * 3),
                         0.02)
     # Stable from 00 (mean 0.0217 > 0.02: no) -> from 01; the cell before it is uncertain.
-    assert report.stable_from(edge, 0.02) == {2: ("01", True)}
+    assert report.stable_from(edge, 0.02) == {2: ("01", True, ())}
     text = report.markdown(table, 0.02, "title", _record(1260, [7]))
     assert "- level 3: stable from k = 02" in text
     assert "annealed at epochs 7" in text
     unconverged = report.markdown(table, 0.02, "t", _record(10, []))
     assert "the copies end unconverged" in unconverged
+
+
+def test_a_barrier_equal_to_the_threshold_is_not_under_it_whatever_the_rounding():
+    # 2,000 validation images; errors at the ends and the peak as counts. (100, 140, 100)
+    # gives 0.07 - 0.05 = 0.019999999999999907 in floats, (100, 153, 126) gives
+    # 0.0765 - 0.0565 = 0.020000000000000018: both are exactly 40 images, 2%, and "under 2%"
+    # is false for both.
+    for ends, peak in (((100, 100), 140), ((100, 126), 153)):
+        barrier = stability.error_barrier(
+            [1 - ends[0] / 2000, 1 - peak / 2000, 1 - ends[1] / 2000])
+        assert barrier == pytest.approx(0.02) and barrier != 0.02
+        table = report.cells(_pairs(4, "02", 252, [barrier] * 3), 0.02)
+        assert report.stable_from(table, 0.02) == {4: (None, False, ())}
+        assert not table[0]["uncertain"]  # a zero-width interval at the threshold: settled
+
+
+def test_a_level_missing_a_rewind_point_or_pairs_gets_no_verdict():
+    record = StabilityRecord(levels=(7,), rewind_points=("00", "01", "02"),
+                             rewind_steps=(0, 126, 252), pairs=3, budget_steps=1260,
+                             steps_per_epoch=126, annealed_at_epochs=(7,),
+                             masks={"00": "/runs/k0"})
+    # k = 01 not evaluated yet: 00 and 02 under the threshold could not make it stable.
+    table = report.cells(_pairs(7, "00", 0, [0.01] * 3) + _pairs(7, "02", 252, [0.01] * 3),
+                         0.02, expected_pairs=3)
+    assert report.stable_from(table, 0.02, record) == {7: (None, True, ("01",))}
+    text = report.markdown(table, 0.02, "t", record)
+    assert "- level 7: no verdict yet: k = 01 not evaluated" in text
+    # Every k there, but one cell with 2 of its 3 pairs: a verdict, marked uncertain.
+    table = report.cells(_pairs(7, "00", 0, [0.01] * 3) + _pairs(7, "01", 126, [0.01] * 2)
+                         + _pairs(7, "02", 252, [0.01] * 3), 0.02, expected_pairs=3)
+    assert [r["uncertain"] for r in table] == [False, True, False]
+    assert report.stable_from(table, 0.02, record) == {7: ("00", True, ())}
+    # Masks per k where given, and the ticket run's named for the k without one.
+    text = report.markdown(table, 0.02, "t", record)
+    assert ("Masks: per k, from runs rewound to it where given (k=00: /runs/k0, "
+            "k=01: the ticket run's, k=02: the ticket run's).") in text
 
 
 def test_paths_the_record_did_not_choose_are_left_out():

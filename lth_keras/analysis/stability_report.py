@@ -9,9 +9,11 @@ cell's barrier is the mean over its pairs, with a 95% t-interval over pairs (df 
 1). A barrier is a maximum, never negative, and noise in the errors along the path raises
 it: its mean over pairs is biased upward, most where the true barrier is near 0.
 
-The rule is monotone: a level is stable from k when the mean validation barrier is at
-most the threshold at k and at every larger k tried. A cell whose interval straddles the
-threshold is "uncertain"; a level whose stable k rests on one is said to be so.
+The rule is monotone: a level is stable from k when the mean validation barrier is under
+the threshold at k and at every larger k tried. A cell whose interval straddles the
+threshold, or that has fewer pairs than the run asked for, is "uncertain"; a level whose
+stable k rests on one is said to be so, and a level with a rewind point not evaluated yet
+gets no verdict.
 """
 
 import math
@@ -26,13 +28,23 @@ from lth_keras.analysis.tables import csv_text
 from lth_keras.lottery.directory import (STABILITY_CSV, STABILITY_MD, STABILITY_PAIRS_CSV,
                                          STABILITY_PNG)
 
+# copy_*_test_accuracy are the copies as they trained (their own BatchNorm statistics);
+# the path's ends, which the barriers and end gaps use, are evaluated like every point.
 PAIR_COLUMNS = ("level", "density", "k", "k_steps", "pair", "val_barrier", "val_inside",
                 "val_end_gap", "test_barrier", "test_inside", "test_end_gap",
-                "copy_a_test_accuracy", "copy_b_test_accuracy", "bn")
+                "copy_a_test_accuracy", "copy_b_test_accuracy", "bn", "masks")
 CELL_COLUMNS = ("level", "density", "k", "k_steps", "pairs", "val_barrier", "val_barrier_low",
                 "val_barrier_high", "val_inside", "val_end_gap", "test_barrier",
                 "test_barrier_low", "test_barrier_high", "test_inside", "test_end_gap",
-                "uncertain", "bn")
+                "uncertain", "bn", "masks")
+# A barrier is a difference of error counts over a split: a tie with the threshold must
+# not be decided by float rounding (0.14 - 0.12 is 0.020000000000000018).
+TOLERANCE = 1e-9
+
+
+def under(barrier, threshold):
+    """Whether a barrier is under the threshold ("stable"), a tie counting as not under."""
+    return barrier < threshold - TOLERANCE
 
 
 def pair_rows(run):
@@ -48,7 +60,8 @@ def pair_rows(run):
         row = {"level": level, "density": path["density"], "k": k,
                "k_steps": path.get("k_steps"), "pair": pair,
                "copy_a_test_accuracy": path["copies"][0]["test"]["accuracy"],
-               "copy_b_test_accuracy": path["copies"][1]["test"]["accuracy"], "bn": path["bn"]}
+               "copy_b_test_accuracy": path["copies"][1]["test"]["accuracy"], "bn": path["bn"],
+               "masks": mask_source(chosen.masks, k)}
         for split in ("val", "test"):
             row[f"{split}_barrier"] = path["barrier"][split]
             row[f"{split}_inside"] = path["inside"][split]
@@ -67,15 +80,24 @@ def mean_interval(values):
     return mean, mean - half, mean + half
 
 
-def cells(pairs, threshold):
+def mask_source(masks, k):
+    """Whose masks the cells of rewind point k use (a StabilityRecord's `masks`)."""
+    if isinstance(masks, dict) and k in masks:
+        return "a run rewound to k"
+    return "the ticket run's" + (" (one mask for every k)" if not isinstance(masks, dict)
+                                 else "")
+
+
+def cells(pairs, threshold, expected_pairs=None):
     """One row per (level, k): the means over pairs, the barriers' intervals, and whether
-    the validation interval straddles `threshold`."""
+    the cell is uncertain: one pair, fewer than `expected_pairs`, or a validation interval
+    that straddles `threshold`."""
     out = []
     keys = sorted({(r["level"], r["k_steps"], r["k"]) for r in pairs})
     for level, k_steps, k in keys:
         mine = [r for r in pairs if r["level"] == level and r["k_steps"] == k_steps]
         row = {"level": level, "density": mine[0]["density"], "k": k, "k_steps": k_steps,
-               "pairs": len(mine), "bn": mine[0].get("bn")}
+               "pairs": len(mine), "bn": mine[0].get("bn"), "masks": mine[0].get("masks")}
         for split in ("val", "test"):
             mean, low, high = mean_interval([r[f"{split}_barrier"] for r in mine])
             row.update({f"{split}_barrier": mean, f"{split}_barrier_low": low,
@@ -83,30 +105,51 @@ def cells(pairs, threshold):
                         f"{split}_inside": float(np.mean([r[f"{split}_inside"] for r in mine])),
                         f"{split}_end_gap": float(np.mean([r[f"{split}_end_gap"]
                                                            for r in mine]))})
-        # One pair has no interval: it cannot settle k either.
-        row["uncertain"] = bool(len(mine) < 2
-                                or row["val_barrier_low"] <= threshold < row["val_barrier_high"])
+        # One pair has no interval: it cannot settle k either; nor can a cell still short of
+        # its pairs.
+        row["uncertain"] = bool(
+            len(mine) < 2 or (expected_pairs is not None and len(mine) < expected_pairs)
+            or (under(row["val_barrier_low"], threshold)
+                and not under(row["val_barrier_high"], threshold)))
         out.append(row)
     return out
 
 
-def stable_from(table, threshold):
-    """{level: (the k label from which the mean validation barrier is at most `threshold`
-    at k and at every larger k tried, or None; whether a cell from there on is
-    uncertain)}."""
+def stable_from(table, threshold, record=None):
+    """{level: (the k label from which the mean validation barrier is under `threshold` at
+    k and at every larger k tried, or None; whether a cell from there on is uncertain; the
+    k labels the run's `record` (a StabilityRecord) asked for and the table lacks)}. A level
+    that lacks a k has no verdict (None, True, missing): a missing k could break the rule."""
     out = {}
-    for level in sorted({r["level"] for r in table}):
+    levels = sorted({r["level"] for r in table} | set(record.levels if record else ()))
+    for level in levels:
         mine = sorted((r for r in table if r["level"] == level), key=lambda r: r["k_steps"])
+        have = {r["k"] for r in mine}
+        missing = tuple(k for k in (record.rewind_points if record else ()) if k not in have)
+        if missing:
+            out[level] = (None, True, missing)
+            continue
         found = None
         for i, row in enumerate(mine):
-            if all(r["val_barrier"] <= threshold for r in mine[i:]):
+            if all(under(r["val_barrier"], threshold) for r in mine[i:]):
                 found = i
                 break
         if found is None:
-            out[level] = (None, any(r["uncertain"] for r in mine))
+            out[level] = (None, any(r["uncertain"] for r in mine), ())
         else:
-            out[level] = (mine[found]["k"], any(r["uncertain"] for r in mine[max(0, found - 1):]))
+            out[level] = (mine[found]["k"],
+                          any(r["uncertain"] for r in mine[max(0, found - 1):]), ())
     return out
+
+
+def verdict_text(k, uncertain, missing, tried):
+    """A level's line of stable_from, in words."""
+    if missing:
+        return (f"no verdict yet: k = {', '.join(missing)} not evaluated (a stable k must hold "
+                "at every larger k)")
+    text = f"stable from k = {k}" if k is not None else f"not stable from any k tried ({tried})"
+    return text + (" (uncertain: a cell near it straddles the threshold or lacks pairs)"
+                   if uncertain else "")
 
 
 def interval_text(row, split):
@@ -126,7 +169,7 @@ def markdown(table, threshold, title, record):
                 if record.annealed_at_epochs else
                 "**the learning rate is never annealed within it: the copies end "
                 "unconverged.**"),
-             f"Masks: {_masks_text(record.masks)}.", "",
+             f"Masks: {_masks_text(record.masks, record.rewind_points)}.", "",
              "| level | weights left | k | pairs | val barrier [95% CI] | inside | end gap | "
              "test barrier [95% CI] | inside | end gap | |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -143,15 +186,13 @@ def markdown(table, threshold, title, record):
                   "barrier of about half the end gap comes from the ends, not the path. A "
                   "barrier is never negative, so its mean is biased upward. k: epochs (02) or "
                   "steps (040it) of level 0.", "",
-              f"Stable from k: the mean validation barrier is at most {100 * threshold:g}% at "
+              f"Stable from k: the mean validation barrier is under {100 * threshold:g}% at "
               f"k and at every larger k tried; uncertain: its 95% interval straddles "
-              f"{100 * threshold:g}%, or it has one pair (no interval)."]
-    for level, (k, uncertain) in stable_from(table, threshold).items():
+              f"{100 * threshold:g}%, or it has one pair (no interval) or fewer than the run's "
+              f"{record.pairs}."]
+    for level, (k, uncertain, missing) in stable_from(table, threshold, record).items():
         tried = ", ".join(r["k"] for r in table if r["level"] == level)
-        text = (f"stable from k = {k}" if k is not None
-                else f"not stable from any k tried ({tried})")
-        lines.append(f"- level {level}: {text}" + (" (uncertain: an interval near it straddles "
-                                                    "the threshold)" if uncertain else ""))
+        lines.append(f"- level {level}: {verdict_text(k, uncertain, missing, tried)}")
     bn = sorted({r["bn"] for r in table if r.get("bn")})
     lines += ["", f"BatchNorm statistics at every point: {', '.join(bn) or 'as recorded'}. "
                   "float32 results differ between machines; bit-identical reruns need the "
@@ -159,10 +200,11 @@ def markdown(table, threshold, title, record):
     return "\n".join(lines) + "\n"
 
 
-def _masks_text(masks):
+def _masks_text(masks, rewind_points):
     if isinstance(masks, dict):
-        return "per k, from runs rewound to it (" + ", ".join(
-            f"k={k}: {path}" for k, path in sorted(masks.items())) + ")"
+        return "per k, from runs rewound to it where given (" + ", ".join(
+            f"k={k}: {masks.get(k, 'the ticket run' + chr(39) + 's')}"
+            for k in rewind_points) + ")"
     return str(masks or "the ticket run's")
 
 
@@ -209,11 +251,12 @@ def _tick(label):
 def report(run, threshold):
     """(cell rows, {"csv" / "md" / "png" / "pairs.csv": bytes}, the figure or None) of a
     StabilityRun."""
+    record = run.record().stability
     pairs = pair_rows(run)
-    table = cells(pairs, threshold)
+    table = cells(pairs, threshold, record.pairs)
     out = {"csv": csv_text(CELL_COLUMNS, table).encode(),
            "pairs.csv": csv_text(PAIR_COLUMNS, pairs).encode(),
-           "md": markdown(table, threshold, run.title(), run.record().stability).encode()}
+           "md": markdown(table, threshold, run.title(), record).encode()}
     fig = figure(table, threshold)
     if fig is not None:
         out["png"] = figures.render(fig, ("png",))["png"]

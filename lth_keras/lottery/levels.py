@@ -1,6 +1,6 @@
 """The one level loop of every protocol, and the summaries of its levels.
 
-A protocol (IMP in tickets.py, fine-tuning in transfer.py) is a small branch over
+A protocol (IMP in tickets.py, fine-tuning in fine_tuning.py) is a small branch over
 this loop, the way open_lth writes its control experiments: it supplies each
 level's starting point (weights and mask, loaded into its model) and what it adds
 to a level's record; the loop does the rest, alike for every protocol: the
