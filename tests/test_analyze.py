@@ -324,6 +324,9 @@ def test_a_level_in_progress_is_left_out(results):
     (lambda p: _edit(os.path.join(p, "levels", "level_01", "metrics.json"), test=None),
      "test"),
     (lambda p: _edit(os.path.join(p, "levels", "level_01", "metrics.json"), level=7), "level"),
+    # A NaN accuracy would blank every contrast its search enters: refused, named.
+    (lambda p: _edit(os.path.join(p, "levels", "level_01", "metrics.json"),
+                     test={"accuracy": float("nan"), "loss": 1.0}), "test.accuracy is nan"),
     (lambda p: os.makedirs(os.path.join(p, "levels", "final")), "not a level directory"),
 ])
 def test_malformed_run_directories_are_refused(fresh_results, damage, needle):
@@ -536,6 +539,9 @@ def test_minimum_detectable_effect_against_hand_computed_numbers():
     assert d.mde == pytest.approx(1.15603 * d.sd, rel=1e-5)
     assert d.mde == pytest.approx(1.152821 * d.sd, rel=0.005)
     assert statistics.detectable_text(d) == "1.85"
+    # Enough searches but all alike: what is missing is a spread, and the text says so.
+    same = statistics.search_difference(dict(enumerate([0.72] * 6)), dict(enumerate([0.7] * 6)))
+    assert statistics.detectable_text(same) == "not estimable (no spread)"
     # At 3 units (2 degrees of freedom) the textbook approximation is 5% short: 3.0965 sd
     # against 3.2640 (again confirmed by simulation).
     assert statistics.minimum_detectable_effect(1.0, 3) == pytest.approx(3.26404, rel=1e-5)
@@ -543,10 +549,14 @@ def test_minimum_detectable_effect_against_hand_computed_numbers():
 
 def test_holm_adjustment_against_hand_computed_numbers():
     # Sorted: 0.01 · 3 = 0.03; 0.03 · 2 = 0.06; 0.04 · 1 = 0.04, raised to 0.06 (step-down
-    # monotone); NaN is not tested and does not count in the family.
+    # monotone).
+    adjusted = statistics.holm([0.04, 0.01, 0.03])
+    assert adjusted == pytest.approx([0.06, 0.03, 0.06])
+    # A named contrast that could not be tested (NaN) stays in the family of 4: 0.01 · 4 =
+    # 0.04; 0.03 · 3 = 0.09; 0.04 · 2 = 0.08, raised to 0.09.
     adjusted = statistics.holm([0.04, 0.01, math.nan, 0.03])
-    assert adjusted[1] == pytest.approx(0.03) and adjusted[3] == pytest.approx(0.06)
-    assert adjusted[0] == pytest.approx(0.06) and math.isnan(adjusted[2])
+    assert adjusted[1] == pytest.approx(0.04) and adjusted[3] == pytest.approx(0.09)
+    assert adjusted[0] == pytest.approx(0.09) and math.isnan(adjusted[2])
     assert statistics.holm([0.2]) == [0.2]  # a family of one: p_holm = p
     assert statistics.holm([0.6, 0.5]) == [1.0, 1.0]  # capped at 1
 
@@ -623,8 +633,8 @@ def test_the_named_domain_contrast_and_the_target_ticket_row(tmp_path):
     from the grid's record; and the ticket − target ticket rows it is made of."""
     root = str(tmp_path / "grid")
     nat = {s: make_tickets(root, "cifar10", s, [(0.5, 0.5)] * 3) for s in (0, 1, 2)}
-    # natural ticket - target ticket, by search: art 0.05, 0.06, 0.07; histo -0.02, -0.01, 0.
-    gaps = {"art": [0.05, 0.06, 0.07], "histo": [-0.02, -0.01, 0.0]}
+    # natural ticket - target ticket, by search: art 0.05, 0.06, 0.07; histo -0.03, 0, 0.
+    gaps = {"art": [0.05, 0.06, 0.07], "histo": [-0.03, 0.0, 0.0]}
     for target, gap in gaps.items():
         for s in (0, 1, 2):
             own = make_tickets(root, target, s, [(0.5, 0.5)] * 3)
@@ -651,9 +661,13 @@ def test_the_named_domain_contrast_and_the_target_ticket_row(tmp_path):
     domains = [r for r in rows if r["target"] == "art vs histo"]
     assert len(domains) == 1  # the momentum=0.5 view of histo is not paired with art's
     domain = domains[0]
-    # Per search 0.07 in each: mean 0.07, sd 0.
+    # Per search 0.08, 0.06, 0.07: mean 0.07, sd 0.01, ± t(0.975, 2) · 0.01 / sqrt(3) =
+    # 0.024841; one transfer seed a search, each search's own replicate (s, 0).
     assert domain["searches"] == 3 and domain["mean"] == pytest.approx(0.07)
-    assert domain["sd"] == pytest.approx(0, abs=1e-12) and domain["family"] == "exploratory"
+    assert domain["sd"] == pytest.approx(0.01) and domain["family"] == "exploratory"
+    assert (domain["ci_low"], domain["ci_high"]) == pytest.approx((0.045159, 0.094841), abs=1e-6)
+    assert domain["transfer_seeds"] == "1" and domain["n"] == 3
+    assert domain["pairs"] == " ".join(cells.replicate_label((s, 0)) for s in (0, 1, 2))
     # The target's own fine-tuned tickets are not a natural line: no primary of their own.
     assert {r["tickets"] for r in rows if r["primary"]} == {"cifar10"}
 
@@ -845,3 +859,18 @@ def test_the_sources_table_shows_how_well_each_search_learnt_its_natural_source(
            "is 40.00 (tickets seed 0)." in text
     rows = list(csv.DictReader(io.StringIO(out.files["sources.csv"].decode())))
     assert [float(r["level0_val_accuracy"]) for r in rows] == [0.40, 0.71, 0.62]
+
+
+def test_transfers_with_another_head_rule_are_refused_not_compared(tmp_path):
+    """A scratch baseline whose head was drawn by another rule would carry the head's effect
+    into every contrast: the analysis names it in one line instead of picking a baseline."""
+    root = make_pairs_grid(str(tmp_path / "grid"))
+    tickets = os.path.join(root, "tickets", "cifar10-frac1-seed0")
+    other = make_transfer(root, "histo", "scratch", 0, [(0.6, 0.5)], tickets, levels=[0],
+                          name="scratch-other-head")
+    config = os.path.join(other, "config.json")
+    record = artifacts.read_json(config)
+    record["hparams"]["head"] = "an earlier rule"
+    artifacts.write_json(config, record)
+    with pytest.raises(collect.AnalysisError, match="transfers with different head rules"):
+        report.analyze([root], overlap=False)

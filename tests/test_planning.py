@@ -77,6 +77,30 @@ def test_a_plan_from_a_pilot_grid(tmp_path):
     assert "The design named, 8 searches × 2 transfer seeds" in text
 
 
+def test_one_study_of_two_targets_pays_both_targets_pairs_per_seed(tmp_path):
+    # The pilot grid above on histo, and the same transfers on a second target, art: every
+    # level records 10 s, so a seed costs 20 s on each target and 40 s for a study of both;
+    # a search (its ticket run to level 2) 30 s either way.
+    from test_analyze import DIFFERENCES, SEARCHES, TRANSFER_SEEDS
+
+    root = make_pairs_grid(str(tmp_path / "pilot"))
+    for s in SEARCHES:
+        tickets = os.path.join(root, "tickets", f"cifar10-frac1-seed{s}")
+        for t, d in zip(TRANSFER_SEEDS, DIFFERENCES[s]):
+            make_transfer(root, "art", "scratch", t, [(0.6, 0.5)], tickets, levels=[0],
+                          name=f"art-scratch-{s}-{t}")
+            make_transfer(root, "art", "rewind", t, [(0.6, 0.5), (0.7, 0.5 + d)], tickets,
+                          levels=[0, 2], name=f"art-rewind-{s}-{t}")
+    plan = planning.plan_study([root], effect=0.02, design=(8, 2))
+    assert [p.seed_cost.seconds for p in plan.targets] == [20, 20]
+    assert plan.seed_cost.seconds == 40
+    for p in plan.targets:  # a target studied alone pays its own pair only
+        assert p.best.cost.seconds == p.best.searches * (30 + p.best.transfer_seeds * 20)
+        assert p.given.cost.seconds == 8 * (30 + 2 * 20)
+    o = plan.overall
+    assert o.cost.seconds == o.searches * (30 + o.transfer_seeds * 40)
+
+
 def test_a_pilot_that_cannot_feed_the_planner_is_refused(tmp_path):
     root = str(tmp_path / "pilot")
     # Two searches, one transfer seed each: neither variance component can be told apart.

@@ -269,6 +269,10 @@ def _read_level(path, level, run):
     for name, info in layers.items():
         layer_density[name] = _Fields(path, info, prefix=f"density.layers.{name}.").get(
             "density", numbers.Real)
+    for split, fields in (("val", val), ("test", test)):
+        accuracy = fields.get("accuracy", numbers.Real)
+        if not 0 <= accuracy <= 1:  # NaN included: one such run would blank a whole contrast
+            raise AnalysisError(f"{path}: {split}.accuracy is {accuracy}, not in [0, 1]")
     noisy = metrics.get("noisy_stop")
     cost = metrics.get("cost") if isinstance(metrics.get("cost"), dict) else {}
     flops = cost.get("training_flops") if isinstance(cost.get("training_flops"), dict) else {}

@@ -167,6 +167,7 @@ class TargetPlan:
     target: str
     source: str
     pilot: object        # statistics.SearchDifference of the pilot's primary contrast
+    seed_cost: Cost      # a transfer seed on this target: the ticket's transfer and scratch
     designs: list        # designs(): one per m, None where none reaches the power
     best: Design | None  # the cheapest
     given: Design | None = None  # the design named with --design, and its power
@@ -178,7 +179,7 @@ class Plan:
     level: int
     effect: float
     search_cost: Cost
-    seed_cost: Cost
+    seed_cost: Cost      # a transfer seed of one study of every target: all their pairs
     targets: list
     overall: Design | None  # the cheapest design that reaches the power on every target
     throughput: float | None
@@ -210,25 +211,27 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
     tickets = [r for r in runs if r.kind == "find_tickets" and r.source in natural]
     search_cost = _sum_costs([level_cost([run.levels[k]]) for run in tickets
                               for k in range(level + 1) if k in run.levels], len(tickets))
-    seed_cost = _sum_costs([
-        level_cost([run.levels[level] for c in found for run in c.a.line.cell.runs
-                    if level in run.levels]),
-        level_cost([run.levels[0] for c in found for run in c.b.line.cell.runs
-                    if 0 in run.levels])], 1)
     plans = []
     for c in found:
         comp = c.difference.components
+        # A transfer seed on this target costs its own pair: the ticket's transfer and scratch.
+        seed_cost = _sum_costs([
+            level_cost([run.levels[level] for run in c.a.line.cell.runs if level in run.levels]),
+            level_cost([run.levels[0] for run in c.b.line.cell.runs if 0 in run.levels])], 1)
         options = designs(effect, comp.between, comp.within, search_cost, seed_cost,
                           power=power, alpha=alpha, max_searches=max_searches,
                           max_transfer_seeds=max_transfer_seeds)
-        plan = TargetPlan(c.target, c.source, c.difference, options, cheapest(options))
+        plan = TargetPlan(c.target, c.source, c.difference, seed_cost, options,
+                          cheapest(options))
         if design:
             n, m = design
             plan.given = Design(n, m, study_power(effect, comp.between, comp.within, n, m,
                                                   alpha), n * (search_cost + m * seed_cost))
             plan.given_detectable = detectable(comp.between, comp.within, n, m, power, alpha)
         plans.append(plan)
-    # One study serves every target: per m, the most searches any target needs.
+    # One study serves every target: per m, the most searches any target needs, and each
+    # transfer seed costs every target's pair.
+    seed_cost = _sum_costs([p.seed_cost for p in plans], 1)
     overall = []
     for i, m in enumerate(range(1, max_transfer_seeds + 1)):
         needed = [p.designs[i] for p in plans]
@@ -282,9 +285,10 @@ def markdown(plan, power=POWER, alpha=ALPHA):
         f"power of the two-sided t-test over searches (df = n − 1, α = {alpha}) at the "
         f"named effect. Each row is the fewest searches that reach {power:.0%} power with "
         f"that m; the cheapest is marked. Costs per search (the ticket run to level "
-        f"{plan.level}): {_cost_text(plan.search_cost, plan.throughput)}; per transfer seed "
-        f"(the ticket's transfer and its scratch pair): "
-        f"{_cost_text(plan.seed_cost, plan.throughput)}; hours {at}. The pilot's variances "
+        f"{plan.level}): {_cost_text(plan.search_cost, plan.throughput)}; per transfer seed, "
+        f"the ticket's transfer and its scratch on a target (under each target), on every "
+        f"target for one study of them all: {_cost_text(plan.seed_cost, plan.throughput)}; "
+        f"hours {at}. The pilot's variances "
         "are estimates from few searches: the plan is as good as they are.",
         "",
     ]
@@ -293,7 +297,8 @@ def markdown(plan, power=POWER, alpha=ALPHA):
         lines += [f"## {p.target} ({p.source} tickets)", "",
                   f"Pilot: {p.pilot.n} searches, {comp.replicates} pairs; mean difference "
                   f"{100 * p.pilot.mean:+.2f} points; σ_b {100 * math.sqrt(comp.between):.2f}, "
-                  f"σ_w {100 * math.sqrt(comp.within):.2f} points; ICC {comp.icc:.2f}.", "",
+                  f"σ_w {100 * math.sqrt(comp.within):.2f} points; ICC {comp.icc:.2f}. A "
+                  f"transfer seed here: {_cost_text(p.seed_cost, plan.throughput)}.", "",
                   "| transfer seeds m | searches n | power | cost |", "|---:|---:|---:|---|"]
         for m, d in enumerate(p.designs, start=1):
             if d is None:

@@ -40,8 +40,7 @@ from lth_keras import artifacts
 from lth_keras.analysis.cells import replicate_label
 from lth_keras.analysis.collect import AnalysisError
 from lth_keras.analysis.statistics import (ALPHA, MIN_SEARCHES_FOR_MDE, POWER, SearchDifference,
-                                           detectable_text, holm, search_difference,
-                                           search_means)
+                                           detectable_text, holm, search_difference)
 from lth_keras.lottery.directory import GRID_RECORD, LEVELS, TENSORBOARD
 
 PRIMARY = "ticket − scratch"
@@ -194,11 +193,11 @@ def _domain_name(first, second):
 def _domain(lines, level, first, second):
     """(ticket − target ticket) on `first` minus the same on `second`, per search, for one
     natural source's tickets ({target: (line, target ticket line)})."""
-    gaps = []
+    gaps = []  # {replicate: ticket − target ticket}, paired within a replicate as elsewhere
     for target in (first, second):
         line, target_ticket = lines[target]
         a, b = Side(line, level).values(), Side(target_ticket, level).values()
-        gaps.append(search_means({k: a[k] - b[k] for k in set(a) & set(b)}))
+        gaps.append({k: a[k] - b[k] for k in set(a) & set(b)})
     return Contrast(f"{first} vs {second}", lines[first][0].label, _domain_name(first, second),
                     level, None, None, search_difference(*gaps))
 

@@ -163,11 +163,13 @@ def search_means(by_replicate):
 
 
 def holm(pvalues):
-    """Holm's step-down adjustment of a family of p-values (a list; NaN entries are not
-    tested and stay NaN, the family is the finite ones): the i-th smallest of k becomes
-    max over j <= i of min(1, (k - j + 1) · p_(j))."""
+    """Holm's step-down adjustment of a family of p-values (a list). The family is every
+    contrast in it, those that could not be tested (NaN: one search, no spread) included:
+    they were named, and leaving them out would make the others' adjustment milder. The
+    i-th smallest finite p of a family of k becomes max over j <= i of min(1, (k - j + 1) ·
+    p_(j)); NaN entries stay NaN."""
     finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
-    k = len(finite)
+    k = len(pvalues)
     adjusted = [math.nan] * len(pvalues)
     running = 0.0
     for rank, (p, i) in enumerate(finite):
@@ -212,6 +214,8 @@ def minimum_detectable_effect(sd, n, alpha=ALPHA, power=POWER):
 
 def detectable_text(difference, scale=100.0):
     """The MDE in points, or "not estimable (n = …)" below MIN_SEARCHES_FOR_MDE searches."""
-    if not difference.mde_estimable or math.isnan(difference.mde):
+    if not difference.mde_estimable:
         return f"not estimable (n = {difference.n})"
+    if math.isnan(difference.mde):
+        return "not estimable (no spread)"
     return f"{scale * difference.mde:.2f}"

@@ -27,7 +27,7 @@ import json
 
 from lth_keras import settings
 from lth_keras.analysis.cells import distinct_labels
-from lth_keras.analysis.collect import TICKETS
+from lth_keras.analysis.collect import TICKETS, AnalysisError
 from lth_keras.datasets import SOURCES, TARGETS
 
 NATURAL_SOURCES = tuple(sorted(SOURCES))  # cifar10, cifar100, fashion_mnist: the paper's order
@@ -83,6 +83,14 @@ def build_views(cells, natural=NATURAL_SOURCES):
         if cell.dataset in targets:
             key = (cell.dataset, cell.model, cell.image_size, json.dumps(recipe(cell)))
             groups.setdefault(key, []).append(cell)
+    for (target, *_), members in groups.items():
+        # Every readable transfer draws its head by one rule; a record of another would be
+        # compared with a baseline whose head differs, so it is refused, not mixed.
+        heads = {str(c.setting.get("head")) for c in members if c.kind == "transfer"}
+        if len(heads) > 1:
+            raise AnalysisError(f"{target}: transfers with different head rules "
+                                f"({', '.join(sorted(heads))}) under one root: analyse them "
+                                "separately")
     order = {name: i for i, name in enumerate(TARGETS)}
     keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), *k))
     per_target = {}
