@@ -241,3 +241,58 @@ def test_the_controls_section_averages_the_named_levels_per_search(tmp_path):
             "not estimable (n = 2) |") in text
     assert "| 14 | 0.0440 | 90.00 / 90.00 | 89.00 / 88.00 |" in text
     assert "| ticket − random mask | +0.00, +0.00 | +0.00 (no spread: no interval) | — |" in text
+
+
+def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_path):
+    """The answer sentences come from primary.csv, the directions from table2.csv: checked
+    here on hand-made files."""
+    import csv
+
+    import results_docs
+
+    analysis = tmp_path / "analysis"
+    analysis.mkdir()
+
+    def write(name, rows):
+        with open(analysis / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def contrast(target, name, primary, mean, low, high, p_holm, mde, icc, seeds="2"):
+        return {"target": target, "tickets": "nat", "contrast": name, "primary": primary,
+                "level": 7, "mean": mean, "ci_low": low, "ci_high": high, "p_holm": p_holm,
+                "mde": mde, "icc": icc, "design_effect": 1 + icc if icc != "" else "",
+                "searches": 8, "transfer_seeds": seeds}
+
+    write("primary.csv", [
+        contrast("histo", "ticket − scratch", "True", -0.01, -0.03, 0.01, 0.4, 0.041, 0.0),
+        contrast("histo", "ticket − reinit", "False", 0.05, 0.01, 0.09, 0.01, 0.04, 0.1),
+        contrast("art", "ticket − scratch", "True", 0.05, 0.02, 0.08, 0.004, 0.045, 0.5),
+        contrast("art vs histo", "(ticket − target ticket) on art − on histo", "False", 0.03,
+                 -0.01, 0.07, 0.5, "", "", seeds="1")])
+    table2 = [("histo", "scratch", 0.90), ("histo", "nat", 0.88),
+              ("histo", "histo tickets, fine-tuned", 0.91), ("art", "scratch", 0.50),
+              ("art", "nat", 0.56), ("art", "art tickets, fine-tuned", 0.55)]
+    write("table2.csv", [{"target": t, "column": c, "test_accuracy_mean": a}
+                         for t, c, a in table2])
+    text = results_docs._study(str(tmp_path))
+    assert ("- **histo** (nat tickets), ticket − scratch at level 7: -1.00 points, 8 searches × "
+            "2 transfer seeds, 95% CI [-3.00, +1.00], p_holm 0.400, detectable 4.10 points, "
+            "ICC 0.00 (design effect 1.00): no difference detected.") in text
+    assert "- **art** (nat tickets), ticket − scratch at level 7: +5.00 points" in text
+    assert "detectable 4.50 points, ICC 0.50 (design effect 1.50): detected: the ticket is " \
+           "better." in text
+    assert "ticket − reinit" not in text.split("**Table 2")[0]  # exploratory: not an answer
+    assert ("- **(ticket − target ticket) on art − on histo** (nat tickets; exploratory, named "
+            "in advance: the paper's second finding predicts it positive): +3.00 points, 8 "
+            "searches × 1 transfer seed, 95% CI [-1.00, +7.00], p_holm 0.500, detectable "
+            "effect not estimable (n = 8).") in text
+    assert "| histo (nat tickets, here) | ? | 90.00 | 88.00 | 91.00 | < | < |" in text
+    assert "| art (nat tickets, here) | ? | 50.00 | 56.00 | 55.00 | > | > |" in text
+    assert "| Artist-Classification-1 (CIFAR-10 tickets, the paper) | art | 45.88 | 66.58 | " \
+           "58.74 | > | > |" in text
+    assert ("Natural ticket above scratch: here on art; in the paper on Human-LBA, "
+            "Lung-Tissues, Mouse-LBA, Bone-Marrow, Artist-Classification-1, "
+            "Type-Classification. Natural ticket above the target's own: here on art; in the "
+            "paper on Mouse-LBA, Artist-Classification-1, Type-Classification.") in text

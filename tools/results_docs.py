@@ -359,11 +359,114 @@ def _stability(directory):
     return "\n\n".join(parts)
 
 
+# The paper's Table 2 (test accuracy %, ResNet-50 at 224 px, each ticket cell the best of 31
+# levels): scratch, CIFAR-10 tickets, the target's own tickets.
+PAPER_TABLE2 = (("Human-LBA", "pathology", 71.85, 79.17, 81.72),
+                ("Lung-Tissues", "pathology", 84.75, 88.90, 90.48),
+                ("Mouse-LBA", "pathology", 48.17, 74.20, 68.20),
+                ("Bone-Marrow", "pathology", 64.66, 71.75, 72.55),
+                ("Artist-Classification-1", "art", 45.88, 66.58, 58.74),
+                ("Type-Classification", "art", 41.36, 58.63, 50.44))
+KINDS = {"histology_nuclei": "pathology", "wikiart_artists10": "art"}
+
+
+def _number(text):
+    return float(text) if text not in ("", None) else math.nan
+
+
+def _answer(analysis):
+    """The primary contrasts and the named cross-target contrast, in sentences, from
+    primary.csv."""
+    rows = _rows(os.path.join(analysis, "primary.csv"))
+    lines = ["**The answer**, with the ticket search as the unit (from `analysis/primary.csv`; "
+             "the verdict is on p_holm, Holm over the targets' primary contrasts):", ""]
+    for r in rows:
+        domain = " vs " in r["target"]
+        if r["primary"] != "True" and not domain:
+            continue
+        mean, low, high = (_number(r[k]) for k in ("mean", "ci_low", "ci_high"))
+        p_holm, mde, icc = _number(r["p_holm"]), _number(r["mde"]), _number(r["icc"])
+        ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
+              else "no interval")
+        detectable = (f"detectable {100 * mde:.2f} points" if not math.isnan(mde)
+                      else f"detectable effect not estimable (n = {r['searches']})")
+        spread = ("" if math.isnan(icc) else
+                  f", ICC {icc:.2f} (design effect {_number(r['design_effect']):.2f})")
+        seeds = f"{r['transfer_seeds']} transfer seed{'' if r['transfer_seeds'] == '1' else 's'}"
+        what = (f"{r['searches']} searches × {seeds}, {ci}, "
+                f"p_holm {p_holm:.3f}, {detectable}{spread}")
+        if domain:
+            lines.append(f"- **{r['contrast']}** ({r['tickets']} tickets; exploratory, named in "
+                         f"advance: the paper's second finding predicts it positive): "
+                         f"{_points(mean)} points, {what}.")
+            continue
+        if math.isnan(p_holm):
+            reading = "no verdict (no spread or one search)"
+        elif p_holm < statistics.ALPHA:
+            reading = ("detected: the ticket is better" if mean > 0
+                       else "detected: scratch is better")
+        else:
+            reading = "no difference detected"
+        lines.append(f"- **{r['target']}** ({r['tickets']} tickets), ticket − scratch at level "
+                     f"{r['level']}: {_points(mean)} points, {what}: {reading}.")
+    return "\n".join(lines)
+
+
+def _direction(a, b):
+    if math.isnan(a) or math.isnan(b):
+        return "—"
+    return ">" if a > b else "<" if a < b else "="
+
+
+def _table2_against_the_paper(analysis, natural):
+    """Table 2's natural ticket against scratch and against the target's own fine-tuned
+    tickets, direction only, beside the paper's Table 2."""
+    by = {(r["target"], r["column"]): r for r in _rows(os.path.join(analysis, "table2.csv"))}
+    lines = ["**Table 2 against the paper's, direction only** (each ticket cell the level "
+             "picked on validation; the paper's is ResNet-50 at 224 px, the best of 31 levels, "
+             "CIFAR-10 tickets: not comparable in size):", "",
+             "| target | kind | scratch | natural ticket | target ticket | natural vs scratch "
+             "| natural vs target ticket |", "|---|---|---:|---:|---:|:---:|:---:|"]
+    mine = {}
+    for target in sorted({t for t, _ in by}):
+        cells = [by.get((target, column)) for column in
+                 ("scratch", natural, f"{target} tickets, fine-tuned")]
+        values = [100 * _number(c["test_accuracy_mean"]) if c else math.nan for c in cells]
+        mine[target] = values
+        lines.append(f"| {target} ({natural} tickets, here) | {KINDS.get(target, '?')} | "
+                     + " | ".join("—" if math.isnan(v) else f"{v:.2f}" for v in values)
+                     + f" | {_direction(values[1], values[0])} | "
+                       f"{_direction(values[1], values[2])} |")
+    for name, kind, *values in PAPER_TABLE2:
+        lines.append(f"| {name} (CIFAR-10 tickets, the paper) | {kind} | "
+                     + " | ".join(f"{v:.2f}" for v in values)
+                     + f" | {_direction(values[1], values[0])} | "
+                       f"{_direction(values[1], values[2])} |")
+
+    def where(rows, test):
+        return ", ".join(name for name, values in rows if test(values)) or "none"
+
+    ours = list(mine.items())
+    paper = [(name, values) for name, _, *values in PAPER_TABLE2]
+    lines += ["", f"Natural ticket above scratch: here on {where(ours, lambda v: v[1] > v[0])}; "
+                  f"in the paper on {where(paper, lambda v: v[1] > v[0])}. Natural ticket above "
+                  f"the target's own: here on {where(ours, lambda v: v[1] > v[2])}; in the paper "
+                  f"on {where(paper, lambda v: v[1] > v[2])}."]
+    return "\n".join(lines)
+
+
 def _study(directory):
+    analysis = os.path.join(directory, "analysis")
     parts = []
+    if os.path.exists(os.path.join(analysis, "primary.csv")):
+        parts.append(_answer(analysis))
+        natural = next((r["tickets"] for r in _rows(os.path.join(analysis, "primary.csv"))
+                        if r["primary"] == "True"), None)
+        if natural and os.path.exists(os.path.join(analysis, "table2.csv")):
+            parts.append(_table2_against_the_paper(analysis, natural))
     for name in ("primary.md", "sources.md"):  # each without its title
-        if os.path.exists(os.path.join(directory, "analysis", name)):
-            with open(os.path.join(directory, "analysis", name)) as f:
+        if os.path.exists(os.path.join(analysis, name)):
+            with open(os.path.join(analysis, name)) as f:
                 parts.append(f.read().split("\n", 1)[1].strip())
     return "\n\n".join(parts)
 
