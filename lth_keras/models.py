@@ -5,7 +5,7 @@ layers are `MaskedConv2D` / `MaskedDense` (prunable) and whose classifier is a
 plain `keras.layers.Dense` named `HEAD_NAME` (never pruned; transfer replaces
 it). Outputs are logits.
 
-Initialisation (PROTOCOL "Notation"): Glorot-uniform kernels, zero biases,
+Initialisation (docs/protocol.md "Symbols"): Glorot-uniform kernels, zero biases,
 BatchNorm gamma=1 / beta=0. Each kernel is drawn by numpy from its own seed,
 derived from (model seed, layer name) with crc32, so θ_0 depends on the seed
 alone: not on what else the process built before, and not on the backend (the

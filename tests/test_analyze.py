@@ -874,3 +874,15 @@ def test_transfers_with_another_head_rule_are_refused_not_compared(tmp_path):
     artifacts.write_json(config, record)
     with pytest.raises(collect.AnalysisError, match="transfers with different head rules"):
         report.analyze([root], overlap=False)
+
+
+def test_grids_naming_different_primary_levels_need_the_level_and_take_it(tmp_path):
+    root = make_pairs_grid(str(tmp_path / "grid"))  # names level 2
+    other = tmp_path / "other"
+    artifacts.write_json(str(other / "grid.json"), {"kind": "grid", "primary_level": 1})
+    with pytest.raises(collect.AnalysisError, match="different primary levels"):
+        report.analyze([root, str(other)], overlap=False)
+    # Named by the caller, the level is taken and the grids' disagreement no longer matters.
+    result = report.analyze([root, str(other)], overlap=False, primary_level=2)
+    rows = {r["contrast"]: r for r in result.tables["primary"]}
+    assert rows["ticket − scratch"]["mean"] == pytest.approx(0.025)

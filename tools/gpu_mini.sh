@@ -3,9 +3,10 @@
 # TensorFlow, no keras and no network (docs/guide.md "Engines and GPUs").
 #
 #   bash tools/gpu_mini.sh prepare [--tiny]    # here: .gpu_mini/ (data) and .whl/ (wheels)
-#   bash tools/gpu_mini.sh run [--tiny]        # there, through the device tool, with
-#                                              # carry=[".whl", ".gpu_mini"]: results in $OUT
-#   bash tools/gpu_mini.sh analyze DIR         # here, on what came back (its files_at):
+#   bash tools/gpu_mini.sh run [--tiny] [--out=DIR]   # on the GPU node, with .whl/ and
+#                                              # .gpu_mini/ beside the checkout: records in
+#                                              # DIR (default $OUT)
+#   bash tools/gpu_mini.sh analyze DIR         # here, on what came back:
 #                                              # outputs/reference/gpu_mini/
 #
 # `prepare` downloads the wheels (tools/device_wheels.sh), then runs tools/gpu_mini.py

@@ -98,9 +98,44 @@ def presets_md():
             text = f.read().splitlines()
         comment = [line[1:].strip() for line in text if line.startswith("#")]
         values = [line.strip() for line in text if line.strip() and not line.startswith("#")]
-        lines += [f"## `flags/{name}`", "", " ".join(comment), "", "```text", *values, "```",
-                  ""]
+        lines += [f"## `flags/{name}`", "", *_comment_markdown(comment), "```text", *values,
+                  "```", ""]
     return "\n".join(lines)
+
+
+COMMAND_STARTS = ("python ", "python3 ", "bash ", "KERAS_BACKEND=")
+
+
+def _comment_markdown(comment):
+    """A preset's comment as Markdown: its prose as paragraphs, its "- " lines as a list and
+    its commands (continued by a trailing backslash) as code blocks, so that they paste."""
+    blocks = []  # [kind, [lines]]: "text", "item" or "code"
+    for text in comment:
+        if blocks and blocks[-1][0] == "code" and blocks[-1][1][-1].endswith("\\"):
+            blocks[-1][1].append("  " + text)
+        elif text.startswith(COMMAND_STARTS):
+            if blocks and blocks[-1][0] == "code":
+                blocks[-1][1].append(text)
+            else:
+                blocks.append(["code", [text]])
+        elif text.startswith("- "):
+            blocks.append(["item", [text]])
+        elif not text:
+            blocks.append(["text", []])
+        elif blocks and blocks[-1][0] in ("text", "item"):
+            blocks[-1][1].append(text)
+        else:
+            blocks.append(["text", [text]])
+    out = []
+    for i, (kind, body) in enumerate(blocks):
+        if kind == "code":
+            out += ["```bash", *body, "```", ""]
+        elif body:
+            out.append(" ".join(body))
+            # a list ends with a blank line; its items follow one another without one
+            if not (kind == "item" and i + 1 < len(blocks) and blocks[i + 1][0] == "item"):
+                out.append("")
+    return out
 
 
 FILES = {"flags.md": flags_md, "run_directory.md": run_directory_md, "presets.md": presets_md}

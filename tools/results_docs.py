@@ -166,10 +166,11 @@ def _main_job(directory):
     last = max(runs[0][0])
     moved = [abs(100 * (pair[0][lv]["test"] - pair[1][lv]["test"]))
              for pair in runs for lv in pair[0] if lv in pair[1]]
-    lines += ["", f"The same preset, packages and seeds on a second 2-core machine ("
+    lines += ["", f"The same preset and seeds, with the same TensorFlow and Keras, on a second "
+              f"2-core machine ("
               f"{_machine(other)}; files: [`outputs/reference/quick_tickets_epyc/`]"
               f"(../outputs/reference/quick_tickets_epyc/)) move a level's test accuracy by up "
-              f"to {max(moved):.2f} points; seed 0's last level (the README's main job) tests "
+              f"to {max(moved):.2f} points; seed 0's last level (the README's first command) tests "
               f"at {100 * runs[0][0][last]['test']:.2f}% here and "
               f"{100 * runs[0][1][last]['test']:.2f}% there."]
     return "\n".join(lines)
@@ -498,11 +499,11 @@ EXPERIMENTS = (
         "cap of 10 epochs: these are numbers of short fine-tuning.",
         _quick_pairs),
     Experiment(
-        "The main job: quick `find_tickets` on Fashion-MNIST, on two machines",
+        "The quick `find_tickets` on Fashion-MNIST (the README's first command), on two machines",
         "What the README's first command gives, level by level, and how much of it belongs to "
-        "the machine: ResNet-20 at 32 px on 5% of Fashion-MNIST's training split (2,700 "
-        "images), 1,200 validation images, the full test split, 6 rounds, at most 5 epochs a "
-        "level. The searches are those of the Fashion-MNIST study above (seeds 0 and 1).",
+        "the machine: ResNet-20 at 32 px on 5% of Fashion-MNIST's training split after its "
+        "validation carve (2,940 images), 1,200 validation images, the full test split, 6 "
+        "rounds, at most 5 epochs a level. The searches are those of the Fashion-MNIST study above (seeds 0 and 1).",
         "quick_pairs_precise_bn",
         "python -m lth_keras.find_tickets --source=fashion_mnist --flagfile=flags/quick.cfg --seed=S  # S = 0, 1",
         "This preset shows the pipeline, not a result: one image of 1,200 is 0.08 points, early "

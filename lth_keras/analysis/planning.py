@@ -195,7 +195,7 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
     from lth_keras.analysis import cells, collect, primary, views
 
     runs = collect.collect_runs(roots)
-    record = primary.grid_plan(roots)
+    record = primary.grid_plan(roots, level_given=level is not None)
     level = record.primary_level if level is None else level
     if level is None:
         raise PlanningError("no level: the pilot's grid names no primary level; give --level")

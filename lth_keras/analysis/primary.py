@@ -94,9 +94,10 @@ class GridPlan:
     where: str = ""                # the grid.json files that say so
 
 
-def grid_plan(roots):
+def grid_plan(roots, level_given=False):
     """The GridPlan of every grid.json under `roots`; grids that name different primary
-    levels or domain contrasts are an AnalysisError (say which with --primary_level)."""
+    levels (unless the caller names the level: `level_given`) or domain contrasts are an
+    AnalysisError."""
     records = {}
     for root in roots:
         for directory, subdirs, files in os.walk(root, followlinks=True):
@@ -112,7 +113,7 @@ def grid_plan(roots):
                 records[path] = record
     levels = {p: r["primary_level"] for p, r in records.items()
               if r.get("primary_level") is not None}
-    if len(set(levels.values())) > 1:
+    if len(set(levels.values())) > 1 and not level_given:
         raise AnalysisError("the grids name different primary levels ("
                             + ", ".join(f"{p}: {level}" for p, level in sorted(levels.items()))
                             + "): give --primary_level")

@@ -42,7 +42,7 @@ def analyze(roots, *, natural=None, density_runs=None, overlap=True,
     """
     stability_runs = []
     runs = collect.collect_runs(roots, stability_runs)
-    plan = primary.grid_plan(roots)
+    plan = primary.grid_plan(roots, level_given=primary_level is not None)
     if natural is None:
         natural = tuple(sorted(set(NATURAL_SOURCES) | set(plan.natural)))
     views = build_views(group_cells(runs), natural)

@@ -200,7 +200,7 @@ def check_every_class(split: Split, num_classes: int, what: str, *,
     """Raise DataError if `split` lacks any of the `num_classes` classes.
 
     A split without some class makes early stopping and accuracy meaningless
-    (PROTOCOL, "Every class in every split").
+    (docs/protocol.md "Data").
     """
     labels = split.labels
     if len(labels) == 0:

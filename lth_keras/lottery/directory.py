@@ -29,7 +29,7 @@ its lock and:
 
 A run's identity is its result-defining settings that differ from their defaults
 and the data fingerprint; a re-run into the same directory must have the same
-identity, or it is refused (`start`). Records from before lth_keras 0.4 are refused.
+identity, or it is refused (`start`). Records of an older format are refused.
 
 config.json is read here and nowhere else: a run's `record()` is a Record, its settings
 the settings dataclasses and its parts typed (tests/test_structure.py keeps it so).
