@@ -587,6 +587,17 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
     exploratory = [r for r in result.tables["primary"] if r["family"] == "exploratory"]
     ps = [r["p"] for r in exploratory]
     assert [r["p_holm"] for r in exploratory] == pytest.approx(statistics.holm(ps), nan_ok=True)
+    # Without the reinit runs its row is absent (no search), not a member of the family: the
+    # other two are adjusted as a family of 2, not 3.
+    import shutil
+    for name in os.listdir(os.path.join(root, "transfer")):
+        if name.startswith("reinit-"):
+            shutil.rmtree(os.path.join(root, "transfer", name))
+    rows = {r["contrast"]: r for r in report.analyze([root], overlap=False).tables["primary"]}
+    assert rows["ticket − reinit"]["searches"] == 0 and math.isnan(rows["ticket − reinit"]["p_holm"])
+    two = [rows["ticket − dense θ_k"]["p"], rows["dense θ_k − scratch"]["p"]]
+    assert [rows["ticket − dense θ_k"]["p_holm"], rows["dense θ_k − scratch"]["p_holm"]] == \
+        pytest.approx(statistics.holm(two), nan_ok=True)
 
     md = result.files["table2.md"].decode()
     assert md.startswith("# Primary result: ticket − scratch at level 2, named in advance")
@@ -644,6 +655,11 @@ def test_the_named_domain_contrast_and_the_target_ticket_row(tmp_path):
                           levels=[0, 2], name=f"{target}-rewind-{s}")
             make_transfer(root, target, "rewind", 0, [(0.6, 0.6), (0.7, 0.6)], own,
                           levels=[0, 2], name=f"{target}-own-{s}")
+            if target == "art":  # a second transfer seed on art only, its gap 0.04 wider
+                make_transfer(root, target, "rewind", 1, [(0.6, 0.6), (0.7, 0.64 + gap[s])],
+                              nat[s], levels=[0, 2], name=f"{target}-rewind-{s}-t1")
+                make_transfer(root, target, "rewind", 1, [(0.6, 0.6), (0.7, 0.6)], own,
+                              levels=[0, 2], name=f"{target}-own-{s}-t1")
     for s in (0, 1, 2):  # histo under another recipe too: art has no view to pair it with
         own = os.path.join(root, "tickets", f"histo-frac1-seed{s}")
         for name, tickets, acc in (("rewind", nat[s], 0.9), ("own", own, 0.5)):
@@ -654,20 +670,22 @@ def test_the_named_domain_contrast_and_the_target_ticket_row(tmp_path):
         "domain_contrast": ["art", "histo"]})
     rows = report.analyze([root], overlap=False).tables["primary"]
     by = {(r["target"], r["contrast"]): r for r in rows}
-    assert by[("art", "ticket − target ticket")]["mean"] == pytest.approx(0.06)
+    # Art: per search the mean of its two seeds' gaps, 0.07, 0.08, 0.09.
+    assert by[("art", "ticket − target ticket")]["mean"] == pytest.approx(0.08)
     histo = [r for r in rows if r["target"].startswith("histo")
              and r["contrast"] == "ticket − target ticket"]
     assert sorted(r["mean"] for r in histo) == pytest.approx([-0.01, 0.4])
     domains = [r for r in rows if r["target"] == "art vs histo"]
     assert len(domains) == 1  # the momentum=0.5 view of histo is not paired with art's
     domain = domains[0]
-    # Per search 0.08, 0.06, 0.07: mean 0.07, sd 0.01, ± t(0.975, 2) · 0.01 / sqrt(3) =
-    # 0.024841; one transfer seed a search, each search's own replicate (s, 0).
-    assert domain["searches"] == 3 and domain["mean"] == pytest.approx(0.07)
+    # Per search, art's mean gap (over its 2 seeds) minus histo's (its one seed): 0.10,
+    # 0.08, 0.09: mean 0.09, sd 0.01, ± t(0.975, 2) · 0.01 / sqrt(3) = 0.024841. Seed t of
+    # art is not paired with seed t of histo: each search gives one value.
+    assert domain["searches"] == 3 and domain["mean"] == pytest.approx(0.09)
     assert domain["sd"] == pytest.approx(0.01) and domain["family"] == "exploratory"
-    assert (domain["ci_low"], domain["ci_high"]) == pytest.approx((0.045159, 0.094841), abs=1e-6)
-    assert domain["transfer_seeds"] == "1" and domain["n"] == 3
-    assert domain["pairs"] == " ".join(cells.replicate_label((s, 0)) for s in (0, 1, 2))
+    assert (domain["ci_low"], domain["ci_high"]) == pytest.approx((0.065159, 0.114841), abs=1e-6)
+    assert domain["transfer_seeds"] == "—" and domain["n"] == 3
+    assert domain["pairs"] == "0 1 2"
     # The target's own fine-tuned tickets are not a natural line: no primary of their own.
     assert {r["tickets"] for r in rows if r["primary"]} == {"cifar10"}
 

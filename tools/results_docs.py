@@ -149,30 +149,47 @@ def _summary_levels(path):
     return levels
 
 
+def _record(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _main_job(directory):
     """The quick preset's searches (seeds 0 and 1) on the machine of `directory` and on a
     second machine (quick_tickets_epyc/), level by level."""
     other = os.path.join(REFERENCE, "quick_tickets_epyc")
+    records = [_record(os.path.join(directory, "tickets_fashion_mnist-seed0.config.json")),
+               _record(os.path.join(other, "tickets-seed0.config.json"))]
+    names = [r["environment"].get("cpu", "?").replace("(R)", "").replace(" Processor", "")
+             for r in records]
     runs = [(_summary_levels(os.path.join(directory, f"tickets_fashion_mnist-seed{s}.summary.md")),
              _summary_levels(os.path.join(other, f"tickets-seed{s}.summary.md"))) for s in (0, 1)]
     lines = ["Validation / test accuracy (%) and best epoch of epochs, per level:", "",
-             "| level | pruned | seed 0, Xeon | seed 0, EPYC | seed 1, Xeon | seed 1, EPYC |",
+             "| level | pruned | " + " | ".join(f"seed {s}, {name}" for s in (0, 1)
+                                                for name in names) + " |",
              "|---:|---:|---|---|---|---|"]
     for level in sorted(runs[0][0]):
         cells = [f"{100 * r[level]['val']:.2f} / {100 * r[level]['test']:.2f} "
                  f"({r[level]['best']} of {r[level]['epochs']})" if level in r else "—"
                  for pair in runs for r in pair]
         lines.append(f"| {level} | {runs[0][0][level]['pruned']:.4f} | " + " | ".join(cells) + " |")
-    last = max(runs[0][0])
     moved = [abs(100 * (pair[0][lv]["test"] - pair[1][lv]["test"]))
              for pair in runs for lv in pair[0] if lv in pair[1]]
-    lines += ["", f"The same preset and seeds, with the same TensorFlow and Keras, on a second "
-              f"2-core machine ("
-              f"{_machine(other)}; files: [`outputs/reference/quick_tickets_epyc/`]"
-              f"(../outputs/reference/quick_tickets_epyc/)) move a level's test accuracy by up "
-              f"to {max(moved):.2f} points; seed 0's last level (the README's first command) tests "
-              f"at {100 * runs[0][0][last]['test']:.2f}% here and "
-              f"{100 * runs[0][1][last]['test']:.2f}% there."]
+    same = [k for k in ("tensorflow", "keras", "numpy")
+            if records[0]["environment"].get(k) == records[1]["environment"].get(k)]
+    differ = [f"{k} {records[0]['environment'].get(k)} and {records[1]['environment'].get(k)}"
+              for k in ("tensorflow", "keras", "numpy", "lth_keras")
+              if records[0]["environment"].get(k) != records[1]["environment"].get(k)]
+    identity = ("the same run identity (hash)" if records[0]["hparams_hash"] ==
+                records[1]["hparams_hash"] else "another run identity (hash)")
+    if moved:
+        lines += ["", f"The same preset and seeds, {identity}, on a second machine ("
+                  f"{_machine(other)}; files: [`outputs/reference/quick_tickets_epyc/`]"
+                  f"(../outputs/reference/quick_tickets_epyc/)): the same "
+                  f"{', '.join(same) or 'nothing'}"
+                  + (f", but {'; '.join(differ)}" if differ else "")
+                  + f". A level's test accuracy moves by up to {max(moved):.2f} points between "
+                    "the two."]
     return "\n".join(lines)
 
 
@@ -215,10 +232,11 @@ def _fc_controls(directory):
                      f"{statistics.detectable_text(d)} |")
     head = [100 * (acc[("ticket", s)][0]["test"] - acc[("random mask", s)][0]["test"])
             for s in seeds]
-    lines += ["", "At level 0 every mask is dense, so the random mask there is θ_1 with a fresh "
-              "head: the ticket − random mask difference of level 0, "
+    lines += ["", "At level 0 every mask is dense: the random mask there is θ_1 with a fresh "
+              "head, the ticket θ_0 trained with its own. Their difference, "
               + " and ".join(f"{h:+.2f}" for h in head)
-              + " points in the two searches, is the head's alone."]
+              + " points in the two searches, mixes the head, the starting point and noise: "
+              "the head's own share is not measured here."]
     return "\n".join(lines)
 
 
@@ -319,7 +337,9 @@ def _fc_lenet(directory):
               + " and ".join(f"{best['ticket', s]:.1f}" for s in seeds) + " epochs on average, "
               "its reinit after " + " and ".join(f"{best['reinit', s]:.1f}" for s in seeds)
               + " (seeds " + ", ".join(map(str, seeds)) + "). That is not Frankle & Carbin's "
-              "\"tickets learn faster\": with k = 1 a ticket starts one epoch into training."]
+              "\"tickets learn faster\" as they measured it: with k = 1 a ticket starts from "
+              "θ_1, one epoch into training, and its reinit from fresh weights, so the two "
+              "differ in more than their masks."]
     return "\n".join(lines)
 
 
@@ -385,21 +405,37 @@ def _answer(analysis):
         domain = " vs " in r["target"]
         if r["primary"] != "True" and not domain:
             continue
+        searches = int(_number(r["searches"]) if r["searches"] else 0)
+        if searches == 0:
+            lines.append(f"- **{r['target']}**, {r['contrast']}: absent (no search has both "
+                         "sides).")
+            continue
         mean, low, high = (_number(r[k]) for k in ("mean", "ci_low", "ci_high"))
         p_holm, mde, icc = _number(r["p_holm"]), _number(r["mde"]), _number(r["icc"])
         ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
               else "no interval")
-        detectable = (f"detectable {100 * mde:.2f} points" if not math.isnan(mde)
-                      else f"detectable effect not estimable (n = {r['searches']})")
+        if not math.isnan(mde):
+            detectable = f"detectable {100 * mde:.2f} points"
+        elif searches < statistics.MIN_SEARCHES_FOR_MDE:
+            detectable = f"detectable effect not estimable (n = {searches})"
+        else:
+            detectable = "detectable effect not estimable (no spread)"
         spread = ("" if math.isnan(icc) else
                   f", ICC {icc:.2f} (design effect {_number(r['design_effect']):.2f})")
-        seeds = f"{r['transfer_seeds']} transfer seed{'' if r['transfer_seeds'] == '1' else 's'}"
-        what = (f"{r['searches']} searches × {seeds}, {ci}, "
-                f"p_holm {p_holm:.3f}, {detectable}{spread}")
+        m = r["transfer_seeds"]
+        seeds = ("one value a search" if m == "—"
+                 else f"{m} transfer seed{'' if m == '1' else 's'}")
+        holm = "p_holm —" if math.isnan(p_holm) else f"p_holm {p_holm:.3f}"
+        what = f"{searches} searches × {seeds}, {ci}, {holm}, {detectable}{spread}"
         if domain:
+            first, _, second = r["target"].partition(" vs ")
+            kinds = (KINDS.get(first), KINDS.get(second))
+            expected = {("art", "pathology"): "positive",
+                        ("pathology", "art"): "negative"}.get(kinds)
+            said = (f"the paper's second finding predicts it {expected}" if expected
+                    else "the paper's second finding makes no prediction for these targets")
             lines.append(f"- **{r['contrast']}** ({r['tickets']} tickets; exploratory, named in "
-                         f"advance: the paper's second finding predicts it positive): "
-                         f"{_points(mean)} points, {what}.")
+                         f"advance: {said}): {_points(mean)} points, {what}.")
             continue
         if math.isnan(p_holm):
             reading = "no verdict (no spread or one search)"
@@ -506,11 +542,13 @@ EXPERIMENTS = (
         "rounds, at most 5 epochs a level. The searches are those of the Fashion-MNIST study above (seeds 0 and 1).",
         "quick_pairs_precise_bn",
         "python -m lth_keras.find_tickets --source=fashion_mnist --flagfile=flags/quick.cfg --seed=S  # S = 0, 1",
-        "This preset shows the pipeline, not a result: one image of 1,200 is 0.08 points, early "
-        "stopping (patience 2) on that split picks the kept epoch, and float32 rounding differs "
-        "between CPUs' kernels and grows through an untrained ResNet's first steps, so the "
-        "second machine's searches are other searches. On one machine, with the same software "
-        "and `--deterministic`, a rerun is bit-identical.",
+        "This preset shows the pipeline, not a result: one image of 1,200 is 0.08 points and "
+        "early stopping (patience 2) on that split picks the kept epoch. float32 rounding "
+        "differs between CPUs' kernels and grows through an untrained ResNet's first steps, so "
+        "the second machine's searches are other searches; where the lth_keras versions differ "
+        "too (with the same run identity), these files alone do not tell the two causes apart. "
+        "On one machine, with the same software and `--deterministic`, a rerun is "
+        "bit-identical.",
         _main_job),
     Experiment(
         "Frankle & Carbin's LeNet-300-100 on Fashion-MNIST",
@@ -547,12 +585,12 @@ EXPERIMENTS = (
         "--target=fashion_mnist --random_mask --reinit \\\n"
         "  --output_dir=outputs/fc_controls/transfer/fashion_mnist/fashion_mnist-random_reinit-seedS  # S = 0, 1",
         "**Exploratory, and confounded by the head.** The ticket is the find_tickets level, which "
-        "keeps θ_1's trained head; every control is fine-tuned with a fresh one (the size of that "
-        "difference alone is under the table). So these rows do not say that the ticket wins because of which weights it keeps; the "
-        "`cifar10_jpeg` study compares a fresh-head ticket (`target_transfer`). With 2 searches "
-        "no effect size is excluded and the detectable effect is not estimable. The 2 searches "
-        "ran on the machine named above; another machine's searches of the same seeds differ by "
-        "float32 rounding only and are not further replicates.",
+        "keeps θ_1's trained head; every control is fine-tuned with a fresh one. So these rows "
+        "do not say that the ticket wins because of which weights it keeps; the `cifar10_jpeg` "
+        "study compares a fresh-head ticket (`target_transfer`). With 2 searches each interval "
+        "rests on one degree of freedom, the spread of two search means, itself unreliable; "
+        "the detectable effect is not estimable. The 2 searches ran on the machine named "
+        "above; another machine's searches of the same seeds are not further replicates.",
         _fc_controls),
     Experiment(
         "Instability of LeNet-300-100 tickets on Fashion-MNIST (masks per k)",

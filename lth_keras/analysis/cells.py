@@ -112,7 +112,7 @@ def group_cells(runs):
 def replicate_label(replicate):
     """"<tickets seed>/<transfer seed>": "0/2" for tickets seed 0 fine-tuned with seed 2."""
     tickets_seed, seed = replicate
-    return f"{tickets_seed}/{seed}"
+    return f"{tickets_seed}" if seed is None else f"{tickets_seed}/{seed}"
 
 
 def distinct_labels(cells, base_labels):

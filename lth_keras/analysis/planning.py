@@ -211,13 +211,15 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
     tickets = [r for r in runs if r.kind == "find_tickets" and r.source in natural]
     search_cost = _sum_costs([level_cost([run.levels[k]]) for run in tickets
                               for k in range(level + 1) if k in run.levels], len(tickets))
+    def transfer_cost(line, at):
+        return level_cost([run.levels[at] for run in line.cell.runs if at in run.levels])
+
+    scratch_cost = {c.target: transfer_cost(c.b.line, 0) for c in found}
     plans = []
     for c in found:
         comp = c.difference.components
         # A transfer seed on this target costs its own pair: the ticket's transfer and scratch.
-        seed_cost = _sum_costs([
-            level_cost([run.levels[level] for run in c.a.line.cell.runs if level in run.levels]),
-            level_cost([run.levels[0] for run in c.b.line.cell.runs if 0 in run.levels])], 1)
+        seed_cost = _sum_costs([transfer_cost(c.a.line, level), scratch_cost[c.target]], 1)
         options = designs(effect, comp.between, comp.within, search_cost, seed_cost,
                           power=power, alpha=alpha, max_searches=max_searches,
                           max_transfer_seeds=max_transfer_seeds)
@@ -229,9 +231,12 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
                                                   alpha), n * (search_cost + m * seed_cost))
             plan.given_detectable = detectable(comp.between, comp.within, n, m, power, alpha)
         plans.append(plan)
-    # One study serves every target: per m, the most searches any target needs, and each
-    # transfer seed costs every target's pair.
-    seed_cost = _sum_costs([p.seed_cost for p in plans], 1)
+    # One study serves every target: per m, the most searches any target needs; a transfer
+    # seed costs every natural line's transfer and each target's scratch once, and a search
+    # runs every natural source's ticket search.
+    seed_cost = _sum_costs([transfer_cost(c.a.line, level) for c in found]
+                           + list(scratch_cost.values()), 1)
+    study_search_cost = search_cost * len({c.source for c in found})
     overall = []
     for i, m in enumerate(range(1, max_transfer_seeds + 1)):
         needed = [p.designs[i] for p in plans]
@@ -240,7 +245,7 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
             continue
         n = max(d.searches for d in needed)
         overall.append(Design(n, m, min(p_power(p, n, m, effect, alpha) for p in plans),
-                              n * (search_cost + m * seed_cost)))
+                              n * (study_search_cost + m * seed_cost)))
     notes = [f"{len(tickets)} pilot ticket search(es) give the search cost (levels 0-{level})"]
     return Plan(level, effect, search_cost, seed_cost, plans, cheapest(overall), throughput,
                 notes)

@@ -40,7 +40,8 @@ from lth_keras import artifacts
 from lth_keras.analysis.cells import replicate_label
 from lth_keras.analysis.collect import AnalysisError
 from lth_keras.analysis.statistics import (ALPHA, MIN_SEARCHES_FOR_MDE, POWER, SearchDifference,
-                                           detectable_text, holm, search_difference)
+                                           detectable_text, holm, search_difference,
+                                           search_means)
 from lth_keras.lottery.directory import GRID_RECORD, LEVELS, TENSORBOARD
 
 PRIMARY = "ticket − scratch"
@@ -181,7 +182,9 @@ def contrasts(views, level, domain_contrast=None):
             out.append(Contrast(f"{first} vs {second}", "—", _domain_name(first, second),
                                 level, None, None, search_difference({}, {})))
     for family in (PRIMARY_FAMILY, EXPLORATORY):
-        members = [c for c in out if c.family == family]
+        # A contrast with no search at all (a control that never ran) is absent, not a
+        # member; one that ran but cannot be tested (one search, no spread) still counts.
+        members = [c for c in out if c.family == family and c.difference.n >= 1]
         for c, p in zip(members, holm([c.difference.p for c in members])):
             c.p_holm = p
     return out
@@ -194,11 +197,14 @@ def _domain_name(first, second):
 def _domain(lines, level, first, second):
     """(ticket − target ticket) on `first` minus the same on `second`, per search, for one
     natural source's tickets ({target: (line, target ticket line)})."""
-    gaps = []  # {replicate: ticket − target ticket}, paired within a replicate as elsewhere
+    # Per search, each target's (ticket − target ticket) averaged over its own replicates:
+    # a transfer seed on one target has nothing to do with the same seed on the other, and
+    # the targets may have different seeds.
+    gaps = []
     for target in (first, second):
         line, target_ticket = lines[target]
         a, b = Side(line, level).values(), Side(target_ticket, level).values()
-        gaps.append({k: a[k] - b[k] for k in set(a) & set(b)})
+        gaps.append(search_means({k: a[k] - b[k] for k in set(a) & set(b)}))
     return Contrast(f"{first} vs {second}", lines[first][0].label, _domain_name(first, second),
                     level, None, None, search_difference(*gaps))
 

@@ -101,7 +101,10 @@ class SearchDifference:
 
     @property
     def transfer_seeds(self):
-        """Transfer seeds per search: "2", or "1-2" where searches differ."""
+        """Transfer seeds per search: "2", or "1-2" where searches differ; "—" where each
+        search gave one value made of its own seeds (no replicate of its own)."""
+        if self.pairs and all(k[1] is None for k in self.pairs):
+            return "—"
         counts = sorted({sum(k[0] == s for k in self.pairs) for s in self.search_means})
         if not counts:
             return ""
@@ -113,8 +116,9 @@ class SearchDifference:
 
 
 def _replicate(key):
-    """(search, transfer seed) of a replicate key; a plain key is a search of its own."""
-    return tuple(key) if isinstance(key, tuple) else (key, key)
+    """(search, transfer seed) of a replicate key; a plain key is one value per search (a
+    mean over its transfer seeds, say), with no transfer seed: (search, None)."""
+    return tuple(key) if isinstance(key, tuple) else (key, None)
 
 
 def search_difference(a_by_replicate, b_by_replicate, alpha=ALPHA, power=POWER):
