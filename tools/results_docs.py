@@ -49,8 +49,7 @@ def _machine(directory):
         subdirs.sort()
         for name in sorted(names):
             if name.endswith("config.json"):
-                with open(os.path.join(where, name)) as f:
-                    env = json.load(f).get("environment", {})
+                env = _record(os.path.join(where, name)).get("environment", {})
                 return (f"{env.get('cpu', 'unknown CPU')} ({env.get('cpu_count', '?')} cores), "
                         f"{env.get('engine', '?')} engine, TensorFlow "
                         f"{env.get('tensorflow', '?')}, Keras {env.get('keras', '?')}, "
@@ -67,6 +66,14 @@ def _by_replicate(rows, **match):
     return out
 
 
+def _interval(d):
+    """A SearchDifference's 95% interval in points, or why it has none (said, not left
+    blank)."""
+    if not math.isnan(d.ci[0]):
+        return f" [{_points(d.ci[0])}, {_points(d.ci[1])}]"
+    return " (one search: no interval)" if d.n < 2 else " (no spread: no interval)"
+
+
 def contrast_table(rows, contrasts):
     """A table of search-level differences: [(name, a {replicate: acc}, b)]."""
     lines = ["| contrast | per search | mean [95% CI] | searches × seeds | detectable (80%) | "
@@ -77,10 +84,7 @@ def contrast_table(rows, contrasts):
             lines.append(f"| {name} | — | absent | 0 | — | — |")
             continue
         per = ", ".join(_points(m) for m in d.search_means.values())
-        if not math.isnan(d.ci[0]):
-            ci = f" [{_points(d.ci[0])}, {_points(d.ci[1])}]"
-        else:  # said, not left blank
-            ci = " (one search: no interval)" if d.n < 2 else " (no spread: no interval)"
+        ci = _interval(d)
         icc = ("—" if math.isnan(d.components.icc)
                else f"{d.components.icc:.2f} ({d.components.design_effect:.2f})")
         lines.append(f"| {name} | {per} | {_points(d.mean)}{ci} | {d.n} × {d.transfer_seeds} | "
@@ -225,8 +229,7 @@ def _fc_controls(directory):
               "|---|---|---:|---:|---:|"]
     for (name, d), p_holm in zip(contrasts, adjusted):
         per = ", ".join(_points(m) for m in d.search_means.values())
-        ci = (f" [{_points(d.ci[0])}, {_points(d.ci[1])}]" if not math.isnan(d.ci[0])
-              else " (no spread: no interval)")
+        ci = _interval(d)
         p = "—" if math.isnan(d.p) else f"{d.p:.3f} ({p_holm:.3f})"
         lines.append(f"| {name} | {per} | {_points(d.mean)}{ci} | {p} | "
                      f"{statistics.detectable_text(d)} |")
@@ -241,8 +244,7 @@ def _fc_controls(directory):
 
 
 def _gpu_check(directory):
-    with open(os.path.join(directory, "gpu_check.json")) as f:
-        check = json.load(f)
+    check = _record(os.path.join(directory, "gpu_check.json"))
     env = check["environment"]
     lines = [f"{', '.join(env['devices'])}, JAX {env['jax']}, Keras {env['keras']}, "
              f"lth_keras {env['lth_keras']}; masked {check['model']} at {check['image_size']} px "
@@ -268,12 +270,15 @@ def _gpu_check(directory):
     return "\n".join(lines)
 
 
+def _without_title(path):
+    """A generated Markdown file's text after its first line (its title)."""
+    with open(path) as f:
+        return f.read().split("\n", 1)[1].strip()
+
+
 def _overhead(directory):
-    parts = []
-    for name in ("overhead.md", "level_steps.md"):  # each without its title
-        with open(os.path.join(directory, name)) as f:
-            parts.append(f.read().split("\n", 1)[1].strip())
-    return "\n\n".join(parts)
+    return "\n\n".join(_without_title(os.path.join(directory, name))
+                        for name in ("overhead.md", "level_steps.md"))
 
 
 def _pairs_files(directory):
@@ -414,12 +419,9 @@ def _answer(analysis):
         p_holm, mde, icc = _number(r["p_holm"]), _number(r["mde"]), _number(r["icc"])
         ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
               else "no interval")
-        if not math.isnan(mde):
-            detectable = f"detectable {100 * mde:.2f} points"
-        elif searches < statistics.MIN_SEARCHES_FOR_MDE:
-            detectable = f"detectable effect not estimable (n = {searches})"
-        else:
-            detectable = "detectable effect not estimable (no spread)"
+        words = statistics.detectable_words(searches, mde)  # primary.md's own rule
+        detectable = (f"detectable effect {words}" if words.startswith("not estimable")
+                      else f"detectable {words} points")
         spread = ("" if math.isnan(icc) else
                   f", ICC {icc:.2f} (design effect {_number(r['design_effect']):.2f})")
         m = r["transfer_seeds"]
@@ -501,10 +503,8 @@ def _study(directory):
                         if r["primary"] == "True"), None)
         if natural and os.path.exists(os.path.join(analysis, "table2.csv")):
             parts.append(_table2_against_the_paper(analysis, natural))
-    for name in ("primary.md", "sources.md"):  # each without its title
-        if os.path.exists(os.path.join(analysis, name)):
-            with open(os.path.join(analysis, name)) as f:
-                parts.append(f.read().split("\n", 1)[1].strip())
+    parts += [_without_title(os.path.join(analysis, name)) for name in ("primary.md", "sources.md")
+              if os.path.exists(os.path.join(analysis, name))]
     return "\n\n".join(parts)
 
 

@@ -269,10 +269,11 @@ def _read_level(path, level, run):
     for name, info in layers.items():
         layer_density[name] = _Fields(path, info, prefix=f"density.layers.{name}.").get(
             "density", numbers.Real)
-    for split, fields in (("val", val), ("test", test)):
-        accuracy = fields.get("accuracy", numbers.Real)
-        if not 0 <= accuracy <= 1:  # NaN included: one such run would blank a whole contrast
-            raise AnalysisError(f"{path}: {split}.accuracy is {accuracy}, not in [0, 1]")
+    accuracy = {split: float(fields.get("accuracy", numbers.Real))
+                for split, fields in (("val", val), ("test", test))}
+    for split, value in accuracy.items():
+        if not 0 <= value <= 1:  # NaN included: one such run would blank a whole contrast
+            raise AnalysisError(f"{path}: {split}.accuracy is {value}, not in [0, 1]")
     noisy = metrics.get("noisy_stop")
     cost = metrics.get("cost") if isinstance(metrics.get("cost"), dict) else {}
     flops = cost.get("training_flops") if isinstance(cost.get("training_flops"), dict) else {}
@@ -280,8 +281,7 @@ def _read_level(path, level, run):
                  fraction_pruned=float(density.get("fraction_pruned", numbers.Real)),
                  fraction_pruned_all_params=float(
                      density.get("fraction_pruned_all_params", numbers.Real)),
-                 val_accuracy=float(val.get("accuracy", numbers.Real)),
-                 test_accuracy=float(test.get("accuracy", numbers.Real)),
+                 val_accuracy=accuracy["val"], test_accuracy=accuracy["test"],
                  layer_density=layer_density, best_epoch=metrics.get("best_epoch"),
                  epochs=metrics.get("epochs"),
                  noisy_stop=noisy if isinstance(noisy, bool) else None,

@@ -215,11 +215,12 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
         return level_cost([run.levels[at] for run in line.cell.runs if at in run.levels])
 
     scratch_cost = {c.target: transfer_cost(c.b.line, 0) for c in found}
+    ticket_cost = [transfer_cost(c.a.line, level) for c in found]
     plans = []
-    for c in found:
+    for c, ticket in zip(found, ticket_cost):
         comp = c.difference.components
         # A transfer seed on this target costs its own pair: the ticket's transfer and scratch.
-        seed_cost = _sum_costs([transfer_cost(c.a.line, level), scratch_cost[c.target]], 1)
+        seed_cost = _sum_costs([ticket, scratch_cost[c.target]], 1)
         options = designs(effect, comp.between, comp.within, search_cost, seed_cost,
                           power=power, alpha=alpha, max_searches=max_searches,
                           max_transfer_seeds=max_transfer_seeds)
@@ -234,8 +235,7 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
     # One study serves every target: per m, the most searches any target needs; a transfer
     # seed costs every natural line's transfer and each target's scratch once, and a search
     # runs every natural source's ticket search.
-    seed_cost = _sum_costs([transfer_cost(c.a.line, level) for c in found]
-                           + list(scratch_cost.values()), 1)
+    seed_cost = _sum_costs(ticket_cost + list(scratch_cost.values()), 1)
     study_search_cost = search_cost * len({c.source for c in found})
     overall = []
     for i, m in enumerate(range(1, max_transfer_seeds + 1)):

@@ -40,6 +40,7 @@ CELL_COLUMNS = ("level", "density", "k", "k_steps", "pairs", "val_barrier", "val
 # A barrier is a difference of error counts over a split: a tie with the threshold must
 # not be decided by float rounding (0.14 - 0.12 is 0.020000000000000018).
 TOLERANCE = 1e-9
+TICKET_MASKS = "the ticket run's"
 
 
 def under(barrier, threshold):
@@ -84,8 +85,7 @@ def mask_source(masks, k):
     """Whose masks the cells of rewind point k use (a StabilityRecord's `masks`)."""
     if isinstance(masks, dict) and k in masks:
         return "a run rewound to k"
-    return "the ticket run's" + (" (one mask for every k)" if not isinstance(masks, dict)
-                                 else "")
+    return TICKET_MASKS + (" (one mask for every k)" if not isinstance(masks, dict) else "")
 
 
 def cells(pairs, threshold, expected_pairs=None):
@@ -203,9 +203,9 @@ def markdown(table, threshold, title, record):
 def _masks_text(masks, rewind_points):
     if isinstance(masks, dict):
         return "per k, from runs rewound to it where given (" + ", ".join(
-            f"k={k}: {masks.get(k, 'the ticket run' + chr(39) + 's')}"
+            f"k={k}: {masks.get(k, TICKET_MASKS)}"
             for k in rewind_points) + ")"
-    return str(masks or "the ticket run's")
+    return str(masks or TICKET_MASKS)
 
 
 def figure(table, threshold):

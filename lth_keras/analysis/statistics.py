@@ -218,8 +218,13 @@ def minimum_detectable_effect(sd, n, alpha=ALPHA, power=POWER):
 
 def detectable_text(difference, scale=100.0):
     """The MDE in points, or "not estimable (n = …)" below MIN_SEARCHES_FOR_MDE searches."""
-    if not difference.mde_estimable:
-        return f"not estimable (n = {difference.n})"
-    if math.isnan(difference.mde):
+    return detectable_words(difference.n, difference.mde, scale)
+
+
+def detectable_words(searches, mde, scale=100.0):
+    """detectable_text of `searches` searches whose MDE is `mde` (NaN where none)."""
+    if searches < MIN_SEARCHES_FOR_MDE:
+        return f"not estimable (n = {searches})"
+    if math.isnan(mde):
         return "not estimable (no spread)"
-    return f"{scale * difference.mde:.2f}"
+    return f"{scale * mde:.2f}"
