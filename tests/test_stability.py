@@ -433,3 +433,27 @@ def test_a_ticket_run_missing_a_mask_is_named_before_anything_runs(tiny_tickets,
         f"stability: error: {damaged} lacks levels/level_02/mask.npz: its find_tickets run is "
         "incomplete or damaged; run its command again to repair it")
     assert not out.exists()
+
+
+def test_the_records_copied_for_git_carry_a_stability_report_by_this_checkouts_rules(
+        stability_run, tmp_path):
+    """tools/reference_records.py copies a stability run's paths, not its report: the report
+    in the copy is what this checkout writes from those paths, even where the grid's own
+    report came from other code (a worktree at an older commit)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import reference_records
+    from lth_keras.analysis import stability_report
+
+    grid = tmp_path / "grid"
+    shutil.copytree(stability_run.path, grid / "stability" / "x")
+    (grid / "stability" / "x" / "stability.md").write_text("a report older code wrote\n")
+    copy = tmp_path / "copy"
+    assert reference_records.copy_records(str(grid), str(copy)) > 0
+    copied = StabilityRun(str(copy / "stability" / "x"))
+    assert copied.paths() == stability_run.paths()
+    _, expected, _ = stability_report.report(stability_run,
+                                             stability_report.threshold_of(stability_run))
+    for suffix, name in stability_report.REPORT_FILES.items():
+        assert (copy / "stability" / "x" / name).read_bytes() == expected[suffix], name
+    assert not any(p.suffix == ".npz" for p in copy.rglob("*"))
+    assert reference_records.copy_records(str(grid), str(copy)) == 0  # nothing changed since

@@ -4,15 +4,17 @@
 
 Every finished run directory under the grid (find_tickets, transfer, stability) keeps its
 tree, with only what the analysis reads: config.json, summary.csv/.md, each level's
-metrics.json, a stability run's paths/*.json and report; with it, its log from the grid's
+metrics.json, a stability run's paths/*.json; with it, its log from the grid's
 logs/ (wall times, epoch by epoch); and the grid's grid.json and timings. No weights,
 masks, checkpoints or TensorBoard files: a few kilobytes a run. A run is finished when it
 holds every level (or path) its own record chose and no process holds its lock: a run
 still going, or cut short, is left out, so that a copy taken while a grid runs never holds
 half a run. `python -m lth_keras.analyze --runs=<copy> --mask_overlap=false` then
-recomputes every table from the copy (masks are what it cannot read there). Files that are
-already there and equal are left alone; the copy is atomic per file. Re-run it as runs
-land.
+recomputes every table from the copy (masks are what it cannot read there). A stability
+run's report (stability.md/.csv/.pairs.csv/.png) is not copied but written anew in the copy
+from its paths, by this checkout's rules: a grid running in a worktree at an older commit
+would otherwise bring back the report its own code wrote. Files that are already there and
+equal are left alone; the copy is atomic per file. Re-run it as runs land.
 """
 
 import argparse
@@ -23,11 +25,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from lth_keras import artifacts  # noqa: E402
+from lth_keras.analysis import stability_report  # noqa: E402
 from lth_keras.grid import finished_as_recorded  # noqa: E402
-from lth_keras.lottery.directory import in_use  # noqa: E402
+from lth_keras.lottery.directory import StabilityRun, in_use  # noqa: E402
 
-KEPT = {"config.json", "summary.csv", "summary.md", "metrics.json", "grid.json",
-        "stability.md", "stability.csv", "stability.pairs.csv", "stability.png"}
+KEPT = {"config.json", "summary.csv", "summary.md", "metrics.json", "grid.json"}
 SKIPPED_DIRS = {"tensorboard", "__pycache__"}
 
 
@@ -82,13 +84,30 @@ def copy_records(grid, destination):
         target = os.path.join(destination, relative)
         with open(source, "rb") as f:
             data = f.read()
-        if os.path.exists(target):
-            with open(target, "rb") as f:
-                if f.read() == data:
-                    continue
-        artifacts.write_bytes(target, data)
-        changed += 1
+        changed += _write_if_changed(target, data)
+    for name, directory in runs.items():
+        if StabilityRun(directory).kind == "stability":
+            changed += _render_stability_report(os.path.join(destination, name))
     return changed
+
+
+def _write_if_changed(target, data):
+    """Writes `data` to `target` atomically unless it already holds it; 1 if written."""
+    if os.path.exists(target):
+        with open(target, "rb") as f:
+            if f.read() == data:
+                return 0
+    artifacts.write_bytes(target, data)
+    return 1
+
+
+def _render_stability_report(directory):
+    """Writes the report of the stability run copied to `directory` from its paths, with
+    the threshold it was made with; returns how many files changed."""
+    run = StabilityRun(directory)
+    _, out, _ = stability_report.report(run, stability_report.threshold_of(run))
+    return sum(_write_if_changed(run.file(name), out[suffix])
+               for suffix, name in stability_report.REPORT_FILES.items() if suffix in out)
 
 
 def main(argv=None):

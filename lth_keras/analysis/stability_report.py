@@ -41,6 +41,9 @@ CELL_COLUMNS = ("level", "density", "k", "k_steps", "pairs", "val_barrier", "val
 # not be decided by float rounding (0.14 - 0.12 is 0.020000000000000018).
 TOLERANCE = 1e-9
 TICKET_MASKS = "the ticket run's"
+# report()'s keys and the files they go to in the run directory.
+REPORT_FILES = {"csv": STABILITY_CSV, "pairs.csv": STABILITY_PAIRS_CSV, "md": STABILITY_MD,
+                "png": STABILITY_PNG}
 
 
 def under(barrier, threshold):
@@ -271,8 +274,7 @@ def threshold_of(run):
 def write_report(run, threshold):
     """Writes the report into the run directory; returns its Markdown."""
     _, out, _ = report(run, threshold)
-    for suffix, name in (("csv", STABILITY_CSV), ("pairs.csv", STABILITY_PAIRS_CSV),
-                         ("md", STABILITY_MD), ("png", STABILITY_PNG)):
+    for suffix, name in REPORT_FILES.items():
         if suffix in out:
             artifacts.write_bytes(run.file(name), out[suffix])
     return out["md"].decode()
