@@ -299,3 +299,21 @@ def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_pa
             "Lung-Tissues, Mouse-LBA, Bone-Marrow, Artist-Classification-1, "
             "Type-Classification. Natural ticket above the target's own: here on art; in the "
             "paper on Mouse-LBA, Artist-Classification-1, Type-Classification.") in text
+
+
+def test_the_readme_tour_tool_runs_the_readmes_own_commands():
+    """tools/readme_tour.py times what README.md says, as a new user types it: the set-up
+    command part by part (the main job last), then the tour's lines without comments."""
+    import readme_tour
+
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    steps = readme_tour.steps(text)
+    setup = text.split("## Set-up on a fresh machine")[1].split("```bash\n")[1].splitlines()[0]
+    assert " && ".join(steps[:len(setup.split(" && "))]) == setup
+    assert steps[len(setup.split(" && ")) - 1].startswith("python -m lth_keras.find_tickets")
+    tour = text.split("## A five-minute tour")[1].split("```bash\n")[1].split("```")[0]
+    rest = steps[len(setup.split(" && ")):]
+    assert len(rest) == len(tour.strip().splitlines())
+    assert all("#" not in step and line.startswith(step)
+               for step, line in zip(rest, tour.strip().splitlines()))
