@@ -199,10 +199,11 @@ def test_the_stability_section_recomputes_cells_from_the_pairs_file(tmp_path):
         steps_per_epoch=126, annealed_at_epochs=[], masks="the ticket run's")))
     text = results_docs._stability(str(tmp_path))
     # Mean 6.00, sd 1 point, ± t(0.975, 2) · 1 / sqrt(3) = 2.48 points.
-    assert "| 0 | 1.0000 | 0 | 3 | 6.00 [3.52, 8.48] | 6.00 [3.52, 8.48] | 3.00 | 0.00 |  |" \
-        in text
-    assert "| 0 | 1.0000 | 1 | 3 | 1.00 [1.00, 1.00] |" in text
-    assert "- level 0 (threshold 1.5%): stable from k = 1." in text
+    assert ("| 0 | 100.0% | 0 | 3 | 6.00 [3.52, 8.48] | 3.00 | 0.00 | 6.00 [3.52, 8.48] | "
+            "0.00 | 0.00 |  |") in text
+    assert "| 0 | 100.0% | 1 | 3 | 1.00 [1.00, 1.00] |" in text
+    assert "the mean validation barrier is under 1.5% at k and at every larger k" in text
+    assert "- level 0: stable from k = 1" in text
 
 
 def test_outputs_readme_names_every_reference_folder_and_file():

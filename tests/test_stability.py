@@ -307,7 +307,8 @@ def test_masks_per_rewind_point_come_from_runs_rewound_there(tiny_tickets, tiny_
     text = open(run.file("stability.md")).read()
     # Each k named with its masks: k = 1 has no run of its own, so it uses the ticket run's.
     assert ("Masks: per k, from runs rewound to it where given (k=00: "
-            f"{os.path.abspath(rewound_to_0.path)}, k=01: the ticket run's).") in text
+            f"{os.path.basename(rewound_to_0.path)}, k=01: the ticket run's).") in text
+    assert run.record().stability.masks["00"] == os.path.abspath(rewound_to_0.path)
     # A run that differs in more than its rewind epoch is refused, in one line.
     other_seed = find_tiny_tickets_here(tiny_fashion_dir, str(tmp_path / "seed4"),
                                         "--rewind_epoch=0", "--seed=4", "--rounds=0")

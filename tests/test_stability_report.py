@@ -107,7 +107,7 @@ def test_a_level_missing_a_rewind_point_or_pairs_gets_no_verdict():
     assert report.stable_from(table, 0.02, record) == {7: ("00", True, ())}
     # Masks per k where given, and the ticket run's named for the k without one.
     text = report.markdown(table, 0.02, "t", record)
-    assert ("Masks: per k, from runs rewound to it where given (k=00: /runs/k0, "
+    assert ("Masks: per k, from runs rewound to it where given (k=00: k0, "
             "k=01: the ticket run's, k=02: the ticket run's).") in text
 
 

@@ -349,9 +349,9 @@ def _fc_lenet(directory):
 
 
 def _stability(directory):
-    """Per stability run committed under `directory` (one ticket search each), the cells
-    recomputed from its stability.pairs.csv (a row per pair, from the path files) with the
-    report's own rules at the run's own threshold, and the k each level is stable from."""
+    """Per stability run committed under `directory` (one ticket search each), its report
+    recomputed from its stability.pairs.csv (a row per pair, from the path files) by the
+    report's own code at the run's own threshold."""
     from lth_keras.analysis import stability_report
     from lth_keras.lottery.directory import StabilityRun
 
@@ -359,29 +359,10 @@ def _stability(directory):
     for path in _pairs_files(directory):
         run = StabilityRun(os.path.dirname(path))
         threshold, record = stability_report.threshold_of(run), run.record().stability
-        pairs = [{**r, "level": int(r["level"]), "density": float(r["density"]),
-                  "k_steps": int(r["k_steps"]),
-                  **{f"{split}_{what}": float(r[f"{split}_{what}"]) for split in ("val", "test")
-                     for what in ("barrier", "inside", "end_gap")}}
-                 for r in _rows(path)]
-        table = stability_report.cells(pairs, threshold, record.pairs)
+        table = stability_report.cells(stability_report.read_pairs(path), threshold,
+                                       record.pairs)
         name = os.path.relpath(os.path.dirname(path), directory)
-        lines = [f"`{name}`: barriers in points of error, mean over pairs [95% CI over pairs].",
-                 "", "| level | density | k | pairs | val barrier | test barrier | val inside "
-                 "| val end gap | |", "|---:|---:|---|---:|---|---|---:|---:|---|"]
-        for row in table:
-            lines.append(
-                f"| {row['level']} | {row['density']:.4f} | {row['k']} | {row['pairs']} | "
-                f"{stability_report.interval_text(row, 'val')} | "
-                f"{stability_report.interval_text(row, 'test')} | {100 * row['val_inside']:.2f} | "
-                f"{100 * row['val_end_gap']:.2f} | {'uncertain' if row['uncertain'] else ''} |")
-        lines.append("")
-        for level, (k, uncertain, missing) in stability_report.stable_from(
-                table, threshold, record).items():
-            tried = ", ".join(r["k"] for r in table if r["level"] == level)
-            lines.append(f"- level {level} (threshold {100 * threshold:g}%): "
-                         + stability_report.verdict_text(k, uncertain, missing, tried) + ".")
-        parts.append("\n".join(lines))
+        parts.append(stability_report.markdown(table, threshold, f"`{name}`:", record).strip())
     return "\n\n".join(parts)
 
 
@@ -600,9 +581,8 @@ EXPERIMENTS = (
         "al. find LeNet on MNIST stable at k = 0.",
         "stability_lenet",
         "python -m lth_keras.experiment --flagfile=flags/fc_stability_grid.cfg",
-        "Stability is judged on the validation barrier (threshold 2%), never on test. A "
-        "barrier is a maximum, never negative: its mean over pairs is biased upward, most "
-        "near 0. Each search is reported on its own.",
+        "Each search is reported on its own, as its run's report gives it (recomputed here "
+        "from its `stability.pairs.csv`); its intervals are over its pairs of copies.",
         _stability, complete=lambda d: len(_pairs_files(d)) == 2),  # one per search
     Experiment(
         "Instability of ResNet-20 tickets on `cifar10_jpeg`",
@@ -615,8 +595,9 @@ EXPERIMENTS = (
         "python -m lth_keras.stability --tickets=outputs/quick_cifar/tickets/cifar10_jpeg-seed0 "
         "--levels=0,7 \\\n  --rewind_points=0,40it,1,2,4 --pairs=3 "
         "--output_dir=outputs/stability_quick_cifar",
-        "Stability is judged on the validation barrier (threshold 2%), never on test. One "
-        "search: the intervals are over its pairs of copies, not over searches.",
+        "One search, as its run's report gives it (recomputed here from its "
+        "`stability.pairs.csv`): the intervals are over its pairs of copies, not over "
+        "searches.",
         _stability, complete=lambda d: len(_pairs_files(d)) == 1),
     Experiment(
         "The JAX engine on one GPU (`tools/gpu_check.py`)",

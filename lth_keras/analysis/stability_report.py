@@ -16,7 +16,9 @@ stable k rests on one is said to be so, and a level with a rewind point not eval
 gets no verdict.
 """
 
+import csv
 import math
+import os
 
 import numpy as np
 from scipy import stats
@@ -72,6 +74,17 @@ def pair_rows(run):
             row[f"{split}_end_gap"] = path["end_gap"][split]
         out.append(row)
     return sorted(out, key=lambda r: (r["level"], r["k_steps"], r["pair"]))
+
+
+def read_pairs(path):
+    """The rows of a stability.pairs.csv, with the columns cells() reads typed (errors as
+    fractions): the cells recompute from it without the path files."""
+    floats = {f"{split}_{what}" for split in ("val", "test")
+              for what in ("barrier", "inside", "end_gap")} | {"density"}
+    with open(path, newline="") as f:
+        return [{**r, **{c: float(r[c]) for c in floats},
+                 **{c: int(r[c]) for c in ("level", "k_steps", "pair")}}
+                for r in csv.DictReader(f)]
 
 
 def mean_interval(values):
@@ -205,9 +218,11 @@ def markdown(table, threshold, title, record):
 
 def _masks_text(masks, rewind_points):
     if isinstance(masks, dict):
+        # Each run by its name: config.json keeps its path, which means nothing on another
+        # machine or in git.
+        named = {k: os.path.basename(os.path.normpath(path)) for k, path in masks.items()}
         return "per k, from runs rewound to it where given (" + ", ".join(
-            f"k={k}: {masks.get(k, TICKET_MASKS)}"
-            for k in rewind_points) + ")"
+            f"k={k}: {named.get(k, TICKET_MASKS)}" for k in rewind_points) + ")"
     return str(masks or TICKET_MASKS)
 
 
