@@ -92,6 +92,10 @@ def test_results_are_what_their_committed_files_give():
     with open(os.path.join(REPO, "docs", "results.md")) as f:
         assert f.read() == results_docs.generated(), \
             "docs/results.md is stale: run python tools/results_docs.py"
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    assert readme == results_docs.readme_with_headline(readme), \
+        "README.md's headline is stale: run python tools/results_docs.py"
 
 
 def test_the_results_generator_computes_with_the_search_as_the_unit(tmp_path):
@@ -318,3 +322,32 @@ def test_the_readme_tour_tool_runs_the_readmes_own_commands():
     assert len(rest) == len(tour.strip().splitlines())
     assert all("#" not in step and line.startswith(step)
                for step, line in zip(rest, tour.strip().splitlines()))
+
+
+def test_readmes_headline_is_the_studys_answer_once_its_analysis_lands(tmp_path, monkeypatch):
+    """README's headline comes from primary.csv (checked on a hand-made file): each target's
+    primary contrast with its interval, searches and verdict; an absent one is left out."""
+    import csv
+
+    import results_docs
+
+    analysis = tmp_path / "quick_cifar" / "analysis"
+    analysis.mkdir(parents=True)
+    columns = ("target", "primary", "mean", "ci_low", "ci_high", "searches", "p_holm")
+    with open(analysis / "primary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([("histology_nuclei", "True", -0.012, -0.031, 0.007, 8, 0.42),
+                          ("wikiart_artists10", "True", 0.05, 0.02, 0.08, 8, 0.004),
+                          ("wikiart_artists10", "False", 0.5, 0.4, 0.6, 8, 0.001),
+                          ("other", "True", "", "", "", 0, "")])
+    monkeypatch.setattr(results_docs, "REFERENCE", str(tmp_path))
+    text = results_docs.headline()
+    assert ("on `histology_nuclei` (pathology) -1.20 points, 95% CI [-3.10, +0.70] over 8 "
+            "ticket searches: no difference detected; on `wikiart_artists10` (art) +5.00 "
+            "points, 95% CI [+2.00, +8.00] over 8 ticket searches: detected: the ticket is "
+            "better.") in text
+    assert "other" not in text and "+50.00" not in text
+    readme = "a\n<!-- headline: x -->\nold\n<!-- /headline -->\nb\n"
+    assert results_docs.readme_with_headline(readme) == (
+        f"a\n<!-- headline: x -->\n{text}\n<!-- /headline -->\nb\n")

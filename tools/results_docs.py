@@ -1,7 +1,8 @@
-"""Writes docs/results.md from the committed files under outputs/reference/.
+"""Writes docs/results.md, and README.md's headline, from the committed files under
+outputs/reference/.
 
-  python tools/results_docs.py            # writes docs/results.md
-  python tools/results_docs.py --check    # exit 1 if docs/results.md is not what it writes
+  python tools/results_docs.py            # writes docs/results.md and README's headline
+  python tools/results_docs.py --check    # exit 1 if either is not what it writes
 
 One section per experiment: what it asks, the command that reproduces it, the machine it
 ran on (from a committed run record), its table, computed here from the committed per-run
@@ -17,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -420,16 +422,20 @@ def _answer(analysis):
             lines.append(f"- **{r['contrast']}** ({r['tickets']} tickets; exploratory, named in "
                          f"advance: {said}): {_points(mean)} points, {what}.")
             continue
-        if math.isnan(p_holm):
-            reading = "no verdict (no spread or one search)"
-        elif p_holm < statistics.ALPHA:
-            reading = ("detected: the ticket is better" if mean > 0
-                       else "detected: scratch is better")
-        else:
-            reading = "no difference detected"
         lines.append(f"- **{r['target']}** ({r['tickets']} tickets), ticket − scratch at level "
-                     f"{r['level']}: {_points(mean)} points, {what}: {reading}.")
+                     f"{r['level']}: {_points(mean)} points, {what}: {_reading(r)}.")
     return "\n".join(lines)
+
+
+def _reading(row):
+    """A primary contrast's verdict (a primary.csv row), at p_holm < ALPHA as primary.md
+    gives it."""
+    p_holm, mean = _number(row["p_holm"]), _number(row["mean"])
+    if math.isnan(p_holm):
+        return "no verdict (no spread or one search)"
+    if p_holm < statistics.ALPHA:
+        return "detected: the ticket is better" if mean > 0 else "detected: scratch is better"
+    return "no difference detected"
 
 
 def _direction(a, b):
@@ -621,11 +627,54 @@ EXPERIMENTS = (
 )
 
 
+README = os.path.join(REPO, "README.md")
+HEADLINE = re.compile(r"(<!-- headline: [^>]*-->\n)(.*?)(\n<!-- /headline -->)", re.S)
+
+
+def headline():
+    """README's headline result, from the same files as results.md: the `cifar10_jpeg`
+    study's answer once its analysis is committed, the Fashion-MNIST one until then."""
+    analysis = os.path.join(REFERENCE, "quick_cifar", "analysis", "primary.csv")
+    link = "Tables, commands, machines and caveats: [docs/results.md](docs/results.md)."
+    if os.path.exists(analysis):
+        answers = []
+        for r in _rows(analysis):
+            if r["primary"] != "True" or not r["searches"] or not int(_number(r["searches"])):
+                continue
+            low, high = _number(r["ci_low"]), _number(r["ci_high"])
+            ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
+                  else "no interval")
+            answers.append(f"on `{r['target']}` ({KINDS.get(r['target'], 'target')}) "
+                           f"{_points(_number(r['mean']))} points, {ci} over "
+                           f"{int(_number(r['searches']))} ticket searches: {_reading(r)}")
+        return ("At CPU scale, ResNet-20 tickets found on natural colour images "
+                "(`cifar10_jpeg`) and fine-tuned at the level named in advance, against a "
+                "network trained from scratch: " + "; ".join(answers) + ". " + link)
+    rows = _rows(os.path.join(REFERENCE, "quick_pairs_precise_bn", "levels.csv"))
+    d = statistics.search_difference(_by_replicate(rows, role="source", level=6),
+                                     _by_replicate(rows, role="scratch"))
+    runs = os.path.join(REFERENCE, "quick_cifar", "runs")
+    landed = sum(1 for _, _, names in os.walk(runs) if "config.json" in names)
+    reading = ("no difference detected" if not d.ci[0] > 0 and not d.ci[1] < 0 else
+               "the ticket is better" if d.mean > 0 else "scratch is better")
+    return ("At CPU scale, ResNet-20 tickets found on Fashion-MNIST and fine-tuned on a "
+            f"histology target are {_points(d.mean)} points from a network trained from "
+            f"scratch, 95% CI{_interval(d)} over {d.n} ticket searches: {reading}. The study of natural colour tickets (`cifar10_jpeg`) on a pathology and "
+            f"an art target is under way ({landed} of its runs committed). " + link)
+
+
+def readme_with_headline(text):
+    """README.md's text with its headline block rewritten."""
+    if not HEADLINE.search(text):
+        raise ValueError("README.md has no <!-- headline: ... --> block")
+    return HEADLINE.sub(lambda m: m.group(1) + headline() + m.group(3), text, count=1)
+
+
 def generated():
     parts = [GENERATED, "", "# Results", "",
              "One section per experiment, its table computed from the committed per-run files "
              "under `outputs/reference/` (`tools/results_docs.py` writes this page; a test "
-             "checks that it still does). Comparisons take the ticket search as the unit: "
+             "checks that it still does, and the headline in README.md from the same files). Comparisons take the ticket search as the unit: "
              "each search's transfer seeds are averaged first, then the 95% t-interval is over "
              "searches; below 5 searches the detectable effect is not estimable. float32 "
              "results differ between machines: a rerun on another CPU gives other digits, "
@@ -638,18 +687,22 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     options = parser.parse_args(argv)
-    text = generated()
-    current = open(OUT).read() if os.path.exists(OUT) else None
-    if options.check:
+    with open(README) as f:
+        readme = f.read()
+    for path, current, text in ((OUT, open(OUT).read() if os.path.exists(OUT) else None,
+                                 generated()),
+                                (README, readme, readme_with_headline(readme))):
+        name = os.path.relpath(path, REPO)
+        if options.check:
+            if current != text:
+                sys.exit(f"results_docs: {name} is stale; run python tools/results_docs.py")
+            print(f"{name} is current")
+            continue
         if current != text:
-            sys.exit("results_docs: docs/results.md is stale; run python tools/results_docs.py")
-        print("docs/results.md is current")
-        return
-    if current != text:
-        os.makedirs(os.path.dirname(OUT), exist_ok=True)
-        with open(OUT, "w") as f:
-            f.write(text)
-    print("written: docs/results.md" if current != text else "docs/results.md unchanged")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        print(f"written: {name}" if current != text else f"{name} unchanged")
 
 
 if __name__ == "__main__":
