@@ -1,6 +1,6 @@
 """Run README.md as a new user does, from a fresh clone, and time every step.
 
-  python tools/readme_tour.py [--clone=../readme_tour] [--output=outputs/readme_tour.json]
+  python tools/readme_tour.py [--clone=../readme_tour] [--output_dir=outputs/readme_tour]
 
 Clones this checkout's HEAD into --clone (beside ../shared, where CI's clone is, so that
 the tour's ../shared/data paths hold), then runs in one bash session inside it, as
@@ -8,7 +8,8 @@ README.md gives them: the first set-up command (the main job), one step per `&&`
 then every line of the five-minute tour's bash block. A step that fails stops the tour
 and its output is shown. `tensorboard` is started on a free port and counts as working
 once it says where it serves; it is then stopped. Writes every step's wall time, the
-commit and the machine to --output (JSON) and prints them as a table.
+commit and the machine to --output_dir/timings.json, prints them as a table, and copies
+the records of the runs the tour made (tools/reference_records.py) to --output_dir/runs.
 
 Run it on quiet cores: these are the timings the README and the guide quote. Steps that
 install (apt-get, pip) time the network and the package caches as much as the machine.
@@ -23,9 +24,10 @@ import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path[:0] = [REPO, os.path.join(REPO, "tools")]
 
 from lth_keras import artifacts  # noqa: E402
+from reference_records import copy_records  # noqa: E402
 
 TENSORBOARD_WAIT_S = 120
 
@@ -87,7 +89,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clone", default=os.path.join(os.path.dirname(REPO), "readme_tour"),
                         help="where the fresh clone goes (must not exist; beside ../shared)")
-    parser.add_argument("--output", default=os.path.join(REPO, "outputs", "readme_tour.json"))
+    parser.add_argument("--output_dir", default=os.path.join(REPO, "outputs", "readme_tour"))
     options = parser.parse_args(argv)
     if os.path.exists(options.clone):
         sys.exit(f"readme_tour: error: {options.clone} exists; give a new --clone")
@@ -109,13 +111,17 @@ def main(argv=None):
     rows = [{"step": i, "command": commands[i], "exit": rc, "seconds": round(ns / 1e9, 1)}
             for i, rc, ns in done]
     record = {"commit": commit, "machine": artifacts.cpu_description(),
-              "cores": os.cpu_count(), "load_average_at_start": load,
+              "cores": os.cpu_count(), "load_average": {"start": load,
+                                                        "end": os.getloadavg()},
               "finished": proc.returncode == 0, "steps": rows}
-    artifacts.write_json(options.output, record)
+    artifacts.write_json(os.path.join(options.output_dir, "timings.json"), record)
+    if os.path.isdir(os.path.join(options.clone, "outputs")):
+        copy_records(os.path.join(options.clone, "outputs"),
+                     os.path.join(options.output_dir, "runs"))
     print("| step | seconds | exit | command |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['step']} | {r['seconds']} | {r['exit']} | `{r['command'][:100]}` |")
-    print(f"{'finished' if proc.returncode == 0 else 'FAILED'}; written: {options.output}")
+    print(f"{'finished' if proc.returncode == 0 else 'FAILED'}; written: {options.output_dir}")
     return proc.returncode
 
 

@@ -199,6 +199,33 @@ def _main_job(directory):
     return "\n".join(lines)
 
 
+def _readme_tour(directory):
+    """README's steps as tools/readme_tour.py timed them from a fresh clone, and the main
+    job's last level from the records of the runs the tour made."""
+    record = _record(os.path.join(directory, "timings.json"))
+    steps = record["steps"]
+    lines = [f"At commit `{record['commit'][:10]}`, "
+             f"{'every step succeeded' if record['finished'] else 'a step FAILED'}; load "
+             f"average {record['load_average']['start'][0]:.2f} at the start (it lags: other "
+             f"processes had just stopped) and {record['load_average']['end'][0]:.2f} at the "
+             "end.", "", "| step | seconds | command |", "|---:|---:|---|"]
+    lines += [f"| {r['step']} | {r['seconds']:.1f} | `{r['command']}` |" for r in steps]
+    main_job = next(i for i, r in enumerate(steps)
+                    if r["command"].startswith("python -m lth_keras.find_tickets"))
+    total = {"set-up": sum(r["seconds"] for r in steps[:main_job]),
+             "main job": steps[main_job]["seconds"],
+             "tour": sum(r["seconds"] for r in steps[main_job + 1:])}
+    lines += ["", "In all: " + ", ".join(f"{what} {seconds / 60:.1f} min"
+                                         for what, seconds in total.items()) + "."]
+    tickets = os.path.join(directory, "runs", "tickets")
+    for name in sorted(os.listdir(tickets)) if os.path.isdir(tickets) else []:
+        levels = _summary_levels(os.path.join(tickets, name, "summary.md"))
+        last = max(levels)
+        lines.append(f"The main job (`{name}`) ends at level {last} with validation "
+                     f"{100 * levels[last]['val']:.2f}% and test {100 * levels[last]['test']:.2f}%.")
+    return "\n".join(lines)
+
+
 def _fc_controls(directory):
     """Frankle & Carbin's controls at every level of two LeNet-300-100 searches, and their
     differences over levels 8-14 with the search as the unit."""
@@ -537,6 +564,17 @@ EXPERIMENTS = (
         "On one machine, with the same software and `--deterministic`, a rerun is "
         "bit-identical.",
         _main_job),
+    Experiment(
+        "README.md from a fresh clone, step by step (`tools/readme_tour.py`)",
+        "Does every step of the README work as a new user types it, from a fresh clone, and "
+        "how long does each take? The set-up command (its `&&` parts, the main job last), "
+        "then the tour's lines.",
+        "readme_tour",
+        "python tools/readme_tour.py --clone=../readme_tour --output_dir=outputs/reference/readme_tour",
+        "Every other process on the machine was stopped while it ran. The install steps time "
+        "the package caches and the local wheel index, not the machine; the tour's first "
+        "line finds the main job's run finished and only reads it.",
+        _readme_tour),
     Experiment(
         "Frankle & Carbin's LeNet-300-100 on Fashion-MNIST",
         "Does iterative magnitude pruning with late resetting find tickets that stay as "
