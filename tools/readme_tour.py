@@ -115,9 +115,10 @@ def main(argv=None):
                                                         "end": os.getloadavg()},
               "finished": proc.returncode == 0, "steps": rows}
     artifacts.write_json(os.path.join(options.output_dir, "timings.json"), record)
-    if os.path.isdir(os.path.join(options.clone, "outputs")):
-        copy_records(os.path.join(options.clone, "outputs"),
-                     os.path.join(options.output_dir, "runs"))
+    for kind in ("tickets", "transfer"):  # the tour's runs, not the clone's outputs/reference
+        if os.path.isdir(os.path.join(options.clone, "outputs", kind)):
+            copy_records(os.path.join(options.clone, "outputs", kind),
+                         os.path.join(options.output_dir, "runs", kind))
     print("| step | seconds | exit | command |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['step']} | {r['seconds']} | {r['exit']} | `{r['command'][:100]}` |")
