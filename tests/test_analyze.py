@@ -249,6 +249,33 @@ def test_the_paired_t_test_against_hand_computed_numbers(analysis):
     assert f"{1 - 2 * math.atan(6) / math.pi:.3g} (n=2)" in paired_row
 
 
+def test_table2s_tests_are_holm_adjusted_over_the_table(analysis):
+    """Table 2's tests are exploratory: each kind is one Holm family over every cell tested
+    against scratch, recomputed here step by step."""
+    import math
+
+    rows = [r for r in _csv_rows(analysis["table2.csv"]).values()
+            if r["role"] != "scratch" and r["scratch_test_accuracy_mean"] != ""
+            and r["level"] != ""]
+    for kind in ("welch", "paired"):
+        ps = [float(r[f"{kind}_p"]) if r[f"{kind}_p"] else math.nan for r in rows]
+        k, finite = len(ps), sorted(p for p in ps if not math.isnan(p))
+        assert k >= len(finite) >= 2
+        expected, running = {}, 0.0
+        for rank, p in enumerate(finite):
+            running = max(running, min(1.0, (k - rank) * p))
+            expected[p] = running
+        for r, p in zip(rows, ps):
+            got = r[f"{kind}_p_holm"]
+            assert (got == "") if math.isnan(p) else float(got) == pytest.approx(expected[p])
+    md = analysis["table2.md"].decode()
+    assert "Exploratory, no verdicts: Table 2's tests are not named in advance." in md
+    paired_row = next(line for line in md.split("## Paired")[1].splitlines()
+                      if line.startswith("| human_lba |"))
+    human = _csv_rows(analysis["table2.csv"])[("human_lba", "cifar10")]
+    assert f"(n=2); {float(human['paired_p_holm']):.3g}" in paired_row
+
+
 def test_partial_results_show_dashes(analysis):
     out = analysis
     md = out["table2.md"].decode()
@@ -611,10 +638,26 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
     assert reinit_line.endswith("| exploratory |")
     assert "# Table 2 (secondary)" in md
     assert result.files["primary.csv"].decode().splitlines()[0].startswith("target,tickets,")
-    # Named on the command line instead: that level, and said so.
+    assert "Named before the grid ran (grid.json: " in md
+    # Given again at analysis, the same level: still the one named in advance.
+    again = report.analyze([root], overlap=False, primary_level=2)
+    assert again.files["primary.csv"] == report.analyze([root], overlap=False).files[
+        "primary.csv"]
+    assert "and given again at analysis (--primary_level=2)" in again.files["primary.md"].decode()
+    # Another level given at analysis, against the grid's: no primary contrast, no verdict.
     other = report.analyze([root], overlap=False, primary_level=1)
-    assert "--primary_level: --primary_level=1" in other.files["primary.md"].decode()
-    assert "absent: no search has both sides" in other.files["primary.md"].decode()
+    text = other.files["primary.md"].decode()
+    assert text.startswith("# Ticket − scratch at level 1: not the level named in advance, "
+                           "exploratory")
+    assert "named level 2 before they ran" in text and "--primary_level=1" in text
+    assert not any(r["primary"] for r in other.tables["primary"])
+    assert "absent: no search has both sides" in text
+    # A level given where no grid names one is taken, and said to rest on the caller's word.
+    os.remove(os.path.join(root, "grid.json"))
+    bare = report.analyze([root], overlap=False, primary_level=2)
+    text = bare.files["primary.md"].decode()
+    assert "Given at analysis (--primary_level=2): no grid record" in text
+    assert [r["contrast"] for r in bare.tables["primary"] if r["primary"]] == ["ticket − scratch"]
 
 
 def test_a_detected_primary_difference_gets_its_verdict_after_holm(tmp_path):
@@ -803,6 +846,20 @@ def test_the_controls_table_and_its_search_level_contrasts(tmp_path, capsys):
     assert "| rewind − random | +3.00, +2.50 | +2.75 |" in out
     assert "| not estimable (n = 2) |" in out
     assert "| rewind − reinit | — (a replicate lacks a level) |" in out
+    # One Holm family over both ranges' contrasts that ran: rewind − random over 1-2, and
+    # over level 1 alone (reinit has level 1: rewind − reinit and random − reinit there),
+    # recomputed with lth_keras's own t-test p-values, Holm by hand.
+    ps = [controls.contrast(data, a, b, levels).p for levels, a, b in
+          (([1, 2], "rewind", "random"), ([1], "rewind", "random"),
+           ([1], "rewind", "reinit"), ([1], "random", "reinit"))]
+    order = sorted(range(4), key=lambda i: ps[i])
+    running, holm_by_hand = 0.0, {}
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (4 - rank) * ps[i]))
+        holm_by_hand[i] = running
+    first = next(line for line in out.splitlines() if line.startswith("| rewind − random"))
+    assert f"| {ps[0]:.3f} | {holm_by_hand[0]:.3f} |" in first
+    assert "p_holm is Holm-adjusted over the 4 contrast(s) above" in out
     assert "n = 2 ticket searches, 2 transfer seeds each" in out
 
 
@@ -900,7 +957,10 @@ def test_grids_naming_different_primary_levels_need_the_level_and_take_it(tmp_pa
     artifacts.write_json(str(other / "grid.json"), {"kind": "grid", "primary_level": 1})
     with pytest.raises(collect.AnalysisError, match="different primary levels"):
         report.analyze([root, str(other)], overlap=False)
-    # Named by the caller, the level is taken and the grids' disagreement no longer matters.
+    # Named by the caller, the level is computed; but grids that disagree did not all name
+    # it in advance: it is exploratory, with no verdict.
     result = report.analyze([root, str(other)], overlap=False, primary_level=2)
     rows = {r["contrast"]: r for r in result.tables["primary"]}
     assert rows["ticket − scratch"]["mean"] == pytest.approx(0.025)
+    assert not rows["ticket − scratch"]["primary"]
+    assert "named level 1, 2 before they ran" in result.files["primary.md"].decode()

@@ -12,11 +12,11 @@ from lth_keras.analysis import planning
 from test_analyze import make_pairs_grid, make_tickets, make_transfer
 
 
-def _nct_power(effect_sd, n):
+def _nct_power(effect_sd, n, alpha=0.05):
     """The reference: scipy's noncentral t, a different algorithm from ours (which
     integrates over the chi-square of the variance)."""
     df, lam = n - 1, effect_sd * math.sqrt(n)
-    critical = stats.t.ppf(0.975, df)
+    critical = stats.t.ppf(1 - alpha / 2, df)
     return stats.nct.sf(critical, df, lam) + stats.nct.cdf(-critical, df, lam)
 
 
@@ -99,6 +99,23 @@ def test_one_study_of_two_targets_pays_both_targets_pairs_per_seed(tmp_path):
         assert p.given.cost.seconds == 8 * (30 + 2 * 20)
     o = plan.overall
     assert o.cost.seconds == o.searches * (30 + o.transfer_seeds * 40)
+    # Both targets' primary contrasts are one Holm family of 2: the study plans each at
+    # α = 0.025, so it needs more searches than either target alone at 0.05. The targets
+    # have the same variances here: by the reference, the fewest n at 0.025 with o's m.
+    assert plan.family_alpha == 0.025
+    comp = plan.targets[0].pilot.components
+    sd = math.sqrt(comp.between + comp.within / o.transfer_seeds)
+    assert (_nct_power(0.02 / sd, o.searches, 0.025) >= 0.8
+            > _nct_power(0.02 / sd, o.searches - 1, 0.025))
+    assert o.searches > max(p.designs[o.transfer_seeds - 1].searches for p in plan.targets)
+    # The named design, 8 x 2, in the study of both: what it detects at 0.025, more than alone.
+    for p in plan.targets:
+        detects = plan.given_detectable[p.target]
+        assert _nct_power(detects / math.sqrt(comp.between + comp.within / 2), 8, 0.025) == \
+            pytest.approx(0.8, abs=1e-4)
+        assert detects > p.given_detectable
+    assert "one Holm family of 2: each is planned at α = 0.05 / 2 = 0.025" in \
+        planning.markdown(plan)
 
 
 def test_a_pilot_that_cannot_feed_the_planner_is_refused(tmp_path):

@@ -19,8 +19,10 @@ each replicate contributes its mean difference over the range (levels of one sea
 share one mask sequence, one θ_k and one data order, so they are not replicates), each
 search the mean over its transfer seeds, and the mean over searches gets a t-interval
 (n - 1 degrees of freedom), its p and the effect detectable at 80% power, "not
-estimable" below 5 searches (analysis/statistics.py). Name the range before looking: a
-range picked from the table is not a test.
+estimable" below 5 searches (analysis/statistics.py). Every contrast printed, over
+every range and pair, is one exploratory family: p_holm is Holm-adjusted over it (an
+untestable one counts), and nothing gets a verdict. Name the range before looking: a
+range picked from the table is not even exploratory evidence.
 """
 
 import argparse
@@ -33,7 +35,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from lth_keras import lottery  # noqa: E402  (numpy and scipy only: no framework)
-from lth_keras.analysis.statistics import detectable_text, search_difference  # noqa: E402
+from lth_keras.analysis.statistics import (detectable_text, holm,  # noqa: E402
+                                           search_difference)
 from lth_keras.errors import UserError  # noqa: E402
 
 
@@ -131,22 +134,29 @@ def main(argv=None):
     pairs = [(ticket, c) for c in controls] + [
         (a, b) for i, a in enumerate(controls) for b in controls[i + 1:]
         if "scratch" not in (a, b)]
-    for text in filter(None, options.ranges.split(",")):
-        levels = _range(text)
+    ranges = [text for text in options.ranges.split(",") if text]
+    found = {(text, a, b): contrast(data, a, b, _range(text))
+             for text in ranges for a, b in pairs}
+    tested = [key for key, d in found.items() if d is not None]
+    adjusted = dict(zip(tested, holm([found[key].p for key in tested])))
+    for text in ranges:
         out += [f"## Searches as the unit, mean over levels {text}\n",
-                "| contrast | per search | mean | 95% CI | p | detectable (80%) |",
-                "|---|---|---:|---:|---:|---:|"]
+                "| contrast | per search | mean | 95% CI | p | p_holm | detectable (80%) |",
+                "|---|---|---:|---:|---:|---:|---:|"]
         for a, b in pairs:
-            d = contrast(data, a, b, levels)
+            d = found[text, a, b]
             if d is None:
-                out.append(f"| {a} − {b} | — (a replicate lacks a level) | | | | |")
+                out.append(f"| {a} − {b} | — (a replicate lacks a level) | | | | | |")
                 continue
             per = ", ".join(_signed(m) for m in d.search_means.values())
             ci = "—" if np.isnan(d.ci[0]) else f"[{_signed(d.ci[0])}, {_signed(d.ci[1])}]"
-            p = "—" if np.isnan(d.p) else f"{d.p:.3f}"
-            out.append(f"| {a} − {b} | {per} | {_signed(d.mean)} | {ci} | {p} | "
+            p, p_holm = ("—" if np.isnan(x) else f"{x:.3f}" for x in (d.p, adjusted[text, a, b]))
+            out.append(f"| {a} − {b} | {per} | {_signed(d.mean)} | {ci} | {p} | {p_holm} | "
                        f"{detectable_text(d, scale=1)} |")
         out.append("")
+    if tested:
+        out.append(f"Exploratory: p_holm is Holm-adjusted over the {len(tested)} contrast(s) "
+                   "above, every range and pair; no verdicts.")
     out.append(f"n = {len(seeds)} ticket searches"
                + (f", {len(transfer_seeds)} transfer seeds each" if transfer_seeds else "")
                + ". float32 results differ between machines; "

@@ -415,7 +415,8 @@ def _answer(analysis):
     primary.csv."""
     rows = _rows(os.path.join(analysis, "primary.csv"))
     lines = ["**The answer**, with the ticket search as the unit (from `analysis/primary.csv`; "
-             "the verdict is on p_holm, Holm over the targets' primary contrasts):", ""]
+             "the verdict is on p_holm, Holm over the primary contrasts, one per target and "
+             "natural source):", ""]
     for r in rows:
         domain = " vs " in r["target"]
         if r["primary"] != "True" and not domain:

@@ -184,6 +184,11 @@ class Plan:
     overall: Design | None  # the cheapest design that reaches the power on every target
     throughput: float | None
     notes: list
+    # One study of every target tests each primary contrast in a Holm family of them all:
+    # its designs reach the power at α / family (Holm's first step, Bonferroni's level;
+    # Holm's own power is at least that).
+    family_alpha: float = math.nan
+    given_detectable: dict = dataclasses.field(default_factory=dict)  # {target: at it}
 
 
 def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, design=None,
@@ -232,23 +237,30 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
                                                   alpha), n * (search_cost + m * seed_cost))
             plan.given_detectable = detectable(comp.between, comp.within, n, m, power, alpha)
         plans.append(plan)
-    # One study serves every target: per m, the most searches any target needs; a transfer
-    # seed costs every natural line's transfer and each target's scratch once, and a search
-    # runs every natural source's ticket search.
+    # One study serves every target: per m, the most searches any target needs at the
+    # family's level; a transfer seed costs every natural line's transfer and each target's
+    # scratch once, and a search runs every natural source's ticket search.
     seed_cost = _sum_costs(ticket_cost + list(scratch_cost.values()), 1)
     study_search_cost = search_cost * len({c.source for c in found})
+    family_alpha = alpha / len(plans)
     overall = []
-    for i, m in enumerate(range(1, max_transfer_seeds + 1)):
-        needed = [p.designs[i] for p in plans]
-        if any(d is None for d in needed):
+    for m in range(1, max_transfer_seeds + 1):
+        needed = [searches_needed(effect, p.pilot.components.between,
+                                  p.pilot.components.within, m, power, family_alpha,
+                                  max_searches) for p in plans]
+        if any(n is None for n in needed):
             overall.append(None)
             continue
-        n = max(d.searches for d in needed)
-        overall.append(Design(n, m, min(p_power(p, n, m, effect, alpha) for p in plans),
+        n = max(needed)
+        overall.append(Design(n, m, min(p_power(p, n, m, effect, family_alpha) for p in plans),
                               n * (study_search_cost + m * seed_cost)))
+    given = {}
+    if design:
+        given = {p.target: detectable(p.pilot.components.between, p.pilot.components.within,
+                                      *design, power, family_alpha) for p in plans}
     notes = [f"{len(tickets)} pilot ticket search(es) give the search cost (levels 0-{level})"]
     return Plan(level, effect, search_cost, seed_cost, plans, cheapest(overall), throughput,
-                notes)
+                notes, family_alpha, given)
 
 
 def p_power(plan, n, m, effect, alpha):
@@ -288,8 +300,9 @@ def markdown(plan, power=POWER, alpha=ALPHA):
         f"the variance between searches (σ²_b) and within a search (σ²_w). A design of n "
         f"searches with m transfer seeds each has Var(mean) = (σ²_b + σ²_w / m) / n and the "
         f"power of the two-sided t-test over searches (df = n − 1, α = {alpha}) at the "
-        f"named effect. Each row is the fewest searches that reach {power:.0%} power with "
-        f"that m; the cheapest is marked. Costs per search (the ticket run to level "
+        f"named effect. Per target, a study of that target alone; the last section, one "
+        f"study of them all. Each row is the fewest searches that reach {power:.0%} power "
+        f"with that m; the cheapest is marked. Costs per search (the ticket run to level "
         f"{plan.level}): {_cost_text(plan.search_cost, plan.throughput)}; per transfer seed, "
         f"the ticket's transfer and its scratch on a target (under each target), on every "
         f"target for one study of them all: {_cost_text(plan.seed_cost, plan.throughput)}; "
@@ -320,12 +333,23 @@ def markdown(plan, power=POWER, alpha=ALPHA):
                       f"{_cost_text(g.cost, plan.throughput)}."]
         lines.append("")
     o = plan.overall
+    family = len(plan.targets)
     lines += ["## One study for every target", "",
+              f"Its primary contrasts, one per target, are one Holm family of {family}: each "
+              f"is planned at α = {alpha:g} / {family} = {plan.family_alpha:.4g} (Holm's first "
+              "step; Holm's power is at least this), so a study of every target needs more "
+              "searches than any target alone.", "",
               (f"The cheapest design that reaches {power:.0%} on every target: {o.searches} "
                f"searches × {o.transfer_seeds} transfer seeds (power at least {o.power:.3f}), "
                f"{_cost_text(o.cost, plan.throughput)}." if o else
-               "No design within the bounds reaches the power on every target."), ""]
-    return "\n".join(lines)
+               "No design within the bounds reaches the power on every target.")]
+    if plan.given_detectable:
+        (n, m), = {(p.given.searches, p.given.transfer_seeds) for p in plan.targets}
+        lines += ["", f"The design named, {n} searches × {m} transfer seeds, in one study of "
+                      "every target: it detects " + ", ".join(
+                          f"{100 * d:.2f} points on {t}" for t, d in plan.given_detectable.items())
+                  + f" with {power:.0%} power at α = {plan.family_alpha:.4g}."]
+    return "\n".join(lines + [""])
 
 
 PLAN_CSV = ("target", "tickets", "level", "effect", "transfer_seeds", "searches", "power",

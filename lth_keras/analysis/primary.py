@@ -93,6 +93,7 @@ class GridPlan:
     natural: tuple = ()            # the grids' natural sources, by dataset label
     domain_contrast: tuple = None  # (A, B): the targets of the named cross-target contrast
     where: str = ""                # the grid.json files that say so
+    named_levels: tuple = ()       # every primary level the grids name (several: disagreeing)
 
 
 def grid_plan(roots, level_given=False):
@@ -128,7 +129,32 @@ def grid_plan(roots, level_given=False):
                       for s in r.get("natural_sources", ())})
     return GridPlan(next(iter(levels.values()), None), tuple(natural),
                     next(iter(contrasts.values()), None),
-                    ", ".join(sorted(levels)) or ", ".join(sorted(records)))
+                    ", ".join(sorted(levels)) or ", ".join(sorted(records)),
+                    tuple(sorted(set(levels.values()))))
+
+
+def how_named(plan, given=None):
+    """(level, a sentence saying where it comes from, whether it was named in advance) of
+    the primary result. `given` is analyze's --primary_level (None: the level the grids'
+    records name). Only a level every grid named before it ran, or one given where no grid
+    names any, is taken as named in advance; a level given against the grids' is not."""
+    where = plan.where
+    if given is None:
+        if plan.primary_level is None:
+            return None, "", False
+        return plan.primary_level, f"Named before the grid ran (grid.json: {where}).", True
+    if not plan.named_levels:
+        return given, (f"Given at analysis (--primary_level={given}): no grid record under "
+                       "these runs names a primary level, so nothing here shows that it was "
+                       "chosen before their results were seen; the verdicts below hold only "
+                       "if it was."), True
+    if plan.named_levels == (given,):
+        return given, (f"Named before the grid ran (grid.json: {where}), and given again at "
+                       f"analysis (--primary_level={given})."), True
+    named = ", ".join(map(str, plan.named_levels))
+    return given, (f"The grids under these runs named level {named} before they ran ({where}); "
+                   f"level {given} was given at analysis (--primary_level={given}), so its "
+                   "ticket − scratch is exploratory, with no verdict, like every other row."), False
 
 
 def _control(controls, line, condition):
@@ -143,9 +169,11 @@ def _target_ticket_line(view):
     return next((line for line in view.sources if line.cell.source == view.target), None)
 
 
-def contrasts(views, level, domain_contrast=None):
+def contrasts(views, level, domain_contrast=None, named_in_advance=True):
     """Every Contrast at `level`: for each natural ticket line the primary first, then the
-    exploratory ones, then the domain contrast; p_holm filled in per family."""
+    exploratory ones, then the domain contrast; p_holm filled in per family. A level not
+    named in advance (`named_in_advance` False) has no primary contrast: its ticket −
+    scratch rows are exploratory like the rest."""
     out = []
     # {(model, size, recipe, source): {target: (line, target ticket line)}}: the domain
     # contrast compares two targets only within one architecture and recipe.
@@ -171,7 +199,8 @@ def contrasts(views, level, domain_contrast=None):
             for name, a, b in rows:
                 out.append(Contrast(view.title, line.label, name, level, a, b,
                                     search_difference(a.values(), b.values()),
-                                    PRIMARY_FAMILY if name == PRIMARY else EXPLORATORY))
+                                    PRIMARY_FAMILY if name == PRIMARY and named_in_advance
+                                    else EXPLORATORY))
     if domain_contrast:  # one per natural source, architecture and recipe both targets have
         first, second = domain_contrast
         both = [key for key, lines in natural_lines.items()
@@ -252,15 +281,20 @@ def _icc(d):
     return f"{c.icc:.2f} ({c.design_effect:.2f})"
 
 
-def markdown(items, level, source_of_level):
-    """primary.md (and the head of table2.md)."""
+def markdown(items, level, how_named, named_in_advance=True):
+    """primary.md (and the head of table2.md). `how_named` says, in a sentence, where the
+    level comes from; a level not named in advance gets a title that says so."""
     density = next((run.levels[level].density for c in items if c.a is not None
                     and c.a.line is not None for run in c.a.line.cell.runs
                     if level in run.levels), math.nan)
+    title = (f"# Primary result: ticket − scratch at level {level}, named in advance"
+             if named_in_advance else
+             f"# Ticket − scratch at level {level}: not the level named in advance, "
+             "exploratory")
     lines = [
-        f"# Primary result: ticket − scratch at level {level}, named in advance",
+        title,
         "",
-        f"Named before the grid ran ({source_of_level}): the natural-source ticket of level "
+        f"{how_named} The contrast: the natural-source ticket of level "
         f"{level} (density {density:.4f} of the prunable weights) fine-tuned on the target "
         "with a fresh head, minus the dense network trained from scratch, in points of test "
         "accuracy. **The unit is the ticket search**: a search's transfer seeds share its "
@@ -277,9 +311,9 @@ def markdown(items, level, source_of_level):
         "transfer seeds also do. Noisy stops: runs that stopped early on a noisy "
         "validation loss, first side / second side.",
         "",
-        "Only the primary contrasts get a verdict (at p_holm < 0.05, Holm over the targets' "
-        "primary contrasts). Every other row is exploratory: one family over every target, "
-        "its p Holm-adjusted, no verdict. The rows split the difference: sparsity alone "
+        "Only the primary contrasts get a verdict (at p_holm < 0.05, Holm over the primary "
+        "contrasts, one per target and natural source). Every other row is exploratory: one "
+        "family over every target, its p Holm-adjusted, no verdict. The rows split the difference: sparsity alone "
         "(ticket − dense θ_k), k epochs of source training alone (dense θ_k − scratch), the "
         "ticket's weights beyond its mask (ticket − reinit), which weights it kept beyond its "
         "sparsity (ticket − random mask), and the natural ticket against the target's own "

@@ -49,14 +49,11 @@ def analyze(roots, *, natural=None, density_runs=None, overlap=True,
     table = tables.build_table(views)
     files, notes, figs = {}, [], {}
     rows = {}
-    named = "--primary_level"
-    if primary_level is None:
-        primary_level, named = plan.primary_level, f"the grid's record, {plan.where}"
+    primary_level, how_named, in_advance = primary.how_named(plan, primary_level)
     primary_text = None
     if primary_level is not None:
-        contrasts = primary.contrasts(views, primary_level, plan.domain_contrast)
-        primary_text = primary.markdown(contrasts, primary_level,
-                                        f"{named}: --primary_level={primary_level}")
+        contrasts = primary.contrasts(views, primary_level, plan.domain_contrast, in_advance)
+        primary_text = primary.markdown(contrasts, primary_level, how_named, in_advance)
         rows["primary"] = primary.rows(contrasts)
         files["primary.md"] = primary_text.encode()
         files["primary.csv"] = tables.csv_text(primary.CSV, rows["primary"]).encode()
