@@ -102,8 +102,14 @@ class Experiment:
     command: str
     caveats: str
     table: object        # table(directory) -> Markdown, from the committed files
-    machine: str = None  # where the committed files do not record it
+    machine: object = None  # a text where the committed files do not record it, or
+    #                         machine(directory) where they record it their own way
     complete: object = None  # complete(directory) -> whether all its runs have landed
+
+    def _machine(self, directory):
+        if callable(self.machine):
+            return self.machine(directory)
+        return self.machine or _machine(directory)
 
     def section(self):
         directory = os.path.join(REFERENCE, self.folder)
@@ -116,7 +122,7 @@ class Experiment:
             return "\n".join(lines + [_in_progress(directory, self.folder), "",
                                       "```bash", self.command, "```", ""])
         lines += ["```bash", self.command, "```", "",
-                  f"Machine: {self.machine or _machine(directory)}. Files: "
+                  f"Machine: {self._machine(directory)}. Files: "
                   f"[`outputs/reference/{self.folder}/`](../outputs/reference/{self.folder}/).",
                   "", self.table(directory), "", self.caveats, ""]
         return "\n".join(lines)
@@ -308,6 +314,30 @@ def _without_title(path):
 def _overhead(directory):
     return "\n\n".join(_without_title(os.path.join(directory, name))
                         for name in ("overhead.md", "level_steps.md"))
+
+
+def _benchmarks(directory):
+    """tools/benchmark's table as it wrote it, then the instability path's points and the
+    iterator deletion, as their benchmarks printed them."""
+    with open(os.path.join(directory, "path_evaluation.md")) as f:
+        what, _, path = f.read().strip().partition("\n")  # its first line says what it timed
+    with open(os.path.join(directory, "iterator_deletion.md")) as f:
+        deletion = f.read().strip()
+    return "\n\n".join([
+        _without_title(os.path.join(directory, "benchmark.md")),
+        "**An instability path's points** (`python -m tools.benchmark.path_evaluation "
+        "--points=11 --rounds=2`; `path_evaluation.md`): before, every iterator goes through "
+        "the strategy's distributed iterator with tf.data's autotuning on; after, the "
+        "one-replica engine's own iterators, autotuning off. " + what + "\n\n" + path,
+        "**Deleting an iterator at the end of an epoch** (`python -m "
+        "tools.benchmark.iterator_deletion`; `iterator_deletion.md`):\n\n"
+        + "\n".join(f"- {line}" for line in deletion.splitlines())])
+
+
+def _benchmark_machine(directory):
+    env = _record(os.path.join(directory, "benchmark.json"))["environment"]
+    return (f"{env['cpu']} ({env['cpu_count']} cores), TensorFlow {env['tensorflow']}, "
+            f"Keras {env['keras']}, lth_keras {env['lth_keras']}")
 
 
 def _pairs_files(directory):
@@ -663,6 +693,21 @@ EXPERIMENTS = (
         "Both versions ran in one invocation on the same cores: read the ratios, not the "
         "seconds.",
         _overhead, machine="a 2-core Intel Xeon, JAX engine (named in `overhead.md`)"),
+    Experiment(
+        "What the engines' design choices cost (`tools/benchmark`)",
+        "What do masked layers, the epoch loop, the input pipeline, a second device and the "
+        "JAX engine cost against the alternatives on a CPU; how long does a point of an "
+        "instability path take before and after the engine iterates its dataset itself; and "
+        "what did deleting the strategy's iterator cost at every epoch?",
+        "benchmark",
+        "python -m tools.benchmark --engines --output=outputs/benchmark\n"
+        "python -m tools.benchmark.path_evaluation --points=11 --rounds=2 > outputs/benchmark/path_evaluation.md\n"
+        "python -m tools.benchmark.iterator_deletion > outputs/benchmark/iterator_deletion.md",
+        "Each benchmark interleaves the two ways it compares in one process (or runs them in "
+        "processes of their own, where said) on synthetic data, with every other process on "
+        "the machine stopped. Read the ratios, not the seconds: another machine gives other "
+        "seconds, and XLA's CPU convolutions (the JAX engine here) are slower than oneDNN's.",
+        _benchmarks, machine=_benchmark_machine),
 )
 
 
