@@ -304,6 +304,15 @@ def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_pa
             "Lung-Tissues, Mouse-LBA, Bone-Marrow, Artist-Classification-1, "
             "Type-Classification. Natural ticket above the target's own: here on art; in the "
             "paper on Mouse-LBA, Artist-Classification-1, Type-Classification.") in text
+    # Without the target's own tickets that comparison is absent, not "none"; a ticket below
+    # scratch everywhere is "none of" the targets that have both.
+    write("table2.csv", [{"target": t, "column": c, "test_accuracy_mean": a}
+                         for t, c, a in (("histo", "scratch", 0.90), ("histo", "nat", 0.88),
+                                         ("art", "scratch", 0.60), ("art", "nat", 0.56))])
+    text = results_docs._study(str(tmp_path))
+    assert ("Natural ticket above scratch: here on none of art, histo; in the paper on "
+            "Human-LBA") in text
+    assert "Natural ticket above the target's own: here nowhere measured; in the paper" in text
 
 
 def test_the_readme_tour_tool_runs_the_readmes_own_commands():

@@ -527,15 +527,21 @@ def _table2_against_the_paper(analysis, natural):
                      + f" | {_direction(values[1], values[0])} | "
                        f"{_direction(values[1], values[2])} |")
 
-    def where(rows, test):
-        return ", ".join(name for name, values in rows if test(values)) or "none"
+    def where(rows, other):
+        """The targets where the natural ticket is above column `other`, among those that
+        have both (a comparison absent here is not a "none")."""
+        both = [(name, values) for name, values in rows
+                if not math.isnan(values[1]) and not math.isnan(values[other])]
+        if not both:
+            return "nowhere measured"
+        return "on " + (", ".join(name for name, values in both if values[1] > values[other])
+                        or f"none of {', '.join(name for name, _ in both)}")
 
     ours = list(mine.items())
     paper = [(name, values) for name, _, *values in PAPER_TABLE2]
-    lines += ["", f"Natural ticket above scratch: here on {where(ours, lambda v: v[1] > v[0])}; "
-                  f"in the paper on {where(paper, lambda v: v[1] > v[0])}. Natural ticket above "
-                  f"the target's own: here on {where(ours, lambda v: v[1] > v[2])}; in the paper "
-                  f"on {where(paper, lambda v: v[1] > v[2])}."]
+    lines += ["", f"Natural ticket above scratch: here {where(ours, 0)}; in the paper "
+                  f"{where(paper, 0)}. Natural ticket above the target's own: here "
+                  f"{where(ours, 2)}; in the paper {where(paper, 2)}."]
     return "\n".join(lines)
 
 
