@@ -342,20 +342,22 @@ def test_readmes_headline_is_the_studys_answer_once_its_analysis_lands(tmp_path,
 
     analysis = tmp_path / "quick_cifar" / "analysis"
     analysis.mkdir(parents=True)
-    columns = ("target", "primary", "mean", "ci_low", "ci_high", "searches", "p_holm")
+    columns = ("target", "primary", "mean", "ci_low", "ci_high", "searches", "p_holm", "mde",
+               "icc")
     with open(analysis / "primary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        writer.writerows([("histology_nuclei", "True", -0.012, -0.031, 0.007, 8, 0.42),
-                          ("wikiart_artists10", "True", 0.05, 0.02, 0.08, 8, 0.004),
-                          ("wikiart_artists10", "False", 0.5, 0.4, 0.6, 8, 0.001),
-                          ("other", "True", "", "", "", 0, "")])
+        writer.writerows([
+            ("histology_nuclei", "True", -0.012, -0.031, 0.007, 8, 0.42, 0.047, 0.0),
+            ("wikiart_artists10", "True", 0.05, 0.02, 0.08, 8, 0.004, 0.0526, 0.81),
+            ("wikiart_artists10", "False", 0.5, 0.4, 0.6, 8, 0.001, 0.1, 0.1),
+            ("other", "True", "", "", "", 0, "", "", "")])
     monkeypatch.setattr(results_docs, "REFERENCE", str(tmp_path))
     text = results_docs.headline()
     assert ("on `histology_nuclei` (pathology) -1.20 points, 95% CI [-3.10, +0.70] over 8 "
-            "ticket searches: no difference detected; on `wikiart_artists10` (art) +5.00 "
-            "points, 95% CI [+2.00, +8.00] over 8 ticket searches: detected: the ticket is "
-            "better.") in text
+            "ticket searches (detectable 4.70 points, ICC 0.00): no difference detected; on "
+            "`wikiart_artists10` (art) +5.00 points, 95% CI [+2.00, +8.00] over 8 ticket "
+            "searches (detectable 5.26 points, ICC 0.81): detected: the ticket is better.") in text
     assert "other" not in text and "+50.00" not in text
     readme = "a\n<!-- headline: x -->\nold\n<!-- /headline -->\nb\n"
     assert results_docs.readme_with_headline(readme) == (

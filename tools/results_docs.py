@@ -734,9 +734,11 @@ def headline():
             low, high = _number(r["ci_low"]), _number(r["ci_high"])
             ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
                   else "no interval")
+            searches = int(_number(r["searches"]))
+            power = _power_and_spread(searches, _number(r["mde"]), _number(r["icc"]))
             answers.append(f"on `{r['target']}` ({KINDS.get(r['target'], 'target')}) "
-                           f"{_points(_number(r['mean']))} points, {ci} over "
-                           f"{int(_number(r['searches']))} ticket searches: {_reading(r)}")
+                           f"{_points(_number(r['mean']))} points, {ci} over {searches} ticket "
+                           f"searches ({power}): {_reading(r)}")
         return ("At CPU scale, ResNet-20 tickets found on natural colour images "
                 "(`cifar10_jpeg`) and fine-tuned at the level named in advance, against a "
                 "network trained from scratch: " + "; ".join(answers) + ". " + link)
@@ -749,8 +751,17 @@ def headline():
                "the ticket is better" if d.mean > 0 else "scratch is better")
     return ("At CPU scale, ResNet-20 tickets found on Fashion-MNIST and fine-tuned on a "
             f"histology target are {_points(d.mean)} points from a network trained from "
-            f"scratch, 95% CI{_interval(d)} over {d.n} ticket searches: {reading}. The study of natural colour tickets (`cifar10_jpeg`) on a pathology and "
+            f"scratch, 95% CI{_interval(d)} over {d.n} ticket searches "
+            f"({_power_and_spread(d.n, d.mde, d.components.icc)}): {reading}. The study of natural colour tickets (`cifar10_jpeg`) on a pathology and "
             f"an art target is under way ({landed} of its runs committed). " + link)
+
+
+def _power_and_spread(searches, mde, icc):
+    """"detectable X points, ICC Y" as primary.md's rules give them, for the headline."""
+    words = statistics.detectable_words(searches, mde)
+    detectable = (f"detectable effect {words}" if words.startswith("not estimable")
+                  else f"detectable {words} points")
+    return detectable + ("" if math.isnan(icc) else f", ICC {icc:.2f}")
 
 
 def readme_with_headline(text):
