@@ -656,6 +656,7 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
     os.remove(os.path.join(root, "grid.json"))
     bare = report.analyze([root], overlap=False, primary_level=2)
     text = bare.files["primary.md"].decode()
+    assert text.startswith("# Primary result: ticket − scratch at level 2, named at analysis")
     assert "Given at analysis (--primary_level=2): no grid record" in text
     assert [r["contrast"] for r in bare.tables["primary"] if r["primary"]] == ["ticket − scratch"]
 

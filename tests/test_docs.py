@@ -284,16 +284,16 @@ def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_pa
                          for t, c, a in table2])
     text = results_docs._study(str(tmp_path))
     assert ("- **histo** (nat tickets), ticket − scratch at level 7: -1.00 points, 8 searches × "
-            "2 transfer seeds, 95% CI [-3.00, +1.00], p_holm 0.400, detectable 4.10 points, "
-            "ICC 0.00 (design effect 1.00): no difference detected.") in text
+            "2 transfer seeds, 95% CI [-3.00, +1.00], p_holm 0.400, detectable 4.10 points at "
+            "unadjusted α = 0.05, ICC 0.00 (design effect 1.00): no difference detected.") in text
     assert "- **art** (nat tickets), ticket − scratch at level 7: +5.00 points" in text
-    assert "detectable 4.50 points, ICC 0.50 (design effect 1.50): detected: the ticket is " \
-           "better." in text
+    assert ("detectable 4.50 points at unadjusted α = 0.05, ICC 0.50 (design effect 1.50): "
+            "detected: the ticket is better.") in text
     assert "ticket − reinit" not in text.split("**Table 2")[0]  # exploratory: not an answer
     assert ("- **(ticket − target ticket) on wikiart_artists10 − on histology_nuclei** (nat "
             "tickets; exploratory, named in advance: the paper's second finding predicts it "
             "positive): +3.00 points, 8 searches × one value a search, 95% CI [-1.00, +7.00], "
-            "p_holm 0.500, detectable 5.00 points.") in text
+            "p_holm 0.500, detectable 5.00 points at unadjusted α = 0.05.") in text
     # A named contrast with no search at all says so, without numbers.
     assert "- **art vs histo**, ticket − random mask: absent (no search has both sides)." in text
     assert "| histo (nat tickets, here) | ? | 90.00 | 88.00 | 91.00 | < | < |" in text
@@ -334,31 +334,44 @@ def test_the_readme_tour_tool_runs_the_readmes_own_commands():
 
 
 def test_readmes_headline_is_the_studys_answer_once_its_analysis_lands(tmp_path, monkeypatch):
-    """README's headline comes from primary.csv (checked on a hand-made file): each target's
-    primary contrast with its interval, searches and verdict; an absent one is left out."""
+    """README's headline comes from primary.csv (checked on hand-made files): each target's
+    primary contrast with its interval, searches, detectable effect (at unadjusted α, as
+    primary.md computes it), ICC and verdict; a primary contrast with no search is said to
+    be absent; an analysis with no primary contrast says so instead of an answer."""
     import csv
 
     import results_docs
 
     analysis = tmp_path / "quick_cifar" / "analysis"
     analysis.mkdir(parents=True)
-    columns = ("target", "primary", "mean", "ci_low", "ci_high", "searches", "p_holm", "mde",
-               "icc")
-    with open(analysis / "primary.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows([
-            ("histology_nuclei", "True", -0.012, -0.031, 0.007, 8, 0.42, 0.047, 0.0),
-            ("wikiart_artists10", "True", 0.05, 0.02, 0.08, 8, 0.004, 0.0526, 0.81),
-            ("wikiart_artists10", "False", 0.5, 0.4, 0.6, 8, 0.001, 0.1, 0.1),
-            ("other", "True", "", "", "", 0, "", "", "")])
+    columns = ("target", "primary", "level", "mean", "ci_low", "ci_high", "searches", "p_holm",
+               "mde", "icc")
+
+    def write(rows):
+        with open(analysis / "primary.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows(rows)
+
+    write([("histology_nuclei", "True", 7, -0.012, -0.031, 0.007, 8, 0.42, 0.0406, 0.0),
+           ("wikiart_artists10", "True", 7, 0.05, 0.02, 0.08, 8, 0.004, 0.0454, 0.81),
+           ("wikiart_artists10", "False", 7, 0.5, 0.4, 0.6, 8, 0.001, 0.1, 0.1),
+           ("other", "True", 7, "", "", "", 0, "", "", "")])
     monkeypatch.setattr(results_docs, "REFERENCE", str(tmp_path))
     text = results_docs.headline()
+    assert "fine-tuned at level 7, the primary result's" in text
     assert ("on `histology_nuclei` (pathology) -1.20 points, 95% CI [-3.10, +0.70] over 8 "
-            "ticket searches (detectable 4.70 points, ICC 0.00): no difference detected; on "
-            "`wikiart_artists10` (art) +5.00 points, 95% CI [+2.00, +8.00] over 8 ticket "
-            "searches (detectable 5.26 points, ICC 0.81): detected: the ticket is better.") in text
-    assert "other" not in text and "+50.00" not in text
+            "ticket searches (detectable 4.06 points at unadjusted α = 0.05, ICC 0.00): no "
+            "difference detected; on `wikiart_artists10` (art) +5.00 points, 95% CI [+2.00, "
+            "+8.00] over 8 ticket searches (detectable 4.54 points at unadjusted α = 0.05, ICC "
+            "0.81): detected: the ticket is better; on `other` (target) absent (no search has "
+            "both sides).") in text
+    assert "+50.00" not in text  # an exploratory row is no answer
     readme = "a\n<!-- headline: x -->\nold\n<!-- /headline -->\nb\n"
     assert results_docs.readme_with_headline(readme) == (
         f"a\n<!-- headline: x -->\n{text}\n<!-- /headline -->\nb\n")
+    # Analysed at a level the grid did not name: no primary row, and no answer claimed.
+    write([("histology_nuclei", "False", 5, -0.012, -0.031, 0.007, 8, 0.42, 0.0406, 0.0)])
+    text = results_docs.headline()
+    assert text.startswith("The `cifar10_jpeg` study's analysis has no primary contrast")
+    assert "-1.20" not in text

@@ -75,6 +75,7 @@ def test_a_plan_from_a_pilot_grid(tmp_path):
     text = planning.markdown(plan)
     assert f"| 1 | {best.searches} **(cheapest)** |" in text
     assert "The design named, 8 searches × 2 transfer seeds" in text
+    assert "Holm family" not in text  # one target: a family of one, nothing to say
 
 
 def test_one_study_of_two_targets_pays_both_targets_pairs_per_seed(tmp_path):
@@ -110,12 +111,14 @@ def test_one_study_of_two_targets_pays_both_targets_pairs_per_seed(tmp_path):
     assert o.searches > max(p.designs[o.transfer_seeds - 1].searches for p in plan.targets)
     # The named design, 8 x 2, in the study of both: what it detects at 0.025, more than alone.
     for p in plan.targets:
-        detects = plan.given_detectable[p.target]
+        detects = plan.given_detectable[p.target, p.source]
         assert _nct_power(detects / math.sqrt(comp.between + comp.within / 2), 8, 0.025) == \
             pytest.approx(0.8, abs=1e-4)
         assert detects > p.given_detectable
-    assert "one Holm family of 2: each is planned at α = 0.05 / 2 = 0.025" in \
-        planning.markdown(plan)
+    text = planning.markdown(plan)
+    assert "one Holm family of 2: each is planned at α = 0.05 / 2 = 0.025" in text
+    assert f"{100 * plan.given_detectable['art', 'cifar10']:.2f} points on art (cifar10 tickets)" \
+        in text
 
 
 def test_a_pilot_that_cannot_feed_the_planner_is_refused(tmp_path):

@@ -188,7 +188,8 @@ class Plan:
     # its designs reach the power at α / family (Holm's first step, Bonferroni's level;
     # Holm's own power is at least that).
     family_alpha: float = math.nan
-    given_detectable: dict = dataclasses.field(default_factory=dict)  # {target: at it}
+    # {(target, natural source): what the named design detects at family_alpha}
+    given_detectable: dict = dataclasses.field(default_factory=dict)
 
 
 def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, design=None,
@@ -256,8 +257,9 @@ def plan_study(roots, *, level=None, effect=0.02, power=POWER, alpha=ALPHA, desi
                               n * (study_search_cost + m * seed_cost)))
     given = {}
     if design:
-        given = {p.target: detectable(p.pilot.components.between, p.pilot.components.within,
-                                      *design, power, family_alpha) for p in plans}
+        given = {(p.target, p.source): detectable(p.pilot.components.between,
+                                                  p.pilot.components.within, *design, power,
+                                                  family_alpha) for p in plans}
     notes = [f"{len(tickets)} pilot ticket search(es) give the search cost (levels 0-{level})"]
     return Plan(level, effect, search_cost, seed_cost, plans, cheapest(overall), throughput,
                 notes, family_alpha, given)
@@ -334,20 +336,25 @@ def markdown(plan, power=POWER, alpha=ALPHA):
         lines.append("")
     o = plan.overall
     family = len(plan.targets)
-    lines += ["## One study for every target", "",
-              f"Its primary contrasts, one per target, are one Holm family of {family}: each "
-              f"is planned at α = {alpha:g} / {family} = {plan.family_alpha:.4g} (Holm's first "
-              "step; Holm's power is at least this), so a study of every target needs more "
-              "searches than any target alone.", "",
-              (f"The cheapest design that reaches {power:.0%} on every target: {o.searches} "
+    lines += ["## One study for every target", ""]
+    if family > 1:
+        lines += [f"Its primary contrasts, one per target and natural source, are one Holm "
+                  f"family of {family}: each is planned at α = {alpha:g} / {family} = "
+                  f"{plan.family_alpha:.4g} (Holm's first step; Holm's power is at least "
+                  "this), so with as many transfer seeds it needs at least as many searches "
+                  "as any target alone.", ""]
+    lines += [(f"The cheapest design that reaches {power:.0%} on every target: {o.searches} "
                f"searches × {o.transfer_seeds} transfer seeds (power at least {o.power:.3f}), "
                f"{_cost_text(o.cost, plan.throughput)}." if o else
                "No design within the bounds reaches the power on every target.")]
-    if plan.given_detectable:
+    if plan.given_detectable and family > 1:
         (n, m), = {(p.given.searches, p.given.transfer_seeds) for p in plan.targets}
         lines += ["", f"The design named, {n} searches × {m} transfer seeds, in one study of "
                       "every target: it detects " + ", ".join(
-                          f"{100 * d:.2f} points on {t}" for t, d in plan.given_detectable.items())
+                          ("an effect it cannot compute (fewer than 2 searches)"
+                           if math.isnan(d) else f"{100 * d:.2f} points")
+                          + f" on {t} ({s} tickets)"
+                          for (t, s), d in plan.given_detectable.items())
                   + f" with {power:.0%} power at α = {plan.family_alpha:.4g}."]
     return "\n".join(lines + [""])
 

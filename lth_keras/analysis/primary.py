@@ -133,28 +133,34 @@ def grid_plan(roots, level_given=False):
                     tuple(sorted(set(levels.values()))))
 
 
+# How the level of the primary result was named (how_named): recorded in the grids before
+# they ran; given at analysis where no grid names one (verdicts on the caller's word); or
+# given against the grids' (no primary contrast: exploratory).
+IN_ADVANCE, AT_ANALYSIS, NOT_NAMED = "named in advance", "named at analysis", "not named"
+
+
 def how_named(plan, given=None):
-    """(level, a sentence saying where it comes from, whether it was named in advance) of
-    the primary result. `given` is analyze's --primary_level (None: the level the grids'
-    records name). Only a level every grid named before it ran, or one given where no grid
-    names any, is taken as named in advance; a level given against the grids' is not."""
+    """(level, a sentence saying where it comes from, IN_ADVANCE / AT_ANALYSIS /
+    NOT_NAMED) of the primary result. `given` is analyze's --primary_level (None: the level
+    the grids' records name)."""
     where = plan.where
     if given is None:
         if plan.primary_level is None:
-            return None, "", False
-        return plan.primary_level, f"Named before the grid ran (grid.json: {where}).", True
+            return None, "", NOT_NAMED
+        return plan.primary_level, f"Named before the grid ran (grid.json: {where}).", IN_ADVANCE
     if not plan.named_levels:
         return given, (f"Given at analysis (--primary_level={given}): no grid record under "
                        "these runs names a primary level, so nothing here shows that it was "
                        "chosen before their results were seen; the verdicts below hold only "
-                       "if it was."), True
+                       "if it was."), AT_ANALYSIS
     if plan.named_levels == (given,):
         return given, (f"Named before the grid ran (grid.json: {where}), and given again at "
-                       f"analysis (--primary_level={given})."), True
+                       f"analysis (--primary_level={given})."), IN_ADVANCE
     named = ", ".join(map(str, plan.named_levels))
     return given, (f"The grids under these runs named level {named} before they ran ({where}); "
                    f"level {given} was given at analysis (--primary_level={given}), so its "
-                   "ticket − scratch is exploratory, with no verdict, like every other row."), False
+                   "ticket − scratch is exploratory, with no verdict, like every other row."), \
+        NOT_NAMED
 
 
 def _control(controls, line, condition):
@@ -281,14 +287,14 @@ def _icc(d):
     return f"{c.icc:.2f} ({c.design_effect:.2f})"
 
 
-def markdown(items, level, how_named, named_in_advance=True):
+def markdown(items, level, how_named, naming=IN_ADVANCE):
     """primary.md (and the head of table2.md). `how_named` says, in a sentence, where the
-    level comes from; a level not named in advance gets a title that says so."""
+    level comes from; the title says how it was named (`naming`, from how_named)."""
     density = next((run.levels[level].density for c in items if c.a is not None
                     and c.a.line is not None for run in c.a.line.cell.runs
                     if level in run.levels), math.nan)
-    title = (f"# Primary result: ticket − scratch at level {level}, named in advance"
-             if named_in_advance else
+    title = (f"# Primary result: ticket − scratch at level {level}, {naming}"
+             if naming != NOT_NAMED else
              f"# Ticket − scratch at level {level}: not the level named in advance, "
              "exploratory")
     lines = [

@@ -49,11 +49,12 @@ def analyze(roots, *, natural=None, density_runs=None, overlap=True,
     table = tables.build_table(views)
     files, notes, figs = {}, [], {}
     rows = {}
-    primary_level, how_named, in_advance = primary.how_named(plan, primary_level)
+    primary_level, how_named, naming = primary.how_named(plan, primary_level)
     primary_text = None
     if primary_level is not None:
-        contrasts = primary.contrasts(views, primary_level, plan.domain_contrast, in_advance)
-        primary_text = primary.markdown(contrasts, primary_level, how_named, in_advance)
+        contrasts = primary.contrasts(views, primary_level, plan.domain_contrast,
+                                      named_in_advance=naming != primary.NOT_NAMED)
+        primary_text = primary.markdown(contrasts, primary_level, how_named, naming)
         rows["primary"] = primary.rows(contrasts)
         files["primary.md"] = primary_text.encode()
         files["primary.csv"] = tables.csv_text(primary.CSV, rows["primary"]).encode()
