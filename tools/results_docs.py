@@ -51,12 +51,18 @@ def _machine(directory):
         subdirs.sort()
         for name in sorted(names):
             if name.endswith("config.json"):
-                env = _record(os.path.join(where, name)).get("environment", {})
-                return (f"{env.get('cpu', 'unknown CPU')} ({env.get('cpu_count', '?')} cores), "
-                        f"{env.get('engine', '?')} engine, TensorFlow "
-                        f"{env.get('tensorflow', '?')}, Keras {env.get('keras', '?')}, "
-                        f"lth_keras {env.get('lth_keras', '?')}")
+                return _environment_text(
+                    _record(os.path.join(where, name)).get("environment", {}))
     return "not recorded in the committed files"
+
+
+def _environment_text(env, engine=True):
+    """The machine and software of a recorded environment: a run's, or (without `engine`)
+    a benchmark's, which compares engines."""
+    return (f"{env.get('cpu', 'unknown CPU')} ({env.get('cpu_count', '?')} cores), "
+            + (f"{env.get('engine', '?')} engine, " if engine else "")
+            + f"TensorFlow {env.get('tensorflow', '?')}, Keras {env.get('keras', '?')}, "
+            f"lth_keras {env.get('lth_keras', '?')}")
 
 
 def _by_replicate(rows, **match):
@@ -128,9 +134,8 @@ class Experiment:
         return "\n".join(lines)
 
 
-def _in_progress(directory, folder):
-    """What a study still running has committed: its finished runs, by kind, and no result
-    (no table is computed from part of a study)."""
+def _committed_runs(directory):
+    """{kind: [run name]} of the runs committed under a study's `directory`/runs."""
     runs = os.path.join(directory, "runs")
     kinds = {"tickets": "find_tickets", "transfer": "transfer", "stability": "stability"}
     found = {kind: [] for kind in kinds.values()}
@@ -139,6 +144,13 @@ def _in_progress(directory, folder):
         if "config.json" in names and top in kinds:
             found[kinds[top]].append(os.path.basename(where))
             subdirs[:] = []  # a stability run's copies are its own
+    return found
+
+
+def _in_progress(directory, folder):
+    """What a study still running has committed: its finished runs, by kind, and no result
+    (no table is computed from part of a study)."""
+    found = _committed_runs(directory)
     counts = "; ".join(f"{kind}: {len(names)}" + (f" ({', '.join(sorted(names))})"
                                                    if kind == "find_tickets" and names else "")
                        for kind, names in found.items())
@@ -228,7 +240,8 @@ def _readme_tour(directory):
         levels = _summary_levels(os.path.join(tickets, name, "summary.md"))
         last = max(levels)
         lines.append(f"The main job (`{name}`) ends at level {last} with validation "
-                     f"{100 * levels[last]['val']:.2f}% and test {100 * levels[last]['test']:.2f}%.")
+                     f"{100 * levels[last]['val']:.2f}% and test "
+                     f"{100 * levels[last]['test']:.2f}%.")
     return "\n".join(lines)
 
 
@@ -335,9 +348,8 @@ def _benchmarks(directory):
 
 
 def _benchmark_machine(directory):
-    env = _record(os.path.join(directory, "benchmark.json"))["environment"]
-    return (f"{env['cpu']} ({env['cpu_count']} cores), TensorFlow {env['tensorflow']}, "
-            f"Keras {env['keras']}, lth_keras {env['lth_keras']}")
+    return _environment_text(_record(os.path.join(directory, "benchmark.json"))["environment"],
+                             engine=False)
 
 
 def _pairs_files(directory):
@@ -460,10 +472,9 @@ def _answer(analysis):
             lines.append(f"- **{r['target']}**, {r['contrast']}: absent (no search has both "
                          "sides).")
             continue
-        mean, low, high = (_number(r[k]) for k in ("mean", "ci_low", "ci_high"))
+        mean = _number(r["mean"])
         p_holm, mde, icc = _number(r["p_holm"]), _number(r["mde"]), _number(r["icc"])
-        ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
-              else "no interval")
+        ci = _row_interval(r)
         detectable = _detectable(searches, mde)
         spread = ("" if math.isnan(icc) else
                   f", ICC {icc:.2f} (design effect {_number(r['design_effect']):.2f})")
@@ -485,6 +496,12 @@ def _answer(analysis):
         lines.append(f"- **{r['target']}** ({r['tickets']} tickets), ticket − scratch at level "
                      f"{r['level']}: {_points(mean)} points, {what}: {_reading(r)}.")
     return "\n".join(lines)
+
+
+def _row_interval(row):
+    """A primary.csv row's 95% interval in points, or "no interval"."""
+    low, high = _number(row["ci_low"]), _number(row["ci_high"])
+    return "no interval" if math.isnan(low) else f"95% CI [{_points(low)}, {_points(high)}]"
 
 
 def _reading(row):
@@ -737,9 +754,7 @@ def headline():
             if not searches:
                 answers.append(f"{kind} absent (no search has both sides)")
                 continue
-            low, high = _number(r["ci_low"]), _number(r["ci_high"])
-            ci = (f"95% CI [{_points(low)}, {_points(high)}]" if not math.isnan(low)
-                  else "no interval")
+            ci = _row_interval(r)
             power = _power_and_spread(searches, _number(r["mde"]), _number(r["icc"]))
             answers.append(f"{kind} {_points(_number(r['mean']))} points, {ci} over {searches} "
                            f"ticket searches ({power}): {_reading(r)}")
@@ -753,15 +768,15 @@ def headline():
     rows = _rows(os.path.join(REFERENCE, "quick_pairs_precise_bn", "levels.csv"))
     d = statistics.search_difference(_by_replicate(rows, role="source", level=6),
                                      _by_replicate(rows, role="scratch"))
-    runs = os.path.join(REFERENCE, "quick_cifar", "runs")
-    landed = sum(1 for _, _, names in os.walk(runs) if "config.json" in names)
+    landed = sum(map(len, _committed_runs(os.path.join(REFERENCE, "quick_cifar")).values()))
     reading = ("no difference detected" if not d.ci[0] > 0 and not d.ci[1] < 0 else
                "the ticket is better" if d.mean > 0 else "scratch is better")
     return ("At CPU scale, ResNet-20 tickets found on Fashion-MNIST and fine-tuned on a "
             f"histology target are {_points(d.mean)} points from a network trained from "
             f"scratch, 95% CI{_interval(d)} over {d.n} ticket searches "
-            f"({_power_and_spread(d.n, d.mde, d.components.icc)}): {reading}. The study of natural colour tickets (`cifar10_jpeg`) on a pathology and "
-            f"an art target is under way ({landed} of its runs committed). " + link)
+            f"({_power_and_spread(d.n, d.mde, d.components.icc)}): {reading}. The study of "
+            "natural colour tickets (`cifar10_jpeg`) on a pathology and an art target is under "
+            f"way ({landed} of its runs committed). " + link)
 
 
 def _detectable(searches, mde):
@@ -789,7 +804,8 @@ def generated():
     parts = [GENERATED, "", "# Results", "",
              "One section per experiment, its table computed from the committed per-run files "
              "under `outputs/reference/` (`tools/results_docs.py` writes this page; a test "
-             "checks that it still does, and the headline in README.md from the same files). Comparisons take the ticket search as the unit: "
+             "checks that it still does, and the headline in README.md from the same files). "
+             "Comparisons take the ticket search as the unit: "
              "each search's transfer seeds are averaged first, then the 95% t-interval is over "
              "searches; below 5 searches the detectable effect is not estimable. float32 "
              "results differ between machines: a rerun on another CPU gives other digits, "

@@ -319,7 +319,8 @@ def markdown(items, level, how_named, naming=IN_ADVANCE):
         "",
         "Only the primary contrasts get a verdict (at p_holm < 0.05, Holm over the primary "
         "contrasts, one per target and natural source). Every other row is exploratory: one "
-        "family over every target, its p Holm-adjusted, no verdict. The rows split the difference: sparsity alone "
+        "family over every target, its p Holm-adjusted, no verdict. The rows split the "
+        "difference: sparsity alone "
         "(ticket − dense θ_k), k epochs of source training alone (dense θ_k − scratch), the "
         "ticket's weights beyond its mask (ticket − reinit), which weights it kept beyond its "
         "sparsity (ticket − random mask), and the natural ticket against the target's own "
