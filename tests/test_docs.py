@@ -498,3 +498,49 @@ def test_every_committed_primary_result_recomputes_from_its_own_levels_csv():
             members = [r for r in rows if r["family"] == family]
             for r, adjusted in zip(members, _holm_by_hand([float(r["p"]) for r in members])):
                 assert abs(float(r["p_holm"]) - adjusted) < 1e-12, (folder, r["contrast"])
+
+
+def test_every_committed_stability_pair_recomputes_from_its_path_file():
+    """Each committed stability.pairs.csv row, recomputed by hand from the path file behind
+    it (error at each α): Frankle et al.'s barrier (highest error minus the ends' mean),
+    the barrier inside the path (over the line between the ends) and the gap between the
+    ends; the path's first end is its first copy's own evaluation (both ends, without
+    BatchNorm), and both copies trained the same fixed budget, T − k steps, to step T."""
+    import csv
+    import glob
+
+    import pytest
+
+    found = sorted(glob.glob(os.path.join(REPO, "outputs", "reference", "**",
+                                          "stability.pairs.csv"), recursive=True))
+    if not found:
+        pytest.skip("no committed stability run under outputs/reference/")
+    for pairs_csv in found:
+        with open(pairs_csv) as f:
+            rows = list(csv.DictReader(f))
+        run = os.path.dirname(pairs_csv)
+        assert len(rows) == len(glob.glob(os.path.join(run, "paths", "*.json"))), run
+        for row in rows:
+            name = f"level_{int(row['level']):02d}_k_{row['k']}_pair_{row['pair']}.json"
+            with open(os.path.join(run, "paths", name)) as f:
+                path = json.load(f)
+            points = sorted(path["points"], key=lambda p: p["alpha"])
+            assert points[0]["alpha"] == 0.0 and points[-1]["alpha"] == 1.0, name
+            for copy in path["copies"]:
+                assert copy["budget"]["last_step"] == path["budget_steps"], name
+                assert copy["budget"]["steps"] == path["budget_steps"] - path["k_steps"], name
+            for split in ("val", "test"):
+                error = [(p["alpha"], 1.0 - p[split]["accuracy"]) for p in points]
+                a, b = error[0][1], error[-1][1]
+                # Re-estimated statistics come from the first copy's batches at every
+                # point: the first end is that copy's own precise-BN evaluation, the second
+                # its copy's on those batches.
+                own = [1.0 - c[split]["accuracy"] for c in path["copies"]]
+                assert a == own[0] and (path["bn"] == "reestimate" or b == own[1]), name
+                expected = {
+                    "barrier": max(e for _, e in error) - (a + b) / 2,
+                    "inside": max(e - ((1 - t) * a + t * b) for t, e in error),
+                    "end_gap": abs(a - b)}
+                for quantity, value in expected.items():
+                    assert abs(float(row[f"{split}_{quantity}"]) - value) < 1e-12, \
+                        (pairs_csv, name, split, quantity)
