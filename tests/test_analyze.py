@@ -236,6 +236,16 @@ def test_the_paired_t_test_against_hand_computed_numbers(analysis):
     assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     assert p == pytest.approx(0.156726, abs=1e-6)
     assert all(math.isnan(x) for x in tables.paired({0: 0.8}, {0: 0.7})[:2])
+    # The target's own tickets (replicate (s, s)) against scratch with transfer seeds 0 and 1:
+    # no transfer seed is shared in search 2, so the search means are paired, not the
+    # replicates (which would keep searches 0 and 1 only). Scratch's search means 0.79, 0.80,
+    # 0.81: differences 0.01, 0.02, 0.04, mean 0.02333, sd 0.015275, t = 2.6458 (2 df),
+    # p = 1 - t / sqrt(2 + t^2) = 0.11808.
+    t, p, n = tables.paired({(0, 0): 0.80, (1, 1): 0.82, (2, 2): 0.85},
+                            {(0, 0): 0.78, (0, 1): 0.80, (1, 0): 0.79, (1, 1): 0.81,
+                             (2, 0): 0.80, (2, 1): 0.82})
+    assert n == 3 and t == pytest.approx(2.645751, rel=1e-6)
+    assert p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     # In Table 2: cifar10 tickets on human_lba, level 1, test 0.60 / 0.64 for seeds 0 / 1,
     # scratch 0.55 / 0.57: differences 0.05, 0.07, t = 6 on 1 degree of freedom, where the
     # two-sided p is 1 - 2 atan(t) / pi = 0.1051.
@@ -572,6 +582,10 @@ def test_minimum_detectable_effect_against_hand_computed_numbers():
     # At 3 units (2 degrees of freedom) the textbook approximation is 5% short: 3.0965 sd
     # against 3.2640 (again confirmed by simulation).
     assert statistics.minimum_detectable_effect(1.0, 3) == pytest.approx(3.26404, rel=1e-5)
+    # At α = 0.025 (Holm's first step over two primary contrasts) 8 units detect 1.33917 sd
+    # (scipy.stats.nct's power; 400,000 simulated studies rejected 80.0% of the time).
+    assert statistics.minimum_detectable_effect(1.0, 8, 0.025) == pytest.approx(1.33917,
+                                                                             rel=1e-5)
 
 
 def test_holm_adjustment_against_hand_computed_numbers():
@@ -586,6 +600,17 @@ def test_holm_adjustment_against_hand_computed_numbers():
     assert adjusted[0] == pytest.approx(0.09) and math.isnan(adjusted[2])
     assert statistics.holm([0.2]) == [0.2]  # a family of one: p_holm = p
     assert statistics.holm([0.6, 0.5]) == [1.0, 1.0]  # capped at 1
+
+
+def test_table2_says_when_no_level_was_picked(tmp_path, analysis):
+    """A grid that transferred one pruned level has nothing to pick: Table 2 says so and
+    has no copy picked by test; a grid with several levels keeps both."""
+    md = report.analyze([make_pairs_grid(str(tmp_path / "grid"))],
+                        overlap=False).files["table2.md"].decode()
+    assert "Here every pruned cell had one candidate level (2): no level was picked" in md
+    assert "Picked by test" not in md and "favours the pruned cells;" not in md
+    several = analysis["table2.md"].decode()
+    assert "## Picked by test (optimistic)" in several and "no level was picked" not in several
 
 
 def test_the_primary_result_named_by_the_grid(tmp_path):
@@ -664,9 +689,11 @@ def test_the_primary_result_named_by_the_grid(tmp_path):
 def test_a_detected_primary_difference_gets_its_verdict_after_holm(tmp_path):
     root = make_pairs_grid(str(tmp_path / "grid"))
     # A second target where the ticket is 0.05 ahead in every pair but for noise: two
-    # primary contrasts, one Holm family of two.
+    # primary contrasts, one Holm family of two. It has a fifth search, so that what it could
+    # detect is estimable.
     tickets = {s: os.path.join(root, "tickets", f"cifar10-frac1-seed{s}") for s in SEARCHES}
-    for s in SEARCHES:
+    tickets[4] = make_tickets(root, "cifar10", 4, [(0.5, 0.5)] * 3, rounds=2)
+    for s in tickets:
         for t in TRANSFER_SEEDS:
             make_transfer(root, "other", "scratch", t, [(0.6, 0.6)], tickets[s], levels=[0],
                           name=f"o-scratch-{s}-{t}")
@@ -679,6 +706,11 @@ def test_a_detected_primary_difference_gets_its_verdict_after_holm(tmp_path):
         statistics.holm([r["p"] for r in primaries]))
     other = next(r for r in primaries if r["target"] == "other")
     assert other["p_holm"] < 0.05 and other["p_holm"] == pytest.approx(2 * other["p"])
+    # What each could detect is at the level its verdict needs, α / 2; exploratory rows at α.
+    assert [r["mde_alpha"] for r in rows] == [0.025 if r["primary"] else 0.05 for r in rows]
+    assert other["searches"] == 5 and other["mde"] == pytest.approx(
+        statistics.minimum_detectable_effect(other["sd"], 5, 0.025))
+    assert other["mde"] > statistics.minimum_detectable_effect(other["sd"], 5) * 1.1
     md = report.analyze([root], overlap=False).files["primary.md"].decode()
     assert "detected (p_holm < 0.05): ticket is better" in md
 

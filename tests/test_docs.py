@@ -267,7 +267,8 @@ def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_pa
         return {"target": target, "tickets": "nat", "contrast": name, "primary": primary,
                 "level": 7, "mean": mean, "ci_low": low, "ci_high": high, "p_holm": p_holm,
                 "mde": mde, "icc": icc, "design_effect": 1 + icc if icc != "" else "",
-                "searches": 8 if mean != "" else 0, "transfer_seeds": seeds}
+                "searches": 8 if mean != "" else 0, "transfer_seeds": seeds,
+                "mde_alpha": 0.025 if primary == "True" else 0.05}
 
     write("primary.csv", [
         contrast("histo", "ticket − scratch", "True", -0.01, -0.03, 0.01, 0.4, 0.041, 0.0),
@@ -280,39 +281,51 @@ def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_pa
     table2 = [("histo", "scratch", 0.90), ("histo", "nat", 0.88),
               ("histo", "histo tickets, fine-tuned", 0.91), ("art", "scratch", 0.50),
               ("art", "nat", 0.56), ("art", "art tickets, fine-tuned", 0.55)]
-    write("table2.csv", [{"target": t, "column": c, "test_accuracy_mean": a}
+    write("table2.csv", [{"target": t, "column": c, "test_accuracy_mean": a, "level": 7}
                          for t, c, a in table2])
     text = results_docs._study(str(tmp_path))
     assert ("- **histo** (nat tickets), ticket − scratch at level 7: -1.00 points, 8 searches × "
             "2 transfer seeds, 95% CI [-3.00, +1.00], p_holm 0.400, detectable 4.10 points at "
-            "unadjusted α = 0.05, ICC 0.00 (design effect 1.00): no difference detected.") in text
+            "α = 0.025, ICC 0.00 (design effect 1.00): no difference detected.") in text
     assert "- **art** (nat tickets), ticket − scratch at level 7: +5.00 points" in text
-    assert ("detectable 4.50 points at unadjusted α = 0.05, ICC 0.50 (design effect 1.50): "
+    assert ("detectable 4.50 points at α = 0.025, ICC 0.50 (design effect 1.50): "
             "detected: the ticket is better.") in text
     assert "ticket − reinit" not in text.split("**Table 2")[0]  # exploratory: not an answer
     assert ("- **(ticket − target ticket) on wikiart_artists10 − on histology_nuclei** (nat "
             "tickets; exploratory, named in advance: the paper's second finding predicts it "
             "positive): +3.00 points, 8 searches × one value a search, 95% CI [-1.00, +7.00], "
-            "p_holm 0.500, detectable 5.00 points at unadjusted α = 0.05.") in text
+            "p_holm 0.500, detectable 5.00 points at α = 0.05.") in text
+    # Against the paper's gains on targets of the same kind (its Table 2: pathology ticket −
+    # scratch +7.32, +4.15, +26.03, +7.09 points).
+    assert results_docs._against_the_papers_gains(
+        {"target": "histology_nuclei", "ci_high": "0.05"}) == (
+        " The paper's CIFAR-10 tickets beat scratch by +4.15 to +26.03 points on its pathology "
+        "targets (ResNet-50, 224 px, the best of 31 levels: another scale); this interval's "
+        "upper end, +5.00, is below 3 of those 4.")
+    assert results_docs._against_the_papers_gains({"target": "histo", "ci_high": "0.05"}) == ""
     # A named contrast with no search at all says so, without numbers.
     assert "- **art vs histo**, ticket − random mask: absent (no search has both sides)." in text
-    assert "| histo (nat tickets, here) | ? | 90.00 | 88.00 | 91.00 | < | < |" in text
+    # histo's ticket − scratch interval includes 0: no direction claimed ("≈"); art's does
+    # not; ticket − target ticket has no row here, so its direction is the cells' own.
+    assert "| histo (nat tickets, here) | ? | 90.00 | 88.00 | 91.00 | ≈ | < |" in text
     assert "| art (nat tickets, here) | ? | 50.00 | 56.00 | 55.00 | > | > |" in text
     assert "| Artist-Classification-1 (CIFAR-10 tickets, the paper) | art | 45.88 | 66.58 | " \
            "58.74 | > | > |" in text
-    assert ("Natural ticket above scratch: here on art; in the paper on Human-LBA, "
-            "Lung-Tissues, Mouse-LBA, Bone-Marrow, Artist-Classification-1, "
-            "Type-Classification. Natural ticket above the target's own: here on art; in the "
-            "paper on Mouse-LBA, Artist-Classification-1, Type-Classification.") in text
-    # Without the target's own tickets that comparison is absent, not "none"; a ticket below
-    # scratch everywhere is "none of" the targets that have both.
+    assert ("Natural ticket against scratch: here above on art; not told apart (CI includes "
+            "0) on histo; in the paper above on Human-LBA, Lung-Tissues, Mouse-LBA, "
+            "Bone-Marrow, Artist-Classification-1, Type-Classification. Natural ticket against "
+            "the target's own tickets: here below on histo; above on art; in the paper above "
+            "on Mouse-LBA, Artist-Classification-1, Type-Classification.") in text
+    # Without the target's own tickets that comparison is unmeasured, not "below"; with no
+    # level in table2.csv no interval applies, and the cells' direction stands.
     write("table2.csv", [{"target": t, "column": c, "test_accuracy_mean": a}
                          for t, c, a in (("histo", "scratch", 0.90), ("histo", "nat", 0.88),
                                          ("art", "scratch", 0.60), ("art", "nat", 0.56))])
     text = results_docs._study(str(tmp_path))
-    assert ("Natural ticket above scratch: here on none of art, histo; in the paper on "
+    assert ("Natural ticket against scratch: here below on art, histo; in the paper above on "
             "Human-LBA") in text
-    assert "Natural ticket above the target's own: here nowhere measured; in the paper" in text
+    assert ("Natural ticket against the target's own tickets: here unmeasured on art, histo; "
+            "in the paper") in text
 
 
 def test_the_readme_tour_tool_runs_the_readmes_own_commands():
@@ -335,8 +348,8 @@ def test_the_readme_tour_tool_runs_the_readmes_own_commands():
 
 def test_readmes_headline_is_the_studys_answer_once_its_analysis_lands(tmp_path, monkeypatch):
     """README's headline comes from primary.csv (checked on hand-made files): each target's
-    primary contrast with its interval, searches, detectable effect (at unadjusted α, as
-    primary.md computes it), ICC and verdict; a primary contrast with no search is said to
+    primary contrast with its interval, searches, detectable effect (at the α primary.csv
+    gives it), ICC and verdict; a primary contrast with no search is said to
     be absent; an analysis with no primary contrast says so instead of an answer."""
     import csv
 
@@ -345,7 +358,7 @@ def test_readmes_headline_is_the_studys_answer_once_its_analysis_lands(tmp_path,
     analysis = tmp_path / "quick_cifar" / "analysis"
     analysis.mkdir(parents=True)
     columns = ("target", "primary", "level", "mean", "ci_low", "ci_high", "searches", "p_holm",
-               "mde", "icc")
+               "mde", "icc", "mde_alpha")
 
     def write(rows):
         with open(analysis / "primary.csv", "w", newline="") as f:
@@ -353,17 +366,28 @@ def test_readmes_headline_is_the_studys_answer_once_its_analysis_lands(tmp_path,
             writer.writerow(columns)
             writer.writerows(rows)
 
-    write([("histology_nuclei", "True", 7, -0.012, -0.031, 0.007, 8, 0.42, 0.0406, 0.0),
-           ("wikiart_artists10", "True", 7, 0.05, 0.02, 0.08, 8, 0.004, 0.0454, 0.81),
-           ("wikiart_artists10", "False", 7, 0.5, 0.4, 0.6, 8, 0.001, 0.1, 0.1),
-           ("other", "True", 7, "", "", "", 0, "", "", "")])
+    write([("histology_nuclei", "True", 7, -0.012, -0.031, 0.007, 8, 0.42, 0.0406, 0.0, 0.025),
+           ("wikiart_artists10", "True", 7, 0.05, 0.02, 0.08, 8, 0.004, 0.0454, 0.81, 0.025),
+           ("wikiart_artists10", "False", 7, 0.5, 0.4, 0.6, 8, 0.001, 0.1, 0.1, 0.05),
+           ("other", "True", 7, "", "", "", 0, "", "", "", 0.025)])
     monkeypatch.setattr(results_docs, "REFERENCE", str(tmp_path))
     text = results_docs.headline()
-    assert "fine-tuned at level 7, the primary result's" in text
+    assert "fine-tuned at level 7 (the primary result's level)" in text  # no levels.csv
+    with open(analysis / "levels.csv", "w") as f:
+        f.write("line,role,level,density\nnat,source,7,0.2097\nnat,source,0,1.0\n"
+                "scratch,scratch,0,1.0\n")
+    with open(analysis / "primary.csv") as f:
+        rows = [line.rstrip("\n").split(",") for line in f][1:]
+    with open(analysis / "primary.csv", "w") as f:  # the tickets' line named
+        f.write(",".join(columns + ("tickets",)) + "\n"
+                + "".join(",".join(r + ["nat"]) + "\n" for r in rows))
+    text = results_docs.headline()
+    assert ("fine-tuned at level 7 (21% of the prunable weights kept; the primary result's "
+            "level)") in text
     assert ("on `histology_nuclei` (pathology) -1.20 points, 95% CI [-3.10, +0.70] over 8 "
-            "ticket searches (detectable 4.06 points at unadjusted α = 0.05, ICC 0.00): no "
+            "ticket searches (detectable 4.06 points at α = 0.025, ICC 0.00): no "
             "difference detected; on `wikiart_artists10` (art) +5.00 points, 95% CI [+2.00, "
-            "+8.00] over 8 ticket searches (detectable 4.54 points at unadjusted α = 0.05, ICC "
+            "+8.00] over 8 ticket searches (detectable 4.54 points at α = 0.025, ICC "
             "0.81): detected: the ticket is better; on `other` (target) absent (no search has "
             "both sides).") in text
     assert "+50.00" not in text  # an exploratory row is no answer
@@ -385,10 +409,10 @@ def _committed_primary_results():
         os.path.join(REPO, "outputs", "reference", "**", "primary.csv"), recursive=True))
 
 
-def _recomputed_primary(levels_rows, row):
+def _recomputed_primary(levels_rows, row, alpha):
     """A primary.csv row recomputed from levels.csv by hand, apart from lth_keras: its pairs
     matched by (tickets seed, transfer seed), averaged per search, and the search means'
-    t-interval, t-test, detectable effect (noncentral t) and one-way ANOVA."""
+    t-interval, t-test, detectable effect at `alpha` (noncentral t) and one-way ANOVA."""
     import numpy as np
     from scipy import optimize, stats
 
@@ -442,7 +466,7 @@ def _recomputed_primary(levels_rows, row):
            "ci_high": means.mean() + half,
            "p": 2 * stats.t.sf(abs(means.mean()) / (sd / np.sqrt(n)), n - 1)}
     if n >= 5:
-        critical = stats.t.ppf(0.975, n - 1)
+        critical = stats.t.ppf(1 - alpha / 2, n - 1)
         # The lower tail, negligible here, is NaN in scipy's nct at large noncentrality.
         nc = optimize.brentq(lambda x: stats.nct.sf(critical, n - 1, x) + np.nan_to_num(
             stats.nct.cdf(-critical, n - 1, x)) - 0.8, 0.1, 20)
@@ -488,8 +512,13 @@ def test_every_committed_primary_result_recomputes_from_its_own_levels_csv():
         with open(os.path.join(folder, "primary.csv")) as f:
             rows = list(csv.DictReader(f))
         assert rows and all(r["unit"] == "search" for r in rows), folder
+        # A primary contrast's detectable effect is at its verdict's level: α / k, Holm's
+        # first step over the k primary contrasts that ran.
+        k = sum(r["family"] == "primary" and int(r["searches"]) > 0 for r in rows)
         for row in rows:
-            expected = _recomputed_primary(levels_rows, row)
+            alpha = 0.05 / k if row["family"] == "primary" else 0.05
+            assert abs(float(row["mde_alpha"]) - alpha) < 1e-12, row["contrast"]
+            expected = _recomputed_primary(levels_rows, row, alpha)
             where = f"{folder}: {row['target']}, {row['contrast']}"
             assert int(row["searches"]) == expected.pop("searches"), where
             for name, value in expected.items():

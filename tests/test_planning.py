@@ -74,7 +74,7 @@ def test_a_plan_from_a_pilot_grid(tmp_path):
     assert plan.overall == best
     text = planning.markdown(plan)
     assert f"| 1 | {best.searches} **(cheapest)** |" in text
-    assert "The design named, 8 searches × 2 transfer seeds" in text
+    assert "The design given (`--design`), 8 searches × 2 transfer seeds" in text
     assert "Holm family" not in text  # one target: a family of one, nothing to say
 
 

@@ -298,7 +298,9 @@ def markdown(plan, power=POWER, alpha=ALPHA):
         f"# Study plan: ticket − scratch at level {plan.level}, an effect of "
         f"{100 * plan.effect:.2f} points",
         "",
-        f"From the pilot's pair differences, split by a one-way random-effects ANOVA into "
+        f"The pilot is the grid given (`--runs`): the pilot of a study to come, or a finished "
+        f"study planning the next. From its pair differences, split by a one-way "
+        f"random-effects ANOVA into "
         f"the variance between searches (σ²_b) and within a search (σ²_w). A design of n "
         f"searches with m transfer seeds each has Var(mean) = (σ²_b + σ²_w / m) / n and the "
         f"power of the two-sided t-test over searches (df = n − 1, α = {alpha}) at the "
@@ -329,7 +331,7 @@ def markdown(plan, power=POWER, alpha=ALPHA):
                          f"{_cost_text(d.cost, plan.throughput)} |")
         if p.given:
             g = p.given
-            lines += ["", f"The design named, {g.searches} searches × {g.transfer_seeds} transfer "
+            lines += ["", f"The design given (`--design`), {g.searches} searches × {g.transfer_seeds} transfer "
                       f"seeds: power {g.power:.3f} at {100 * plan.effect:.2f} points; it detects "
                       f"{100 * p.given_detectable:.2f} points with {power:.0%} power; "
                       f"{_cost_text(g.cost, plan.throughput)}."]
@@ -349,7 +351,7 @@ def markdown(plan, power=POWER, alpha=ALPHA):
                "No design within the bounds reaches the power on every target.")]
     if plan.given_detectable and family > 1:
         (n, m), = {(p.given.searches, p.given.transfer_seeds) for p in plan.targets}
-        lines += ["", f"The design named, {n} searches × {m} transfer seeds, in one study of "
+        lines += ["", f"The design given (`--design`), {n} searches × {m} transfer seeds, in one study of "
                       "every target: it detects " + ", ".join(
                           ("an effect it cannot compute (fewer than 2 searches)"
                            if math.isnan(d) else f"{100 * d:.2f} points")

@@ -27,7 +27,9 @@ recipes, and every side of a contrast starts with a fresh head. Each contrast is
 statistics.SearchDifference of test accuracy (the search as the unit, its transfer seeds
 averaged first). The primary contrasts are one family and get verdicts at p_holm < 0.05
 (Holm over the family; one target's primary has p_holm = p). Every other contrast is one
-exploratory family, reported with its Holm-adjusted p and no verdict.
+exploratory family, reported with its Holm-adjusted p and no verdict. A primary
+contrast's detectable effect is at α / k (Holm's first step over k primary contrasts),
+the level its verdict needs; an exploratory one's at α.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from lth_keras import artifacts
 from lth_keras.analysis.cells import replicate_label
 from lth_keras.analysis.collect import AnalysisError
 from lth_keras.analysis.statistics import (ALPHA, MIN_SEARCHES_FOR_MDE, POWER, SearchDifference,
-                                           detectable_text, holm, search_difference,
+                                           detectable_text, holm,
+                                           minimum_detectable_effect, search_difference,
                                            search_means)
 from lth_keras.lottery.directory import GRID_RECORD, LEVELS, TENSORBOARD
 
@@ -79,6 +82,7 @@ class Contrast:
     difference: SearchDifference
     family: str = EXPLORATORY
     p_holm: float = math.nan
+    mde_alpha: float = ALPHA  # the level difference.mde is at: its verdict's, for a primary
 
     @property
     def primary(self):
@@ -222,6 +226,15 @@ def contrasts(views, level, domain_contrast=None, named_in_advance=True):
         members = [c for c in out if c.family == family and c.difference.n >= 1]
         for c, p in zip(members, holm([c.difference.p for c in members])):
             c.p_holm = p
+        if family == PRIMARY_FAMILY and len(members) > 1:
+            # A verdict among k needs p < α/k at Holm's first step: what a primary contrast
+            # can detect is at that level (the planner's), not at α.
+            for c in members:
+                c.mde_alpha = ALPHA / len(members)
+                d = c.difference
+                if d.mde_estimable and not math.isnan(d.mde):
+                    c.difference = dataclasses.replace(d, mde=minimum_detectable_effect(
+                        d.sd, d.n, c.mde_alpha, POWER))
     return out
 
 
@@ -276,7 +289,7 @@ def verdict(contrast):
         return f"detected (p_holm < {ALPHA}): {better} is better"
     if d.mde_estimable and not math.isnan(d.mde):
         return (f"no difference detected; this study could detect {100 * d.mde:.1f} points "
-                f"with {POWER:.0%} power")
+                f"with {POWER:.0%} power at α = {contrast.mde_alpha:g}")
     return f"no difference detected; what it could detect is not estimable (n = {d.n})"
 
 
@@ -308,9 +321,11 @@ def markdown(items, level, how_named, naming=IN_ADVANCE):
         "seeds first, and the interval, test and power are over searches (df = searches − 1). "
         "95% CI from the t distribution; p: two-sided one-sample t-test of the search means; "
         "p_holm: Holm-adjusted within its family. Detectable: the smallest true difference "
-        f"this many searches detect with {POWER:.0%} power at α = {ALPHA} (unadjusted: Holm "
-        f"asks more of each of several contrasts), given the observed spread; below "
-        f"{MIN_SEARCHES_FOR_MDE} searches it is not estimable. ICC: the share "
+        f"this many searches detect with {POWER:.0%} power, given the observed spread, at the "
+        f"level a verdict needs: for a primary contrast α = {ALPHA} / k, Holm's first step "
+        f"over the k primary contrasts (the planner's level), for an exploratory one "
+        f"α = {ALPHA}, unadjusted (it gets no verdict); below {MIN_SEARCHES_FOR_MDE} "
+        "searches it is not estimable. ICC: the share "
         "of the pair differences' variance that lies between searches (one-way random "
         "effects, truncated at 0), with the design effect 1 + (m₀ − 1)·ICC in brackets; "
         "where the ICC is high more searches narrow the interval, where it is low more "
@@ -365,7 +380,7 @@ def markdown(items, level, how_named, naming=IN_ADVANCE):
 CSV = ("target", "tickets", "contrast", "primary", "level", "n", "mean", "sd", "ci_low",
        "ci_high", "t", "p", "mde", "noisy_a", "noisy_b", "pairs", "unit", "searches",
        "transfer_seeds", "icc", "design_effect", "between_var", "within_var", "family",
-       "p_holm")
+       "p_holm", "mde_alpha")
 
 
 def rows(items):
@@ -384,5 +399,5 @@ def rows(items):
                     "unit": "search", "searches": d.n, "transfer_seeds": d.transfer_seeds,
                     "icc": comp.icc, "design_effect": comp.design_effect,
                     "between_var": comp.between, "within_var": comp.within,
-                    "family": c.family, "p_holm": c.p_holm})
+                    "family": c.family, "p_holm": c.p_holm, "mde_alpha": c.mde_alpha})
     return out

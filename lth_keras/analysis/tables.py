@@ -23,7 +23,8 @@ when either side has fewer than two searches. Beside it, a paired t-test with
 the search as the unit (statistics.search_difference): every run of a tickets
 seed starts from the same θ_0 (drawn from the seed alone, whatever the dataset),
 and a transfer seed fixes the head and the target's batches, so the two samples
-are paired, not independent. Neither test accounts for the level having been
+are paired, not independent; a side with no transfer seeds of its own (the
+target's tickets) is paired by search means. Neither test accounts for the level having been
 picked on the same searches' validation accuracy. Best and second best are ranked
 per target row by the reported test mean, scratch included; equal means share
 a rank. Markdown marks them **bold** and _italic_, LaTeX with
@@ -46,7 +47,7 @@ import numpy as np
 from scipy import stats
 
 from lth_keras.analysis.cells import Stat
-from lth_keras.analysis.statistics import holm, search_difference
+from lth_keras.analysis.statistics import holm, search_difference, search_means
 
 MISSING = "—"
 BEST, SECOND = "best", "second"
@@ -125,7 +126,16 @@ def welch(a, b):
 def paired(a_by_replicate, b_by_replicate):
     """(t, p, n searches) of the two-sided paired t-test of a - b with the ticket search as
     the unit, over the replicates both have ({replicate: value} each), or (NaN, NaN, n) when
-    n < 2 or the search means are constant."""
+    n < 2 or the search means are constant. Where that would leave out a search both sides
+    ran (a ticket run's own seed is no transfer seed of the transfers it is compared with:
+    the target's tickets against scratch), each side's search means are paired instead."""
+    def searches(by_replicate):
+        return set(search_means(by_replicate))
+
+    shared = {k: a_by_replicate[k] for k in set(a_by_replicate) & set(b_by_replicate)}
+    if searches(shared) != searches(a_by_replicate) & searches(b_by_replicate):
+        a_by_replicate, b_by_replicate = (search_means(a_by_replicate),
+                                          search_means(b_by_replicate))
     difference = search_difference(a_by_replicate, b_by_replicate)
     return difference.t, difference.p, difference.n
 
@@ -298,6 +308,21 @@ def table2_markdown(table, primary=None):
 
     pruned = _pruned_columns(table)
     scratch = [c for c in table.columns if c not in pruned]
+    # Where every pruned cell had one candidate level there was no pick: nothing favours
+    # the pruned cells, and the test-picked copy would repeat the table.
+    levels = {e.candidates for _, cells in table.rows for c in pruned if c in cells
+              for e in (cells[c],) if e.pick}
+    no_pick = bool(levels) and all(len(c) == 1 for c in levels)
+    if no_pick:
+        picking = (" Here every pruned cell had one candidate level "
+                   f"({', '.join(str(c[0]) for c in sorted(levels))}): no level was picked, "
+                   "so no pick favours the pruned cells, and the copy picked by test would "
+                   "be this table.")
+    elif primary:
+        picking = (" Picking the best of several levels on the same seeds favours the pruned "
+                   "cells; the result above says whether its level was named in advance.")
+    else:
+        picking = ""
     title = ("# Table 2 (secondary): best pruned model vs scratch (test accuracy, %)"
              if primary else "# Table 2: best pruned model vs scratch (test accuracy, %)")
     parts = [primary] if primary else []
@@ -310,9 +335,7 @@ def table2_markdown(table, primary=None):
         "shown. Scratch is the dense model. The unit is the ticket search: each search's "
         "transfer seeds are averaged first, then mean ± sample std (ddof=1) over the n "
         "searches; n=1 has no spread. **Bold**: best in the row, "
-        f"_italic_: second best (scratch included). {MISSING}: no finished run."
-        + (" Picking the best of several levels on the same seeds favours the pruned cells; "
-           "the result above says whether its level was named in advance." if primary else ""),
+        f"_italic_: second best (scratch included). {MISSING}: no finished run." + picking,
         "",
         _markdown_table(table, by_val),
     ]
@@ -341,23 +364,29 @@ def table2_markdown(table, primary=None):
         "",
         "Two-sided, with the ticket search as the unit: each search's mean difference over the "
         "transfer seeds both sides have (a tickets seed's runs start from the same θ_0; a "
-        "transfer seed fixes the head and the target's batches), then the one-sample t-test "
-        "of those means (Welch's test above treats the sides as independent). Caveat: neither "
-        "test accounts for the level having been picked on these searches' validation "
-        f"accuracy, and with few searches either has little power. {MISSING} when fewer than 2 "
+        "transfer seed fixes the head and the target's batches), or, for a side with no "
+        "transfer seeds of its own (the target's tickets), the difference of the search means; "
+        "then the one-sample t-test "
+        "of those means (Welch's test above treats the sides as independent). Caveat: "
+        + ("" if no_pick else "neither test accounts for the level having been picked on "
+           "these searches' validation accuracy, and ")
+        + f"with few searches either has little power. {MISSING} when fewer than 2 "
         "searches are shared or their differences are constant.",
         "",
         _markdown_table(table, lambda e: (f"{_p_value(e.paired[1])} (n={e.paired[2]}); "
                                           f"{_p_value(e.paired_holm)}"
                                           if not math.isnan(e.paired[1]) else MISSING), pruned),
-        "## Picked by test (optimistic)",
-        "",
-        "The same, but the level is picked by mean *test* accuracy. This uses the test set for "
-        "a decision and overstates every pruned result; it is shown only because the paper does "
-        "not say how its best level was picked.",
-        "",
-        _markdown_table(table, by_test),
     ]
+    if not no_pick:
+        parts += [
+            "## Picked by test (optimistic)",
+            "",
+            "The same, but the level is picked by mean *test* accuracy. This uses the test set "
+            "for a decision and overstates every pruned result; it is shown only because the "
+            "paper does not say how its best level was picked.",
+            "",
+            _markdown_table(table, by_test),
+        ]
     return "\n".join(parts)
 
 
