@@ -508,8 +508,16 @@ def _answer(analysis):
                         ("pathology", "art"): "negative"}.get(kinds)
             said = (f"the paper's second finding predicts it {expected}" if expected
                     else "the paper's second finding makes no prediction for these targets")
+            noisy = [f"{row['target']} {row['noisy_a']} / {row['noisy_b']} of {row['n']}"
+                     for row in rows
+                     if row["contrast"] == "ticket − target ticket" and row["target"] in
+                     (first, second) and row["tickets"] == r["tickets"]
+                     and row.get("noisy_a") not in (None, "")]
             lines.append(f"- **{r['contrast']}** ({r['tickets']} tickets; exploratory, named in "
-                         f"advance: {said}): {_points(mean)} points, {what}.")
+                         f"advance: {said}): {_points(mean)} points, {what}."
+                         + (" Runs of ticket − target ticket that stopped early on a noisy "
+                            "validation loss, natural / target side: " + ", ".join(noisy) + "."
+                            if noisy else ""))
             continue
         lines.append(f"- **{r['target']}** ({r['tickets']} tickets), ticket − scratch at level "
                      f"{r['level']}: {_points(mean)} points, {what}: {_reading(r)}."
