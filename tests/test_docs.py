@@ -332,6 +332,11 @@ def test_a_finished_study_states_its_answer_and_table_2_against_the_paper(tmp_pa
             "Human-LBA") in text
     assert ("Natural ticket against the target's own tickets: here unmeasured on art, histo; "
             "in the paper") in text
+    # Equal cells read "equal", not "unmeasured".
+    write("table2.csv", [{"target": t, "column": c, "test_accuracy_mean": a}
+                         for t, c, a in (("histo", "scratch", 0.90), ("histo", "nat", 0.90))])
+    assert ("Natural ticket against scratch: here equal on histo; in the paper"
+            in results_docs._study(str(tmp_path)))
 
 
 def test_the_readme_tour_tool_runs_the_readmes_own_commands():

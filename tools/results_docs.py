@@ -426,7 +426,7 @@ def _stability(directory):
     from lth_keras.analysis import stability_report
     from lth_keras.lottery.directory import StabilityRun
 
-    parts, verdicts, barriers, inside = [], {}, [], []
+    parts, verdicts, barriers, inside, thresholds = [], {}, [], [], set()
     for path in _pairs_files(directory):
         run = StabilityRun(os.path.dirname(path))
         threshold, record = stability_report.threshold_of(run), run.record().stability
@@ -439,7 +439,8 @@ def _stability(directory):
                 table, threshold, record).items():
             verdicts.setdefault(level, []).append(
                 stability_report.verdict_text(k, uncertain, missing, tried))
-        barriers += [(100 * r["val_barrier"], 100 * threshold) for r in table]
+        barriers += [100 * r["val_barrier"] for r in table]
+        thresholds.add(100 * threshold)
         inside += [100 * r["val_inside"] for r in table]
     if not parts:
         return ""
@@ -449,8 +450,9 @@ def _stability(directory):
         said = (f"{texts[0]} in every search" if len(set(texts)) == 1 and len(texts) > 1
                 else "; ".join(texts))
         lines.append(f"- level {level}: {said}.")
-    lines.append(f"- The highest mean barrier of any cell is {max(b for b, _ in barriers):.2f} "
-                 f"points (threshold {barriers[0][1]:g}), the highest rise inside a path "
+    lines.append(f"- The highest mean barrier of any cell is {max(barriers):.2f} points "
+                 f"(threshold {', '.join(f'{t:g}' for t in sorted(thresholds))}), the highest "
+                 "rise inside a path "
                  f"{max(inside):.2f}.")
     return "\n".join(lines) + "\n\n" + "\n\n".join(parts)
 
@@ -601,9 +603,9 @@ def _table2_against_the_paper(analysis, natural):
         said = {}
         for target, (_, signs) in mine.items():
             said.setdefault(signs[column], []).append(target)
-        words = {">": "above on", "<": "below on", "≈": "not told apart (CI includes 0) on",
-                 "—": "unmeasured on"}
-        parts = [f"{words.get(sign[0], words['—'])} {', '.join(targets)}"
+        words = {">": "above on", "<": "below on", "=": "equal on",
+                 "≈": "not told apart (CI includes 0) on", "—": "unmeasured on"}
+        parts = [f"{words[sign]} {', '.join(targets)}"
                  for sign, targets in sorted(said.items())]
         return "; ".join(parts) or "nowhere measured"
 

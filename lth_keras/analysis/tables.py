@@ -310,8 +310,7 @@ def table2_markdown(table, primary=None):
     scratch = [c for c in table.columns if c not in pruned]
     # Where every pruned cell had one candidate level there was no pick: nothing favours
     # the pruned cells, and the test-picked copy would repeat the table.
-    levels = {e.candidates for _, cells in table.rows for c in pruned if c in cells
-              for e in (cells[c],) if e.pick}
+    levels = {e.candidates for e in table.entries() if e.column in pruned and e.pick}
     no_pick = bool(levels) and all(len(c) == 1 for c in levels)
     if no_pick:
         picking = (" Here every pruned cell had one candidate level "
